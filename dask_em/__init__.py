@@ -1,0 +1,19 @@
+"""dask-em: mixture models fitted by Expectation-Maximisation on Dask.
+
+>>> import dask_em
+>>> gm = dask_em.GaussianMixture(n_components=8, n_init=4, random_state=0)
+>>> gm.fit("points.zarr")                      # doctest: +SKIP
+>>> gm.predict("points.zarr")                  # lazy dask array, same row chunks  # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .io import as_dask_array, open_zarr
+from .mixture import GaussianMixture
+
+try:
+    __version__ = version("dask-em")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["GaussianMixture", "as_dask_array", "open_zarr", "__version__"]

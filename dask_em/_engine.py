@@ -1,0 +1,397 @@
+"""The EM engine: one Dask graph per round, restarts side by side.
+
+A *round* advances every restart that is still running by one EM iteration::
+
+    row chunk --em-estep--> [stats of restart 0, stats of restart 1, ...]
+              --em-combine (dask.array.reduction, split_every)-->
+              --em-mstep--> [(new params, lower bound) per restart]
+
+The parameters of all running restarts enter the round's graph once, as the
+single key ``em-params-<token>``; each E-step task reads its chunk once and
+visits every restart on each row tile while it is in cache, so the restarts
+share every chunk read. Only the new parameters and the lower bounds come
+back to the client. The engine knows the Gaussian family only through
+:mod:`dask_em.gaussian`'s functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import Delayed, delayed
+
+from . import gaussian
+
+logger = logging.getLogger("dask_em")
+
+# Rows per tile, chosen so that the (rows, K*d) float64 work matrices stay in
+# a 1-2 MiB L2 cache (measured in benchmarks/bench_em.py).
+_TILE_CELLS = 2**16
+
+
+def tile_rows(n_components: int, n_features: int) -> int:
+    return int(min(4096, max(128, _TILE_CELLS // max(1, n_components * n_features))))
+
+
+# ---------------------------------------------------------------------------
+# Task functions (module level so that they pickle by reference)
+# ---------------------------------------------------------------------------
+
+
+def _row_range(block_info: dict | None, n_rows: int) -> tuple[int, int, int]:
+    if not block_info or 0 not in block_info:
+        return 0, n_rows, 0
+    info = block_info[0]
+    start, stop = info["array-location"][0]
+    return int(start), int(stop), int(info["chunk-location"][0])
+
+
+def check_weights(w: np.ndarray, where: str) -> None:
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; received {w[first]!r} "
+            f"at {where.format(first)}. Replace or drop those rows."
+        )
+
+
+def estep_block(x, w, state: dict, block_info=None) -> list[gaussian.Stats]:
+    """E-step of every running restart on one row chunk.
+
+    Returns one statistics dict per restart (a list), about each restart's
+    current means. Raises ``ValueError`` naming the chunk's rows when the
+    chunk holds NaN or infinity.
+    """
+    start, stop, index = _row_range(block_info, x.shape[0])
+    cov_type = state["covariance_type"]
+    shift = state["shift"]
+    d = shift.shape[0]
+    if w is not None:
+        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        check_weights(w, f"row {{}} + {start} (chunk {index})")
+    views = [gaussian.prepare(p, cov_type) for p in state["params"]]
+    accs = [gaussian.empty_stats(cov_type, len(p["weights"]), d) for p in state["params"]]
+    t = state["tile_rows"]
+    buf = np.empty((min(t, x.shape[0]), gaussian.augmented_width(cov_type, d)))
+    for lo in range(0, x.shape[0], t):
+        hi = min(lo + t, x.shape[0])
+        xa = gaussian.augment(cov_type, x[lo:hi], shift, buf[: hi - lo])
+        wt = None if w is None else w[lo:hi]
+        for view, acc in zip(views, accs):
+            gaussian.tile_stats(xa, wt, view, cov_type, acc)
+    if not all(math.isfinite(acc["loglik"]) for acc in accs):
+        finite = np.isfinite(x)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite.all(1))[0])
+            raise ValueError(
+                f"X contains NaN or infinity in rows {start}-{stop - 1} (chunk {index}); "
+                f"the first is row {start + row}. Remove or impute those rows before "
+                "fitting, e.g. X[da.isfinite(X).all(axis=1)]."
+            )
+    return [
+        gaussian.finish_stats(acc, p["means"], cov_type)
+        for acc, p in zip(accs, state["params"])
+    ]
+
+
+def _flatten(parts) -> list:
+    if isinstance(parts, list) and parts and isinstance(parts[0], list) and (
+        not parts[0] or isinstance(parts[0][0], list)
+    ):
+        return [leaf for p in parts for leaf in _flatten(p)]
+    if isinstance(parts, list) and parts and isinstance(parts[0], dict):
+        return [parts]
+    return list(parts)
+
+
+def _identity(stats, axis=None, keepdims=None, computing_meta=False):
+    return stats
+
+
+def _combine(parts, axis=None, keepdims=None, computing_meta=False):
+    if computing_meta:
+        return parts
+    per_block = _flatten(parts)
+    return [gaussian.merge_stats(list(group)) for group in zip(*per_block)]
+
+
+# The reduction names its layers after these functions, so they read as the
+# algorithm in the dashboard: em-estep-*, em-combine-partial-*, em-combine-aggregate-*.
+_identity.__name__ = "em-estep"
+_combine.__name__ = "em-combine"
+
+
+@dataclass
+class StepResult:
+    """What one restart's M-step sends back to the client."""
+
+    lower_bound: float
+    params: dict | None = None
+    dropped: list[int] = field(default_factory=list)
+    error: str | None = None
+
+
+def mstep_round(stats_list, state: dict, reg_covar: float, n_rows: int) -> list[StepResult]:
+    """M-step of every restart; failures are returned, not raised."""
+    if isinstance(stats_list, np.ndarray):  # a reduction output of object dtype
+        stats_list = stats_list.item() if stats_list.ndim == 0 else stats_list.ravel()[0]
+    cov_type = state["covariance_type"]
+    out = []
+    for stats, params in zip(stats_list, state["params"]):
+        lower_bound = stats["loglik"] / stats["wsum"] if stats["wsum"] > 0 else float("nan")
+        if not math.isfinite(lower_bound):
+            out.append(StepResult(lower_bound, error="the log-likelihood is not finite"))
+            continue
+        mass = gaussian.component_mass(stats, cov_type)
+        # A component with less than a millionth of an average row's weight is empty.
+        keep = mass >= 1e-6 * stats["wsum"] / max(n_rows, 1)
+        dropped = [int(i) for i in np.flatnonzero(~keep)]
+        means = params["means"]
+        if dropped:
+            if not keep.any():
+                out.append(StepResult(lower_bound, error="every component lost its mass"))
+                continue
+            stats = gaussian.drop_components(stats, keep, cov_type)
+            means = means[keep]
+        try:
+            new = gaussian.m_step(stats, means, cov_type, reg_covar)
+        except gaussian.NotPositiveDefiniteError as exc:
+            out.append(StepResult(lower_bound, error=str(exc)))
+            continue
+        out.append(StepResult(lower_bound, new, dropped))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Graph construction
+# ---------------------------------------------------------------------------
+
+
+def round_graph(
+    X: da.Array,
+    w: da.Array | None,
+    state: dict,
+    *,
+    reg_covar: float,
+    split_every: int | None,
+) -> Delayed:
+    """One EM round as a single Delayed whose value is a list of StepResult."""
+    token = tokenize(X, w, state, reg_covar, split_every)
+    state_key = delayed(state, name=f"em-params-{token}", pure=True, traverse=False)
+    args = [X, w[:, None] if w is not None else None, state_key]
+    stats = da.map_blocks(
+        estep_block,
+        *args,
+        chunks=((1,) * X.numblocks[0], (1,)),
+        dtype=object,
+        meta=np.empty((0, 0), dtype=object),
+        name=f"em-estep-stats-{token}",
+    )
+    reduced = da.reduction(
+        stats,
+        chunk=_identity,
+        combine=_combine,
+        aggregate=_combine,
+        axis=0,
+        keepdims=False,
+        dtype=object,
+        concatenate=False,
+        split_every=split_every,
+        meta=np.empty((0,), dtype=object),
+    )
+    (total,) = reduced.to_delayed().ravel()
+    return delayed(mstep_round, pure=True)(
+        total, state_key, reg_covar, X.shape[0], dask_key_name=f"em-mstep-{token}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Where graphs run
+# ---------------------------------------------------------------------------
+
+
+class Runner:
+    """Computes graphs on the active distributed Client, or on local threads.
+
+    A Client made by the user (``distributed.default_client()``) is used as
+    is; ``DASK_SCHEDULER_ADDRESS`` (as set by the Dask Kubernetes operator)
+    makes us connect one for the duration of ``with Runner()``. Otherwise the
+    threaded scheduler runs the graph, with BLAS held to one thread per task.
+    """
+
+    def __init__(self) -> None:
+        self.client = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "Runner":
+        self.client = _active_client()
+        if self.client is None:
+            address = dask.config.get("scheduler-address", None)
+            if address:
+                from distributed import Client
+
+                logger.info("connecting to the scheduler at %s", address)
+                self.client = self._stack.enter_context(Client(address, set_as_default=False))
+        if self.client is None:
+            from threadpoolctl import threadpool_limits
+
+            self._stack.enter_context(threadpool_limits(limits=1, user_api="blas"))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @property
+    def description(self) -> str:
+        if self.client is None:
+            return "local threads"
+        return f"distributed scheduler {self.client.scheduler.address}"
+
+    def compute(self, obj) -> Any:
+        if self.client is not None:
+            return self.client.compute(obj).result()
+        (value,) = dask.compute(obj, scheduler="threads")
+        return value
+
+    def persist_in_memory(self, X: da.Array) -> da.Array:
+        """Keep numpy-backed data on the workers instead of shipping it each round."""
+        if self.client is None:
+            return X
+        from distributed import wait
+
+        X = self.client.persist(X)
+        wait(X)
+        return X
+
+
+def _active_client():
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# The loop over rounds
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Restart:
+    """One EM run from one start; what ``restarts_`` reports."""
+
+    index: int
+    seed: int
+    params: dict | None
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    error: str | None = None
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def lower_bound(self) -> float:
+        return self.history[-1] if self.history else -np.inf
+
+    @property
+    def running(self) -> bool:
+        return self.error is None and not self.converged and self.params is not None
+
+    def summary(self) -> dict:
+        return {
+            "restart": self.index,
+            "seed": self.seed,
+            "lower_bound": self.lower_bound,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "status": "failed" if self.error else "ok",
+            "error": self.error,
+            "history": list(self.history),
+            "dropped_components": list(self.dropped),
+        }
+
+
+def run_em(
+    X: da.Array,
+    w: da.Array | None,
+    restarts: list[Restart],
+    *,
+    shift: np.ndarray,
+    covariance_type: str,
+    reg_covar: float,
+    tol: float,
+    max_iter: int,
+    split_every: int | None,
+    runner: Runner,
+    on_iteration: Callable[[Restart], None] | None = None,
+) -> list[Restart]:
+    """Iterate every restart to convergence or ``max_iter``, sharing reads."""
+    d = X.shape[1]
+    t_rows = tile_rows(max(len(r.params["weights"]) for r in restarts if r.params), d)
+    while True:
+        running = [r for r in restarts if r.running and r.n_iter < max_iter]
+        if not running:
+            break
+        state = {
+            "covariance_type": covariance_type,
+            "shift": shift,
+            "tile_rows": t_rows,
+            "params": [_estep_params(r.params) for r in running],
+        }
+        tic = time.perf_counter()
+        results = runner.compute(
+            round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every)
+        )
+        seconds = time.perf_counter() - tic
+        for restart, result in zip(running, results):
+            restart.seconds += seconds
+            _advance(restart, result, tol)
+            if on_iteration is not None:
+                on_iteration(restart)
+    return restarts
+
+
+def _estep_params(params: dict) -> dict:
+    keys = ("weights", "means", "precisions_cholesky")
+    return {k: params[k] for k in keys}
+
+
+def _advance(restart: Restart, result: StepResult, tol: float) -> None:
+    restart.n_iter += 1
+    previous = restart.lower_bound
+    restart.history.append(result.lower_bound)
+    if result.error is not None:
+        restart.error = f"iteration {restart.n_iter}: {result.error}"
+        logger.warning("restart %d failed at %s", restart.index, restart.error)
+        return
+    current = result.lower_bound
+    if math.isfinite(previous) and current < previous - 1e-9 * max(1.0, abs(previous)):
+        logger.warning(
+            "restart %d: the lower bound fell at iteration %d, from %.12g to %.12g "
+            "(more than round-off); the data may hold near-duplicate rows with a tiny "
+            "reg_covar",
+            restart.index,
+            restart.n_iter,
+            previous,
+            current,
+        )
+    for k in result.dropped:
+        restart.dropped.append((restart.n_iter, k))
+    restart.params = result.params
+    if math.isfinite(previous) and abs(current - previous) < tol:
+        restart.converged = True

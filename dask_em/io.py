@@ -1,0 +1,248 @@
+"""Inputs: numpy, dask, xarray, zarr.Array or a Zarr store path/URL -> row-chunked dask array.
+
+Nothing here reads data. Shape and dtype are checked from metadata; stores
+are opened with ``chunks=(rows, -1)`` so that each dask chunk is one task
+holding whole rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+# Target bytes per dask chunk when we choose the row chunking ourselves.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Prepared:
+    """A validated input: the dask array and how to shape results like the input."""
+
+    data: da.Array
+    kind: str  # "numpy", "dask", "xarray", "zarr"
+    sample_dim: str | None = None
+    sample_coord: Any = None
+    feature_names: np.ndarray | None = None
+    xarray_backed_by_numpy: bool = False
+
+    @property
+    def lazy(self) -> bool:
+        return self.kind != "numpy" and not self.xarray_backed_by_numpy
+
+
+def _describe(X) -> str:
+    shape = getattr(X, "shape", None)
+    dtype = getattr(X, "dtype", None)
+    return f"{type(X).__module__}.{type(X).__name__}" + (
+        f" of shape {shape} and dtype {dtype}" if shape is not None else ""
+    )
+
+
+def _check_dtype(dtype, what: str) -> None:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "fiub":
+        return
+    hint = {
+        "c": "complex numbers have no Gaussian mixture here; pass np.abs(X) or the real and imaginary parts as separate features",
+        "O": "convert it with X.astype(np.float64) after checking its contents",
+        "U": "encode strings as numbers first",
+        "S": "encode bytes as numbers first",
+    }.get(dtype.kind, "convert it with X.astype(np.float64)")
+    raise TypeError(f"{what} must hold real numbers (float or int); received dtype {dtype}: {hint}.")
+
+
+def _check_shape(shape, what: str) -> None:
+    if len(shape) != 2:
+        fix = (
+            "X.reshape(-1, 1) for a single feature" if len(shape) == 1 else "reshape it to (n_samples, n_features)"
+        )
+        raise ValueError(
+            f"{what} must be 2-D of shape (n_samples, n_features); received {len(shape)}-D "
+            f"shape {tuple(shape)}: {fix}."
+        )
+    if shape[0] == 0:
+        raise ValueError(f"{what} is empty: received shape {tuple(shape)}; at least one row is needed.")
+    if shape[1] == 0:
+        raise ValueError(
+            f"{what} has no features: received shape {tuple(shape)}; at least one column is needed."
+        )
+
+
+def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int | None = None) -> int:
+    """Rows per dask chunk: about 64 MiB, a multiple of the store's row chunk."""
+    rows = max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+    if previous:
+        rows = max(previous, (rows // previous) * previous)
+    return int(min(rows, n_rows))
+
+
+def _from_dask(X: da.Array, what: str) -> da.Array:
+    if X.numblocks[1] != 1:
+        raise ValueError(
+            f"{what} is chunked along the feature axis ({X.numblocks[1]} chunks of "
+            f"{X.chunks[1]}); dask-em needs whole rows per chunk. Use "
+            "X.rechunk({1: -1}), or open the store with chunks=(rows, -1)."
+        )
+    if any(np.isnan(c) for c in X.chunks[0]):
+        raise ValueError(
+            f"{what} has unknown row chunk sizes; call X.compute_chunk_sizes() first."
+        )
+    return X
+
+
+def open_zarr(
+    url: str | os.PathLike,
+    *,
+    variable: str | None = None,
+    storage_options: dict | None = None,
+    chunk_rows: int | None = None,
+) -> Prepared:
+    """Open a Zarr array (or an xarray variable of a Zarr group) lazily.
+
+    ``url`` is a local path or any fsspec URL (``file://``, ``memory://``,
+    ``s3://bucket/key`` with ``storage_options``). A group needs ``variable``.
+    """
+    import zarr
+
+    url = os.fspath(url)
+    try:
+        node = zarr.open(store=url, mode="r", storage_options=storage_options)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no Zarr array or group at {url!r}; check the path (and storage_options for remote stores)."
+        ) from None
+    except Exception as exc:  # zarr raises several types for a missing store
+        if "not found" in str(exc).lower() or "No such" in str(exc) or "nothing found" in str(exc).lower():
+            raise FileNotFoundError(
+                f"no Zarr array or group at {url!r}; check the path (and storage_options for remote stores)."
+            ) from exc
+        raise
+    if isinstance(node, zarr.Group):
+        if variable is None:
+            names = sorted(node.array_keys())
+            raise ValueError(
+                f"{url!r} is a Zarr group, not an array; name the variable to fit, "
+                f"variable=... (the group holds {names})."
+            )
+        import xarray as xr
+
+        ds = xr.open_zarr(url, storage_options=storage_options, chunks=None)
+        if variable not in ds:
+            raise KeyError(
+                f"variable {variable!r} not found in {url!r}; it holds {sorted(ds.data_vars)}."
+            )
+        var = ds[variable]
+        _check_shape(var.shape, f"variable {variable!r}")
+        prev = var.encoding.get("chunks", (None,))[0]
+        rows = chunk_rows or auto_row_chunks(var.shape[0], var.shape[1], var.dtype.itemsize, prev)
+        # Reopen with the row chunking, so each dask chunk is one read task.
+        ds = xr.open_zarr(
+            url, storage_options=storage_options, chunks={var.dims[0]: rows, var.dims[1]: -1}
+        )
+        return as_dask_array(ds[variable])
+    return _from_zarr_array(node, chunk_rows, kind="zarr")
+
+
+def _from_zarr_array(arr, chunk_rows: int | None, kind: str) -> Prepared:
+    what = f"the Zarr array {arr.store_path!s}" if hasattr(arr, "store_path") else "the Zarr array"
+    _check_shape(arr.shape, what)
+    _check_dtype(arr.dtype, what)
+    rows = chunk_rows or auto_row_chunks(arr.shape[0], arr.shape[1], arr.dtype.itemsize, arr.chunks[0])
+    data = da.from_zarr(arr, chunks=(rows, -1))
+    return Prepared(data, kind)
+
+
+def as_dask_array(
+    X,
+    *,
+    variable: str | None = None,
+    storage_options: dict | None = None,
+    chunk_rows: int | None = None,
+    what: str = "X",
+) -> Prepared:
+    """Validate ``X`` from metadata only and return it as a row-chunked dask array.
+
+    Parameters
+    ----------
+    X : numpy array, dask array, xarray.DataArray or Dataset, zarr.Array, or str/PathLike
+        The data, of shape (n_samples, n_features). A string is a Zarr path or URL.
+    variable : str, optional
+        The variable of a Zarr group or ``xarray.Dataset``.
+    storage_options : dict, optional
+        Passed to fsspec for remote stores.
+    chunk_rows : int, optional
+        Rows per chunk when dask-em chooses the chunking (numpy input, stores).
+    """
+    if isinstance(X, Prepared):
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        return open_zarr(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+    module = type(X).__module__.split(".")[0]
+    if module == "zarr":
+        import zarr
+
+        if isinstance(X, zarr.Group):
+            if variable is None:
+                raise ValueError(
+                    f"{what} is a Zarr group, not an array; pass variable=... "
+                    f"(the group holds {sorted(X.array_keys())})."
+                )
+            X = X[variable]
+        return _from_zarr_array(X, chunk_rows, kind="zarr")
+    if module == "xarray":
+        return _from_xarray(X, variable, chunk_rows, what)
+    if isinstance(X, da.Array):
+        _check_shape(X.shape, what)
+        _check_dtype(X.dtype, what)
+        return Prepared(_from_dask(X, what), "dask")
+    if isinstance(X, (list, tuple)):
+        X = np.asarray(X)
+    if isinstance(X, np.ndarray):
+        _check_shape(X.shape, what)
+        _check_dtype(X.dtype, what)
+        rows = chunk_rows or auto_row_chunks(X.shape[0], X.shape[1], 8)
+        return Prepared(da.from_array(X, chunks=(rows, -1)), "numpy")
+    raise TypeError(
+        f"{what} must be a numpy array, dask array, xarray DataArray, zarr.Array or a Zarr "
+        f"path/URL; received {_describe(X)}."
+    )
+
+
+def _from_xarray(X, variable, chunk_rows, what) -> Prepared:
+    import xarray as xr
+
+    if isinstance(X, xr.Dataset):
+        names = sorted(X.data_vars)
+        if variable is None:
+            if len(names) != 1:
+                raise ValueError(
+                    f"{what} is an xarray.Dataset with variables {names}; name the one to fit with variable=..."
+                )
+            variable = names[0]
+        if variable not in X:
+            raise KeyError(f"variable {variable!r} not found in the Dataset; it holds {names}.")
+        X = X[variable]
+    if X.ndim != 2:
+        raise ValueError(
+            f"{what} must be a 2-D DataArray with a sample dim and a feature dim; received "
+            f"dims {X.dims}. Stack the sample dims first, e.g. X.stack(sample=(...)).transpose('sample', ...)."
+        )
+    _check_shape(X.shape, what)
+    _check_dtype(X.dtype, what)
+    sample_dim, feature_dim = X.dims
+    coord = X.coords[sample_dim] if sample_dim in X.coords else None
+    names = None
+    if feature_dim in X.coords:
+        values = np.asarray(X.coords[feature_dim].values)
+        if values.dtype.kind in "USO":
+            names = values.astype(object)
+    data = X.data
+    if isinstance(data, da.Array):
+        return Prepared(_from_dask(data, what), "xarray", sample_dim, coord, names)
+    rows = chunk_rows or auto_row_chunks(X.shape[0], X.shape[1], 8)
+    arr = da.from_array(np.asarray(data), chunks=(rows, -1))
+    return Prepared(arr, "xarray", sample_dim, coord, names, xarray_backed_by_numpy=True)

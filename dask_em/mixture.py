@@ -1,0 +1,509 @@
+"""``GaussianMixture``: scikit-learn's estimator, fitted out-of-core on Dask."""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import warnings
+from typing import Any
+
+import dask.array as da
+import numpy as np
+from dask.base import tokenize
+from dask.delayed import delayed
+from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.validation import check_is_fitted
+
+from . import gaussian
+from ._engine import Restart, Runner, check_weights, run_em, tile_rows
+from ._init import INIT_METHODS, default_sample_size, init_graph, sample_indices
+from .io import Prepared, as_dask_array
+
+logger = logging.getLogger("dask_em")
+
+
+def _fail(name: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{name} must be {allowed}; received {value!r}.")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _seed_sequence(random_state) -> np.random.SeedSequence:
+    if random_state is None:
+        return np.random.SeedSequence()
+    if _is_int(random_state):
+        return np.random.SeedSequence(int(random_state))
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.SeedSequence(int(random_state.randint(2**31)))
+    raise _fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
+
+
+class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
+    """Gaussian mixture fitted by EM on data larger than memory.
+
+    The parameters and fitted attributes mean what they mean in
+    :class:`sklearn.mixture.GaussianMixture`; fit takes numpy, dask, xarray,
+    ``zarr.Array`` or a Zarr path/URL and reads it one row chunk at a time.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Number of mixture components K.
+    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+    tol : float, default=1e-3
+        Convergence threshold on the change of the mean per-row log-likelihood.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance.
+    max_iter : int, default=100
+        EM iterations per restart.
+    n_init : int, default=1
+        Restarts; they run side by side, sharing every chunk read, and the one
+        with the highest final lower bound wins.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+        How each restart starts, computed on a uniform sample of rows.
+    weights_init : array-like of shape (n_components,), optional
+    means_init : array-like of shape (n_components, n_features), optional
+    precisions_init : array-like, optional
+        Shape (K, d, d) full, (d, d) tied, (K, d) diag, (K,) spherical.
+    random_state : int, SeedSequence, Generator, RandomState or None
+        Drives the sample, every start and :meth:`sample`. Each restart gets
+        its own stream from ``SeedSequence.spawn``.
+    init_sample_size : int, optional
+        Rows sampled for the starts; default ``max(20_000, 1_000 K)`` capped by
+        n_samples.
+    split_every : int, optional
+        Fan-in of the tree reduction of the statistics (dask's default if None).
+    verbose : int, default=0
+        1 logs each restart's iterations at INFO on the ``dask_em`` logger.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components_,)
+    means_ : ndarray of shape (n_components_, n_features)
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+        Shapes as in scikit-learn for the covariance type.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        Mean per-row log-likelihood of the best restart at its last E-step.
+    lower_bounds_ : list of float
+        The best restart's lower bound at every iteration.
+    restarts_ : list of dict
+        Every restart: seed, lower_bound, n_iter, converged, status, error,
+        history, dropped_components.
+    n_components_ : int
+        Components left after empty ones were dropped (usually n_components).
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        From the feature coordinate of xarray input, when it has one.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.init_sample_size = init_sample_size
+        self.split_every = split_every
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------
+
+    def _validate_params(self) -> None:
+        if not _is_int(self.n_components) or self.n_components < 1:
+            raise _fail("n_components", self.n_components, "an int >= 1")
+        if self.covariance_type not in gaussian.COVARIANCE_TYPES:
+            raise _fail("covariance_type", self.covariance_type, f"one of {gaussian.COVARIANCE_TYPES}")
+        if not _is_real(self.tol) or self.tol < 0:
+            raise _fail("tol", self.tol, "a finite float >= 0")
+        if not _is_real(self.reg_covar) or self.reg_covar < 0:
+            raise _fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        if not _is_int(self.max_iter) or self.max_iter < 1:
+            raise _fail("max_iter", self.max_iter, "an int >= 1")
+        if not _is_int(self.n_init) or self.n_init < 1:
+            raise _fail("n_init", self.n_init, "an int >= 1")
+        if self.init_params not in INIT_METHODS:
+            raise _fail("init_params", self.init_params, f"one of {INIT_METHODS}")
+        if self.init_sample_size is not None and (
+            not _is_int(self.init_sample_size) or self.init_sample_size < 1
+        ):
+            raise _fail("init_sample_size", self.init_sample_size, "None or an int >= 1")
+        if self.split_every is not None and (not _is_int(self.split_every) or self.split_every < 2):
+            raise _fail("split_every", self.split_every, "None or an int >= 2")
+        if not _is_int(self.verbose) or self.verbose < 0:
+            raise _fail("verbose", self.verbose, "an int >= 0")
+        _seed_sequence(self.random_state)
+
+    def _validate_init(self, d: int) -> tuple:
+        k, cov = self.n_components, self.covariance_type
+        w = m = p = None
+        if self.weights_init is not None:
+            w = np.asarray(self.weights_init, dtype=np.float64)
+            if w.shape != (k,):
+                raise ValueError(
+                    f"weights_init must have shape ({k},) for n_components={k}; received shape {w.shape}."
+                )
+            if (w < 0).any() or (w > 1).any() or not np.isfinite(w).all():
+                raise ValueError(f"weights_init must lie in [0, 1]; received {w}.")
+            if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
+                raise ValueError(f"weights_init must sum to 1; received a sum of {w.sum():.6f}. Divide by its sum.")
+        if self.means_init is not None:
+            m = np.asarray(self.means_init, dtype=np.float64)
+            if m.shape != (k, d):
+                raise ValueError(
+                    f"means_init must have shape ({k}, {d}) for n_components={k} and {d} features; "
+                    f"received shape {m.shape}."
+                )
+            if not np.isfinite(m).all():
+                raise ValueError("means_init holds NaN or infinity.")
+        if self.precisions_init is not None:
+            p = np.asarray(self.precisions_init, dtype=np.float64)
+            shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov]
+            if p.shape != shape:
+                raise ValueError(
+                    f"precisions_init must have shape {shape} for covariance_type={cov!r}; "
+                    f"received shape {p.shape}."
+                )
+            mats = p if cov == "full" else (p[None] if cov == "tied" else None)
+            if mats is not None:
+                for i, mat in enumerate(mats):
+                    if not np.allclose(mat, mat.T) or np.linalg.eigvalsh(mat).min() <= 0:
+                        raise ValueError(
+                            f"precisions_init[{i}] must be symmetric positive definite." if cov == "full"
+                            else "precisions_init must be symmetric positive definite."
+                        )
+            elif (p <= 0).any():
+                raise ValueError(f"precisions_init must be positive; received {p}.")
+        return w, m, p
+
+    def _prepare_weights(self, sample_weight, X: da.Array) -> da.Array | None:
+        if sample_weight is None:
+            return None
+        if type(sample_weight).__module__.split(".")[0] == "xarray":
+            sample_weight = sample_weight.data
+        n = X.shape[0]
+        if isinstance(sample_weight, da.Array):
+            if sample_weight.shape != (n,):
+                raise ValueError(
+                    f"sample_weight must have shape ({n},) to match X; received {sample_weight.shape}."
+                )
+            if sample_weight.chunks[0] != X.chunks[0]:
+                raise ValueError(
+                    "sample_weight must be chunked like the rows of X; received chunks "
+                    f"{sample_weight.chunks[0][:4]}... for X's {X.chunks[0][:4]}...: use "
+                    "sample_weight.rechunk(X.chunks[0])."
+                )
+            return sample_weight
+        w = np.asarray(sample_weight)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight must have shape ({n},) to match X; received {w.shape}.")
+        if w.dtype.kind not in "fiub":
+            raise TypeError(f"sample_weight must be numeric; received dtype {w.dtype}.")
+        w = w.astype(np.float64)
+        check_weights(w, "row {}")
+        if not w.sum() > 0:
+            raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
+        return da.from_array(w, chunks=(X.chunks[0],))
+
+    # ------------------------------------------------------------------
+    # Fit
+    # ------------------------------------------------------------------
+
+    def fit(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
+        """Fit the mixture by EM, reading ``X`` one row chunk at a time.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray (DataArray or Dataset with ``variable``),
+            ``zarr.Array``, or a Zarr path/URL.
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights, numpy or dask chunked like ``X``.
+        variable : str, optional
+            Variable of a Zarr group or Dataset.
+        storage_options : dict, optional
+            fsspec options for remote stores (credentials, endpoint).
+        chunk_rows : int, optional
+            Rows per chunk where dask-em chooses the chunking.
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+        data = prep.data
+        n, d = data.shape
+        if n < self.n_components:
+            raise ValueError(
+                f"X has {n} rows, fewer than n_components={self.n_components}; "
+                "lower n_components or pass more rows."
+            )
+        w_init, m_init, p_init = self._validate_init(d)
+        w = self._prepare_weights(sample_weight, data)
+
+        seeds_root = _seed_sequence(self.random_state)
+        *children, sample_seed = seeds_root.spawn(self.n_init + 1)
+        seeds = [int(c.generate_state(1)[0]) for c in children]
+        size = self.init_sample_size or default_sample_size(n, self.n_components)
+        rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
+
+        with Runner() as runner:
+            if not prep.lazy:
+                data = runner.persist_in_memory(data)
+                w = runner.persist_in_memory(w) if w is not None else None
+            logger.info(
+                "fitting %d x %d in %d chunks on %s: K=%d %s, %d restart(s)",
+                n, d, data.numblocks[0], runner.description, self.n_components,
+                self.covariance_type, self.n_init,
+            )
+            shift, starts = runner.compute(
+                init_graph(
+                    data, w,
+                    n_components=self.n_components,
+                    covariance_type=self.covariance_type,
+                    reg_covar=self.reg_covar,
+                    method=self.init_params,
+                    seeds=seeds,
+                    sample_rows=rows,
+                    weights_init=w_init,
+                    means_init=m_init,
+                    precisions_init=p_init,
+                )
+            )
+            restarts = []
+            for i, (seed, params) in enumerate(zip(seeds, starts)):
+                r = Restart(i, seed, params)
+                r.dropped = [(0, k) for k in params.pop("dropped", [])]
+                restarts.append(r)
+            run_em(
+                data, w, restarts,
+                shift=shift,
+                covariance_type=self.covariance_type,
+                reg_covar=self.reg_covar,
+                tol=self.tol,
+                max_iter=self.max_iter,
+                split_every=self.split_every,
+                runner=runner,
+                on_iteration=self._log_iteration if self.verbose else None,
+            )
+        self._set_fitted(restarts, shift, d, prep)
+        return self
+
+    def _log_iteration(self, r: Restart) -> None:
+        change = r.history[-1] - r.history[-2] if len(r.history) > 1 else float("nan")
+        logger.info(
+            "restart %d iteration %d: lower bound %.10g (change %.3g)%s",
+            r.index, r.n_iter, r.lower_bound, change, " converged" if r.converged else "",
+        )
+
+    def _set_fitted(self, restarts: list[Restart], shift: np.ndarray, d: int, prep: Prepared) -> None:
+        ok = [r for r in restarts if r.error is None and r.params is not None]
+        if not ok:
+            reasons = "; ".join(f"restart {r.index}: {r.error}" for r in restarts)
+            raise ValueError(f"every restart failed numerically ({reasons}).")
+        for r in restarts:
+            if r.error is not None:
+                warnings.warn(f"restart {r.index} failed and was skipped: {r.error}", RuntimeWarning, stacklevel=3)
+        best = max(ok, key=lambda r: r.lower_bound)
+        params = best.params
+        cov_type = self.covariance_type
+        self.weights_ = params["weights"]
+        self.means_ = params["means"] + shift
+        self.precisions_cholesky_ = params["precisions_cholesky"]
+        self.covariances_ = params["covariances"]
+        self.precisions_ = gaussian.precisions_from_cholesky(self.precisions_cholesky_, cov_type)
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = list(best.history)
+        self.restarts_ = [r.summary() for r in restarts]
+        self.best_restart_ = best.index
+        self.n_components_ = len(self.weights_)
+        self.n_features_in_ = d
+        self._shift = shift
+        if prep.feature_names is not None:
+            self.feature_names_in_ = prep.feature_names
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        if best.dropped:
+            warnings.warn(
+                f"{len(best.dropped)} component(s) lost all their mass and were dropped "
+                f"(iteration, index): {best.dropped}; the model has {self.n_components_} of "
+                f"{self.n_components} components. Lower n_components or change the start.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if not self.converged_:
+            warnings.warn(
+                f"the best restart did not converge in max_iter={self.max_iter} iterations "
+                f"(last change of the lower bound "
+                f"{abs(best.history[-1] - best.history[-2]) if len(best.history) > 1 else float('nan'):.3g} "
+                f">= tol={self.tol}). Raise max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+    def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
+        """Fit, then return the labels of ``X`` (lazy for lazy input)."""
+        self.fit(X, sample_weight=sample_weight, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+        return self.predict(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+
+    # ------------------------------------------------------------------
+    # Inference
+    # ------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        check_is_fitted(self, "means_")
+        return {
+            "covariance_type": self.covariance_type,
+            "shift": self._shift,
+            "params": {
+                "weights": self.weights_,
+                "means": self.means_ - self._shift,
+                "precisions_cholesky": self.precisions_cholesky_,
+            },
+            "tile_rows": tile_rows(self.n_components_, self.n_features_in_),
+        }
+
+    def _apply(self, X, what: str, kwargs: dict):
+        state = self._state()
+        prep = as_dask_array(X, **kwargs)
+        d = prep.data.shape[1]
+        if d != self.n_features_in_:
+            raise ValueError(
+                f"X has {d} features, but {type(self).__name__} was fitted with "
+                f"{self.n_features_in_} features."
+            )
+        if not prep.lazy:
+            out = _infer_block(np.asarray(prep.data), state, what)
+        else:
+            token = tokenize(prep.data, state, what)
+            key = delayed(state, name=f"em-params-{token}", pure=True, traverse=False)
+            drop = {"labels": 1, "score_samples": 1}.get(what)
+            out = da.map_blocks(
+                _infer_block,
+                prep.data,
+                key,
+                what,
+                dtype=np.int64 if what == "labels" else np.float64,
+                drop_axis=drop,
+                chunks=(prep.data.chunks[0], (self.n_components_,)) if what == "proba" else None,
+                name=f"em-{'predict' if what == 'labels' else what.replace('_', '-')}-{token}",
+                meta=np.empty((0,) * (1 if drop else 2), dtype=np.int64 if what == "labels" else np.float64),
+            )
+        return self._wrap(out, prep, what)
+
+    def _wrap(self, out, prep: Prepared, what: str):
+        if prep.kind != "xarray":
+            return out
+        import xarray as xr
+
+        dims = (prep.sample_dim,) if out.ndim == 1 else (prep.sample_dim, "component")
+        coords = {prep.sample_dim: prep.sample_coord} if prep.sample_coord is not None else {}
+        return xr.DataArray(out, dims=dims, coords=coords, name=what)
+
+    def predict(self, X, **kwargs):
+        """Component labels, shape (n_samples,). Lazy for dask/xarray/Zarr input."""
+        return self._apply(X, "labels", kwargs)
+
+    def predict_proba(self, X, **kwargs):
+        """Responsibilities, shape (n_samples, n_components_)."""
+        return self._apply(X, "proba", kwargs)
+
+    def score_samples(self, X, **kwargs):
+        """Per-row log-likelihood, shape (n_samples,)."""
+        return self._apply(X, "score_samples", kwargs)
+
+    def score(self, X, y=None, **kwargs) -> float:
+        """Mean per-row log-likelihood of ``X`` (computed)."""
+        values = self.score_samples(X, **kwargs)
+        if type(values).__module__.split(".")[0] == "xarray":
+            values = values.data
+        if isinstance(values, da.Array):
+            with Runner() as runner:
+                return float(runner.compute(values.mean()))
+        return float(np.mean(values))
+
+    def _n_parameters(self) -> int:
+        return gaussian.n_parameters(self.n_components_, self.n_features_in_, self.covariance_type)
+
+    def bic(self, X, **kwargs) -> float:
+        """Bayesian information criterion on ``X`` (lower is better)."""
+        n = as_dask_array(X, **kwargs).data.shape[0]
+        return -2 * self.score(X, **kwargs) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X, **kwargs) -> float:
+        """Akaike information criterion on ``X`` (lower is better)."""
+        n = as_dask_array(X, **kwargs).data.shape[0]
+        return -2 * self.score(X, **kwargs) * n + 2 * self._n_parameters()
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n_samples`` rows from the fitted mixture, with their labels."""
+        check_is_fitted(self, "means_")
+        if not _is_int(n_samples) or n_samples < 1:
+            raise _fail("n_samples", n_samples, "an int >= 1")
+        rng = np.random.default_rng(_seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
+        params = {"weights": self.weights_, "means": self.means_, "covariances": self.covariances_}
+        return gaussian.sample(params, self.covariance_type, n_samples, rng)
+
+
+def _infer_block(x, state: dict, what: str):
+    """Labels, responsibilities or log-likelihood of one block of rows."""
+    cov_type, shift = state["covariance_type"], state["shift"]
+    view = gaussian.prepare(state["params"], cov_type)
+    t = state["tile_rows"]
+    n = x.shape[0]
+    k = len(state["params"]["weights"])
+    out = np.empty((n, k) if what == "proba" else (n,), dtype=np.int64 if what == "labels" else np.float64)
+    buf = np.empty((min(t, max(n, 1)), gaussian.augmented_width(cov_type, shift.shape[0])))
+    for lo in range(0, n, t):
+        hi = min(lo + t, n)
+        xa = gaussian.augment(cov_type, x[lo:hi], shift, buf[: hi - lo])
+        wlp = gaussian.weighted_log_prob(xa, view, cov_type)
+        if what == "labels":
+            out[lo:hi] = wlp.argmax(1)
+        elif what == "proba":
+            out[lo:hi] = gaussian.responsibilities(wlp)[1]
+        else:
+            out[lo:hi] = gaussian.responsibilities(wlp)[0]
+    return out

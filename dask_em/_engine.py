@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -60,7 +62,7 @@ def check_weights(w: np.ndarray, where: str) -> None:
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(
-            f"sample_weight must be finite and non-negative; received {w[first]!r} "
+            f"sample_weight must be finite and non-negative; received {float(w[first])!r} "
             f"at {where.format(first)}. Replace or drop those rows."
         )
 
@@ -79,16 +81,20 @@ def estep_block(x, w, state: dict, block_info=None) -> list[gaussian.Stats]:
     if w is not None:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
-    views = [gaussian.prepare(p, cov_type) for p in state["params"]]
+    n, k_max = x.shape[0], max(len(p["weights"]) for p in state["params"])
+    tile = min(state["tile_rows"], n)
+    panel = min(gaussian.panel_rows(k_max, d, tile), n)
+    views = [gaussian.prepare(p, cov_type, tile) for p in state["params"]]
     accs = [gaussian.empty_stats(cov_type, len(p["weights"]), d) for p in state["params"]]
-    t = state["tile_rows"]
-    buf = np.empty((min(t, x.shape[0]), gaussian.augmented_width(cov_type, d)))
-    for lo in range(0, x.shape[0], t):
-        hi = min(lo + t, x.shape[0])
-        xa = gaussian.augment(cov_type, x[lo:hi], shift, buf[: hi - lo])
-        wt = None if w is None else w[lo:hi]
-        for view, acc in zip(views, accs):
-            gaussian.tile_stats(xa, wt, view, cov_type, acc)
+    buf = gaussian.design_buffer(cov_type, d, panel)
+    # NaN or inf in the chunk is reported below, once, with its rows.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for lo in range(0, n, panel):
+            hi = min(lo + panel, n)
+            xa = gaussian.augment(cov_type, x[lo:hi], shift, buf)
+            wp = None if w is None else w[lo:hi]
+            for view, acc in zip(views, accs):
+                gaussian.panel_stats(xa, wp, view, cov_type, acc)
     if not all(math.isfinite(acc["loglik"]) for acc in accs):
         finite = np.isfinite(x)
         if not finite.all():
@@ -184,9 +190,15 @@ def round_graph(
     *,
     reg_covar: float,
     split_every: int | None,
+    salt: str = "",
 ) -> Delayed:
-    """One EM round as a single Delayed whose value is a list of StepResult."""
-    token = tokenize(X, w, state, reg_covar, split_every)
+    """One EM round as a single Delayed whose value is a list of StepResult.
+
+    ``salt`` makes the keys of this fit's rounds unique: a round whose
+    parameters equal the previous round's (a fixed point) must not reuse the
+    key that the scheduler is still releasing.
+    """
+    token = tokenize(X, w, state, reg_covar, split_every, salt)
     state_key = delayed(state, name=f"em-params-{token}", pure=True, traverse=False)
     args = [X, w[:, None] if w is not None else None, state_key]
     stats = da.map_blocks(
@@ -232,11 +244,21 @@ class Runner:
     def __init__(self) -> None:
         self.client = None
         self._stack = contextlib.ExitStack()
+        self._rounds = 0
+        self._nonce = uuid.uuid4().hex
+
+    def salt(self) -> str:
+        """A key suffix unique to each graph this runner computes."""
+        self._rounds += 1
+        return f"{self._nonce}-{self._rounds}"
 
     def __enter__(self) -> "Runner":
         self.client = _active_client()
         if self.client is None:
-            address = dask.config.get("scheduler-address", None)
+            # The operator sets DASK_SCHEDULER_ADDRESS; dask.config reads it only at import.
+            address = os.environ.get("DASK_SCHEDULER_ADDRESS") or dask.config.get(
+                "scheduler-address", None
+            )
             if address:
                 from distributed import Client
 
@@ -323,6 +345,7 @@ class Restart:
             "error": self.error,
             "history": list(self.history),
             "dropped_components": list(self.dropped),
+            "seconds": self.seconds,
         }
 
 
@@ -342,7 +365,10 @@ def run_em(
 ) -> list[Restart]:
     """Iterate every restart to convergence or ``max_iter``, sharing reads."""
     d = X.shape[1]
-    t_rows = tile_rows(max(len(r.params["weights"]) for r in restarts if r.params), d)
+    sizes = [len(r.params["weights"]) for r in restarts if r.params is not None]
+    if not sizes:  # every start failed
+        return restarts
+    t_rows = tile_rows(max(sizes), d)
     while True:
         running = [r for r in restarts if r.running and r.n_iter < max_iter]
         if not running:
@@ -355,7 +381,7 @@ def run_em(
         }
         tic = time.perf_counter()
         results = runner.compute(
-            round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every)
+            round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every, salt=runner.salt())
         )
         seconds = time.perf_counter() - tic
         for restart, result in zip(running, results):

@@ -55,9 +55,9 @@ def _concat(parts):
     return np.concatenate(parts, axis=0)
 
 
-def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray):
+def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, salt: str = ""):
     """Delayed (rows, weights) of the sampled rows, one read task per chunk."""
-    token = tokenize(X, w, indices)
+    token = tokenize(X, w, indices, salt)
     bounds = np.cumsum((0,) + X.chunks[0])
     blocks = X.to_delayed().ravel()
     wblocks = w.to_delayed().ravel() if w is not None else [None] * len(blocks)
@@ -136,14 +136,11 @@ def init_restart(
     if weights_init is None or means_init is None or precisions_init is None:
         resp = start_responsibilities(sample - shift, n_components, method, seed)
         xa = gaussian.augment(
-            covariance_type,
-            sample,
-            shift,
-            np.empty((sample.shape[0], gaussian.augmented_width(covariance_type, d))),
+            covariance_type, sample, shift, gaussian.design_buffer(covariance_type, d, len(sample))
         )
         acc = gaussian.empty_stats(covariance_type, n_components, d)
         ref = np.zeros((n_components, d))
-        gaussian.accumulate(xa, sample_weight, resp, ref, covariance_type, acc)
+        gaussian.accumulate(xa, sample_weight, resp.T, ref, covariance_type, acc)
         stats = gaussian.finish_stats(acc, ref, covariance_type)
         mass = gaussian.component_mass(stats, covariance_type)
         total = float(mass.sum())
@@ -157,7 +154,10 @@ def init_restart(
             stats = gaussian.drop_components(stats, keep, covariance_type)
             ref, mass = ref[keep], mass[keep]
             params["dropped"] = [int(k) for k in np.flatnonzero(~keep)]
-        params.update(gaussian.m_step(stats, ref, covariance_type, reg_covar))
+        try:
+            params.update(gaussian.m_step(stats, ref, covariance_type, reg_covar))
+        except gaussian.NotPositiveDefiniteError as exc:
+            return {"error": f"at the start: {exc}"}
         # scikit-learn divides the start's masses by n_samples, not by their sum.
         params["weights"] = (mass + gaussian._MASS_EPS) / total
     if weights_init is not None:
@@ -186,9 +186,10 @@ def init_graph(
     weights_init=None,
     means_init=None,
     precisions_init=None,
+    salt: str = "",
 ):
     """Delayed (shift, [params of each restart]) for one compute."""
-    sample, sw = sample_graph(X, w, sample_rows)
+    sample, sw = sample_graph(X, w, sample_rows, salt)
     token = tokenize(sample, sw, seeds, method, covariance_type, reg_covar)
     shift = delayed(_shift, pure=True)(sample, sw, dask_key_name=f"em-init-shift-{token}")
     starts = [

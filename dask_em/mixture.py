@@ -308,11 +308,13 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                     weights_init=w_init,
                     means_init=m_init,
                     precisions_init=p_init,
+                    salt=runner.salt(),
                 )
             )
             restarts = []
             for i, (seed, params) in enumerate(zip(seeds, starts)):
-                r = Restart(i, seed, params)
+                error = params.pop("error", None)
+                r = Restart(i, seed, None if error else params, error=error)
                 r.dropped = [(0, k) for k in params.pop("dropped", [])]
                 restarts.append(r)
             run_em(
@@ -490,20 +492,21 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
 def _infer_block(x, state: dict, what: str):
     """Labels, responsibilities or log-likelihood of one block of rows."""
     cov_type, shift = state["covariance_type"], state["shift"]
-    view = gaussian.prepare(state["params"], cov_type)
-    t = state["tile_rows"]
-    n = x.shape[0]
+    n, d = x.shape
     k = len(state["params"]["weights"])
+    tile = max(1, min(state["tile_rows"], n))
+    panel = max(1, min(gaussian.panel_rows(k, d, tile), n))
+    view = gaussian.prepare(state["params"], cov_type, tile)
     out = np.empty((n, k) if what == "proba" else (n,), dtype=np.int64 if what == "labels" else np.float64)
-    buf = np.empty((min(t, max(n, 1)), gaussian.augmented_width(cov_type, shift.shape[0])))
-    for lo in range(0, n, t):
-        hi = min(lo + t, n)
-        xa = gaussian.augment(cov_type, x[lo:hi], shift, buf[: hi - lo])
+    buf = gaussian.design_buffer(cov_type, d, panel)
+    for lo in range(0, n, panel):
+        hi = min(lo + panel, n)
+        xa = gaussian.augment(cov_type, x[lo:hi], shift, buf)
         wlp = gaussian.weighted_log_prob(xa, view, cov_type)
         if what == "labels":
-            out[lo:hi] = wlp.argmax(1)
+            out[lo:hi] = wlp.argmax(0)
         elif what == "proba":
-            out[lo:hi] = gaussian.responsibilities(wlp)[1]
+            out[lo:hi] = gaussian.responsibilities(wlp)[1].T
         else:
             out[lo:hi] = gaussian.responsibilities(wlp)[0]
     return out

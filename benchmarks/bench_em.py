@@ -1,0 +1,212 @@
+"""Per-iteration cost of dask-em against scikit-learn, in one run.
+
+For each data shape and covariance type, every system starts from the same
+parameters and runs the same number of EM iterations (tol=0):
+
+* sklearn       ``sklearn.mixture.GaussianMixture``'s own E-step and M-step
+                (``_e_step`` / ``_m_step``, the body of its fit loop) on the
+                in-memory array; its k-means start is skipped, as ours is.
+* memory        dask-em on the numpy array, local default scheduler.
+* zarr          dask-em reading a zstd-compressed Zarr store on disk.
+* read+sum      a bare ``da.from_zarr(...).sum(axis=0)`` pass over the same
+                store: the floor for a read-bound iteration.
+* cluster       dask-em from the Zarr store on a LocalCluster of 2 worker
+                processes (1 thread each).
+* threads       dask-em from the Zarr store on the threaded scheduler.
+
+Peak memory is the highest resident set size of this process and its
+children, sampled every 50 ms during each measurement. The final lower bounds
+of sklearn and dask-em are printed side by side so a wrong peer is visible.
+
+Usage::
+
+    python benchmarks/bench_em.py                 # the issue's shapes (several minutes)
+    python benchmarks/bench_em.py --quick         # small shapes, a smoke run
+    python benchmarks/bench_em.py --shapes 2000000x16 --types full
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+
+
+def _rss_tree() -> int:
+    import psutil
+
+    proc = psutil.Process()
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class PeakMemory:
+    """Samples RSS (self + children) in a thread; ``peak`` in bytes."""
+
+    def __enter__(self):
+        self.peak = _rss_tree()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, _rss_tree())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_tree())
+
+
+def sklearn_per_iter(X, k, cov_type, init, iters):
+    from sklearn.mixture import GaussianMixture
+
+    gm = GaussianMixture(k, covariance_type=cov_type, tol=0, max_iter=iters, **init)
+    gm._initialize(X, None)
+    lower_bound = None
+    tic = time.perf_counter()
+    for _ in range(iters):
+        log_prob_norm, log_resp = gm._e_step(X)
+        gm._m_step(X, log_resp)
+        lower_bound = log_prob_norm
+    return (time.perf_counter() - tic) / iters, lower_bound, gm
+
+
+def dask_em_per_iter(X, k, cov_type, init, iters, **fit_kw):
+    import dask_em
+
+    gm = dask_em.GaussianMixture(k, covariance_type=cov_type, tol=0, max_iter=iters, **init)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X, **fit_kw)
+    r = gm.restarts_[0]
+    return r["seconds"] / r["n_iter"], gm.lower_bound_, gm
+
+
+def read_sum_seconds(path, chunk_rows, repeats=3):
+    import dask
+    import dask.array as da
+
+    best = np.inf
+    for _ in range(repeats):
+        x = da.from_zarr(path, chunks=(chunk_rows, -1))
+        tic = time.perf_counter()
+        dask.compute(x.sum(axis=0), scheduler="threads")
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def initial_parameters(spec, cov_type, rng):
+    """The true parameters, perturbed: a start every system shares."""
+    k, d = spec.means.shape
+    means = spec.means + 0.5 * rng.standard_normal((k, d))
+    weights = np.full(k, 1.0 / k)
+    covs = spec.covariances * rng.uniform(0.8, 1.6, size=(k, 1, 1))
+    if cov_type == "full":
+        prec = np.linalg.inv(covs)
+    elif cov_type == "tied":
+        prec = np.linalg.inv(covs.mean(0))
+    elif cov_type == "diag":
+        prec = 1.0 / np.diagonal(covs, axis1=1, axis2=2)
+    else:
+        prec = 1.0 / np.diagonal(covs, axis1=1, axis2=2).mean(1)
+    return {"weights_init": weights, "means_init": means, "precisions_init": prec}
+
+
+def write_store(X, path, chunk_rows, codec):
+    import zarr
+
+    compressors = {"zstd": zarr.codecs.ZstdCodec(level=3), "none": None}[codec]
+    z = zarr.create_array(
+        path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype,
+        compressors=compressors, overwrite=True,
+    )
+    for lo in range(0, X.shape[0], chunk_rows):
+        z[lo : lo + chunk_rows] = X[lo : lo + chunk_rows]
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", default="2000000x16,500000x64")
+    parser.add_argument("--types", default="full,diag")
+    parser.add_argument("--components", type=int, default=8)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--chunk-rows", type=int, default=0, help="rows per chunk (default ~32 MiB)")
+    parser.add_argument("--codec", default="zstd", choices=["zstd", "none"])
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--quick", action="store_true", help="small shapes, 3 iterations")
+    parser.add_argument("--skip", default="", help="comma list of systems to skip")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.shapes, args.iters = "100000x16,20000x64", 3
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from dask_em.datasets import make_mixture
+
+    skip = set(filter(None, args.skip.split(",")))
+    workdir = args.workdir or tempfile.mkdtemp(prefix="dask-em-bench-")
+    print(f"# machine: {os.cpu_count()} cores; numpy {np.__version__}; dask {dask.__version__}")
+    print(f"# K={args.components}, {args.iters} iterations, codec={args.codec}, workdir={workdir}")
+    header = f"{'shape':>12} {'cov':>5} {'system':>9} {'s/iter':>8} {'vs sklearn':>10} {'vs memory':>9} {'vs read':>8} {'peak GB':>8}  lower bound"
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    for shape in args.shapes.split(","):
+        n, d = (int(v) for v in shape.lower().split("x"))
+        chunk_rows = args.chunk_rows or max(1024, (32 * 2**20) // (8 * d))
+        x, _, spec = make_mixture(n, d, args.components, chunk_rows=chunk_rows, seed=1)
+        X = x.compute(scheduler="threads")
+        path = write_store(X, os.path.join(workdir, f"x-{n}x{d}.zarr"), chunk_rows, args.codec)
+        read_s = read_sum_seconds(path, chunk_rows)
+        for cov in args.types.split(","):
+            init = initial_parameters(spec, cov, rng)
+            rows = {}
+
+            def record(system, fn):
+                if system in skip:
+                    return
+                with PeakMemory() as mem:
+                    sec, lb, _ = fn()
+                rows[system] = (sec, float(lb), mem.peak / 2**30)
+
+            record("sklearn", lambda: sklearn_per_iter(X, args.components, cov, init, args.iters))
+            record("memory", lambda: dask_em_per_iter(X, args.components, cov, init, args.iters))
+            record("zarr", lambda: dask_em_per_iter(path, args.components, cov, init, args.iters, chunk_rows=chunk_rows))
+            if "cluster" not in skip:
+                with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+                with cluster, Client(cluster):
+                    record("cluster", lambda: dask_em_per_iter(path, args.components, cov, init, args.iters, chunk_rows=chunk_rows))
+            rows["read+sum"] = (read_s, float("nan"), float("nan"))
+            ref = rows.get("sklearn", (np.nan,))[0]
+            mem_s = rows.get("memory", (np.nan,))[0]
+            for system, (sec, lb, peak) in rows.items():
+                print(
+                    f"{shape:>12} {cov:>5} {system:>9} {sec:8.3f} {ref / sec:9.2f}x {sec / mem_s:8.2f}x "
+                    f"{sec / read_s:7.2f}x {peak:8.2f}  {lb:.10g}"
+                )
+            sys.stdout.flush()
+        shutil.rmtree(path, ignore_errors=True)
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

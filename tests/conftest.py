@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+def mixture(rng, n=600, d=3, k=3, spread=6.0, offset=0.0):
+    """Rows from k Gaussians with random full covariances, with their labels."""
+    means = rng.normal(scale=spread, size=(k, d))
+    labels = rng.integers(0, k, n)
+    factors = rng.normal(size=(k, d, d)) / np.sqrt(d) + np.eye(d)
+    z = rng.normal(size=(n, d))
+    X = means[labels] + np.einsum("nij,nj->ni", factors[labels], z)
+    return X + offset, labels, means + offset
+
+
+@pytest.fixture
+def blobs(rng):
+    return mixture(rng)
+
+
+def sklearn_start(X, k, cov_type, seed=0):
+    """Start parameters taken from a short scikit-learn fit (an independent source)."""
+    from sklearn.mixture import GaussianMixture
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = GaussianMixture(k, covariance_type=cov_type, max_iter=1, random_state=seed).fit(X)
+    return {
+        "weights_init": ref.weights_,
+        "means_init": ref.means_,
+        "precisions_init": ref.precisions_,
+    }

@@ -1,0 +1,197 @@
+"""The engine: one graph per round, parameters in one key, shared reads, tree reduction."""
+
+import collections
+import logging
+import pickle
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from distributed.utils import key_split
+from zarr.storage import LocalStore
+
+import dask_em
+from dask_em import _engine, gaussian
+from conftest import mixture
+
+
+class CountingStore(LocalStore):
+    """A real on-disk store that counts reads of each chunk key."""
+
+    def __init__(self, root, **kw):
+        super().__init__(root, **kw)
+        self.reads = collections.Counter()
+
+    async def get(self, key, prototype=None, byte_range=None):
+        if not key.endswith("zarr.json"):
+            self.reads[key] += 1
+        return await super().get(key, prototype, byte_range)
+
+    def with_read_only(self, read_only=False):
+        clone = CountingStore(self.root, read_only=read_only)
+        clone.reads = self.reads
+        return clone
+
+
+def counting_array(tmp_path, X, rows):
+    zarr.create_array(tmp_path / "x.zarr", shape=X.shape, chunks=(rows, X.shape[1]), dtype=X.dtype)[:] = X
+    store = CountingStore(tmp_path / "x.zarr", read_only=True)
+    return zarr.open_array(store, mode="r"), store
+
+
+def params_for(k, d, rng, cov="full"):
+    """Unit covariances in the layout of each covariance type."""
+    chol = {
+        "full": np.stack([np.eye(d)] * k),
+        "tied": np.eye(d),
+        "diag": np.ones((k, d)),
+        "spherical": np.ones(k),
+    }[cov]
+    return {"weights": np.full(k, 1.0 / k), "means": rng.normal(size=(k, d)), "precisions_cholesky": chol}
+
+
+def round_state(k, d, rng, restarts=1, cov="full"):
+    return {
+        "covariance_type": cov,
+        "shift": np.zeros(d),
+        "tile_rows": _engine.tile_rows(k, d),
+        "params": [params_for(k, d, rng, cov) for _ in range(restarts)],
+    }
+
+
+def test_restarts_share_every_chunk_read(tmp_path, rng):
+    X = mixture(rng, n=1200, d=3, k=3)[0]
+    arr, store = counting_array(tmp_path, X, rows=100)
+    gm = dask_em.GaussianMixture(3, n_init=4, max_iter=3, tol=0, init_params="random", random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(arr, chunk_rows=100)
+    rounds = max(r["n_iter"] for r in gm.restarts_)
+    assert rounds == 3 and all(r["n_iter"] == 3 for r in gm.restarts_)
+    chunk_reads = {k: v for k, v in store.reads.items() if "/c/" in k or k.startswith("c/")}
+    assert len(chunk_reads) == 12
+    # One read for the init sample, then one per round: not one per restart per round.
+    assert set(chunk_reads.values()) == {1 + rounds}
+
+
+def test_parameters_enter_the_round_graph_once(rng):
+    k, d = 8, 32
+    state = round_state(k, d, rng, restarts=2)
+    X = da.from_array(rng.normal(size=(4000, d)), chunks=(250, -1))
+    graph = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=4)
+    dsk = dict(graph.__dask_graph__())
+    params_keys = [key for key in dsk if key_split(key) == "em-params"]
+    assert len(params_keys) == 1
+    params_size = len(pickle.dumps(state))
+    assert params_size > 100_000
+    estep = [key for key in dsk if key_split(key) == "em-estep"]
+    assert len(estep) == 16
+    for key, task in dsk.items():
+        if key in params_keys or key_split(key) == "array":  # the data's own chunks
+            continue
+        # Every other task refers to the parameters by key; none carries a copy.
+        assert len(pickle.dumps(task)) < params_size / 20, key
+    for key in estep:
+        assert params_keys[0] in dsk[key].dependencies
+
+
+def test_round_graph_layers_read_as_the_algorithm(rng):
+    state = round_state(3, 2, rng)
+    X = da.from_array(rng.normal(size=(1600, 2)), chunks=(100, -1))
+    graph = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=2)
+    (optimized,) = dask.optimize(graph)
+    prefixes = collections.Counter(key_split(k) for k in dict(optimized.__dask_graph__()))
+    assert prefixes["em-mstep"] == 1
+    assert prefixes["em-combine-aggregate"] == 1
+    assert prefixes["em-combine-partial"] == 8 + 4 + 2  # 16 chunks, fan-in 2
+    assert prefixes["em-estep"] == 16  # the E-step, fused with its identity chunk step
+    wide = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=16)
+    (wide,) = dask.optimize(wide)
+    assert "em-combine-partial" not in {key_split(k) for k in dict(wide.__dask_graph__())}
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 16, None])
+def test_tree_shape_does_not_change_the_result(split_every, rng):
+    X = rng.normal(size=(1000, 3))
+    state = round_state(2, 3, np.random.default_rng(0))
+    results = []
+    for se in (split_every, 2):
+        graph = _engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, reg_covar=1e-6, split_every=se)
+        (res,) = dask.compute(graph, scheduler="sync")
+        results.append(res[0])
+    np.testing.assert_allclose(results[0].params["covariances"], results[1].params["covariances"], rtol=1e-12)
+    assert results[0].lower_bound == pytest.approx(results[1].lower_bound, rel=1e-13)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_statistics_merge(cov_type, rng):
+    """Statistics of X[:a] merged with X[a:] equal those of X (pomegranate's test)."""
+    X = mixture(rng, n=301, d=4, k=3)[0]
+    state = round_state(3, 4, rng, cov=cov_type)
+    state["params"][0]["weights"] = np.array([0.2, 0.3, 0.5])
+    whole = _engine.estep_block(X, None, state)[0]
+    for a in (1, 37, 150, 300):
+        parts = [_engine.estep_block(X[:a], None, state)[0], _engine.estep_block(X[a:], None, state)[0]]
+        merged = gaussian.merge_stats(parts)
+        assert merged.keys() == whole.keys()
+        for key in whole:
+            np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, atol=1e-9, err_msg=key)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_statistics_against_numpy(cov_type, rng):
+    """Weighted counts, means and scatter from the E-step equal a direct numpy computation."""
+    from scipy.special import logsumexp
+
+    X = mixture(rng, n=200, d=3, k=2)[0]
+    w = rng.uniform(0.5, 2.0, size=200)
+    state = round_state(2, 3, rng, cov=cov_type)
+    p = state["params"][0]
+    stats = _engine.estep_block(X, w, state)[0]
+    # Reference: identity covariances, so log N = -0.5 |x - m|^2 + const.
+    logp = -0.5 * ((X[:, None] - p["means"][None]) ** 2).sum(-1) + np.log(p["weights"])
+    resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True)) * w[:, None]
+    n = resp.sum(0)
+    assert stats["loglik"] == pytest.approx((w * logsumexp(logp - 1.5 * np.log(2 * np.pi), axis=1)).sum(), rel=1e-12)
+    new = gaussian.m_step(stats, p["means"], cov_type, 0.0)
+    np.testing.assert_allclose(new["means"], resp.T @ X / n[:, None], rtol=1e-10)
+    np.testing.assert_allclose(new["weights"], n / n.sum(), rtol=1e-12)
+
+
+def test_failed_restart_is_reported_and_skipped(rng):
+    X = da.from_array(mixture(rng, n=300, d=2, k=2)[0], chunks=(100, -1))
+    good = params_for(2, 2, rng)
+    bad = params_for(2, 2, rng)
+    bad["precisions_cholesky"] = bad["precisions_cholesky"] * np.nan
+    restarts = [_engine.Restart(0, 1, good), _engine.Restart(1, 2, bad)]
+    with _engine.Runner() as runner:
+        _engine.run_em(
+            X, None, restarts, shift=np.zeros(2), covariance_type="full", reg_covar=1e-6,
+            tol=1e-3, max_iter=50, split_every=None, runner=runner,
+        )
+    assert restarts[0].error is None and restarts[0].converged
+    assert "iteration 1: the log-likelihood is not finite" in restarts[1].error
+    assert restarts[1].n_iter == 1  # it stopped; the good one went on
+
+
+def test_falling_bound_is_logged_with_the_iteration(caplog):
+    r = _engine.Restart(0, 0, {"weights": np.ones(1)})
+    r.history = [-1.0]
+    r.n_iter = 1
+    with caplog.at_level(logging.WARNING, logger="dask_em"):
+        _engine._advance(r, _engine.StepResult(-1.5, params={"weights": np.ones(1)}), tol=1e-3)
+    assert "fell at iteration 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dask_em"):
+        _engine._advance(r, _engine.StepResult(-1.5 - 1e-14, params={"weights": np.ones(1)}), tol=1e-3)
+    assert caplog.text == ""  # round-off is not a fall
+
+
+def test_verbose_logs_each_iteration(caplog, rng):
+    X = mixture(rng, n=200, d=2, k=2)[0]
+    with caplog.at_level(logging.INFO, logger="dask_em"):
+        gm = dask_em.GaussianMixture(2, verbose=1, random_state=0).fit(X)
+    assert f"restart 0 iteration {gm.n_iter_}" in caplog.text

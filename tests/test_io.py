@@ -1,0 +1,238 @@
+"""Every input kind, opened lazily with whole rows per chunk; bad input refused up front."""
+
+import dask.array as da
+from dask.callbacks import Callback
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+import dask_em
+from dask_em.io import as_dask_array
+
+
+class _RaiseOnCompute(Callback):
+    """Fails any local dask compute, like flox's raise_if_dask_computes."""
+
+    def _start(self, dsk):
+        raise AssertionError("a dask compute ran during validation")
+
+
+@pytest.fixture
+def no_compute():
+    with _RaiseOnCompute():
+        yield
+
+
+@pytest.fixture
+def X(rng):
+    return rng.normal(size=(500, 4))
+
+
+def write(path, X, rows=64):
+    z = zarr.create_array(path, shape=X.shape, chunks=(rows, X.shape[1]), dtype=X.dtype)
+    z[:] = X
+    return z
+
+
+def n_tasks(arr: da.Array) -> int:
+    return len(dict(arr.__dask_graph__()))
+
+
+def test_numpy_and_dask_pass_through(X, no_compute):
+    p = as_dask_array(X, chunk_rows=128)
+    assert p.kind == "numpy" and p.data.chunks == ((128, 128, 128, 116), (4,))
+    d = da.from_array(X, chunks=(100, -1))
+    assert as_dask_array(d).data is d
+
+
+def test_zarr_path_opened_with_row_chunks(X, tmp_path):
+    write(tmp_path / "x.zarr", X, rows=50)
+    with _RaiseOnCompute():
+        p = as_dask_array(str(tmp_path / "x.zarr"), chunk_rows=200)
+    assert p.kind == "zarr"
+    assert p.data.chunks == ((200, 200, 100), (4,))
+    # chunks=(rows, -1) at open: one task per chunk (plus the array node), no rechunk layers.
+    assert n_tasks(p.data) <= p.data.numblocks[0] + 1
+    np.testing.assert_array_equal(p.data.compute(scheduler="threads"), X)
+
+
+def test_zarr_default_chunks_are_multiples_of_the_store(X, tmp_path):
+    write(tmp_path / "x.zarr", X, rows=50)
+    p = as_dask_array(tmp_path / "x.zarr")
+    assert p.data.chunks[0][0] % 50 == 0 or p.data.chunks[0][0] == 500
+
+
+def test_file_url_memory_url_and_zarr_array(X, tmp_path):
+    write(tmp_path / "x.zarr", X)
+    via_url = as_dask_array(f"file://{tmp_path}/x.zarr").data
+    np.testing.assert_array_equal(via_url.compute(scheduler="threads"), X)
+
+    z = zarr.create_array("memory://dask-em-test/x.zarr", shape=X.shape, chunks=(100, 4), dtype="f8")
+    z[:] = X
+    mem = as_dask_array("memory://dask-em-test/x.zarr").data
+    np.testing.assert_array_equal(mem.compute(scheduler="threads"), X)
+
+    arr = zarr.open_array(tmp_path / "x.zarr", mode="r")
+    np.testing.assert_array_equal(as_dask_array(arr).data.compute(scheduler="threads"), X)
+
+
+def test_xarray_dataset_in_zarr_needs_variable(X, tmp_path):
+    ds = xr.Dataset(
+        {"points": (("sample", "feature"), X), "other": (("sample",), X[:, 0])},
+        coords={"feature": ["a", "b", "c", "d"]},
+    )
+    ds.to_zarr(tmp_path / "ds.zarr", zarr_format=3, consolidated=False)
+    with pytest.raises(ValueError, match=r"is a Zarr group, not an array.*variable=.*points"):
+        as_dask_array(str(tmp_path / "ds.zarr"))
+    p = as_dask_array(str(tmp_path / "ds.zarr"), variable="points", chunk_rows=128)
+    assert p.kind == "xarray" and p.data.chunks[0][0] == 128 and p.data.numblocks[1] == 1
+    np.testing.assert_array_equal(p.feature_names, ["a", "b", "c", "d"])
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(str(tmp_path / "ds.zarr"), variable="points")
+    np.testing.assert_array_equal(gm.feature_names_in_, ["a", "b", "c", "d"])
+    with pytest.raises(KeyError, match="'nope' not found.*points"):
+        as_dask_array(str(tmp_path / "ds.zarr"), variable="nope")
+
+
+def test_xarray_dataset_in_memory(X):
+    ds = xr.Dataset({"points": (("sample", "feature"), X)})
+    assert as_dask_array(ds).kind == "xarray"  # a single variable needs no name
+    ds["more"] = ds["points"] * 2
+    with pytest.raises(ValueError, match=r"Dataset with variables \['more', 'points'\]"):
+        as_dask_array(ds)
+    assert as_dask_array(ds, variable="more").data.shape == X.shape
+
+
+def test_fit_from_every_kind_gives_one_model(X, tmp_path):
+    write(tmp_path / "x.zarr", X, rows=100)
+    kinds = {
+        "numpy": X,
+        "dask": da.from_array(X, chunks=(100, -1)),
+        "xarray": xr.DataArray(da.from_array(X, chunks=(100, -1)), dims=("s", "f")),
+        "zarr.Array": zarr.open_array(tmp_path / "x.zarr", mode="r"),
+        "path": str(tmp_path / "x.zarr"),
+    }
+    kw = dict(n_components=2, random_state=0, max_iter=5, tol=0)
+    start = dask_em.GaussianMixture(**kw).fit(X)
+    init = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
+    models = {k: dask_em.GaussianMixture(**kw, **init).fit(v, chunk_rows=100) for k, v in kinds.items()}
+    for name, gm in models.items():
+        np.testing.assert_allclose(gm.means_, models["numpy"].means_, rtol=1e-10, err_msg=name)
+
+
+# --------------------------------------------------------------------------
+# Bad input: an error that names what was received and how to fix it,
+# raised before any data are read.
+# --------------------------------------------------------------------------
+
+BAD_X = [
+    (np.zeros(10), ValueError, r"must be 2-D .* received 1-D shape \(10,\): X.reshape\(-1, 1\)"),
+    (np.zeros((4, 3, 2)), ValueError, r"received 3-D shape \(4, 3, 2\)"),
+    (np.zeros((0, 3)), ValueError, r"X is empty: received shape \(0, 3\)"),
+    (np.zeros((5, 0)), ValueError, r"X has no features: received shape \(5, 0\)"),
+    (np.array([["a", "b"], ["c", "d"]]), TypeError, r"must hold real numbers .* dtype <U1"),
+    (np.zeros((4, 2), dtype=object), TypeError, r"dtype object: convert it"),
+    (np.zeros((4, 2), dtype=complex), TypeError, r"complex numbers"),
+    ({"a": 1}, TypeError, r"must be a numpy array, dask array, .* received builtins.dict"),
+    (da.zeros((10, 4), chunks=(5, 2)), ValueError, r"chunked along the feature axis .* X.rechunk\(\{1: -1\}\)"),
+    (xr.DataArray(np.zeros((2, 3, 4)), dims=("a", "b", "c")), ValueError, r"2-D DataArray .* dims \('a', 'b', 'c'\)"),
+]
+
+
+@pytest.mark.parametrize("X, exc, match", BAD_X, ids=[m[:20] for _, _, m in BAD_X])
+def test_bad_x(X, exc, match, no_compute):
+    with pytest.raises(exc, match=match):
+        dask_em.GaussianMixture(1).fit(X)
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no Zarr array or group at"):
+        dask_em.GaussianMixture(1).fit(str(tmp_path / "nope.zarr"))
+
+
+def test_fewer_rows_than_components(no_compute):
+    with pytest.raises(ValueError, match="X has 3 rows, fewer than n_components=4"):
+        dask_em.GaussianMixture(4).fit(da.zeros((3, 2), chunks=(2, -1)))
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_named_by_chunk_rows(value, rng, tmp_path):
+    X = rng.normal(size=(1000, 3))
+    X[734, 1] = value
+    write(tmp_path / "x.zarr", X, rows=100)
+    # Outside the init sample: caught by the first E-step, with the chunk's rows.
+    with pytest.raises(ValueError, match=r"NaN or infinity in rows 700-799 \(chunk 7\); the first is row 734"):
+        dask_em.GaussianMixture(2, init_sample_size=5, random_state=0).fit(str(tmp_path / "x.zarr"), chunk_rows=100)
+    # Inside the init sample: caught while it is drawn.
+    with pytest.raises(ValueError, match=r"NaN or infinity in rows 700-799; the first found is row 734"):
+        dask_em.GaussianMixture(2, random_state=0).fit(str(tmp_path / "x.zarr"), chunk_rows=100)
+
+
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        (np.full(10, -1.0), r"finite and non-negative; received -1.0 at row 0"),
+        (np.r_[np.ones(9), np.nan], r"received nan at row 9"),
+        (np.zeros(10), r"sums to zero"),
+        (np.ones(7), r"shape \(10,\) to match X; received \(7,\)"),
+    ],
+)
+def test_bad_sample_weight(weights, match, no_compute):
+    X = da.zeros((10, 2), chunks=(5, -1))
+    with pytest.raises(ValueError, match=match):
+        dask_em.GaussianMixture(1).fit(X, sample_weight=weights)
+
+
+def test_dask_sample_weight_checked_in_the_e_step(rng):
+    X = rng.normal(size=(100, 2))
+    w = np.ones(100)
+    w[55] = -2
+    with pytest.raises(ValueError, match=r"non-negative; received -2.0 at row 5 \+ 50 \(chunk 1\)"):
+        dask_em.GaussianMixture(1, init_sample_size=3).fit(
+            da.from_array(X, chunks=(50, -1)), sample_weight=da.from_array(w, chunks=50)
+        )
+    with pytest.raises(ValueError, match=r"chunked like the rows of X.*rechunk\(X.chunks\[0\]\)"):
+        dask_em.GaussianMixture(1).fit(da.from_array(X, chunks=(50, -1)), sample_weight=da.from_array(w, chunks=30))
+
+
+BAD_PARAMS = [
+    ({"n_components": 0}, r"n_components must be an int >= 1; received 0"),
+    ({"n_components": 2.5}, r"n_components must be an int >= 1; received 2.5"),
+    ({"covariance_type": "ful"}, r"covariance_type must be one of \('full', 'tied', 'diag', 'spherical'\); received 'ful'"),
+    ({"tol": -1.0}, r"tol must be a finite float >= 0; received -1.0"),
+    ({"tol": float("nan")}, r"tol must be a finite float >= 0; received nan"),
+    ({"reg_covar": -1e-6}, r"reg_covar must be a finite float >= 0; received -1e-06"),
+    ({"max_iter": 0}, r"max_iter must be an int >= 1; received 0"),
+    ({"n_init": 0}, r"n_init must be an int >= 1; received 0"),
+    ({"init_params": "kmeans++"}, r"init_params must be one of .*; received 'kmeans\+\+'"),
+    ({"init_sample_size": 0}, r"init_sample_size must be None or an int >= 1; received 0"),
+    ({"split_every": 1}, r"split_every must be None or an int >= 2; received 1"),
+    ({"verbose": -1}, r"verbose must be an int >= 0; received -1"),
+    ({"random_state": "seed"}, r"random_state must be None, an int, .*; received 'seed'"),
+    ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\) for n_components=3; received shape \(2,\)"),
+    ({"weights_init": [0.5, 0.6, 0.1]}, r"weights_init must sum to 1; received a sum of 1.2"),
+    ({"means_init": np.zeros((3, 5))}, r"means_init must have shape \(3, 2\) .*; received shape \(3, 5\)"),
+    ({"precisions_init": np.zeros((3, 2))}, r"precisions_init must have shape \(3, 2, 2\) for covariance_type='full'"),
+    ({"precisions_init": np.stack([np.eye(2), -np.eye(2), np.eye(2)])}, r"precisions_init\[1\] must be symmetric positive definite"),
+    ({"covariance_type": "diag", "precisions_init": -np.ones((3, 2))}, r"precisions_init must be positive"),
+]
+
+
+@pytest.mark.parametrize("params, match", BAD_PARAMS, ids=[m[:25] for _, m in BAD_PARAMS])
+def test_bad_constructor_parameters(params, match, no_compute):
+    kw = {"n_components": 3, **params}
+    with pytest.raises(ValueError, match=match):
+        dask_em.GaussianMixture(**kw).fit(da.zeros((10, 2), chunks=(5, -1)))
+
+
+def test_predict_checks_feature_count(rng):
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(rng.normal(size=(50, 3)))
+    with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture was fitted with 3 features"):
+        gm.predict(rng.normal(size=(5, 4)))
+
+
+def test_predict_before_fit():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        dask_em.GaussianMixture(2).predict(np.zeros((3, 2)))

@@ -332,9 +332,9 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         return self
 
     def _log_iteration(self, r: Restart) -> None:
-        change = r.history[-1] - r.history[-2] if len(r.history) > 1 else float("nan")
+        change = f"change {r.history[-1] - r.history[-2]:.3g}" if len(r.history) > 1 else "first"
         logger.info(
-            "restart %d iteration %d: lower bound %.10g (change %.3g)%s",
+            "restart %d iteration %d: lower bound %.10g (%s)%s",
             r.index, r.n_iter, r.lower_bound, change, " converged" if r.converged else "",
         )
 

@@ -10,6 +10,8 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from distributed.utils import key_split
 from zarr.storage import LocalStore
 
@@ -195,3 +197,25 @@ def test_verbose_logs_each_iteration(caplog, rng):
     with caplog.at_level(logging.INFO, logger="dask_em"):
         gm = dask_em.GaussianMixture(2, verbose=1, random_state=0).fit(X)
     assert f"restart 0 iteration {gm.n_iter_}" in caplog.text
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    cuts=st.lists(st.integers(1, 299), max_size=6, unique=True),
+    cov_type=st.sampled_from(["full", "tied", "diag", "spherical"]),
+)
+def test_random_chunkings_give_the_one_chunk_round(cuts, cov_type):
+    """Any row chunking gives the single-chunk round to round-off (flox-style)."""
+    rng = np.random.default_rng(1)
+    X = mixture(rng, n=300, d=3, k=2)[0]
+    state = round_state(2, 3, np.random.default_rng(2), cov=cov_type)
+    bounds = [0, *sorted(cuts), 300]
+    chunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    results = []
+    for c in (chunks, (300,)):
+        graph = _engine.round_graph(da.from_array(X, chunks=(c, -1)), None, state, reg_covar=1e-6, split_every=2)
+        (res,) = dask.compute(graph, scheduler="sync")
+        results.append(res[0])
+    for key in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(results[0].params[key], results[1].params[key], rtol=1e-11, atol=1e-13)
+    assert results[0].lower_bound == pytest.approx(results[1].lower_bound, rel=1e-12)

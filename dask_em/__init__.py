@@ -8,12 +8,23 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._engine import Preempted, request_stop
 from .io import as_dask_array, open_zarr
 from .mixture import GaussianMixture
+from .store import load, save
 
 try:
     __version__ = version("dask-em")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["GaussianMixture", "as_dask_array", "open_zarr", "__version__"]
+__all__ = [
+    "GaussianMixture",
+    "Preempted",
+    "__version__",
+    "as_dask_array",
+    "load",
+    "open_zarr",
+    "request_stop",
+    "save",
+]

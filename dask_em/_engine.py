@@ -20,6 +20,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -362,8 +363,14 @@ def run_em(
     split_every: int | None,
     runner: Runner,
     on_iteration: Callable[[Restart], None] | None = None,
+    on_round: Callable[[list[Restart]], None] | None = None,
 ) -> list[Restart]:
-    """Iterate every restart to convergence or ``max_iter``, sharing reads."""
+    """Iterate every restart to convergence or ``max_iter``, sharing reads.
+
+    ``on_round`` runs after each round's M-step (the checkpoint). Then, if a
+    stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
+    :class:`Preempted`.
+    """
     d = X.shape[1]
     sizes = [len(r.params["weights"]) for r in restarts if r.params is not None]
     if not sizes:  # every start failed
@@ -389,7 +396,26 @@ def run_em(
             _advance(restart, result, tol)
             if on_iteration is not None:
                 on_iteration(restart)
+        if on_round is not None:
+            on_round(restarts)
+        if STOP_REQUESTED.is_set():
+            raise Preempted(
+                f"stopped after iteration {max(r.n_iter for r in restarts)} on request"
+            )
     return restarts
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (SIGTERM): the round in flight finished and was checkpointed."""
+
+
+# Set by a signal handler (the CLI's, on SIGTERM) to stop after the round in flight.
+STOP_REQUESTED = threading.Event()
+
+
+def request_stop(*_args) -> None:
+    """Ask a running fit to stop after its current round; usable as a signal handler."""
+    STOP_REQUESTED.set()
 
 
 def _estep_params(params: dict) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 import warnings
 from typing import Any
 
@@ -16,10 +17,12 @@ from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted
 
+from . import checkpoint as ckpt
 from . import gaussian
 from ._engine import Restart, Runner, check_weights, run_em, tile_rows
 from ._init import INIT_METHODS, default_sample_size, init_graph, sample_indices
 from .io import Prepared, as_dask_array
+from .store import _json_safe, fingerprint
 
 logger = logging.getLogger("dask_em")
 
@@ -247,7 +250,20 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
     # Fit
     # ------------------------------------------------------------------
 
-    def fit(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
+    def fit(
+        self,
+        X,
+        y=None,
+        *,
+        sample_weight=None,
+        variable=None,
+        storage_options=None,
+        chunk_rows=None,
+        checkpoint: str | None = None,
+        resume: bool = False,
+        checkpoint_options: dict | None = None,
+        callback=None,
+    ):
         """Fit the mixture by EM, reading ``X`` one row chunk at a time.
 
         Parameters
@@ -264,6 +280,17 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             fsspec options for remote stores (credentials, endpoint).
         chunk_rows : int, optional
             Rows per chunk where dask-em chooses the chunking.
+        checkpoint : str, optional
+            Path or fsspec URL of a checkpoint file, replaced atomically after
+            the start and after every M-step with the whole fitting state.
+        resume : bool, default=False
+            Continue from ``checkpoint`` when it exists (and start afresh when
+            it does not). A checkpoint of other data or settings is refused.
+        checkpoint_options : dict, optional
+            fsspec options for a remote checkpoint.
+        callback : callable, optional
+            Called after every iteration of every restart with a dict
+            (restart, iteration, lower_bound, change, converged).
 
         Returns
         -------
@@ -281,11 +308,18 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         w_init, m_init, p_init = self._validate_init(d)
         w = self._prepare_weights(sample_weight, data)
 
-        seeds_root = _seed_sequence(self.random_state)
-        *children, sample_seed = seeds_root.spawn(self.n_init + 1)
-        seeds = [int(c.generate_state(1)[0]) for c in children]
-        size = self.init_sample_size or default_sample_size(n, self.n_components)
-        rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
+        source = os.fspath(X) if isinstance(X, (str, os.PathLike)) else None
+        self.training_data_ = fingerprint(prep, source)
+        saved = None
+        if checkpoint is not None and resume:
+            saved = ckpt.read(checkpoint, checkpoint_options)
+            if saved is not None:
+                ckpt.check_compatible(checkpoint, saved[0], self.training_data_, self.get_params())
+
+        def write_checkpoint(restarts: list[Restart]) -> None:
+            if checkpoint is not None:
+                meta, arrays = _checkpoint_state(restarts, shift, self.training_data_, self.get_params())
+                ckpt.write(checkpoint, meta, arrays, checkpoint_options)
 
         with Runner() as runner:
             if not prep.lazy:
@@ -296,27 +330,19 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 n, d, data.numblocks[0], runner.description, self.n_components,
                 self.covariance_type, self.n_init,
             )
-            shift, starts = runner.compute(
-                init_graph(
-                    data, w,
-                    n_components=self.n_components,
-                    covariance_type=self.covariance_type,
-                    reg_covar=self.reg_covar,
-                    method=self.init_params,
-                    seeds=seeds,
-                    sample_rows=rows,
-                    weights_init=w_init,
-                    means_init=m_init,
-                    precisions_init=p_init,
-                    salt=runner.salt(),
-                )
-            )
-            restarts = []
-            for i, (seed, params) in enumerate(zip(seeds, starts)):
-                error = params.pop("error", None)
-                r = Restart(i, seed, None if error else params, error=error)
-                r.dropped = [(0, k) for k in params.pop("dropped", [])]
-                restarts.append(r)
+            if saved is not None:
+                shift, restarts = _restore(*saved)
+                logger.info("resuming from %s at iteration %d", checkpoint, max(r.n_iter for r in restarts))
+            else:
+                shift, restarts = self._start(data, w, n, w_init, m_init, p_init, runner)
+                write_checkpoint(restarts)
+
+            def on_iteration(r: Restart) -> None:
+                if self.verbose:
+                    self._log_iteration(r)
+                if callback is not None:
+                    callback(_progress(r))
+
             run_em(
                 data, w, restarts,
                 shift=shift,
@@ -326,10 +352,41 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 max_iter=self.max_iter,
                 split_every=self.split_every,
                 runner=runner,
-                on_iteration=self._log_iteration if self.verbose else None,
+                on_iteration=on_iteration,
+                on_round=write_checkpoint,
             )
         self._set_fitted(restarts, shift, d, prep)
         return self
+
+    def _start(self, data, w, n, w_init, m_init, p_init, runner) -> tuple[np.ndarray, list[Restart]]:
+        """The centering point and every restart's initial parameters (one compute)."""
+        seeds_root = _seed_sequence(self.random_state)
+        *children, sample_seed = seeds_root.spawn(self.n_init + 1)
+        seeds = [int(c.generate_state(1)[0]) for c in children]
+        size = self.init_sample_size or default_sample_size(n, self.n_components)
+        rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
+        shift, starts = runner.compute(
+            init_graph(
+                data, w,
+                n_components=self.n_components,
+                covariance_type=self.covariance_type,
+                reg_covar=self.reg_covar,
+                method=self.init_params,
+                seeds=seeds,
+                sample_rows=rows,
+                weights_init=w_init,
+                means_init=m_init,
+                precisions_init=p_init,
+                salt=runner.salt(),
+            )
+        )
+        restarts = []
+        for i, (seed, params) in enumerate(zip(seeds, starts)):
+            error = params.pop("error", None)
+            r = Restart(i, seed, None if error else params, error=error)
+            r.dropped = [(0, k) for k in params.pop("dropped", [])]
+            restarts.append(r)
+        return shift, restarts
 
     def _log_iteration(self, r: Restart) -> None:
         change = f"change {r.history[-1] - r.history[-2]:.3g}" if len(r.history) > 1 else "first"
@@ -487,6 +544,61 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         rng = np.random.default_rng(_seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
         params = {"weights": self.weights_, "means": self.means_, "covariances": self.covariances_}
         return gaussian.sample(params, self.covariance_type, n_samples, rng)
+
+
+def _progress(r: Restart) -> dict:
+    change = r.history[-1] - r.history[-2] if len(r.history) > 1 else None
+    return {
+        "restart": r.index,
+        "iteration": r.n_iter,
+        "lower_bound": r.lower_bound,
+        "change": change,
+        "converged": r.converged,
+        "failed": r.error is not None,
+    }
+
+
+_PARAM_KEYS = ("weights", "means", "covariances", "precisions_cholesky")
+
+
+def _checkpoint_state(restarts: list[Restart], shift, fp: dict, params: dict) -> tuple[dict, dict]:
+    """JSON metadata and arrays of every restart: what a resume needs."""
+    arrays = {"shift": np.asarray(shift)}
+    entries = []
+    for r in restarts:
+        entry = r.summary()
+        entry["has_params"] = r.params is not None
+        entry["dropped_components"] = [list(x) for x in r.dropped]
+        entries.append(entry)
+        if r.params is not None:
+            for key in _PARAM_KEYS:
+                if r.params.get(key) is not None:
+                    arrays[f"r{r.index}.{key}"] = np.asarray(r.params[key])
+    meta = {"fingerprint": fp, "params": ckpt.matching_params(params), "restarts": _json_safe(entries)}
+    return meta, arrays
+
+
+def _restore(meta: dict, arrays: dict) -> tuple[np.ndarray, list[Restart]]:
+    restarts = []
+    for e in meta["restarts"]:
+        params = None
+        if e["has_params"]:
+            params = {k: arrays[f"r{e['restart']}.{k}"] for k in _PARAM_KEYS if f"r{e['restart']}.{k}" in arrays}
+            params.setdefault("covariances", None)
+        restarts.append(
+            Restart(
+                index=e["restart"],
+                seed=e["seed"],
+                params=params,
+                history=[np.nan if v is None else v for v in e["history"]],
+                n_iter=e["n_iter"],
+                converged=e["converged"],
+                error=e["error"],
+                dropped=[tuple(x) for x in e["dropped_components"]],
+                seconds=e.get("seconds", 0.0),
+            )
+        )
+    return arrays["shift"], restarts
 
 
 def _infer_block(x, state: dict, what: str):

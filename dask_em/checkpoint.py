@@ -1,0 +1,129 @@
+"""Checkpoints: the whole fitting state after every M-step, written atomically.
+
+A checkpoint is one ``.npz`` file (numpy arrays, no pickle) holding every
+restart's parameters plus a JSON document: iteration counts, lower-bound
+histories, seeds, convergence and failure states, the estimator parameters
+that must match on resume, and the training data's fingerprint. The random
+state needs no saving: all randomness is spent in the start (sample rows and
+each restart's k-means), which the checkpoint holds the outcome of.
+
+Atomicity: a local checkpoint is written to a temporary file in the same
+directory and moved over the old one with ``os.replace``; a remote one
+(``s3://...``) is a single object PUT, which object stores apply whole or not
+at all. Either way a crash mid-write leaves the previous checkpoint readable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+# Parameters a resumed fit must share with the checkpoint (max_iter and tol may grow).
+MATCHING_PARAMS = (
+    "n_components", "covariance_type", "reg_covar", "n_init", "init_params",
+    "random_state", "init_sample_size",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for this fit."""
+
+
+def _fs(path: str, storage_options: dict | None):
+    import fsspec
+
+    return fsspec.core.url_to_fs(path, **(storage_options or {}))
+
+
+def _encode(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buf, __meta__=blob, **arrays)
+    return buf.getvalue()
+
+
+def write(path: str, meta: dict, arrays: dict[str, np.ndarray], storage_options: dict | None = None) -> None:
+    """Replace the checkpoint at ``path`` with ``meta`` and ``arrays``, atomically."""
+    data = _encode({"format_version": FORMAT_VERSION, **meta}, arrays)
+    fs, fspath = _fs(path, storage_options)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        directory = os.path.dirname(os.path.abspath(fspath)) or "."
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{os.path.basename(fspath)}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        # Fault injection for the tests that kill a fit in the middle of a write.
+        delay = float(os.environ.get("DASK_EM_TEST_CHECKPOINT_DELAY", "0") or 0)
+        if delay:
+            time.sleep(delay)
+        os.replace(tmp, fspath)
+    else:
+        fs.pipe_file(fspath, data)
+
+
+def read(path: str, storage_options: dict | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The checkpoint at ``path``, or None when there is none yet."""
+    fs, fspath = _fs(path, storage_options)
+    if not fs.exists(fspath):
+        return None
+    raw = fs.cat_file(fspath)
+    try:
+        with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except Exception as exc:
+        raise CheckpointError(f"{path!r} is not a readable dask-em checkpoint ({exc}); remove it to start over.") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path!r} has checkpoint format {meta.get('format_version')}; this dask-em writes and "
+            f"reads format {FORMAT_VERSION}. Remove it to start over."
+        )
+    return meta, arrays
+
+
+def check_compatible(path: str, meta: dict, fingerprint: dict, params: dict) -> None:
+    """Refuse a checkpoint written for other data or another model."""
+    theirs = meta["fingerprint"]
+    if theirs != fingerprint:
+        diffs = ", ".join(
+            f"{k}: checkpoint {theirs.get(k)!r} vs input {fingerprint.get(k)!r}"
+            for k in sorted(set(theirs) | set(fingerprint))
+            if theirs.get(k) != fingerprint.get(k)
+        )
+        raise CheckpointError(
+            f"the checkpoint {path!r} was written for other data ({diffs}); resume against the "
+            "original input, or remove the checkpoint to start over."
+        )
+    ours = matching_params(params)
+    for name in MATCHING_PARAMS:
+        if meta["params"].get(name) != ours[name]:
+            raise CheckpointError(
+                f"the checkpoint {path!r} was written with {name}={meta['params'].get(name)!r}, "
+                f"but this fit has {name}={params.get(name)!r}; use the same settings or remove the checkpoint."
+            )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    return value
+
+
+def matching_params(params: dict) -> dict:
+    """The parameters a resume must match, as JSON values."""
+    out = {}
+    for name in MATCHING_PARAMS:
+        value = _plain(params.get(name))
+        out[name] = value if isinstance(value, (int, float, str, type(None))) else repr(value)
+    return out

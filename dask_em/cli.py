@@ -1,22 +1,486 @@
-"""The ``dask-em`` command (click, as dask's own CLI)."""
+"""The ``dask-em`` command (click, as dask's own CLI).
+
+Results go to stdout, progress and logs to stderr. Exit codes:
+
+====  =====================================================================
+0     success
+1     an unexpected error (a bug: the traceback is printed)
+2     bad input or usage (one line on stderr, nothing written)
+3     the best restart did not converge (only with ``--fail-on-no-converge``)
+4     every restart failed numerically
+75    preempted (SIGTERM): the iteration in flight finished, checkpoint written
+====  =====================================================================
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
+import uuid
 import warnings
+from typing import Any
 
 import click
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_FAILED, EXIT_PREEMPTED = 0, 2, 3, 4, 75
+
+logger = logging.getLogger("dask_em")
+
+
+class Failure(click.ClickException):
+    """A one-line error with its own exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file=None) -> None:
+        click.echo(f"dask-em: error: {self.format_message()}", err=True)
+
+
+@contextlib.contextmanager
+def _user_errors():
+    """Turn the library's input errors into one-line failures (no traceback)."""
+    from .checkpoint import CheckpointError
+    from .store import ModelStoreError
+
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ModelStoreError, CheckpointError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        raise Failure(str(message).splitlines()[0] if message else type(exc).__name__) from None
+
+
+def _parse_storage_options(pairs: tuple[str, ...], base: dict | None = None) -> dict | None:
+    """KEY=VALUE pairs (dotted keys nest; values parsed as JSON when they can be)."""
+    options: dict = dict(base or {})
+    for pair in pairs:
+        if "=" not in pair:
+            raise Failure(f"--storage-option takes KEY=VALUE; received {pair!r}.")
+        key, value = pair.split("=", 1)
+        try:
+            parsed: Any = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        node = options
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = parsed
+    return options or None
+
+
+def _exists(path: str, storage_options: dict | None) -> bool:
+    import fsspec
+
+    fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return fs.exists(p)
+
+
+def _refuse_existing(path: str, overwrite: bool, storage_options: dict | None = None) -> None:
+    if not overwrite and _exists(path, storage_options):
+        raise Failure(f"{path!r} exists; pass --overwrite to replace it.")
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str, storage_options: dict | None, overwrite: bool):
+    """Yield a temporary path beside ``path``; move it into place only on success.
+
+    Local paths are renamed (atomic). On an object store the objects are moved
+    with the root ``zarr.json`` last, so an interrupted move leaves nothing
+    that opens as Zarr under the final name.
+    """
+    import fsspec
+
+    fs, final = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = "file" in protocols or "local" in protocols
+    tmp_final = f"{final.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp_url = tmp_final if local else fs.unstrip_protocol(tmp_final)
+    try:
+        yield tmp_url
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp_final, recursive=True)
+        raise
+    if fs.exists(final):
+        if not overwrite:  # pragma: no cover - checked before any work
+            raise Failure(f"{path!r} appeared while writing; not replacing it.")
+        fs.rm(final, recursive=True)
+    if local:
+        os.replace(tmp_final, final)
+    else:
+        files = sorted(fs.find(tmp_final), key=lambda f: f.endswith("zarr.json"))
+        for f in files:
+            fs.mv(f, final + f[len(tmp_final):])
+        fs.rm(tmp_final, recursive=True)
+
+
+@contextlib.contextmanager
+def _scheduler(address: str | None):
+    """Connect to ``--scheduler`` for the command's duration (else the library's default)."""
+    if not address:
+        yield
+        return
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout="20s")
+    except OSError as exc:
+        raise Failure(f"cannot reach the scheduler at {address!r}: {exc}") from None
+    with client:
+        yield
+
+
+def _setup_logging(quiet: bool, as_json: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if as_json:
+        logger.setLevel(logging.WARNING)  # progress comes as JSON lines instead
+
+
+def _echo_json(obj: Any, err: bool = False) -> None:
+    from .store import _json_safe
+
+    click.echo(json.dumps(_json_safe(obj)), err=err)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dask-em")
 def main() -> None:
-    """Fit mixture models by EM on data larger than memory, with Dask."""
+    """Fit mixture models by EM on data larger than memory, with Dask.
+
+    Exit codes: 0 success, 2 bad input, 3 not converged (with
+    --fail-on-no-converge), 4 every restart failed, 75 preempted (checkpoint
+    written; rerun with --resume).
+    """
+
+
+# ---------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------
+
+_FIT_CONFIG_KEYS = {
+    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
+    "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
+    "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
+}
+
+
+def _load_config(ctx: click.Context, _param, value: str | None):
+    """--config FILE.yaml: the same options as the flags; flags override it."""
+    if value is None:
+        return None
+    import yaml
+
+    try:
+        with open(value) as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {value!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"{value!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value!r} must hold a mapping of option: value; received {type(data).__name__}.")
+    config = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(config) - _FIT_CONFIG_KEYS)
+    if unknown:
+        raise click.BadParameter(f"unknown keys {unknown} in {value!r}; allowed: {sorted(_FIT_CONFIG_KEYS)}.")
+    ctx.meta["config"] = config
+    ctx.default_map = {k: v for k, v in config.items() if k not in ("input", "storage_options")}
+    return value
+
+
+@main.command()
+@click.argument("input", required=False)
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
+              help="YAML file with the same options (a ConfigMap); flags override it.")
+@click.option("--output", "-o", help="Model store to write (Zarr path or URL).")
+@click.option("--components", "-k", type=int, default=1, show_default=True)
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="full", show_default=True)
+@click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
+@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--reg-covar", type=float, default=1e-6, show_default=True)
+@click.option("--init-params", type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]), default="kmeans", show_default=True)
+@click.option("--seed", type=int, default=None, help="random_state.")
+@click.option("--variable", help="Variable of an xarray-written Zarr group.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help="fsspec option for remote stores (repeatable; dotted keys nest).")
+@click.option("--scheduler", help="Dask scheduler address; default DASK_SCHEDULER_ADDRESS, else local threads.")
+@click.option("--checkpoint", help="Checkpoint file, replaced atomically after every iteration.")
+@click.option("--resume/--no-resume", default=False, help="Continue from --checkpoint when it exists.")
+@click.option("--chunk-rows", type=int, default=None, help="Rows per chunk when opening the store.")
+@click.option("--overwrite/--no-overwrite", default=False, help="Replace an existing --output.")
+@click.option("--fail-on-no-converge", is_flag=True, help="Exit 3 when the best restart did not converge.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress.")
+@click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
+@click.pass_context
+def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, reg_covar, init_params, seed,
+        variable, storage_option, scheduler, checkpoint, resume, chunk_rows, overwrite, fail_on_no_converge,
+        quiet, as_json):
+    """Fit a Gaussian mixture to the Zarr array at INPUT and write the model to --output."""
+    from . import GaussianMixture, save
+    from ._engine import Preempted, request_stop
+
+    config = ctx.meta.get("config", {})
+    input = input or config.get("input")
+    if not input:
+        raise Failure("no INPUT: give a Zarr path or URL (or `input:` in --config).")
+    if not output:
+        raise Failure("no --output: give the model store to write (or `output:` in --config).")
+    options = _parse_storage_options(storage_option, config.get("storage_options"))
+    _setup_logging(quiet, as_json)
+    with _user_errors():
+        _refuse_existing(output, overwrite, options)
+    model = GaussianMixture(
+        components, covariance_type=covariance_type, n_init=n_init, max_iter=max_iter, tol=tol,
+        reg_covar=reg_covar, init_params=init_params, random_state=seed,
+    )
+
+    def progress(event: dict) -> None:
+        if quiet:
+            return
+        if as_json:
+            _echo_json({"event": "iteration", **event}, err=True)
+        else:
+            change = "first" if event["change"] is None else f"change {event['change']:+.3g}"
+            state = " converged" if event["converged"] else (" failed" if event["failed"] else "")
+            click.echo(
+                f"restart {event['restart']} iteration {event['iteration']:>3}: "
+                f"lower bound {event['lower_bound']:.10g} ({change}){state}",
+                err=True,
+            )
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    if as_json and not quiet:
+        _echo_json({"event": "started", "input": input, "pid": os.getpid()}, err=True)
+    tic = time.perf_counter()
+    try:
+        with _user_errors(), _scheduler(scheduler), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # reported below, in the summary and exit code
+            try:
+                model.fit(input, variable=variable, storage_options=options, chunk_rows=chunk_rows,
+                          checkpoint=checkpoint, resume=resume, checkpoint_options=options, callback=progress)
+            except Preempted as exc:
+                where = f"; checkpoint written to {checkpoint}, rerun with --resume" if checkpoint else ""
+                click.echo(f"dask-em: preempted: {exc}{where}", err=True)
+                sys.exit(EXIT_PREEMPTED)
+            except ValueError as exc:
+                if str(exc).startswith("every restart failed"):
+                    raise Failure(str(exc), EXIT_FAILED) from None
+                raise
+            with _atomic_output(output, options, overwrite) as tmp:
+                save(model, tmp, storage_options=options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = _summary(model, output)
+    summary["seconds"] = round(time.perf_counter() - tic, 3)
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(_summary_text(summary))
+    if fail_on_no_converge and not model.converged_:
+        raise Failure(
+            f"the best restart did not converge in {model.max_iter} iterations; model written to {output}",
+            EXIT_NOT_CONVERGED,
+        )
+
+
+def _summary(model, path: str | None = None) -> dict:
+    return {
+        "model": path,
+        "family": "gaussian",
+        "covariance_type": model.covariance_type,
+        "n_components": int(model.n_components_),
+        "n_features": int(model.n_features_in_),
+        "converged": bool(model.converged_),
+        "n_iter": int(model.n_iter_),
+        "lower_bound": float(model.lower_bound_),
+        "weights": [float(w) for w in model.weights_],
+        "training_data": getattr(model, "training_data_", None),
+        "restarts": [
+            {k: r[k] for k in ("restart", "seed", "lower_bound", "n_iter", "converged", "status", "error")}
+            for r in model.restarts_
+        ],
+    }
+
+
+def _summary_text(s: dict) -> str:
+    lines = [
+        f"model:           {s['model']}",
+        f"family:          {s['family']} ({s['covariance_type']} covariance)",
+        f"components:      {s['n_components']}    features: {s['n_features']}",
+        f"converged:       {s['converged']} after {s['n_iter']} iterations",
+        f"lower bound:     {s['lower_bound']:.10g} (mean log-likelihood per row)",
+        "weights:         " + " ".join(f"{w:.4f}" for w in s["weights"]),
+    ]
+    td = s.get("training_data")
+    if td:
+        lines.append(
+            f"training data:   {td.get('source') or '(in memory)'} shape {tuple(td['shape'])} "
+            f"{td['dtype']}, {td['row_chunks'][1]} chunks of {td['row_chunks'][0]} rows"
+        )
+    for r in s["restarts"]:
+        lb = "nan" if r["lower_bound"] is None else f"{r['lower_bound']:.10g}"
+        lines.append(
+            f"  restart {r['restart']}: lower bound {lb}, {r['n_iter']} iterations, "
+            f"{'converged' if r['converged'] else 'not converged'}, {r['status']}"
+            + (f" ({r['error']})" if r["error"] else "")
+        )
+    if "seconds" in s:
+        lines.append(f"seconds:         {s['seconds']}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# predict, score, info
+# ---------------------------------------------------------------------------
+
+
+def _load_model(path: str, options: dict | None):
+    from . import load
+
+    with _user_errors():
+        return load(path, storage_options=options)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input")
+@click.option("--output", "-o", required=True, help="Zarr store for the labels (or responsibilities).")
+@click.option("--proba", is_flag=True, help="Write responsibilities (n_samples, n_components) instead of labels.")
+@click.option("--variable")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
+@click.option("--scheduler")
+@click.option("--chunk-rows", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, overwrite):
+    """Write the labels of INPUT under MODEL to a Zarr store with INPUT's row chunks."""
+    import dask.array as da
+
+    from ._engine import Runner
+
+    options = _parse_storage_options(storage_option)
+    model = _load_model(model_path, options)
+    with _user_errors():
+        _refuse_existing(output, overwrite, options)
+        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
+        result = model.predict_proba(input, **kw) if proba else model.predict(input, **kw)
+        result = getattr(result, "data", result)  # xarray -> dask
+    tic = time.perf_counter()
+    with _user_errors(), _scheduler(scheduler), _atomic_output(output, options, overwrite) as tmp:
+        with Runner() as runner:
+            runner.compute(da.to_zarr(result, tmp, storage_options=options, compute=False))
+    click.echo(
+        f"wrote {'responsibilities' if proba else 'labels'} {result.shape} in {result.numblocks[0]} chunks "
+        f"to {output} in {time.perf_counter() - tic:.1f} s"
+    )
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.argument("input")
+@click.option("--variable")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
+@click.option("--scheduler")
+@click.option("--chunk-rows", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+def score(model_path, input, variable, storage_option, scheduler, chunk_rows, as_json):
+    """Mean log-likelihood, BIC and AIC of INPUT under MODEL (one pass)."""
+    from .io import as_dask_array
+
+    options = _parse_storage_options(storage_option)
+    model = _load_model(model_path, options)
+    with _user_errors(), _scheduler(scheduler):
+        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
+        n = as_dask_array(input, **kw).data.shape[0]
+        mean = model.score(input, **kw)
+    p = model._n_parameters()
+    result = {
+        "n_samples": n,
+        "mean_log_likelihood": mean,
+        "bic": -2 * mean * n + p * math.log(n),
+        "aic": -2 * mean * n + 2 * p,
+        "n_parameters": p,
+    }
+    if as_json:
+        _echo_json(result)
+    else:
+        for key, value in result.items():
+            click.echo(f"{key + ':':22s}{value:.10g}" if isinstance(value, float) else f"{key + ':':22s}{value}")
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
+@click.option("--json", "as_json", is_flag=True)
+def info(model_path, storage_option, as_json):
+    """Summary of a stored model: family, K, d, training data, restarts."""
+    model = _load_model(model_path, _parse_storage_options(storage_option))
+    summary = _summary(model, model_path)
+    if as_json:
+        summary["restarts"] = model.restarts_  # with the per-iteration histories
+        _echo_json(summary)
+    else:
+        click.echo(_summary_text(summary))
+
+
+# ---------------------------------------------------------------------------
+# generate, demo
+# ---------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("output")
+@click.option("--samples", "-n", type=int, required=True)
+@click.option("--features", "-d", type=int, required=True)
+@click.option("--components", "-k", type=int, required=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--chunk-rows", type=int, default=100_000, show_default=True)
+@click.option("--separation", type=float, default=6.0, show_default=True, help="Mean spacing in component standard deviations.")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
+@click.option("--scheduler")
+@click.option("--overwrite", is_flag=True)
+def generate(output, samples, features, components, seed, chunk_rows, separation, storage_option, scheduler, overwrite):
+    """Write a synthetic Gaussian mixture to a Zarr store, chunk by chunk."""
+    for name, value in (("--samples", samples), ("--features", features), ("--components", components), ("--chunk-rows", chunk_rows)):
+        if value < 1:
+            raise Failure(f"{name} must be >= 1; received {value}.")
+    _generate(output, samples, features, components, seed, chunk_rows, separation,
+              _parse_storage_options(storage_option), scheduler, overwrite)
+    click.echo(f"wrote {samples:,} x {features} ({components} components, seed {seed}) to {output}")
+
+
+def _generate(output, samples, features, components, seed, chunk_rows, separation, options, scheduler, overwrite):
+    import dask.array as da
+    import zarr
+
+    from ._engine import Runner
+    from .datasets import make_mixture
+
+    with _user_errors():
+        _refuse_existing(output, overwrite, options)
+    x, _, spec = make_mixture(samples, features, components, chunk_rows=chunk_rows, seed=seed, separation=separation)
+    with _user_errors(), _scheduler(scheduler), _atomic_output(output, options, overwrite) as tmp:
+        with Runner() as runner:
+            runner.compute(da.to_zarr(x, tmp, storage_options=options, compute=False))
+        arr = zarr.open_array(tmp, mode="r+", storage_options=options)
+        arr.attrs["dask_em_truth"] = {
+            "weights": spec.weights.tolist(),
+            "means": spec.means.tolist(),
+            "covariances": spec.covariances.tolist(),
+            "seed": seed,
+        }
+    return spec
 
 
 @main.command()
@@ -28,46 +492,30 @@ def main() -> None:
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Write the store here and keep it.")
 def demo(samples: int, features: int, components: int, n_init: int, seed: int, keep: str | None) -> None:
     """Generate a mixture into a Zarr store, fit it on the local default, print the model."""
-    import dask.array as da
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
     from . import GaussianMixture
-    from .datasets import make_mixture
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _setup_logging(False, False)
     workdir = keep or tempfile.mkdtemp(prefix="dask-em-demo-")
     path = os.path.join(workdir, "points.zarr")
     try:
-        x, _, spec = make_mixture(samples, features, components, chunk_rows=125_000, seed=seed)
         tic = time.perf_counter()
-        da.to_zarr(x, path, overwrite=True)
-        click.echo(
-            f"wrote {samples:,} x {features} rows ({x.nbytes / 2**20:.0f} MiB) to {path} "
-            f"in {time.perf_counter() - tic:.1f} s"
-        )
+        spec = _generate(path, samples, features, components, seed, 125_000, 6.0, None, None, True)
+        click.echo(f"wrote {samples:,} x {features} rows to {path} in {time.perf_counter() - tic:.1f} s", err=True)
         gm = GaussianMixture(components, n_init=n_init, random_state=seed, verbose=1)
         tic = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("default")
+            warnings.simplefilter("ignore")
             gm.fit(path)
-        seconds = time.perf_counter() - tic
-        click.echo(
-            f"\nfitted K={gm.n_components_} {gm.covariance_type} in {seconds:.1f} s: "
-            f"converged={gm.converged_} after {gm.n_iter_} iterations, "
-            f"mean log-likelihood {gm.lower_bound_:.4f}"
-        )
-        for r in gm.restarts_:
-            click.echo(
-                f"  restart {r['restart']}: lower bound {r['lower_bound']:.6f}, "
-                f"{r['n_iter']} iterations, {r['status']}"
-            )
+        summary = _summary(gm, None)
+        summary["seconds"] = round(time.perf_counter() - tic, 3)
+        click.echo(_summary_text(summary))
         cost = ((gm.means_[:, None] - spec.means[None]) ** 2).sum(-1)
         rows, cols = linear_sum_assignment(cost)
-        err = np.sqrt(cost[rows, cols]).max()
-        click.echo(f"largest distance from a fitted mean to its true mean: {err:.4f}")
-        click.echo("weights: " + " ".join(f"{w:.3f}" for w in gm.weights_))
-        click.echo(f"dashboard: {_dashboard_link()}")
+        click.echo(f"largest distance from a fitted mean to its true mean: {np.sqrt(cost[rows, cols]).max():.4f}")
+        click.echo(f"dashboard:       {_dashboard_link()}")
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -80,8 +528,8 @@ def _dashboard_link() -> str:
         return default_client().dashboard_link
     except (ImportError, ValueError):
         return (
-            "none (the local default runs on threads; start a distributed.Client() "
-            "first to fit on a cluster with its dashboard)"
+            "none: the local default runs on threads. For the dashboard, start a "
+            "distributed.Client() (or `dask scheduler` + `dask worker`) and pass --scheduler."
         )
 
 

@@ -128,13 +128,16 @@ def open_zarr(
                 f"{url!r} is a Zarr group, not an array; name the variable to fit, "
                 f"variable=... (the group holds {names})."
             )
+        names = sorted(node.array_keys())
+        if variable not in names:
+            raise KeyError(f"variable {variable!r} not found in {url!r}; it holds {names}.")
         import xarray as xr
 
-        ds = xr.open_zarr(url, storage_options=storage_options, chunks=None)
-        if variable not in ds:
-            raise KeyError(
-                f"variable {variable!r} not found in {url!r}; it holds {sorted(ds.data_vars)}."
-            )
+        try:
+            ds = xr.open_zarr(url, storage_options=storage_options, chunks=None)
+        except (ValueError, KeyError):
+            # Not written by xarray (no dimension names): the plain array, without coordinates.
+            return _from_zarr_array(node[variable], chunk_rows, kind="zarr")
         var = ds[variable]
         _check_shape(var.shape, f"variable {variable!r}")
         prev = var.encoding.get("chunks", (None,))[0]

@@ -1,0 +1,309 @@
+"""The dask-em command: click's runner, real subprocesses, kills, SIGTERM, a real scheduler."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+import dask_em
+from dask_em import checkpoint as ckpt
+from dask_em.cli import main
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def run(*args, **kw):
+    result = CliRunner().invoke(main, [str(a) for a in args], **kw)
+    return result
+
+
+@pytest.fixture(scope="module")
+def points(tmp_path_factory):
+    """A 60,000 x 4 mixture written by `dask-em generate`, in 12 chunks."""
+    path = tmp_path_factory.mktemp("data") / "points.zarr"
+    result = run("generate", path, "-n", 60_000, "-d", 4, "-k", 4, "--seed", 3, "--chunk-rows", 5000)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_generate_writes_the_mixture_out_of_core(points):
+    arr = zarr.open_array(points, mode="r")
+    assert arr.shape == (60_000, 4) and arr.chunks == (5000, 4)
+    truth = arr.attrs["dask_em_truth"]
+    assert len(truth["weights"]) == 4 and np.isclose(sum(truth["weights"]), 1)
+    # Generated chunk by chunk from (seed, chunk): the same as the library's lazy array.
+    from dask_em.datasets import make_mixture
+
+    x, _, _ = make_mixture(60_000, 4, 4, chunk_rows=5000, seed=3)
+    np.testing.assert_array_equal(arr[:5000], x[:5000].compute())
+
+
+def test_fit_info_predict_score(points, tmp_path):
+    config = tmp_path / "job.yaml"
+    config.write_text("components: 4\nn-init: 2\nmax-iter: 50\nseed: 1\nchunk-rows: 5000\ncovariance-type: diag\n")
+    model = tmp_path / "m.zarr"
+    # The flag overrides the config's covariance type.
+    result = run("fit", points, "-o", model, "--config", config, "--covariance-type", "full", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["n_components"] == 4 and summary["covariance_type"] == "full"
+    assert len(summary["restarts"]) == 2 and summary["converged"]
+
+    reference = dask_em.GaussianMixture(4, n_init=2, max_iter=50, random_state=1).fit(str(points), chunk_rows=5000)
+    loaded = dask_em.load(model)
+    np.testing.assert_array_equal(loaded.means_, reference.means_)
+
+    info = run("info", model, "--json")
+    assert info.exit_code == 0
+    data = json.loads(info.stdout)
+    assert data["training_data"]["source"] == str(points)
+    assert len(data["restarts"][0]["history"]) == data["restarts"][0]["n_iter"]
+    assert "covariance" in run("info", model).stdout
+
+    labels = tmp_path / "labels.zarr"
+    assert run("predict", model, points, "-o", labels, "--chunk-rows", 5000).exit_code == 0
+    written = zarr.open_array(labels, mode="r")
+    assert written.chunks == (5000,)
+    np.testing.assert_array_equal(written[:], reference.predict(zarr.open_array(points)[:]))
+    proba = tmp_path / "proba.zarr"
+    assert run("predict", model, points, "-o", proba, "--proba").exit_code == 0
+    assert zarr.open_array(proba, mode="r").shape == (60_000, 4)
+
+    scored = json.loads(run("score", model, points, "--json").stdout)
+    assert scored["mean_log_likelihood"] == pytest.approx(reference.score(str(points)), rel=1e-12)
+    assert scored["bic"] == pytest.approx(reference.bic(str(points)), rel=1e-12)
+    assert scored["aic"] == pytest.approx(reference.aic(str(points)), rel=1e-12)
+
+
+def test_not_converged_exit_code(points, tmp_path):
+    result = run("fit", points, "-o", tmp_path / "m.zarr", "-k", 4, "--max-iter", 1, "--fail-on-no-converge", "-q")
+    assert result.exit_code == 3
+    assert "did not converge" in result.stderr
+    assert (tmp_path / "m.zarr").exists()  # the model is still written
+
+
+@pytest.fixture
+def a_model(points, tmp_path):
+    path = tmp_path / "m.zarr"
+    assert run("fit", points, "-o", path, "-k", 2, "-q").exit_code == 0
+    return path
+
+
+def bad_cases(points, a_model, tmp_path):
+    other = tmp_path / "three.zarr"
+    zarr.create_array(other, shape=(10, 3), chunks=(5, 3), dtype="f8")[:] = 0
+    group = tmp_path / "group.zarr"
+    zarr.open_group(group, mode="w").create_array("x", data=np.zeros((10, 4)))
+    out = tmp_path / "out.zarr"
+    return [
+        (["fit", tmp_path / "missing.zarr", "-o", out], "no Zarr array or group at"),
+        (["fit", group, "-o", out, "--variable", "nope"], "variable 'nope' not found"),
+        (["fit", group, "-o", out], "is a Zarr group, not an array"),
+        (["fit", points, "-o", out, "-k", 0], "n_components must be an int >= 1"),
+        (["fit", points, "-o", a_model, "-k", 2], "exists; pass --overwrite"),
+        (["fit", points], "no --output"),
+        (["predict", points, points, "-o", out], "not a dask-em model store"),
+        (["predict", tmp_path / "nothing", points, "-o", out], "not a dask-em model store"),
+        (["predict", a_model, other, "-o", out], "X has 3 features, but GaussianMixture was fitted with 4"),
+        (["predict", a_model, points, "-o", a_model], "exists; pass --overwrite"),
+        (["score", a_model, tmp_path / "missing.zarr"], "no Zarr array or group at"),
+        (["score", group, points], "Zarr group but not a dask-em model store"),
+        (["info", points], "not a dask-em model store"),
+        (["generate", out, "-n", 0, "-d", 2, "-k", 1], "--samples must be >= 1"),
+        (["generate", points, "-n", 10, "-d", 2, "-k", 1], "exists; pass --overwrite"),
+    ]
+
+
+def test_bad_input_one_line_no_traceback_nothing_written(points, a_model, tmp_path):
+    for args, message in bad_cases(points, a_model, tmp_path):
+        before = sorted(p.name for p in tmp_path.iterdir())
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.output
+        lines = [line for line in result.stderr.splitlines() if line.startswith("dask-em: error:")]
+        assert len(lines) == 1, result.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == before, args
+
+
+def test_bad_config(points, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("components: 2\nbogus: 1\n")
+    result = run("fit", points, "-o", tmp_path / "m.zarr", "--config", config)
+    assert result.exit_code == 2 and "unknown keys ['bogus']" in result.output
+
+
+# ---------------------------------------------------------------------------
+# Real processes: kill, SIGTERM, resume
+# ---------------------------------------------------------------------------
+
+FIT_ARGS = ["-k", 4, "--n-init", 2, "--seed", 5, "--tol", 0, "--max-iter", 12, "--chunk-rows", 5000]
+
+
+def start_fit(points, model, checkpoint, *extra, env=None):
+    args = [sys.executable, "-m", "dask_em", "fit", points, "-o", model, *FIT_ARGS, "--json", *extra]
+    if checkpoint:
+        args += ["--checkpoint", checkpoint]
+    return subprocess.Popen(
+        [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for_iteration(proc, k):
+    """Read JSON progress until every restart reported iteration k (k=0: the start)."""
+    seen = set()
+    for line in proc.stderr:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if k == 0 and event.get("event") == "started":
+            return
+        if event.get("event") == "iteration" and event["iteration"] >= k:
+            seen.add(event["restart"])
+            if len(seen) == 2:
+                return
+    raise AssertionError(f"the fit ended before iteration {k}: {proc.wait()}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(points, tmp_path_factory):
+    model = tmp_path_factory.mktemp("ref") / "m.zarr"
+    proc = start_fit(points, model, None)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 0
+    return dask_em.load(model)
+
+
+def assert_same_model(path, ref):
+    got = dask_em.load(path)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    assert got.lower_bounds_ == ref.lower_bounds_
+    assert [r["history"] for r in got.restarts_] == [r["history"] for r in ref.restarts_]
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_sigkill_then_resume_equals_uninterrupted(k, points, tmp_path, uninterrupted):
+    model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
+    proc = start_fit(points, model, checkpoint)
+    wait_for_iteration(proc, k)
+    proc.kill()
+    proc.wait()
+    assert not model.exists()
+    resumed = start_fit(points, model, checkpoint, "--resume")
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 0
+    assert_same_model(model, uninterrupted)
+
+
+def test_sigkill_during_a_checkpoint_write(points, tmp_path, uninterrupted):
+    model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
+    # Each checkpoint write pauses 1.5 s between its temporary file and the rename.
+    proc = start_fit(points, model, checkpoint, env={"DASK_EM_TEST_CHECKPOINT_DELAY": "1.5"})
+    wait_for_iteration(proc, 2)
+    time.sleep(0.5)  # inside the write of iteration 2's checkpoint
+    proc.kill()
+    proc.wait()
+    meta, _ = ckpt.read(str(checkpoint))  # the previous checkpoint, whole
+    assert max(r["n_iter"] for r in meta["restarts"]) == 1
+    assert any(p.name.startswith(".ck.npz.tmp") for p in tmp_path.iterdir())  # the torn write, beside it
+    resumed = start_fit(points, model, checkpoint, "--resume")
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 0
+    assert_same_model(model, uninterrupted)
+
+
+def test_sigterm_checkpoints_and_exits_preempted(points, tmp_path, uninterrupted):
+    model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
+    proc = start_fit(points, model, checkpoint)
+    wait_for_iteration(proc, 2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err
+    assert "preempted" in err and "--resume" in err
+    meta, _ = ckpt.read(str(checkpoint))
+    done = max(r["n_iter"] for r in meta["restarts"])
+    assert 2 <= done < 12
+    assert not model.exists()
+    resumed = start_fit(points, model, checkpoint, "--resume")
+    resumed.communicate(timeout=120)
+    assert resumed.returncode == 0
+    assert_same_model(model, uninterrupted)
+
+
+def test_resume_against_other_data_refuses(points, tmp_path):
+    checkpoint = tmp_path / "ck.npz"
+    assert run("fit", points, "-o", tmp_path / "a.zarr", *FIT_ARGS[:4], "--max-iter", 2, "--checkpoint", checkpoint, "-q").exit_code == 0
+    other = tmp_path / "other.zarr"
+    assert run("generate", other, "-n", 30_000, "-d", 4, "-k", 4, "--chunk-rows", 5000).exit_code == 0
+    result = run("fit", other, "-o", tmp_path / "b.zarr", *FIT_ARGS[:4], "--checkpoint", checkpoint, "--resume", "-q")
+    assert result.exit_code == 2
+    assert "was written for other data" in result.stderr
+    assert "shape: checkpoint [60000, 4] vs input [30000, 4]" in result.stderr
+    result = run("fit", points, "-o", tmp_path / "b.zarr", "-k", 3, "--n-init", 2, "--seed", 5,
+                 "--checkpoint", checkpoint, "--resume", "-q")
+    assert result.exit_code == 2 and "written with n_components=4, but this fit has n_components=3" in result.stderr
+    assert not (tmp_path / "b.zarr").exists()
+
+
+# ---------------------------------------------------------------------------
+# A real `dask scheduler` and two `dask worker` processes, as on Kubernetes
+# ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def dask_cluster_processes(tmp_path):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bindir = os.path.dirname(sys.executable)
+    dask = os.path.join(bindir, "dask")
+    logs = open(tmp_path / "cluster.log", "w")
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                              stdout=logs, stderr=subprocess.STDOUT)]
+    for _ in range(2):
+        procs.append(subprocess.Popen(
+            [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+            stdout=logs, stderr=subprocess.STDOUT,
+        ))
+    try:
+        from distributed import Client
+
+        with Client(address, timeout="30s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        logs.close()
+
+
+def test_fit_on_scheduler_from_environment(points, tmp_path, dask_cluster_processes, uninterrupted):
+    model = tmp_path / "m.zarr"
+    proc = start_fit(points, model, tmp_path / "ck.npz", env={"DASK_SCHEDULER_ADDRESS": dask_cluster_processes})
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    # The same model as the threaded run, bitwise: same seed, same chunking.
+    assert_same_model(model, uninterrupted)
+    from distributed import Client
+
+    with Client(dask_cluster_processes) as client:
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "em-estep" in prefixes and "em-mstep" in prefixes

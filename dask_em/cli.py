@@ -316,7 +316,7 @@ def _summary(model, path: str | None = None) -> dict:
 
 def _summary_text(s: dict) -> str:
     lines = [
-        f"model:           {s['model']}",
+        f"model:           {s['model'] or '(not saved)'}",
         f"family:          {s['family']} ({s['covariance_type']} covariance)",
         f"components:      {s['n_components']}    features: {s['n_features']}",
         f"converged:       {s['converged']} after {s['n_iter']} iterations",

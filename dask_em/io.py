@@ -15,7 +15,7 @@ import dask.array as da
 import numpy as np
 
 # Target bytes per dask chunk when we choose the row chunking ourselves.
-DEFAULT_CHUNK_BYTES = 64 * 2**20
+DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -73,8 +73,11 @@ def _check_shape(shape, what: str) -> None:
 
 
 def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int | None = None) -> int:
-    """Rows per dask chunk: about 64 MiB, a multiple of the store's row chunk."""
+    """Rows per dask chunk when dask-em chooses: about 32 MiB, at least two chunks
+    per local core when the data allow (so every core has work), a multiple of
+    the store's own row chunk."""
     rows = max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * itemsize))
+    rows = min(rows, max(4096, -(-n_rows // (2 * (os.cpu_count() or 1)))))
     if previous:
         rows = max(previous, (rows // previous) * previous)
     return int(min(rows, n_rows))

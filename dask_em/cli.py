@@ -140,6 +140,43 @@ def _scheduler(address: str | None):
         yield
 
 
+def _spec_with_image(spec_path: str) -> dict:
+    """A DaskCluster spec whose ``image: SAME`` entries take this pod's image (DASK_EM_IMAGE)."""
+    import yaml
+
+    try:
+        with open(spec_path) as f:
+            spec = yaml.safe_load(f)
+    except OSError as exc:
+        raise Failure(f"cannot read the cluster spec {spec_path!r}: {exc.strerror}") from None
+    if not isinstance(spec, dict) or spec.get("kind") != "DaskCluster":
+        raise Failure(f"{spec_path!r} must hold a DaskCluster manifest (kind: DaskCluster).")
+    image = os.environ.get("DASK_EM_IMAGE")
+    for part in ("scheduler", "worker"):
+        for container in spec["spec"][part]["spec"]["containers"]:
+            if container.get("image") == "SAME":
+                if not image:
+                    raise Failure(f"{spec_path!r} asks for image SAME but DASK_EM_IMAGE is not set.")
+                container["image"] = image
+    return spec
+
+
+@contextlib.contextmanager
+def _cluster(address: str | None, kube_cluster: str | None):
+    """--scheduler, else DASK_SCHEDULER_ADDRESS, else a KubeCluster from --kube-cluster, else local."""
+    if address or os.environ.get("DASK_SCHEDULER_ADDRESS") or not kube_cluster:
+        with _scheduler(address):
+            yield
+        return
+    spec = _spec_with_image(kube_cluster)
+    from dask_kubernetes.operator import KubeCluster
+    from distributed import Client
+
+    logger.info("starting the Dask cluster %s through the operator", spec["metadata"]["name"])
+    with KubeCluster(custom_cluster_spec=spec, shutdown_on_close=True) as cluster, Client(cluster):
+        yield
+
+
 def _setup_logging(quiet: bool, as_json: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
@@ -173,6 +210,7 @@ _FIT_CONFIG_KEYS = {
     "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
+    "clear_checkpoint", "kube_cluster",
 }
 
 
@@ -218,6 +256,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--scheduler", help="Dask scheduler address; default DASK_SCHEDULER_ADDRESS, else local threads.")
 @click.option("--checkpoint", help="Checkpoint file, replaced atomically after every iteration.")
 @click.option("--resume/--no-resume", default=False, help="Continue from --checkpoint when it exists.")
+@click.option("--clear-checkpoint", is_flag=True, help="Delete --checkpoint once the model is written.")
+@click.option("--kube-cluster", type=click.Path(dir_okay=False), help="DaskCluster spec to start with KubeCluster when no scheduler is given.")
 @click.option("--chunk-rows", type=int, default=None, help="Rows per chunk when opening the store.")
 @click.option("--overwrite/--no-overwrite", default=False, help="Replace an existing --output.")
 @click.option("--fail-on-no-converge", is_flag=True, help="Exit 3 when the best restart did not converge.")
@@ -225,8 +265,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 @click.pass_context
 def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, reg_covar, init_params, seed,
-        variable, storage_option, scheduler, checkpoint, resume, chunk_rows, overwrite, fail_on_no_converge,
-        quiet, as_json):
+        variable, storage_option, scheduler, checkpoint, resume, clear_checkpoint, kube_cluster, chunk_rows,
+        overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a Gaussian mixture to the Zarr array at INPUT and write the model to --output."""
     from . import GaussianMixture, save
     from ._engine import Preempted, request_stop
@@ -265,7 +305,7 @@ def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, 
         _echo_json({"event": "started", "input": input, "pid": os.getpid()}, err=True)
     tic = time.perf_counter()
     try:
-        with _user_errors(), _scheduler(scheduler), warnings.catch_warnings():
+        with _user_errors(), _cluster(scheduler, kube_cluster), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below, in the summary and exit code
             try:
                 model.fit(input, variable=variable, storage_options=options, chunk_rows=chunk_rows,
@@ -280,6 +320,11 @@ def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, 
                 raise
             with _atomic_output(output, options, overwrite) as tmp:
                 save(model, tmp, storage_options=options)
+            if clear_checkpoint and checkpoint and _exists(checkpoint, options):
+                import fsspec
+
+                fs, path = fsspec.core.url_to_fs(checkpoint, **(options or {}))
+                fs.rm(path)
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary = _summary(model, output)

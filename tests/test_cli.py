@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -259,40 +258,6 @@ def test_resume_against_other_data_refuses(points, tmp_path):
 # ---------------------------------------------------------------------------
 # A real `dask scheduler` and two `dask worker` processes, as on Kubernetes
 # ---------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def dask_cluster_processes(tmp_path):
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    bindir = os.path.dirname(sys.executable)
-    dask = os.path.join(bindir, "dask")
-    logs = open(tmp_path / "cluster.log", "w")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              stdout=logs, stderr=subprocess.STDOUT)]
-    for _ in range(2):
-        procs.append(subprocess.Popen(
-            [dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
-            stdout=logs, stderr=subprocess.STDOUT,
-        ))
-    try:
-        from distributed import Client
-
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        yield address
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        logs.close()
 
 
 def test_fit_on_scheduler_from_environment(points, tmp_path, dask_cluster_processes, uninterrupted):

@@ -209,4 +209,4 @@ def init_graph(
         )
         for i, seed in enumerate(seeds)
     ]
-    return delayed(tuple)([shift, starts])
+    return delayed(tuple, pure=True)([shift, starts], dask_key_name=f"em-init-collect-{token}")

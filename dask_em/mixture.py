@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import numbers
@@ -89,7 +90,9 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
     split_every : int, optional
         Fan-in of the tree reduction of the statistics (dask's default if None).
     verbose : int, default=0
-        1 logs each restart's iterations at INFO on the ``dask_em`` logger.
+        0: silent. 1: a live progress bar per restart (a widget in Jupyter,
+        a text bar on a terminal) with iteration, lower bound and its change.
+        2: also one INFO line per restart per iteration on the ``dask_em`` logger.
 
     Attributes
     ----------
@@ -337,24 +340,38 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 shift, restarts = self._start(data, w, n, w_init, m_init, p_init, runner)
                 write_checkpoint(restarts)
 
+            bars = None
+            if self.verbose:
+                from .progress import FitProgress
+
+                bars = FitProgress(len(restarts), self.max_iter)
+                for r in restarts:  # a resumed fit starts its bars where it left off
+                    if r.n_iter:
+                        bars.update(_progress(r))
+
             def on_iteration(r: Restart) -> None:
-                if self.verbose:
+                if bars is not None:
+                    bars.update(_progress(r))
+                if self.verbose >= 2:
                     self._log_iteration(r)
                 if callback is not None:
                     callback(_progress(r))
 
-            run_em(
-                data, w, restarts,
-                shift=shift,
-                covariance_type=self.covariance_type,
-                reg_covar=self.reg_covar,
-                tol=self.tol,
-                max_iter=self.max_iter,
-                split_every=self.split_every,
-                runner=runner,
-                on_iteration=on_iteration,
-                on_round=write_checkpoint,
-            )
+            with contextlib.ExitStack() as stack:
+                if bars is not None:
+                    stack.callback(bars.close)
+                run_em(
+                    data, w, restarts,
+                    shift=shift,
+                    covariance_type=self.covariance_type,
+                    reg_covar=self.reg_covar,
+                    tol=self.tol,
+                    max_iter=self.max_iter,
+                    split_every=self.split_every,
+                    runner=runner,
+                    on_iteration=on_iteration,
+                    on_round=write_checkpoint,
+                )
         self._set_fitted(restarts, shift, d, prep)
         return self
 
@@ -522,6 +539,43 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             with Runner() as runner:
                 return float(runner.compute(values.mean()))
         return float(np.mean(values))
+
+    # ------------------------------------------------------------------
+    # Reprs
+    # ------------------------------------------------------------------
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        weights = " ".join(f"{w:.3f}" for w in self.weights_)
+        return [
+            ("components", f"{self.n_components_} ({self.covariance_type} covariance, {self.n_features_in_} features)"),
+            ("converged", f"{self.converged_} after {self.n_iter_} iterations"),
+            ("lower bound", f"{self.lower_bound_:.6f} (mean log-likelihood per row)"),
+            ("restarts", f"{len(self.restarts_)}, best: {self.best_restart_}"),
+            ("weights", weights),
+        ]
+
+    def summary(self) -> str:
+        """A few lines on the fitted model: K, covariance, convergence, bound, weights."""
+        check_is_fitted(self, "means_")
+        return "\n".join(f"{name:>12}: {value}" for name, value in self._summary_rows())
+
+    def _html_repr(self) -> str:
+        html = super()._html_repr()
+        if not hasattr(self, "means_"):
+            return html
+        from html import escape
+
+        rows = "".join(
+            f"<tr><th style='text-align:right;padding-right:1em'>{escape(n)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
+            for n, v in self._summary_rows()
+        )
+        return f"{html}<table class='dask-em-summary'>{rows}</table>"
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if hasattr(self, "means_"):
+            bundle["text/plain"] = f"{bundle['text/plain']}\n{self.summary()}"
+        return bundle
 
     def _n_parameters(self) -> int:
         return gaussian.n_parameters(self.n_components_, self.n_features_in_, self.covariance_type)

@@ -1,0 +1,50 @@
+"""Live progress of a fit: one bar per restart, updated once per iteration.
+
+``tqdm.auto`` picks a widget in Jupyter (it needs ipywidgets) and a text bar
+on a terminal. Each update is a few microseconds of client-side work after a
+round that takes milliseconds to minutes, so it does not slow iterations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class FitProgress:
+    """Bars for ``n_restarts`` restarts of at most ``max_iter`` iterations each."""
+
+    def __init__(self, n_restarts: int, max_iter: int, *, file: Any = None) -> None:
+        self.bars = [
+            tqdm(
+                total=max_iter,
+                desc=f"restart {i}",
+                unit="iter",
+                position=i,
+                leave=True,
+                file=file,
+                dynamic_ncols=True,
+            )
+            for i in range(n_restarts)
+        ]
+
+    def update(self, event: dict) -> None:
+        """Advance one restart's bar by an iteration (``event`` as fit's callback gets it)."""
+        bar = self.bars[event["restart"]]
+        bar.update(event["iteration"] - bar.n)
+        change = "first" if event["change"] is None else f"{event['change']:+.2e}"
+        bar.set_postfix(lower_bound=f"{event['lower_bound']:.6f}", change=change, refresh=False)
+        if event["converged"] or event["failed"]:
+            bar.set_description(f"restart {event['restart']} " + ("converged" if event["converged"] else "failed"))
+            bar.refresh()
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+    def __enter__(self) -> "FitProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -36,15 +36,6 @@ from . import gaussian
 
 logger = logging.getLogger("dask_em")
 
-# Rows per tile, chosen so that the (rows, K*d) float64 work matrices stay in
-# a 1-2 MiB L2 cache (measured in benchmarks/bench_em.py).
-_TILE_CELLS = 2**16
-
-
-def tile_rows(n_components: int, n_features: int) -> int:
-    return int(min(4096, max(128, _TILE_CELLS // max(1, n_components * n_features))))
-
-
 # ---------------------------------------------------------------------------
 # Task functions (module level so that they pickle by reference)
 # ---------------------------------------------------------------------------
@@ -71,31 +62,39 @@ def check_weights(w: np.ndarray, where: str) -> None:
 def estep_block(x, w, state: dict, block_info=None) -> list[gaussian.Stats]:
     """E-step of every running restart on one row chunk.
 
-    Returns one statistics dict per restart (a list), about each restart's
+    ``state`` holds the shift and one parameter dict per restart (with its
+    ``covariance_type``). Returns one statistics dict per restart, about its
     current means. Raises ``ValueError`` naming the chunk's rows when the
     chunk holds NaN or infinity.
     """
     start, stop, index = _row_range(block_info, x.shape[0])
-    cov_type = state["covariance_type"]
     shift = state["shift"]
-    d = shift.shape[0]
+    params = state["params"]
+    n, d = x.shape[0], shift.shape[0]
     if w is not None:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
-    n, k_max = x.shape[0], max(len(p["weights"]) for p in state["params"])
-    tile = min(state["tile_rows"], n)
-    panel = min(gaussian.panel_rows(k_max, d, tile), n)
-    views = [gaussian.prepare(p, cov_type, tile) for p in state["params"]]
-    accs = [gaussian.empty_stats(cov_type, len(p["weights"]), d) for p in state["params"]]
-    buf = gaussian.design_buffer(cov_type, d, panel)
+    sizes = [
+        (gaussian.tile_rows(len(p["weights"]), d), gaussian.panel_rows(len(p["weights"]), d))
+        for p in params
+    ]
+    views = [gaussian.prepare(p, p["covariance_type"], min(t, n)) for p, (t, _) in zip(params, sizes)]
+    accs = [gaussian.empty_stats(p["covariance_type"], len(p["weights"]), d) for p in params]
+    shared = min(max(panel for _, panel in sizes), n)
+    layouts = {gaussian.layout(p["covariance_type"]) for p in params}
+    bufs = {name: gaussian.design_buffer(name, d, shared) for name in layouts}
     # NaN or inf in the chunk is reported below, once, with its rows.
     with np.errstate(invalid="ignore", over="ignore"):
-        for lo in range(0, n, panel):
-            hi = min(lo + panel, n)
-            xa = gaussian.augment(cov_type, x[lo:hi], shift, buf)
-            wp = None if w is None else w[lo:hi]
-            for view, acc in zip(views, accs):
-                gaussian.panel_stats(xa, wp, view, cov_type, acc)
+        for lo in range(0, n, shared):
+            hi = min(lo + shared, n)
+            xas = {name: gaussian.augment(name, x[lo:hi], shift, buf) for name, buf in bufs.items()}
+            for p, (_, panel), view, acc in zip(params, sizes, views, accs):
+                ct = p["covariance_type"]
+                xa = xas[gaussian.layout(ct)]
+                for sub in range(0, hi - lo, panel):
+                    end = min(sub + panel, hi - lo)
+                    wp = None if w is None else w[lo + sub : lo + end]
+                    gaussian.panel_stats(xa[:, sub:end], wp, view, ct, acc, state.get("entropy", False))
     if not all(math.isfinite(acc["loglik"]) for acc in accs):
         finite = np.isfinite(x)
         if not finite.all():
@@ -106,8 +105,8 @@ def estep_block(x, w, state: dict, block_info=None) -> list[gaussian.Stats]:
                 "fitting, e.g. X[da.isfinite(X).all(axis=1)]."
             )
     return [
-        gaussian.finish_stats(acc, p["means"], cov_type)
-        for acc, p in zip(accs, state["params"])
+        gaussian.finish_stats(acc, p["means"], p["covariance_type"])
+        for acc, p in zip(accs, params)
     ]
 
 
@@ -140,25 +139,32 @@ _combine.__name__ = "em-combine"
 
 @dataclass
 class StepResult:
-    """What one restart's M-step sends back to the client."""
+    """What one restart's M-step sends back to the client.
+
+    ``lower_bound`` is the mean log-likelihood of the parameters that entered
+    the round; ``entropy`` the weighted sum of sum_k r log r (when asked for).
+    """
 
     lower_bound: float
     params: dict | None = None
     dropped: list[int] = field(default_factory=list)
     error: str | None = None
+    entropy: float = 0.0
+    wsum: float = 0.0
 
 
 def mstep_round(stats_list, state: dict, reg_covar: float, n_rows: int) -> list[StepResult]:
     """M-step of every restart; failures are returned, not raised."""
     if isinstance(stats_list, np.ndarray):  # a reduction output of object dtype
         stats_list = stats_list.item() if stats_list.ndim == 0 else stats_list.ravel()[0]
-    cov_type = state["covariance_type"]
     out = []
     for stats, params in zip(stats_list, state["params"]):
+        cov_type = params["covariance_type"]
         lower_bound = stats["loglik"] / stats["wsum"] if stats["wsum"] > 0 else float("nan")
         if not math.isfinite(lower_bound):
             out.append(StepResult(lower_bound, error="the log-likelihood is not finite"))
             continue
+        extra = {"entropy": stats.get("entropy", 0.0), "wsum": stats["wsum"]}
         mass = gaussian.component_mass(stats, cov_type)
         # A component with less than a millionth of an average row's weight is empty.
         keep = mass >= 1e-6 * stats["wsum"] / max(n_rows, 1)
@@ -166,16 +172,17 @@ def mstep_round(stats_list, state: dict, reg_covar: float, n_rows: int) -> list[
         means = params["means"]
         if dropped:
             if not keep.any():
-                out.append(StepResult(lower_bound, error="every component lost its mass"))
+                out.append(StepResult(lower_bound, error="every component lost its mass", **extra))
                 continue
             stats = gaussian.drop_components(stats, keep, cov_type)
             means = means[keep]
         try:
             new = gaussian.m_step(stats, means, cov_type, reg_covar)
         except gaussian.NotPositiveDefiniteError as exc:
-            out.append(StepResult(lower_bound, error=str(exc)))
+            out.append(StepResult(lower_bound, error=str(exc), **extra))
             continue
-        out.append(StepResult(lower_bound, new, dropped))
+        new["covariance_type"] = cov_type
+        out.append(StepResult(lower_bound, new, dropped, **extra))
     return out
 
 
@@ -320,6 +327,7 @@ class Restart:
     index: int
     seed: int
     params: dict | None
+    covariance_type: str = "full"
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -339,6 +347,7 @@ class Restart:
         return {
             "restart": self.index,
             "seed": self.seed,
+            "covariance_type": self.covariance_type,
             "lower_bound": self.lower_bound,
             "n_iter": self.n_iter,
             "converged": self.converged,
@@ -356,7 +365,6 @@ def run_em(
     restarts: list[Restart],
     *,
     shift: np.ndarray,
-    covariance_type: str,
     reg_covar: float,
     tol: float,
     max_iter: int,
@@ -367,25 +375,18 @@ def run_em(
 ) -> list[Restart]:
     """Iterate every restart to convergence or ``max_iter``, sharing reads.
 
+    Restarts may differ in K and covariance type (model selection runs a whole
+    grid this way); each computes exactly what it would alone.
+
     ``on_round`` runs after each round's M-step (the checkpoint). Then, if a
     stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
     :class:`Preempted`.
     """
-    d = X.shape[1]
-    sizes = [len(r.params["weights"]) for r in restarts if r.params is not None]
-    if not sizes:  # every start failed
-        return restarts
-    t_rows = tile_rows(max(sizes), d)
     while True:
         running = [r for r in restarts if r.running and r.n_iter < max_iter]
         if not running:
             break
-        state = {
-            "covariance_type": covariance_type,
-            "shift": shift,
-            "tile_rows": t_rows,
-            "params": [_estep_params(r.params) for r in running],
-        }
+        state = {"shift": shift, "params": [_estep_params(r) for r in running]}
         tic = time.perf_counter()
         results = runner.compute(
             round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every, salt=runner.salt())
@@ -418,9 +419,15 @@ def request_stop(*_args) -> None:
     STOP_REQUESTED.set()
 
 
-def _estep_params(params: dict) -> dict:
+def _estep_params(restart: Restart) -> dict:
     keys = ("weights", "means", "precisions_cholesky")
-    return {k: params[k] for k in keys}
+    return {"covariance_type": restart.covariance_type, **{k: restart.params[k] for k in keys}}
+
+
+def score_round(X, w, restarts: list[Restart], *, shift, split_every, runner: Runner) -> list[StepResult]:
+    """One pass giving the log-likelihood (and entropy) of every restart's current parameters."""
+    state = {"shift": shift, "entropy": True, "params": [_estep_params(r) for r in restarts]}
+    return runner.compute(round_graph(X, w, state, reg_covar=0.0, split_every=split_every, salt=runner.salt()))
 
 
 def _advance(restart: Restart, result: StepResult, tol: float) -> None:

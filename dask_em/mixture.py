@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import checkpoint as ckpt
 from . import gaussian
-from ._engine import Restart, Runner, check_weights, run_em, tile_rows
+from ._engine import Restart, Runner, check_weights, run_em
 from ._init import INIT_METHODS, default_sample_size, init_graph, sample_indices
 from .io import Prepared, as_dask_array
 from .store import _json_safe, fingerprint
@@ -363,7 +363,6 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 run_em(
                     data, w, restarts,
                     shift=shift,
-                    covariance_type=self.covariance_type,
                     reg_covar=self.reg_covar,
                     tol=self.tol,
                     max_iter=self.max_iter,
@@ -400,7 +399,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         restarts = []
         for i, (seed, params) in enumerate(zip(seeds, starts)):
             error = params.pop("error", None)
-            r = Restart(i, seed, None if error else params, error=error)
+            r = Restart(i, seed, None if error else params, self.covariance_type, error=error)
             r.dropped = [(0, k) for k in params.pop("dropped", [])]
             restarts.append(r)
         return shift, restarts
@@ -478,7 +477,6 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 "means": self.means_ - self._shift,
                 "precisions_cholesky": self.precisions_cholesky_,
             },
-            "tile_rows": tile_rows(self.n_components_, self.n_features_in_),
         }
 
     def _apply(self, X, what: str, kwargs: dict):
@@ -644,6 +642,7 @@ def _restore(meta: dict, arrays: dict) -> tuple[np.ndarray, list[Restart]]:
                 index=e["restart"],
                 seed=e["seed"],
                 params=params,
+                covariance_type=e["covariance_type"],
                 history=[np.nan if v is None else v for v in e["history"]],
                 n_iter=e["n_iter"],
                 converged=e["converged"],
@@ -660,8 +659,8 @@ def _infer_block(x, state: dict, what: str):
     cov_type, shift = state["covariance_type"], state["shift"]
     n, d = x.shape
     k = len(state["params"]["weights"])
-    tile = max(1, min(state["tile_rows"], n))
-    panel = max(1, min(gaussian.panel_rows(k, d, tile), n))
+    tile = max(1, min(gaussian.tile_rows(k, d), n))
+    panel = max(1, min(gaussian.panel_rows(k, d), n))
     view = gaussian.prepare(state["params"], cov_type, tile)
     out = np.empty((n, k) if what == "proba" else (n,), dtype=np.int64 if what == "labels" else np.float64)
     buf = gaussian.design_buffer(cov_type, d, panel)

@@ -52,14 +52,17 @@ def params_for(k, d, rng, cov="full"):
         "diag": np.ones((k, d)),
         "spherical": np.ones(k),
     }[cov]
-    return {"weights": np.full(k, 1.0 / k), "means": rng.normal(size=(k, d)), "precisions_cholesky": chol}
+    return {
+        "covariance_type": cov,
+        "weights": np.full(k, 1.0 / k),
+        "means": rng.normal(size=(k, d)),
+        "precisions_cholesky": chol,
+    }
 
 
 def round_state(k, d, rng, restarts=1, cov="full"):
     return {
-        "covariance_type": cov,
         "shift": np.zeros(d),
-        "tile_rows": _engine.tile_rows(k, d),
         "params": [params_for(k, d, rng, cov) for _ in range(restarts)],
     }
 
@@ -168,10 +171,10 @@ def test_failed_restart_is_reported_and_skipped(rng):
     good = params_for(2, 2, rng)
     bad = params_for(2, 2, rng)
     bad["precisions_cholesky"] = bad["precisions_cholesky"] * np.nan
-    restarts = [_engine.Restart(0, 1, good), _engine.Restart(1, 2, bad)]
+    restarts = [_engine.Restart(0, 1, good, "full"), _engine.Restart(1, 2, bad, "full")]
     with _engine.Runner() as runner:
         _engine.run_em(
-            X, None, restarts, shift=np.zeros(2), covariance_type="full", reg_covar=1e-6,
+            X, None, restarts, shift=np.zeros(2), reg_covar=1e-6,
             tol=1e-3, max_iter=50, split_every=None, runner=runner,
         )
     assert restarts[0].error is None and restarts[0].converged
@@ -195,7 +198,7 @@ def test_falling_bound_is_logged_with_the_iteration(caplog):
 def test_verbose_logs_each_iteration(caplog, rng):
     X = mixture(rng, n=200, d=2, k=2)[0]
     with caplog.at_level(logging.INFO, logger="dask_em"):
-        gm = dask_em.GaussianMixture(2, verbose=1, random_state=0).fit(X)
+        gm = dask_em.GaussianMixture(2, verbose=2, random_state=0).fit(X)
     assert f"restart 0 iteration {gm.n_iter_}" in caplog.text
 
 

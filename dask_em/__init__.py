@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._engine import Preempted, request_stop
 from .io import as_dask_array, open_zarr
 from .mixture import GaussianMixture
+from .selection import SelectionResult, select_model
 from .store import load, save
 
 try:
@@ -27,4 +28,6 @@ __all__ = [
     "open_zarr",
     "request_stop",
     "save",
+    "select_model",
+    "SelectionResult",
 ]

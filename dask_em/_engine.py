@@ -289,7 +289,7 @@ class Runner:
 
     def compute(self, obj) -> Any:
         if self.client is not None:
-            return self.client.compute(obj).result()
+            return self.client.gather(self.client.compute(obj))
         (value,) = dask.compute(obj, scheduler="threads")
         return value
 

@@ -190,8 +190,11 @@ def init_graph(
 ):
     """Delayed (shift, [params of each restart]) for one compute."""
     sample, sw = sample_graph(X, w, sample_rows, salt)
-    token = tokenize(sample, sw, seeds, method, covariance_type, reg_covar)
-    shift = delayed(_shift, pure=True)(sample, sw, dask_key_name=f"em-init-shift-{token}")
+    token = tokenize(
+        sample, sw, seeds, method, n_components, covariance_type, reg_covar,
+        weights_init, means_init, precisions_init,
+    )
+    shift = delayed(_shift, pure=True)(sample, sw, dask_key_name=f"em-init-shift-{tokenize(sample, sw)}")
     starts = [
         delayed(init_restart, pure=True)(
             sample,

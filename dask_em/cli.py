@@ -387,6 +387,83 @@ def _summary_text(s: dict) -> str:
 
 
 # ---------------------------------------------------------------------------
+# select
+# ---------------------------------------------------------------------------
+
+
+def _parse_components(text: str) -> list[int]:
+    """'1-10', '2,4,8' or '1-4,8' -> a list of ints."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(v) for v in part.split("-", 1))
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise Failure(f"--components takes a list like 1-10 or 2,4,8; received {text!r}.") from None
+    return out
+
+
+@main.command()
+@click.argument("input")
+@click.option("--output", "-o", required=True, help="Model store for the best candidate.")
+@click.option("--table", "table_path", help="Write the criterion table here (.csv or .json).")
+@click.option("--components", "-k", default="1-10", show_default=True, help="Candidate K: 1-10, 2,4,8, ...")
+@click.option("--covariance-types", default="full,tied,diag,spherical", show_default=True)
+@click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True)
+@click.option("--n-init", type=int, default=1, show_default=True)
+@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=None)
+@click.option("--variable")
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
+@click.option("--scheduler")
+@click.option("--chunk-rows", type=int, default=None)
+@click.option("--overwrite", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+def select(input, output, table_path, components, covariance_types, criterion, n_init, max_iter, tol, seed,
+           variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
+    """Fit a grid of K and covariance types side by side; write the best model and the table."""
+    from . import save, select_model
+
+    options = _parse_storage_options(storage_option)
+    ks = _parse_components(components)
+    types = [t.strip() for t in covariance_types.split(",") if t.strip()]
+    if table_path and not table_path.endswith((".csv", ".json")):
+        raise Failure(f"--table must end in .csv or .json; received {table_path!r}.")
+    _setup_logging(True, as_json)
+    with _user_errors():
+        _refuse_existing(output, overwrite, options)
+        if table_path:
+            _refuse_existing(table_path, overwrite)
+    tic = time.perf_counter()
+    with _user_errors(), _scheduler(scheduler), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = select_model(
+            input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
+            random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
+            storage_options=options, chunk_rows=chunk_rows,
+        )
+        with _atomic_output(output, options, overwrite) as tmp:
+            save(result.best_estimator_, tmp, storage_options=options)
+    frame = result.criteria.to_dataframe().reset_index()
+    if table_path:
+        if table_path.endswith(".csv"):
+            frame.to_csv(table_path, index=False)
+        else:
+            frame.to_json(table_path, orient="records", indent=1)
+    if as_json:
+        _echo_json({"best": result.best_params_, "criterion": criterion, "model": output,
+                    "seconds": round(time.perf_counter() - tic, 3), "table": frame.to_dict(orient="records")})
+    else:
+        click.echo(result.table())
+        click.echo(f"best: K={result.best_params_['n_components']} {result.best_params_['covariance_type']} "
+                   f"-> {output}" + (f"; table -> {table_path}" if table_path else ""))
+
+
+# ---------------------------------------------------------------------------
 # predict, score, info
 # ---------------------------------------------------------------------------
 

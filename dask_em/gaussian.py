@@ -201,7 +201,7 @@ def panel_rows(n_components: int, n_features: int) -> int:
     whatever other restarts or candidates share the round.
     """
     width = 2 * n_features + 1
-    rows = min(_PANEL_CELLS // max(n_components, 1), 4 * _PANEL_CELLS // width)
+    rows = min(_PANEL_CELLS // max(n_components, 1), 8 * _PANEL_CELLS // width)
     return max(tile_rows(n_components, n_features), _pow2_floor(rows))
 
 

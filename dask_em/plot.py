@@ -121,8 +121,26 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
     return ax
 
 
-def criterion(result, ax=None):  # pragma: no cover - lands with model selection
-    """The information criterion over K and covariance type (with ``select_model``)."""
-    raise NotImplementedError(
-        "criterion plots come with dask_em.select_model, which this version does not have yet."
-    )
+def criterion(result, name: str | None = None, ax=None):
+    """The criterion against K, one line per covariance type; the chosen model marked.
+
+    ``result`` is what :func:`dask_em.select_model` returns; ``name`` one of
+    bic, aic, icl (default: the criterion the selection used).
+    """
+    name = name or result.criterion
+    ax = _axes(ax)
+    values = result.criteria[name]
+    ks = values["n_components"].values
+    for t in values["covariance_type"].values:
+        ax.plot(ks, values.sel(covariance_type=t).values, marker="o", ms=4, label=str(t))
+    best = result.best_params_
+    best_value = float(values.sel(n_components=best["n_components"], covariance_type=best["covariance_type"]))
+    ax.plot([best["n_components"]], [best_value], marker="*", ms=16, color="black", ls="none", label="_best")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("number of components K")
+    ax.set_ylabel(f"{name.upper()} (lower is better)")
+    ax.set_title(f"best: K={best['n_components']}, {best['covariance_type']}")
+    ax.legend(title="covariance", fontsize="small")
+    return ax

@@ -1,0 +1,266 @@
+"""Model selection: an information-criterion grid over K and covariance type, in one fit.
+
+Every candidate (K, covariance type) and every one of its restarts runs in the
+same rounds of the engine: each round reads each chunk once for the whole grid,
+candidates that converge drop out, the others go on. A last pass scores every
+candidate's final parameters (log-likelihood and classification entropy) for
+BIC, AIC and ICL.
+
+BIC and AIC follow scikit-learn's sign: lower is better,
+``BIC = -2 log L + p log n``. mclust reports ``2 log L - p log n`` (higher is
+better): the same number with the opposite sign, so an mclust table reads as
+``-result.criteria.bic``. ICL (Biernacki, Celeux & Govaert 2000) is
+``BIC - 2 sum_i sum_k r_ik log r_ik``: BIC plus twice the entropy of the
+classification, which penalises overlapping components.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from . import gaussian
+from ._engine import Restart, Runner, run_em, score_round
+from ._init import default_sample_size, init_graph, sample_indices
+from .io import as_dask_array
+from .mixture import GaussianMixture, _seed_sequence
+from .store import fingerprint
+
+CRITERIA = ("bic", "aic", "icl")
+
+
+@dataclass
+class SelectionResult:
+    """What :func:`select_model` found.
+
+    Attributes
+    ----------
+    criteria : xarray.Dataset
+        bic, aic, icl, lower_bound, log_likelihood, n_parameters, converged and
+        n_iter over dims (n_components, covariance_type).
+    best_estimator_ : GaussianMixture
+        The fitted candidate with the lowest criterion.
+    best_params_ : dict
+        Its n_components and covariance_type.
+    estimators_ : dict
+        Every fitted candidate, keyed by (n_components, covariance_type).
+    criterion : str
+    """
+
+    criteria: Any
+    best_estimator_: GaussianMixture
+    best_params_: dict
+    estimators_: dict = field(repr=False)
+    criterion: str = "bic"
+
+    def table(self, criterion: str | None = None) -> str:
+        """A plain-text table of one criterion: K down, covariance types across; * marks the best."""
+        name = criterion or self.criterion
+        values = self.criteria[name]
+        types = [str(t) for t in values["covariance_type"].values]
+        width = max(12, *(len(t) + 2 for t in types))
+        lines = [f"{name.upper()} (lower is better)", f"{'K':>4}" + "".join(f"{t:>{width}}" for t in types)]
+        best = (self.best_params_["n_components"], self.best_params_["covariance_type"])
+        for k in values["n_components"].values:
+            cells = []
+            for t in types:
+                v = float(values.sel(n_components=k, covariance_type=t))
+                mark = "*" if (int(k), t) == best and name == self.criterion else " "
+                cells.append(f"{v:>{width - 1}.2f}{mark}" if math.isfinite(v) else f"{'failed':>{width - 1}} ")
+            lines.append(f"{int(k):>4}" + "".join(cells))
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"SelectionResult(best={self.best_params_}, criterion={self.criterion!r})\n" + self.table()
+        )
+
+
+def _candidates(n_components, covariance_types) -> tuple[list[int], list[str]]:
+    ks = [n_components] if isinstance(n_components, int) else list(n_components)
+    if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
+        raise ValueError(f"n_components must be ints >= 1 (e.g. range(1, 11)); received {ks!r}.")
+    types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
+    bad = [t for t in types if t not in gaussian.COVARIANCE_TYPES]
+    if not types or bad:
+        raise ValueError(
+            f"covariance_types must be a subset of {gaussian.COVARIANCE_TYPES}; received {types!r}."
+        )
+    return sorted(set(int(k) for k in ks)), list(dict.fromkeys(types))
+
+
+def select_model(
+    X,
+    n_components: Iterable[int] | int = range(1, 11),
+    covariance_types: Iterable[str] | str = ("full", "tied", "diag", "spherical"),
+    criterion: str = "bic",
+    n_init: int = 1,
+    random_state=None,
+    *,
+    sample_weight=None,
+    variable: str | None = None,
+    storage_options: dict | None = None,
+    chunk_rows: int | None = None,
+    **gaussian_mixture_params,
+) -> SelectionResult:
+    """Fit every (K, covariance type) candidate side by side and rank them.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_samples, n_features), zarr.Array, or str
+        Anything :meth:`GaussianMixture.fit` takes.
+    n_components : iterable of int, default=range(1, 11)
+    covariance_types : iterable of str, default all four
+    criterion : {"bic", "aic", "icl"}, default="bic"
+        Which criterion picks ``best_estimator_`` (all three are computed).
+    n_init, random_state, **gaussian_mixture_params
+        As for :class:`GaussianMixture` (tol, reg_covar, max_iter, init_params,
+        init_sample_size, split_every). Each candidate gets exactly the seeds
+        ``GaussianMixture(K, covariance_type=t, n_init=n_init,
+        random_state=random_state)`` would, so its fit equals that one's.
+
+    Returns
+    -------
+    SelectionResult
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {CRITERIA}; received {criterion!r}.")
+    for name in ("weights_init", "means_init", "precisions_init", "n_components", "covariance_type"):
+        if name in gaussian_mixture_params:
+            raise TypeError(f"select_model takes no {name}: each candidate starts on its own.")
+    ks, types = _candidates(n_components, covariance_types)
+    prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+    data = prep.data
+    n, d = data.shape
+    if max(ks) > n:
+        raise ValueError(f"X has {n} rows, fewer than n_components={max(ks)}; lower the largest K.")
+    estimators = {
+        (k, t): GaussianMixture(k, covariance_type=t, n_init=n_init, random_state=random_state, **gaussian_mixture_params)
+        for k in ks
+        for t in types
+    }
+    template = next(iter(estimators.values()))
+    for est in estimators.values():
+        est._validate_params()
+    w = template._prepare_weights(sample_weight, data)
+    source = str(X) if isinstance(X, str) else None
+
+    with Runner() as runner:
+        if not prep.lazy:
+            data = runner.persist_in_memory(data)
+            w = runner.persist_in_memory(w) if w is not None else None
+        salt = runner.salt()
+        graphs = []
+        seeds_by_candidate = {}
+        for key, est in estimators.items():
+            root = _seed_sequence(est.random_state)
+            *children, sample_seed = root.spawn(est.n_init + 1)
+            seeds = [int(c.generate_state(1)[0]) for c in children]
+            size = est.init_sample_size or default_sample_size(n, est.n_components)
+            rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
+            seeds_by_candidate[key] = seeds
+            graphs.append(
+                init_graph(
+                    data, w, n_components=est.n_components, covariance_type=est.covariance_type,
+                    reg_covar=est.reg_covar, method=est.init_params, seeds=seeds, sample_rows=rows,
+                    salt=salt,  # one salt: candidates with the same sample share its reads
+                )
+            )
+        starts = runner.compute(graphs)
+        shift = starts[0][0]
+        restarts_by_candidate: dict = {}
+        for (key, est), (cand_shift, cand_starts) in zip(estimators.items(), starts):
+            own = []
+            for i, (seed, params) in enumerate(zip(seeds_by_candidate[key], cand_starts)):
+                error = params.pop("error", None)
+                dropped = params.pop("dropped", [])
+                if error is None:
+                    # Candidates whose samples differ (K > 20) are re-centered on one shift.
+                    params["means"] = params["means"] + (cand_shift - shift)
+                r = Restart(i, seed, None if error else params, est.covariance_type, error=error)
+                r.dropped = [(0, c) for c in dropped]
+                own.append(r)
+            restarts_by_candidate[key] = own
+        everything = [r for own in restarts_by_candidate.values() for r in own]
+        run_em(
+            data, w, everything,
+            shift=shift,
+            reg_covar=template.reg_covar,
+            tol=template.tol,
+            max_iter=template.max_iter,
+            split_every=template.split_every,
+            runner=runner,
+        )
+        fitted = {}
+        for key, est in estimators.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # summarised in the table's converged column
+                try:
+                    est._set_fitted(restarts_by_candidate[key], shift, d, prep)
+                except ValueError:
+                    continue  # every restart failed: the table says so
+            est.training_data_ = fingerprint(prep, source)
+            fitted[key] = est
+        best_restarts = []
+        for key, est in fitted.items():
+            best = restarts_by_candidate[key][est.best_restart_]
+            best_restarts.append(best)
+        scores = score_round(data, w, best_restarts, shift=shift, split_every=template.split_every, runner=runner) if best_restarts else []
+
+    import xarray as xr
+
+    shape = (len(ks), len(types))
+    table = {name: np.full(shape, np.nan) for name in ("bic", "aic", "icl", "lower_bound", "log_likelihood")}
+    n_params = np.zeros(shape, dtype=np.int64)
+    converged = np.zeros(shape, dtype=bool)
+    n_iter = np.zeros(shape, dtype=np.int64)
+    for (key, est), score in zip(fitted.items(), scores):
+        i, j = ks.index(key[0]), types.index(key[1])
+        p = est._n_parameters()
+        loglik = score.lower_bound * n  # as GaussianMixture.bic: mean log-likelihood times rows
+        bic = -2 * loglik + p * math.log(n)
+        table["bic"][i, j] = bic
+        table["aic"][i, j] = -2 * loglik + 2 * p
+        table["icl"][i, j] = bic - 2 * score.entropy * n / score.wsum
+        table["lower_bound"][i, j] = est.lower_bound_
+        table["log_likelihood"][i, j] = loglik
+        n_params[i, j] = p
+        converged[i, j] = est.converged_
+        n_iter[i, j] = est.n_iter_
+    dims = ("n_components", "covariance_type")
+    criteria = xr.Dataset(
+        {
+            **{name: (dims, values) for name, values in table.items()},
+            "n_parameters": (dims, n_params),
+            "converged": (dims, converged),
+            "n_iter": (dims, n_iter),
+        },
+        coords={"n_components": ks, "covariance_type": types},
+        attrs={"criterion": criterion, "n_samples": n, "sign": "lower is better (scikit-learn)"},
+    )
+    values = table[criterion]
+    if not np.isfinite(values).any():
+        raise ValueError("every candidate failed numerically; raise reg_covar or lower n_components.")
+    i, j = np.unravel_index(np.nanargmin(values), values.shape)
+    best_key = (ks[i], types[j])
+    unconverged = int((~converged & np.isfinite(values)).sum())
+    if unconverged:
+        from sklearn.exceptions import ConvergenceWarning
+
+        warnings.warn(
+            f"{unconverged} candidate(s) did not converge in max_iter={template.max_iter}; "
+            "see result.criteria.converged.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+    return SelectionResult(
+        criteria=criteria,
+        best_estimator_=fitted[best_key],
+        best_params_={"n_components": best_key[0], "covariance_type": best_key[1]},
+        estimators_=fitted,
+        criterion=criterion,
+    )

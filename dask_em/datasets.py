@@ -50,8 +50,10 @@ def _block(spec: MixtureSpec, rows: int, index: int, dtype) -> tuple[np.ndarray,
     rng = np.random.default_rng([spec.seed, 1, index])
     labels = rng.choice(spec.n_components, size=rows, p=spec.weights)
     chol = np.linalg.cholesky(spec.covariances)
-    z = rng.standard_normal((rows, spec.n_features))
-    x = spec.means[labels] + np.einsum("nij,nj->ni", chol[labels], z)
+    x = rng.standard_normal((rows, spec.n_features))
+    for k in range(spec.n_components):
+        rows_k = labels == k
+        x[rows_k] = x[rows_k] @ chol[k].T + spec.means[k]
     return x.astype(dtype, copy=False), labels
 
 

@@ -388,8 +388,8 @@ def run_em(
             break
         state = {"shift": shift, "params": [_estep_params(r) for r in running]}
         tic = time.perf_counter()
-        results = runner.compute(
-            round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every, salt=runner.salt())
+        results = _compute_round(
+            runner, X, round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every, salt=runner.salt())
         )
         seconds = time.perf_counter() - tic
         for restart, result in zip(running, results):
@@ -417,6 +417,27 @@ STOP_REQUESTED = threading.Event()
 def request_stop(*_args) -> None:
     """Ask a running fit to stop after its current round; usable as a signal handler."""
     STOP_REQUESTED.set()
+
+
+def _compute_round(runner: Runner, X: da.Array, graph):
+    """Compute a round; a chunk that keeps killing workers is named by its rows."""
+    try:
+        return runner.compute(graph)
+    except Exception as exc:
+        if type(exc).__name__ != "KilledWorker":
+            raise
+        key = getattr(exc, "task", None)
+        from distributed.utils import key_split
+
+        if isinstance(key, tuple) and key_split(key) == "em-estep":
+            index = int(key[1])
+            bounds = np.cumsum((0,) + X.chunks[0])
+            raise RuntimeError(
+                f"the E-step of rows {bounds[index]}-{bounds[index + 1] - 1} (chunk {index}) killed "
+                f"every worker that ran it ({exc}); a chunk that large may exceed a worker's memory "
+                "(open the store with a smaller chunk_rows) or crash a native library on its data."
+            ) from exc
+        raise
 
 
 def _estep_params(restart: Restart) -> dict:

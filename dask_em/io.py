@@ -7,12 +7,18 @@ holding whole rows.
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+
+# Attempts beyond the first when a chunk read fails (transient storage errors).
+DEFAULT_READ_RETRIES = 3
 
 # Target bytes per dask chunk when we choose the row chunking ourselves.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
@@ -103,11 +109,14 @@ def open_zarr(
     variable: str | None = None,
     storage_options: dict | None = None,
     chunk_rows: int | None = None,
+    read_retries: int = DEFAULT_READ_RETRIES,
 ) -> Prepared:
     """Open a Zarr array (or an xarray variable of a Zarr group) lazily.
 
     ``url`` is a local path or any fsspec URL (``file://``, ``memory://``,
     ``s3://bucket/key`` with ``storage_options``). A group needs ``variable``.
+    A chunk read that fails is retried ``read_retries`` times with backoff
+    (0.05 s doubling) before the error, naming the rows, stops the fit.
     """
     import zarr
 
@@ -136,29 +145,56 @@ def open_zarr(
             raise KeyError(f"variable {variable!r} not found in {url!r}; it holds {names}.")
         import xarray as xr
 
+        prepared = _from_zarr_array(node[variable], chunk_rows, kind="zarr", read_retries=read_retries)
         try:
             ds = xr.open_zarr(url, storage_options=storage_options, chunks=None)
         except (ValueError, KeyError):
-            # Not written by xarray (no dimension names): the plain array, without coordinates.
-            return _from_zarr_array(node[variable], chunk_rows, kind="zarr")
+            return prepared  # not written by xarray (no dimension names): no coordinates
         var = ds[variable]
-        _check_shape(var.shape, f"variable {variable!r}")
-        prev = var.encoding.get("chunks", (None,))[0]
-        rows = chunk_rows or auto_row_chunks(var.shape[0], var.shape[1], var.dtype.itemsize, prev)
-        # Reopen with the row chunking, so each dask chunk is one read task.
-        ds = xr.open_zarr(
-            url, storage_options=storage_options, chunks={var.dims[0]: rows, var.dims[1]: -1}
-        )
-        return as_dask_array(ds[variable])
-    return _from_zarr_array(node, chunk_rows, kind="zarr")
+        if var.ndim != 2:
+            raise ValueError(f"variable {variable!r} must be 2-D (sample, feature); received dims {var.dims}.")
+        sample_dim, feature_dim = var.dims
+        names = None
+        if feature_dim in var.coords and np.asarray(var.coords[feature_dim].values).dtype.kind in "USO":
+            names = np.asarray(var.coords[feature_dim].values).astype(object)
+        coord = var.coords[sample_dim] if sample_dim in var.coords else None
+        return Prepared(prepared.data, "xarray", sample_dim, coord, names)
+    return _from_zarr_array(node, chunk_rows, kind="zarr", read_retries=read_retries)
 
 
-def _from_zarr_array(arr, chunk_rows: int | None, kind: str) -> Prepared:
-    what = f"the Zarr array {arr.store_path!s}" if hasattr(arr, "store_path") else "the Zarr array"
+def read_rows(arr, key, *, retries: int, source: str):
+    """Read one block of rows, retrying transient failures with backoff.
+
+    The last failure is re-raised as an ``OSError`` that names the rows and the
+    store, with the store's own error (the failing key, a codec error for a
+    corrupted chunk) attached.
+    """
+    last: Exception | None = None
+    for attempt in range(retries + 1):
+        try:
+            return arr[key]
+        except Exception as exc:  # storage errors come in many types
+            last = exc
+            if attempt < retries:
+                time.sleep(min(2.0, 0.05 * 2**attempt))
+    rows = key[0]
+    raise OSError(
+        f"reading rows {rows.start}-{rows.stop - 1} of {source} failed after {retries + 1} "
+        f"attempt(s): {type(last).__name__}: {last}"
+    ) from last
+
+
+def _from_zarr_array(arr, chunk_rows: int | None, kind: str, read_retries: int = DEFAULT_READ_RETRIES) -> Prepared:
+    source = str(getattr(arr, "store_path", "the Zarr array"))
+    what = f"the Zarr array {source}"
     _check_shape(arr.shape, what)
     _check_dtype(arr.dtype, what)
     rows = chunk_rows or auto_row_chunks(arr.shape[0], arr.shape[1], arr.dtype.itemsize, arr.chunks[0])
-    data = da.from_zarr(arr, chunks=(rows, -1))
+    # As da.from_zarr (one task per chunk, the array object in one key), with a
+    # reader that retries and names the rows of a chunk that cannot be read.
+    reader = functools.partial(read_rows, retries=read_retries, source=source)
+    name = "from-zarr-" + tokenize(arr, rows, read_retries)
+    data = da.from_array(arr, chunks=(rows, -1), name=name, getitem=reader, asarray=False, fancy=False)
     return Prepared(data, kind)
 
 
@@ -168,6 +204,7 @@ def as_dask_array(
     variable: str | None = None,
     storage_options: dict | None = None,
     chunk_rows: int | None = None,
+    read_retries: int = DEFAULT_READ_RETRIES,
     what: str = "X",
 ) -> Prepared:
     """Validate ``X`` from metadata only and return it as a row-chunked dask array.
@@ -186,7 +223,10 @@ def as_dask_array(
     if isinstance(X, Prepared):
         return X
     if isinstance(X, (str, os.PathLike)):
-        return open_zarr(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+        return open_zarr(
+            X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows,
+            read_retries=read_retries,
+        )
     module = type(X).__module__.split(".")[0]
     if module == "zarr":
         import zarr
@@ -198,7 +238,7 @@ def as_dask_array(
                     f"(the group holds {sorted(X.array_keys())})."
                 )
             X = X[variable]
-        return _from_zarr_array(X, chunk_rows, kind="zarr")
+        return _from_zarr_array(X, chunk_rows, kind="zarr", read_retries=read_retries)
     if module == "xarray":
         return _from_xarray(X, variable, chunk_rows, what)
     if isinstance(X, da.Array):

@@ -130,13 +130,54 @@ def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> 
     return group, attrs
 
 
+def _check_layout(path: str, group, attrs: dict) -> None:
+    """Refuse a store whose attributes or arrays do not describe a model (before reading data)."""
+    from . import gaussian
+    from .mixture import GaussianMixture
+
+    def bad(why: str) -> ModelStoreError:
+        return ModelStoreError(f"{path!r} is not a valid dask-em model store: {why}.")
+
+    params, fitted = attrs.get("params"), attrs.get("fitted")
+    if not isinstance(params, dict) or not isinstance(fitted, dict):
+        raise bad("its 'params' and 'fitted' attributes are missing or not mappings")
+    allowed = set(GaussianMixture().get_params())
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise bad(f"unknown parameters {unknown}")
+    cov = params.get("covariance_type")
+    if cov not in gaussian.COVARIANCE_TYPES:
+        raise bad(f"covariance_type {cov!r} is not one of {gaussian.COVARIANCE_TYPES}")
+    k, d = fitted.get("n_components"), fitted.get("n_features_in")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 for v in (k, d)):
+        raise bad(f"n_components {k!r} and n_features_in {d!r} must be ints in [1, 1e6]")
+    expected = {
+        "weights": (k,),
+        "means": (k, d),
+        "shift": (d,),
+        "covariances": {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov],
+    }
+    expected["precisions_cholesky"] = expected["covariances"]
+    for name, shape in expected.items():
+        if name not in group:
+            raise bad(f"the array {name!r} is missing")
+        arr = group[name]
+        if tuple(arr.shape) != shape or np.dtype(arr.dtype) != np.float64:
+            raise bad(f"{name} has shape {tuple(arr.shape)} and dtype {arr.dtype}; expected {shape} float64")
+
+
 def load(path: str | os.PathLike, *, storage_options: dict | None = None):
-    """Read a model written by :func:`save`; it predicts bitwise as the saved one."""
+    """Read a model written by :func:`save`; it predicts bitwise as the saved one.
+
+    Only float64 arrays and JSON are read; a store whose attributes or array
+    shapes do not describe a model is refused before any array is read.
+    """
     from .mixture import GaussianMixture
 
     group, attrs = read_attrs(path, storage_options)
     if attrs.get("family") != "gaussian":
         raise ModelStoreError(f"{os.fspath(path)!r} holds a {attrs.get('family')!r} model; this dask-em loads 'gaussian'.")
+    _check_layout(os.fspath(path), group, attrs)
     params = dict(attrs["params"])
     for name in _INIT_ARRAYS:
         if f"init/{name}" in group:
@@ -144,6 +185,8 @@ def load(path: str | os.PathLike, *, storage_options: dict | None = None):
     model = GaussianMixture(**params)
     for name in _ARRAYS:
         setattr(model, f"{name}_", group[name][...])
+    if not all(np.isfinite(getattr(model, f"{name}_")).all() for name in _ARRAYS):
+        raise ModelStoreError(f"{os.fspath(path)!r} holds NaN or infinite parameters; it is not a usable model.")
     from . import gaussian
 
     model.precisions_ = gaussian.precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)

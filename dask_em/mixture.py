@@ -266,6 +266,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         resume: bool = False,
         checkpoint_options: dict | None = None,
         callback=None,
+        read_retries: int = 3,
     ):
         """Fit the mixture by EM, reading ``X`` one row chunk at a time.
 
@@ -294,13 +295,18 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         callback : callable, optional
             Called after every iteration of every restart with a dict
             (restart, iteration, lower_bound, change, converged).
+        read_retries : int, default=3
+            Attempts beyond the first for a Zarr chunk read that fails.
 
         Returns
         -------
         self
         """
         self._validate_params()
-        prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+        prep = as_dask_array(
+            X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows,
+            read_retries=read_retries,
+        )
         data = prep.data
         n, d = data.shape
         if n < self.n_components:

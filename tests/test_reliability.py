@@ -276,3 +276,10 @@ def test_nan_parameters_are_refused(saved):
     zarr.open_group(saved, mode="r+")["means"][0, 0] = np.nan
     with pytest.raises(ModelStoreError, match="NaN or infinite parameters"):
         dask_em.load(saved)
+
+
+def test_read_retries_zero_fails_on_the_first_error(store):
+    flaky = FlakyStore(store[0], every=3, read_only=True)
+    with pytest.raises(OSError, match=r"failed after 1 attempt\(s\)"):
+        gm = dask_em.GaussianMixture(3, random_state=0, max_iter=3)
+        gm.fit(zarr.open_array(flaky, mode="r"), chunk_rows=500, read_retries=0)

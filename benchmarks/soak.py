@@ -26,6 +26,7 @@ def main(argv=None):
     parser.add_argument("--fits", type=int, default=30)
     parser.add_argument("--min-interval", type=float, default=2.0)
     parser.add_argument("--max-interval", type=float, default=6.0)
+    parser.add_argument("--no-chaos", action="store_true", help="the same loop with no worker killed")
     args = parser.parse_args(argv)
 
     import psutil
@@ -60,7 +61,8 @@ def main(argv=None):
                     kills.append(time.time())
 
         thread = threading.Thread(target=chaos, daemon=True)
-        thread.start()
+        if not args.no_chaos:
+            thread.start()
         print(f"{'fit':>4} {'seconds':>8} {'same model':>10} {'kills so far':>12} {'scheduler MiB':>13} {'workers MiB':>12}")
         scheduler_proc = psutil.Process()  # the scheduler lives in this process
         ok = 0
@@ -74,7 +76,8 @@ def main(argv=None):
             print(f"{i:4d} {seconds:8.2f} {str(same):>10} {len(kills):12d} "
                   f"{scheduler_proc.memory_info().rss / 2**20:13.0f} {workers / 2**20:12.0f}", flush=True)
         stop.set()
-        thread.join()
+        if thread.is_alive():
+            thread.join()
     print(f"# {ok}/{args.fits} fits equal to the undisturbed model; {len(kills)} workers killed")
 
 

@@ -380,35 +380,51 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         self._set_fitted(restarts, shift, d, prep)
         return self
 
-    def _start(self, data, w, n, w_init, m_init, p_init, runner) -> tuple[np.ndarray, list[Restart]]:
-        """The centering point and every restart's initial parameters (one compute)."""
+    def _start_graph(self, data, w, n, inits=(None, None, None), salt: str = ""):
+        """Delayed (shift, starts) of this estimator's restarts, and their seeds.
+
+        Seeds and sample rows depend only on random_state, n_init, K and n, so
+        a candidate of a model-selection grid starts exactly as this estimator.
+        """
         seeds_root = _seed_sequence(self.random_state)
         *children, sample_seed = seeds_root.spawn(self.n_init + 1)
         seeds = [int(c.generate_state(1)[0]) for c in children]
         size = self.init_sample_size or default_sample_size(n, self.n_components)
         rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
-        shift, starts = runner.compute(
-            init_graph(
-                data, w,
-                n_components=self.n_components,
-                covariance_type=self.covariance_type,
-                reg_covar=self.reg_covar,
-                method=self.init_params,
-                seeds=seeds,
-                sample_rows=rows,
-                weights_init=w_init,
-                means_init=m_init,
-                precisions_init=p_init,
-                salt=runner.salt(),
-            )
+        w_init, m_init, p_init = inits
+        graph = init_graph(
+            data, w,
+            n_components=self.n_components,
+            covariance_type=self.covariance_type,
+            reg_covar=self.reg_covar,
+            method=self.init_params,
+            seeds=seeds,
+            sample_rows=rows,
+            weights_init=w_init,
+            means_init=m_init,
+            precisions_init=p_init,
+            salt=salt,
         )
+        return graph, seeds
+
+    def _restarts_from(self, seeds: list[int], starts: list[dict], offset=None) -> list[Restart]:
+        """Restart records from computed starts (means moved by ``offset`` when given)."""
         restarts = []
         for i, (seed, params) in enumerate(zip(seeds, starts)):
             error = params.pop("error", None)
+            dropped = params.pop("dropped", [])
+            if error is None and offset is not None:
+                params["means"] = params["means"] + offset
             r = Restart(i, seed, None if error else params, self.covariance_type, error=error)
-            r.dropped = [(0, k) for k in params.pop("dropped", [])]
+            r.dropped = [(0, k) for k in dropped]
             restarts.append(r)
-        return shift, restarts
+        return restarts
+
+    def _start(self, data, w, n, w_init, m_init, p_init, runner) -> tuple[np.ndarray, list[Restart]]:
+        """The centering point and every restart's initial parameters (one compute)."""
+        graph, seeds = self._start_graph(data, w, n, (w_init, m_init, p_init), runner.salt())
+        shift, starts = runner.compute(graph)
+        return shift, self._restarts_from(seeds, starts)
 
     def _log_iteration(self, r: Restart) -> None:
         change = f"change {r.history[-1] - r.history[-2]:.3g}" if len(r.history) > 1 else "first"

@@ -24,10 +24,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from . import gaussian
-from ._engine import Restart, Runner, run_em, score_round
-from ._init import default_sample_size, init_graph, sample_indices
+from ._engine import Runner, run_em, score_round
 from .io import as_dask_array
-from .mixture import GaussianMixture, _seed_sequence
+from .mixture import GaussianMixture
 from .store import fingerprint
 
 CRITERIA = ("bic", "aic", "icl")
@@ -153,38 +152,15 @@ def select_model(
         if not prep.lazy:
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None
-        salt = runner.salt()
-        graphs = []
-        seeds_by_candidate = {}
-        for key, est in estimators.items():
-            root = _seed_sequence(est.random_state)
-            *children, sample_seed = root.spawn(est.n_init + 1)
-            seeds = [int(c.generate_state(1)[0]) for c in children]
-            size = est.init_sample_size or default_sample_size(n, est.n_components)
-            rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
-            seeds_by_candidate[key] = seeds
-            graphs.append(
-                init_graph(
-                    data, w, n_components=est.n_components, covariance_type=est.covariance_type,
-                    reg_covar=est.reg_covar, method=est.init_params, seeds=seeds, sample_rows=rows,
-                    salt=salt,  # one salt: candidates with the same sample share its reads
-                )
-            )
-        starts = runner.compute(graphs)
+        salt = runner.salt()  # one salt: candidates with the same sample share its reads
+        graphs, seeds = zip(*(est._start_graph(data, w, n, salt=salt) for est in estimators.values()))
+        starts = runner.compute(list(graphs))
         shift = starts[0][0]
-        restarts_by_candidate: dict = {}
-        for (key, est), (cand_shift, cand_starts) in zip(estimators.items(), starts):
-            own = []
-            for i, (seed, params) in enumerate(zip(seeds_by_candidate[key], cand_starts)):
-                error = params.pop("error", None)
-                dropped = params.pop("dropped", [])
-                if error is None:
-                    # Candidates whose samples differ (K > 20) are re-centered on one shift.
-                    params["means"] = params["means"] + (cand_shift - shift)
-                r = Restart(i, seed, None if error else params, est.covariance_type, error=error)
-                r.dropped = [(0, c) for c in dropped]
-                own.append(r)
-            restarts_by_candidate[key] = own
+        restarts_by_candidate = {
+            # Candidates whose samples differ (K > 20) are re-centered on one shift.
+            key: est._restarts_from(cand_seeds, cand_starts, offset=cand_shift - shift)
+            for (key, est), cand_seeds, (cand_shift, cand_starts) in zip(estimators.items(), seeds, starts)
+        }
         everything = [r for own in restarts_by_candidate.values() for r in own]
         run_em(
             data, w, everything,

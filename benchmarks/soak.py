@@ -54,10 +54,18 @@ def main(argv=None):
         kills = []
 
         def chaos():
+            # Only workers seen at the previous poll: a worker killed while it is
+            # still starting up made LocalCluster's nanny give up on it for good
+            # (seen in earlier runs), which is not the preemption this models.
+            seen: set = set()
             while not stop.wait(rng.uniform(args.min_interval, args.max_interval)):
-                pids = list(client.run(os.getpid).values())
-                if pids:
-                    os.kill(rng.choice(pids), signal.SIGKILL)
+                pids = set(client.run(os.getpid).values())
+                settled = sorted(pids & seen)
+                seen = pids
+                if settled:
+                    victim = rng.choice(settled)
+                    os.kill(victim, signal.SIGKILL)
+                    seen.discard(victim)
                     kills.append(time.time())
 
         thread = threading.Thread(target=chaos, daemon=True)

@@ -334,6 +334,9 @@ class Restart:
     error: str | None = None
     dropped: list[tuple[int, int]] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None  # why a healthy restart was stopped early (emEM selection, pruning)
+    start: str = ""  # how it started (k-means, k-means++, ...)
+    short_iter: int = 0  # iterations of emEM's short phase (0: none)
 
     @property
     def lower_bound(self) -> float:
@@ -341,7 +344,7 @@ class Restart:
 
     @property
     def running(self) -> bool:
-        return self.error is None and not self.converged and self.params is not None
+        return self.error is None and not self.converged and self.params is not None and self.stopped is None
 
     def summary(self) -> dict:
         return {
@@ -351,7 +354,10 @@ class Restart:
             "lower_bound": self.lower_bound,
             "n_iter": self.n_iter,
             "converged": self.converged,
-            "status": "failed" if self.error else "ok",
+            "status": "failed" if self.error else ("stopped" if self.stopped else "ok"),
+            "stopped": self.stopped,
+            "start": self.start,
+            "short_iter": self.short_iter,
             "error": self.error,
             "history": list(self.history),
             "dropped_components": list(self.dropped),

@@ -19,6 +19,8 @@ from dask.delayed import delayed
 from . import gaussian
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+# The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
+MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample")
 
 
 def default_sample_size(n_samples: int, n_components: int) -> int:
@@ -120,6 +122,13 @@ def start_responsibilities(
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
             _, idx = kmeans_plusplus(xc, n_components, random_state=rng)
         resp[idx, np.arange(n_components)] = 1
+    elif method == "kmeans-subsample":
+        # k-means on a random half of the sample: restarts see different data.
+        half = rng.choice(n, size=max(n_components, n // 2), replace=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Number of distinct clusters")
+            km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
+        resp[np.arange(n), km.predict(xc)] = 1
     else:  # pragma: no cover - validated by the estimator
         raise ValueError(method)
     return resp
@@ -180,7 +189,7 @@ def init_graph(
     n_components: int,
     covariance_type: str,
     reg_covar: float,
-    method: str,
+    method: str | list[str],
     seeds: list[int],
     sample_rows: np.ndarray,
     weights_init=None,
@@ -189,9 +198,10 @@ def init_graph(
     salt: str = "",
 ):
     """Delayed (shift, [params of each restart]) for one compute."""
+    methods = [method] * len(seeds) if isinstance(method, str) else list(method)
     sample, sw = sample_graph(X, w, sample_rows, salt)
     token = tokenize(
-        sample, sw, seeds, method, n_components, covariance_type, reg_covar,
+        sample, sw, seeds, methods, n_components, covariance_type, reg_covar,
         weights_init, means_init, precisions_init,
     )
     shift = delayed(_shift, pure=True)(sample, sw, dask_key_name=f"em-init-shift-{tokenize(sample, sw)}")
@@ -203,7 +213,7 @@ def init_graph(
             n_components=n_components,
             covariance_type=covariance_type,
             reg_covar=reg_covar,
-            method=method,
+            method=methods[i],
             seed=seed,
             weights_init=weights_init,
             means_init=means_init,

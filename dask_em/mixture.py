@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import checkpoint as ckpt
 from . import gaussian
 from ._engine import Restart, Runner, check_weights, run_em
-from ._init import INIT_METHODS, default_sample_size, init_graph, sample_indices
+from ._init import INIT_METHODS, MIXED_STARTS, default_sample_size, init_graph, sample_indices
 from .io import Prepared, as_dask_array
 from .store import _json_safe, fingerprint
 
@@ -89,6 +89,23 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         n_samples.
     split_every : int, optional
         Fan-in of the tree reduction of the statistics (dask's default if None).
+    init_strategy : {"single", "emEM"}, default="single"
+        "single": ``n_init`` restarts from ``init_params`` starts, each run to
+        convergence, as scikit-learn. "emEM" (small-EM, Biernacki, Celeux &
+        Govaert 2003): ``n_short`` starts of mixed kinds (k-means++ seeds,
+        random rows, k-means on different half-samples) run ``short_iter``
+        iterations side by side, sharing every read; the best ``n_init``
+        continue to convergence, and a continuing restart that cannot catch
+        up is pruned (``prune_margin``). Histories record both phases.
+    n_short : int, default=20
+        Starts of emEM's short phase.
+    short_iter : int, default=10
+        Iterations of emEM's short phase.
+    prune_margin : float or None, default=0.01
+        emEM's long phase stops a restart when its bound plus the rest of its
+        geometric trend (its last change times rho / (1 - rho), rho the ratio
+        of its last two changes) stays more than this many nats per row below
+        the best bound. None never prunes.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -133,6 +150,10 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         init_sample_size: int | None = None,
         split_every: int | None = None,
         verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -147,6 +168,10 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         self.random_state = random_state
         self.init_sample_size = init_sample_size
         self.split_every = split_every
+        self.init_strategy = init_strategy
+        self.n_short = n_short
+        self.short_iter = short_iter
+        self.prune_margin = prune_margin
         self.verbose = verbose
 
     # ------------------------------------------------------------------
@@ -174,6 +199,19 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             raise _fail("init_sample_size", self.init_sample_size, "None or an int >= 1")
         if self.split_every is not None and (not _is_int(self.split_every) or self.split_every < 2):
             raise _fail("split_every", self.split_every, "None or an int >= 2")
+        if self.init_strategy not in ("single", "emEM"):
+            raise _fail("init_strategy", self.init_strategy, "'single' or 'emEM'")
+        if not _is_int(self.n_short) or self.n_short < 1:
+            raise _fail("n_short", self.n_short, "an int >= 1")
+        if not _is_int(self.short_iter) or self.short_iter < 1:
+            raise _fail("short_iter", self.short_iter, "an int >= 1")
+        if self.prune_margin is not None and (not _is_real(self.prune_margin) or self.prune_margin < 0):
+            raise _fail("prune_margin", self.prune_margin, "None or a finite float >= 0")
+        if self.init_strategy == "emEM" and self.init_params != "kmeans":
+            raise ValueError(
+                f"init_params={self.init_params!r} applies to init_strategy='single'; emEM mixes "
+                "k-means++, random-row and half-sample k-means starts. Leave init_params at its default."
+            )
         if not _is_int(self.verbose) or self.verbose < 0:
             raise _fail("verbose", self.verbose, "an int >= 0")
         _seed_sequence(self.random_state)
@@ -366,18 +404,25 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             with contextlib.ExitStack() as stack:
                 if bars is not None:
                     stack.callback(bars.close)
-                run_em(
-                    data, w, restarts,
-                    shift=shift,
-                    reg_covar=self.reg_covar,
-                    tol=self.tol,
-                    max_iter=self.max_iter,
-                    split_every=self.split_every,
-                    runner=runner,
-                    on_iteration=on_iteration,
-                    on_round=write_checkpoint,
+                rounds = [0]
+
+                def on_round(rs: list[Restart]) -> None:
+                    rounds[0] += 1
+                    if self.init_strategy == "emEM" and any(r.short_iter for r in rs):
+                        _prune(rs, self.prune_margin)
+                    write_checkpoint(rs)
+
+                common = dict(
+                    shift=shift, reg_covar=self.reg_covar, tol=self.tol, split_every=self.split_every,
+                    runner=runner, on_iteration=on_iteration, on_round=on_round,
                 )
+                if self.init_strategy == "emEM" and not any(r.short_iter for r in restarts):
+                    run_em(data, w, restarts, max_iter=min(self.short_iter, self.max_iter), **common)
+                    _keep_best(restarts, self.n_init)
+                    write_checkpoint(restarts)
+                run_em(data, w, restarts, max_iter=self.max_iter, **common)
         self._set_fitted(restarts, shift, d, prep)
+        self.n_passes_ = (0 if saved is not None else 1) + rounds[0]
         return self
 
     def _start_graph(self, data, w, n, inits=(None, None, None), salt: str = ""):
@@ -386,18 +431,23 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         Seeds and sample rows depend only on random_state, n_init, K and n, so
         a candidate of a model-selection grid starts exactly as this estimator.
         """
+        emem = self.init_strategy == "emEM"
+        n_starts = max(self.n_short, self.n_init) if emem else self.n_init
         seeds_root = _seed_sequence(self.random_state)
-        *children, sample_seed = seeds_root.spawn(self.n_init + 1)
+        *children, sample_seed = seeds_root.spawn(n_starts + 1)
         seeds = [int(c.generate_state(1)[0]) for c in children]
         size = self.init_sample_size or default_sample_size(n, self.n_components)
         rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
         w_init, m_init, p_init = inits
+        self._start_methods = (
+            [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts)] if emem else [self.init_params] * n_starts
+        )
         graph = init_graph(
             data, w,
             n_components=self.n_components,
             covariance_type=self.covariance_type,
             reg_covar=self.reg_covar,
-            method=self.init_params,
+            method=self._start_methods,
             seeds=seeds,
             sample_rows=rows,
             weights_init=w_init,
@@ -417,6 +467,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 params["means"] = params["means"] + offset
             r = Restart(i, seed, None if error else params, self.covariance_type, error=error)
             r.dropped = [(0, k) for k in dropped]
+            r.start = self._start_methods[i] if hasattr(self, "_start_methods") else self.init_params
             restarts.append(r)
         return restarts
 
@@ -620,6 +671,39 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         return gaussian.sample(params, self.covariance_type, n_samples, rng)
 
 
+def _keep_best(restarts: list[Restart], n_keep: int) -> None:
+    """End emEM's short phase: the best ``n_keep`` healthy restarts go on, the rest stop."""
+    for r in restarts:
+        r.short_iter = max(r.n_iter, 1)
+    alive = sorted((r for r in restarts if r.error is None and r.params is not None),
+                   key=lambda r: r.lower_bound, reverse=True)
+    for r in alive[n_keep:]:
+        if not r.converged:
+            r.stopped = f"not among the best {n_keep} after {r.n_iter} short iterations"
+
+
+def _prune(restarts: list[Restart], margin: float | None) -> None:
+    """Stop long-phase restarts whose projected bound stays below the best by ``margin``."""
+    if margin is None:
+        return
+    healthy = [r for r in restarts if r.error is None and r.history and math.isfinite(r.lower_bound)]
+    if not healthy:
+        return
+    best = max(r.lower_bound for r in healthy)
+    for r in healthy:
+        h = r.history
+        if not r.running or r.n_iter - r.short_iter < 2 or len(h) < 3:
+            continue
+        last, before = h[-1] - h[-2], h[-2] - h[-3]
+        rho = min(max(last / before, 0.0), 0.99) if before > 0 else 0.99
+        projected = h[-1] + max(last, 0.0) * rho / (1.0 - rho)
+        if projected + margin < best:
+            r.stopped = (
+                f"pruned at iteration {r.n_iter}: projected bound {projected:.6g} is more than "
+                f"{margin} below the best {best:.6g}"
+            )
+
+
 def _progress(r: Restart) -> dict:
     change = r.history[-1] - r.history[-2] if len(r.history) > 1 else None
     return {
@@ -671,6 +755,9 @@ def _restore(meta: dict, arrays: dict) -> tuple[np.ndarray, list[Restart]]:
                 error=e["error"],
                 dropped=[tuple(x) for x in e["dropped_components"]],
                 seconds=e.get("seconds", 0.0),
+                stopped=e.get("stopped"),
+                start=e.get("start", ""),
+                short_iter=e.get("short_iter", 0),
             )
         )
     return arrays["shift"], restarts

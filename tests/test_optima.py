@@ -1,0 +1,99 @@
+"""emEM: many short runs sharing reads, the best continue, hopeless ones pruned."""
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_wine
+from sklearn.preprocessing import StandardScaler
+
+import dask_em
+from dask_em import _engine
+from dask_em.mixture import _prune
+from test_engine import counting_array
+
+
+@pytest.fixture(scope="module")
+def wine():
+    return StandardScaler().fit_transform(load_wine().data)
+
+
+def fit(X, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return dask_em.GaussianMixture(**kw).fit(X)
+
+
+def test_short_phase_then_the_best_continue(wine):
+    gm = fit(wine, n_components=3, init_strategy="emEM", n_short=9, short_iter=4, n_init=2, random_state=0)
+    assert len(gm.restarts_) == 9
+    assert [r["start"] for r in gm.restarts_[:3]] == ["k-means++", "random_from_data", "kmeans-subsample"]
+    short_bounds = {r["restart"]: r["history"][min(3, len(r["history"]) - 1)] for r in gm.restarts_}
+    continued = [r for r in gm.restarts_ if r["n_iter"] > 4]
+    assert 1 <= len(continued) <= 2
+    best_short = sorted(short_bounds, key=short_bounds.get, reverse=True)[:2]
+    assert {r["restart"] for r in continued} <= set(best_short)
+    for r in gm.restarts_:
+        assert len(r["history"]) == r["n_iter"] and r["short_iter"] >= 1  # both phases in the history
+        if r["restart"] not in best_short and not r["converged"]:
+            assert r["status"] == "stopped" and "not among the best 2" in r["stopped"]
+    assert gm.lower_bound_ == max(r["lower_bound"] for r in gm.restarts_)
+
+
+def test_emem_reaches_a_better_optimum_than_one_sklearn_like_run(wine):
+    single = fit(wine, n_components=3, random_state=0)
+    emem = fit(wine, n_components=3, init_strategy="emEM", random_state=0)
+    assert emem.score(wine) >= single.score(wine) - 1e-9
+
+
+def test_every_round_reads_each_chunk_once(tmp_path, wine):
+    X = np.vstack([wine] * 6)
+    arr, store = counting_array(tmp_path, X, rows=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = dask_em.GaussianMixture(3, init_strategy="emEM", n_short=12, short_iter=3, random_state=0)
+        gm.fit(arr, chunk_rows=200)
+    reads = {k: v for k, v in store.reads.items() if k.startswith("c/")}
+    assert set(reads.values()) == {gm.n_passes_}  # 1 init read + 1 per round, for all 12 starts
+
+
+def test_prune_rule():
+    def restart(history, short=2):
+        r = _engine.Restart(0, 0, {"weights": np.ones(1)}, "full", history=list(history), n_iter=len(history))
+        r.short_iter = short
+        return r
+
+    leader = restart([-3.0, -2.0, -1.5, -1.25])
+    hopeless = restart([-5.0, -4.5, -4.4, -4.39])  # changes 0.1 then 0.01: it will gain ~0.001 more
+    climbing = restart([-5.0, -4.0, -3.0, -2.0])  # changes keep their size: it may still win
+    _prune([leader, hopeless, climbing], margin=0.01)
+    assert hopeless.stopped and "pruned at iteration 4" in hopeless.stopped
+    assert leader.stopped is None and climbing.stopped is None
+    fresh = restart([-9.0, -8.9, -8.89], short=2)  # one long iteration only: too early to judge
+    _prune([leader, fresh], margin=0.01)
+    assert fresh.stopped is None
+    _prune([leader, restart([-9.0, -8.9, -8.89, -8.889])], margin=None)  # None never prunes
+
+
+def test_resume_mid_emem_equals_uninterrupted(tmp_path, wine):
+    kw = dict(n_components=4, init_strategy="emEM", n_short=6, short_iter=3, random_state=1, tol=0)
+    whole = fit(wine, max_iter=12, **kw)
+    ck = str(tmp_path / "ck.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dask_em.GaussianMixture(max_iter=7, **kw).fit(wine, checkpoint=ck)
+        resumed = dask_em.GaussianMixture(max_iter=12, **kw).fit(wine, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(resumed.means_, whole.means_)
+    assert [r["history"] for r in resumed.restarts_] == [r["history"] for r in whole.restarts_]
+    assert [r["status"] for r in resumed.restarts_] == [r["status"] for r in whole.restarts_]
+
+
+def test_bad_strategy_parameters(wine):
+    with pytest.raises(ValueError, match="init_strategy must be 'single' or 'emEM'; received 'em'"):
+        dask_em.GaussianMixture(2, init_strategy="em").fit(wine)
+    with pytest.raises(ValueError, match="init_params='random' applies to init_strategy='single'"):
+        dask_em.GaussianMixture(2, init_strategy="emEM", init_params="random").fit(wine)
+    with pytest.raises(ValueError, match="prune_margin must be None or a finite float >= 0"):
+        dask_em.GaussianMixture(2, prune_margin=-1.0).fit(wine)
+    with pytest.raises(ValueError, match="n_short must be an int >= 1"):
+        dask_em.GaussianMixture(2, n_short=0).fit(wine)

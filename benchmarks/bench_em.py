@@ -32,11 +32,11 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import warnings
 
 import numpy as np
+from _sampling import PeakSampler
 
 
 def _rss_tree() -> int:
@@ -50,26 +50,6 @@ def _rss_tree() -> int:
         except psutil.Error:
             pass
     return total
-
-
-class PeakMemory:
-    """Samples RSS (self + children) in a thread; ``peak`` in bytes."""
-
-    def __enter__(self):
-        self.peak = _rss_tree()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, _rss_tree())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_tree())
 
 
 def sklearn_per_iter(X, k, cov_type, init, iters):
@@ -182,7 +162,7 @@ def main(argv=None):
             def record(system, fn):
                 if system in skip:
                     return
-                with PeakMemory() as mem:
+                with PeakSampler(_rss_tree) as mem:
                     sec, lb, _ = fn()
                 rows[system] = (sec, float(lb), mem.peak / 2**30)
 

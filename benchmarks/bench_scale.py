@@ -24,39 +24,29 @@ import os
 import pickle
 import shutil
 import tempfile
-import threading
 import time
 import warnings
 
 import numpy as np
+from _sampling import PeakSampler
 
 
-class WorkerPeaks:
+def worker_peaks(client) -> PeakSampler:
     """Peak RSS of each worker process, sampled in a thread."""
+    import psutil
 
-    def __init__(self, client):
-        import psutil
+    procs = {addr: psutil.Process(pid) for addr, pid in client.run(os.getpid).items()}
 
-        self.procs = {addr: psutil.Process(pid) for addr, pid in client.run(os.getpid).items()}
-        self.peak = {addr: p.memory_info().rss for addr, p in self.procs.items()}
+    def measure():
+        out = {}
+        for addr, p in procs.items():
+            try:
+                out[addr] = p.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
 
-    def __enter__(self):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.05):
-            for addr, p in self.procs.items():
-                try:
-                    self.peak[addr] = max(self.peak[addr], p.memory_info().rss)
-                except Exception:
-                    pass
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    return PeakSampler(measure)
 
 
 def spilled(client) -> int:
@@ -131,7 +121,7 @@ def main(argv=None):
         limit = sum(w.memory_limit for w in c.scheduler.workers.values())
         X = da.from_zarr(path, chunks=(4 * store_rows, -1))
         read = read_seconds(X)
-        with WorkerPeaks(client) as peaks:
+        with worker_peaks(client) as peaks:
             per_iter = fit_seconds(X, k, args.iters)
         spill = spilled(client)
     print(f"{'store GiB':>10} {'limit GiB':>10} {'s/iter':>8} {'read s':>8} {'iter/read':>10} {'peak RSS/worker MiB':>20} {'spilled':>8}")
@@ -150,7 +140,7 @@ def main(argv=None):
                 base = idle_rss(client)
                 fit_seconds(X[: rows * 2], k, 1)  # warm imports
                 base = idle_rss(client)
-                with WorkerPeaks(client) as peaks:
+                with worker_peaks(client) as peaks:
                     fit_seconds(X, k, 2)
             above = max(peaks.peak[a] - base[a] for a in base)
             chunk_mib = rows * d * 8 / 2**20

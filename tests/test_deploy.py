@@ -295,3 +295,24 @@ def test_rehearse_cronjob(tmp_path, store, dask_cluster_processes):
     model = dask_em.load(output)
     assert model.n_components_ == 8
     assert not os.path.exists(local[local.index("--checkpoint") + 1])  # cleared after success
+
+
+def test_image_requirements_pin_every_runtime_dependency():
+    """The image installs the package with --no-deps on top of requirements.txt: nothing may be missing."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = [Requirement(r) for r in project["dependencies"]]
+    for extra in ("kubernetes", "s3"):
+        needed += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    pinned = {}
+    for line in (ROOT / "deploy" / "docker" / "requirements.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[name.lower().replace("_", "-")] = version
+    for req in needed:
+        name = req.name.lower().replace("_", "-")
+        assert name in pinned, f"{req.name} is a dependency but not pinned in deploy/docker/requirements.txt"
+        assert req.specifier.contains(pinned[name], prereleases=True), (req, pinned[name])

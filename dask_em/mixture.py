@@ -6,7 +6,6 @@ import contextlib
 import logging
 import math
 import numbers
-import os
 import warnings
 from typing import Any
 
@@ -355,8 +354,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         w_init, m_init, p_init = self._validate_init(d)
         w = self._prepare_weights(sample_weight, data)
 
-        source = os.fspath(X) if isinstance(X, (str, os.PathLike)) else None
-        self.training_data_ = fingerprint(prep, source)
+        self.training_data_ = fingerprint(prep, X)
         saved = None
         if checkpoint is not None and resume:
             saved = ckpt.read(checkpoint, checkpoint_options)
@@ -426,7 +424,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         return self
 
     def _start_graph(self, data, w, n, inits=(None, None, None), salt: str = ""):
-        """Delayed (shift, starts) of this estimator's restarts, and their seeds.
+        """Delayed (shift, starts) of this estimator's restarts, their seeds and start kinds.
 
         Seeds and sample rows depend only on random_state, n_init, K and n, so
         a candidate of a model-selection grid starts exactly as this estimator.
@@ -439,7 +437,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
         size = self.init_sample_size or default_sample_size(n, self.n_components)
         rows = sample_indices(n, min(size, n), np.random.default_rng(sample_seed))
         w_init, m_init, p_init = inits
-        self._start_methods = (
+        methods = (
             [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts)] if emem else [self.init_params] * n_starts
         )
         graph = init_graph(
@@ -447,7 +445,7 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             n_components=self.n_components,
             covariance_type=self.covariance_type,
             reg_covar=self.reg_covar,
-            method=self._start_methods,
+            method=methods,
             seeds=seeds,
             sample_rows=rows,
             weights_init=w_init,
@@ -455,9 +453,9 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
             precisions_init=p_init,
             salt=salt,
         )
-        return graph, seeds
+        return graph, seeds, methods
 
-    def _restarts_from(self, seeds: list[int], starts: list[dict], offset=None) -> list[Restart]:
+    def _restarts_from(self, seeds: list[int], methods: list[str], starts: list[dict], offset=None) -> list[Restart]:
         """Restart records from computed starts (means moved by ``offset`` when given)."""
         restarts = []
         for i, (seed, params) in enumerate(zip(seeds, starts)):
@@ -467,15 +465,15 @@ class GaussianMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 params["means"] = params["means"] + offset
             r = Restart(i, seed, None if error else params, self.covariance_type, error=error)
             r.dropped = [(0, k) for k in dropped]
-            r.start = self._start_methods[i] if hasattr(self, "_start_methods") else self.init_params
+            r.start = methods[i]
             restarts.append(r)
         return restarts
 
     def _start(self, data, w, n, w_init, m_init, p_init, runner) -> tuple[np.ndarray, list[Restart]]:
         """The centering point and every restart's initial parameters (one compute)."""
-        graph, seeds = self._start_graph(data, w, n, (w_init, m_init, p_init), runner.salt())
+        graph, seeds, methods = self._start_graph(data, w, n, (w_init, m_init, p_init), runner.salt())
         shift, starts = runner.compute(graph)
-        return shift, self._restarts_from(seeds, starts)
+        return shift, self._restarts_from(seeds, methods, starts)
 
     def _log_iteration(self, r: Restart) -> None:
         change = f"change {r.history[-1] - r.history[-2]:.3g}" if len(r.history) > 1 else "first"

@@ -146,20 +146,20 @@ def select_model(
     for est in estimators.values():
         est._validate_params()
     w = template._prepare_weights(sample_weight, data)
-    source = str(X) if isinstance(X, str) else None
 
     with Runner() as runner:
         if not prep.lazy:
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None
         salt = runner.salt()  # one salt: candidates with the same sample share its reads
-        graphs, seeds = zip(*(est._start_graph(data, w, n, salt=salt) for est in estimators.values()))
+        graphs, seeds, methods = zip(*(est._start_graph(data, w, n, salt=salt) for est in estimators.values()))
         starts = runner.compute(list(graphs))
         shift = starts[0][0]
         restarts_by_candidate = {
             # Candidates whose samples differ (K > 20) are re-centered on one shift.
-            key: est._restarts_from(cand_seeds, cand_starts, offset=cand_shift - shift)
-            for (key, est), cand_seeds, (cand_shift, cand_starts) in zip(estimators.items(), seeds, starts)
+            key: est._restarts_from(cand_seeds, cand_methods, cand_starts, offset=cand_shift - shift)
+            for (key, est), cand_seeds, cand_methods, (cand_shift, cand_starts)
+            in zip(estimators.items(), seeds, methods, starts)
         }
         everything = [r for own in restarts_by_candidate.values() for r in own]
         run_em(
@@ -179,7 +179,7 @@ def select_model(
                     est._set_fitted(restarts_by_candidate[key], shift, d, prep)
                 except ValueError:
                     continue  # every restart failed: the table says so
-            est.training_data_ = fingerprint(prep, source)
+            est.training_data_ = fingerprint(prep, X)
             fitted[key] = est
         best_restarts = []
         for key, est in fitted.items():

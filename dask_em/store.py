@@ -48,9 +48,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def fingerprint(prepared, source: str | None) -> dict:
-    """What identifies the training data without reading it."""
+def fingerprint(prepared, X) -> dict:
+    """What identifies the training data without reading it (``X`` as given to fit)."""
     data = prepared.data
+    source = os.fspath(X) if isinstance(X, (str, os.PathLike)) else None
     return {
         "shape": list(data.shape),
         "dtype": str(data.dtype),

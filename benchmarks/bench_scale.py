@@ -102,6 +102,7 @@ def main(argv=None):
     from distributed import Client
 
     from dask_em import _engine
+    from dask_em.gaussian import GaussianFamily
     from dask_em.datasets import make_mixture
 
     d, k = args.features, args.components
@@ -166,10 +167,10 @@ def main(argv=None):
             small = np.random.default_rng(0).normal(size=(200_000, 4))
             for chunks in (50, 200, 800):
                 X = da.from_array(small, chunks=(len(small) // chunks, -1))
-                state = {"shift": np.zeros(4), "params": [{
+                state = {"family": GaussianFamily(), "context": np.zeros(4), "params": [{
                     "covariance_type": "full", "weights": np.full(2, 0.5),
                     "means": np.zeros((2, 4)), "precisions_cholesky": np.stack([np.eye(4)] * 2)}]}
-                g = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=None)
+                g = _engine.round_graph(X, None, state, split_every=None)
                 tasks = len(dict(g.__dask_graph__()))
                 t = fit_seconds(X, 2, 5)
                 print(f"{chunks:7d} {tasks:10d} {t:8.3f} {1e3 * t / tasks:8.3f}")
@@ -183,11 +184,11 @@ def main(argv=None):
         X = da.zeros((rows_tb, dd), chunks=(chunk_rows, dd))
         for restarts in (1, 8):
             rng = np.random.default_rng(0)
-            state = {"shift": np.zeros(dd), "params": [{
+            state = {"family": GaussianFamily(), "context": np.zeros(dd), "params": [{
                 "covariance_type": "full", "weights": np.full(8, 1 / 8), "means": rng.normal(size=(8, dd)),
                 "precisions_cholesky": np.stack([np.eye(dd)] * 8)} for _ in range(restarts)]}
             tic = time.perf_counter()
-            g = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=None)
+            g = _engine.round_graph(X, None, state, split_every=None)
             graph = dict(g.__dask_graph__())
             built = time.perf_counter() - tic
             size = len(pickle.dumps(graph, protocol=5))

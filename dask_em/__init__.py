@@ -10,7 +10,17 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._engine import Preempted, request_stop
 from .io import as_dask_array, open_zarr
-from .mixture import GaussianMixture
+from .discrete import (
+    BernoulliFamily,
+    BernoulliMixture,
+    CategoricalFamily,
+    CategoricalMixture,
+    PoissonFamily,
+    PoissonMixture,
+)
+from .family import Family
+from .gaussian import GaussianFamily
+from .mixture import GaussianMixture, Mixture
 from .selection import SelectionResult, select_model
 from .store import load, save
 
@@ -20,7 +30,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "BernoulliFamily",
+    "BernoulliMixture",
+    "CategoricalFamily",
+    "CategoricalMixture",
+    "Family",
+    "GaussianFamily",
     "GaussianMixture",
+    "Mixture",
+    "PoissonFamily",
+    "PoissonMixture",
     "Preempted",
     "__version__",
     "as_dask_array",

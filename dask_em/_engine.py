@@ -10,13 +10,14 @@ The parameters of all running restarts enter the round's graph once, as the
 single key ``em-params-<token>``; each E-step task reads its chunk once and
 visits every restart on each row tile while it is in cache, so the restarts
 share every chunk read. Only the new parameters and the lower bounds come
-back to the client. The engine knows the Gaussian family only through
-:mod:`dask_em.gaussian`'s functions.
+back to the client. The engine knows the component distributions only
+through the family protocol (:mod:`dask_em.family`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 
-from . import gaussian
+from .family import MASS_EPS, Family, merge_records
 
 logger = logging.getLogger("dask_em")
 
@@ -59,55 +60,35 @@ def check_weights(w: np.ndarray, where: str) -> None:
         )
 
 
-def estep_block(x, w, state: dict, block_info=None) -> list[gaussian.Stats]:
-    """E-step of every running restart on one row chunk.
+def check_rows(family: Family, x, start: int, stop: int, where: str) -> None:
+    """Raise the family's complaint about the first invalid row, naming the chunk's rows."""
+    bad = family.check_rows(x)
+    if bad is None:
+        return
+    row, what, fix = bad
+    raise ValueError(f"{what} in rows {start}-{stop - 1} {where}; the first is row {start + row}. {fix}")
 
-    ``state`` holds the shift and one parameter dict per restart (with its
-    ``covariance_type``). Returns one statistics dict per restart, about its
-    current means. Raises ``ValueError`` naming the chunk's rows when the
-    chunk holds NaN or infinity.
+
+def estep_block(x, w, state: dict, block_info=None) -> list[dict]:
+    """E-step of every running restart on one row chunk: one record per restart.
+
+    ``state`` holds the family, its context and one parameter dict per
+    restart. A record is the family's statistics plus the log-likelihood,
+    weight sum, masses (and entropy) the engine needs. Invalid rows (NaN for
+    a Gaussian, a 2 for a Bernoulli) raise ``ValueError`` naming the chunk's rows.
     """
     start, stop, index = _row_range(block_info, x.shape[0])
-    shift = state["shift"]
-    params = state["params"]
-    n, d = x.shape[0], shift.shape[0]
+    family: Family = state["family"]
     if w is not None:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
-    sizes = [
-        (gaussian.tile_rows(len(p["weights"]), d), gaussian.panel_rows(len(p["weights"]), d))
-        for p in params
-    ]
-    views = [gaussian.prepare(p, p["covariance_type"], min(t, n)) for p, (t, _) in zip(params, sizes)]
-    accs = [gaussian.empty_stats(p["covariance_type"], len(p["weights"]), d) for p in params]
-    shared = min(max(panel for _, panel in sizes), n)
-    layouts = {gaussian.layout(p["covariance_type"]) for p in params}
-    bufs = {name: gaussian.design_buffer(name, d, shared) for name in layouts}
-    # NaN or inf in the chunk is reported below, once, with its rows.
-    with np.errstate(invalid="ignore", over="ignore"):
-        for lo in range(0, n, shared):
-            hi = min(lo + shared, n)
-            xas = {name: gaussian.augment(name, x[lo:hi], shift, buf) for name, buf in bufs.items()}
-            for p, (_, panel), view, acc in zip(params, sizes, views, accs):
-                ct = p["covariance_type"]
-                xa = xas[gaussian.layout(ct)]
-                for sub in range(0, hi - lo, panel):
-                    end = min(sub + panel, hi - lo)
-                    wp = None if w is None else w[lo + sub : lo + end]
-                    gaussian.panel_stats(xa[:, sub:end], wp, view, ct, acc, state.get("entropy", False))
-    if not all(math.isfinite(acc["loglik"]) for acc in accs):
-        finite = np.isfinite(x)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite.all(1))[0])
-            raise ValueError(
-                f"X contains NaN or infinity in rows {start}-{stop - 1} (chunk {index}); "
-                f"the first is row {start + row}. Remove or impute those rows before "
-                "fitting, e.g. X[da.isfinite(X).all(axis=1)]."
-            )
-    return [
-        gaussian.finish_stats(acc, p["means"], p["covariance_type"])
-        for acc, p in zip(accs, params)
-    ]
+    where = f"(chunk {index})"
+    if not family.lazy_row_check:
+        check_rows(family, x, start, stop, where)
+    records = family.estep(x, w, state["params"], state["context"], state.get("entropy", False))
+    if family.lazy_row_check and not all(math.isfinite(r["loglik"]) for r in records):
+        check_rows(family, x, start, stop, where)
+    return records
 
 
 def _flatten(parts) -> list:
@@ -124,11 +105,11 @@ def _identity(stats, axis=None, keepdims=None, computing_meta=False):
     return stats
 
 
-def _combine(parts, axis=None, keepdims=None, computing_meta=False):
+def _combine(parts, axis=None, keepdims=None, computing_meta=False, family: Family | None = None):
     if computing_meta:
         return parts
     per_block = _flatten(parts)
-    return [gaussian.merge_stats(list(group)) for group in zip(*per_block)]
+    return [merge_records(family, list(group)) for group in zip(*per_block)]
 
 
 # The reduction names its layers after these functions, so they read as the
@@ -153,35 +134,39 @@ class StepResult:
     wsum: float = 0.0
 
 
-def mstep_round(stats_list, state: dict, reg_covar: float, n_rows: int) -> list[StepResult]:
-    """M-step of every restart; failures are returned, not raised."""
-    if isinstance(stats_list, np.ndarray):  # a reduction output of object dtype
-        stats_list = stats_list.item() if stats_list.ndim == 0 else stats_list.ravel()[0]
+def mstep_round(records, state: dict, n_rows: int) -> list[StepResult]:
+    """M-step of every restart; failures are returned, not raised.
+
+    The engine owns the mixture weights, ``(n_k + eps) / sum``; a component
+    with less than a millionth of an average row's weight is empty and is
+    dropped from the statistics and the parameters before the family's M-step.
+    """
+    if isinstance(records, np.ndarray):  # a reduction output of object dtype
+        records = records.item() if records.ndim == 0 else records.ravel()[0]
+    family: Family = state["family"]
     out = []
-    for stats, params in zip(stats_list, state["params"]):
-        cov_type = params["covariance_type"]
-        lower_bound = stats["loglik"] / stats["wsum"] if stats["wsum"] > 0 else float("nan")
+    for rec, params in zip(records, state["params"]):
+        wsum = rec["wsum"]
+        lower_bound = rec["loglik"] / wsum if wsum > 0 else float("nan")
         if not math.isfinite(lower_bound):
             out.append(StepResult(lower_bound, error="the log-likelihood is not finite"))
             continue
-        extra = {"entropy": stats.get("entropy", 0.0), "wsum": stats["wsum"]}
-        mass = gaussian.component_mass(stats, cov_type)
-        # A component with less than a millionth of an average row's weight is empty.
-        keep = mass >= 1e-6 * stats["wsum"] / max(n_rows, 1)
+        extra = {"entropy": rec["entropy"], "wsum": wsum}
+        nk, stats = rec["nk"], rec["stats"]
+        keep = nk >= 1e-6 * wsum / max(n_rows, 1)
         dropped = [int(i) for i in np.flatnonzero(~keep)]
-        means = params["means"]
         if dropped:
             if not keep.any():
                 out.append(StepResult(lower_bound, error="every component lost its mass", **extra))
                 continue
-            stats = gaussian.drop_components(stats, keep, cov_type)
-            means = means[keep]
+            stats, params, nk = family.select(stats, keep), family.select(params, keep), nk[keep]
         try:
-            new = gaussian.m_step(stats, means, cov_type, reg_covar)
-        except gaussian.NotPositiveDefiniteError as exc:
+            new = family.m_step(stats, nk, params)
+        except (ArithmeticError, np.linalg.LinAlgError) as exc:
             out.append(StepResult(lower_bound, error=str(exc), **extra))
             continue
-        new["covariance_type"] = cov_type
+        mass = nk + MASS_EPS
+        new["weights"] = mass / mass.sum()
         out.append(StepResult(lower_bound, new, dropped, **extra))
     return out
 
@@ -196,7 +181,6 @@ def round_graph(
     w: da.Array | None,
     state: dict,
     *,
-    reg_covar: float,
     split_every: int | None,
     salt: str = "",
 ) -> Delayed:
@@ -206,7 +190,7 @@ def round_graph(
     parameters equal the previous round's (a fixed point) must not reuse the
     key that the scheduler is still releasing.
     """
-    token = tokenize(X, w, state, reg_covar, split_every, salt)
+    token = tokenize(X, w, state, split_every, salt)
     state_key = delayed(state, name=f"em-params-{token}", pure=True, traverse=False)
     args = [X, w[:, None] if w is not None else None, state_key]
     stats = da.map_blocks(
@@ -220,8 +204,8 @@ def round_graph(
     reduced = da.reduction(
         stats,
         chunk=_identity,
-        combine=_combine,
-        aggregate=_combine,
+        combine=functools.partial(_combine, family=state["family"]),
+        aggregate=functools.partial(_combine, family=state["family"]),
         axis=0,
         keepdims=False,
         dtype=object,
@@ -231,7 +215,7 @@ def round_graph(
     )
     (total,) = reduced.to_delayed().ravel()
     return delayed(mstep_round, pure=True)(
-        total, state_key, reg_covar, X.shape[0], dask_key_name=f"em-mstep-{token}"
+        total, state_key, X.shape[0], dask_key_name=f"em-mstep-{token}"
     )
 
 
@@ -327,7 +311,7 @@ class Restart:
     index: int
     seed: int
     params: dict | None
-    covariance_type: str = "full"
+    covariance_type: str | None = None  # the Gaussian family's variant, reported in summaries
     history: list[float] = field(default_factory=list)
     n_iter: int = 0
     converged: bool = False
@@ -370,8 +354,8 @@ def run_em(
     w: da.Array | None,
     restarts: list[Restart],
     *,
-    shift: np.ndarray,
-    reg_covar: float,
+    family: Family,
+    context: Any,
     tol: float,
     max_iter: int,
     split_every: int | None,
@@ -392,10 +376,10 @@ def run_em(
         running = [r for r in restarts if r.running and r.n_iter < max_iter]
         if not running:
             break
-        state = {"shift": shift, "params": [_estep_params(r) for r in running]}
+        state = {"family": family, "context": context, "params": [_estep_params(r) for r in running]}
         tic = time.perf_counter()
         results = _compute_round(
-            runner, X, round_graph(X, w, state, reg_covar=reg_covar, split_every=split_every, salt=runner.salt())
+            runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt())
         )
         seconds = time.perf_counter() - tic
         for restart, result in zip(running, results):
@@ -447,14 +431,15 @@ def _compute_round(runner: Runner, X: da.Array, graph):
 
 
 def _estep_params(restart: Restart) -> dict:
-    keys = ("weights", "means", "precisions_cholesky")
-    return {"covariance_type": restart.covariance_type, **{k: restart.params[k] for k in keys}}
+    return {k: v for k, v in restart.params.items() if k not in ("dropped", "error")}
 
 
-def score_round(X, w, restarts: list[Restart], *, shift, split_every, runner: Runner) -> list[StepResult]:
+def score_round(
+    X, w, restarts: list[Restart], *, family: Family, context, split_every, runner: Runner
+) -> list[StepResult]:
     """One pass giving the log-likelihood (and entropy) of every restart's current parameters."""
-    state = {"shift": shift, "entropy": True, "params": [_estep_params(r) for r in restarts]}
-    return runner.compute(round_graph(X, w, state, reg_covar=0.0, split_every=split_every, salt=runner.salt()))
+    state = {"family": family, "context": context, "entropy": True, "params": [_estep_params(r) for r in restarts]}
+    return runner.compute(round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
 
 
 def _advance(restart: Restart, result: StepResult, tol: float) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from . import gaussian
+from .family import Family
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 # The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
@@ -34,17 +34,16 @@ def sample_indices(n_samples: int, size: int, rng: np.random.Generator) -> np.nd
     return np.sort(rng.choice(n_samples, size=size, replace=False))
 
 
-def _take_rows(block, local_rows, start: int):
+def _take_rows(block, local_rows, start: int, family: Family):
     rows = np.asarray(block)[local_rows]
-    finite = np.isfinite(rows)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite.all(1))[0])
-        row = start + int(local_rows[bad])
+    bad = family.check_rows(rows)
+    if bad is not None:
+        index, what, fix = bad
+        row = start + int(local_rows[index])
         stop = start + block.shape[0] - 1
         raise ValueError(
-            f"X contains NaN or infinity in rows {start}-{stop}; the first found is "
-            f"row {row} (read while drawing the initialisation sample). Remove or "
-            "impute those rows before fitting, e.g. X[da.isfinite(X).all(axis=1)]."
+            f"{what} in rows {start}-{stop}; the first found is row {row} (read while "
+            f"drawing the initialisation sample). {fix}"
         )
     return rows
 
@@ -57,7 +56,7 @@ def _concat(parts):
     return np.concatenate(parts, axis=0)
 
 
-def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, salt: str = ""):
+def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, family: Family, salt: str = ""):
     """Delayed (rows, weights) of the sampled rows, one read task per chunk."""
     token = tokenize(X, w, indices, salt)
     bounds = np.cumsum((0,) + X.chunks[0])
@@ -70,7 +69,7 @@ def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, salt: str
             continue
         rows.append(
             delayed(_take_rows, pure=True)(
-                blocks[i], sel, int(lo), dask_key_name=(f"em-init-sample-{token}", i)
+                blocks[i], sel, int(lo), family, dask_key_name=(f"em-init-sample-{token}", i)
             )
         )
         if wblocks[i] is not None:
@@ -86,14 +85,6 @@ def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, salt: str
         else None
     )
     return sample, sw
-
-
-def _shift(sample: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-    """The centering point: the (weighted) mean of the sample, in float64."""
-    sample = np.asarray(sample, dtype=np.float64)
-    if weights is not None and weights.sum() > 0:
-        return np.average(sample, axis=0, weights=weights)
-    return sample.mean(0)
 
 
 def start_responsibilities(
@@ -134,51 +125,17 @@ def start_responsibilities(
     return resp
 
 
-def init_restart(
-    sample, sample_weight, shift, *, n_components, covariance_type, reg_covar, method,
-    seed, weights_init, means_init, precisions_init,
-) -> dict:
-    """Initial (centered) parameters of one restart, as ``GaussianMixture._initialize``."""
-    d = shift.shape[0]
-    sample = np.asarray(sample, dtype=np.float64)
-    params: dict = {"dropped": []}
-    if weights_init is None or means_init is None or precisions_init is None:
-        resp = start_responsibilities(sample - shift, n_components, method, seed)
-        xa = gaussian.augment(
-            covariance_type, sample, shift, gaussian.design_buffer(covariance_type, d, len(sample))
-        )
-        acc = gaussian.empty_stats(covariance_type, n_components, d)
-        ref = np.zeros((n_components, d))
-        gaussian.accumulate(xa, sample_weight, resp.T, ref, covariance_type, acc)
-        stats = gaussian.finish_stats(acc, ref, covariance_type)
-        mass = gaussian.component_mass(stats, covariance_type)
-        total = float(mass.sum())
-        keep = mass >= 1e-6 * total / max(sample.shape[0], 1)
-        user_given = not (weights_init is None and means_init is None)
-        if not keep.all() and not user_given:
-            # More components than distinct rows: the start has empty clusters,
-            # which are dropped here as the engine drops components that empty.
-            # (With user-given weights or means the shapes must stay; the
-            # engine drops the component after its first E-step instead.)
-            stats = gaussian.drop_components(stats, keep, covariance_type)
-            ref, mass = ref[keep], mass[keep]
-            params["dropped"] = [int(k) for k in np.flatnonzero(~keep)]
-        try:
-            params.update(gaussian.m_step(stats, ref, covariance_type, reg_covar))
-        except gaussian.NotPositiveDefiniteError as exc:
-            return {"error": f"at the start: {exc}"}
-        # scikit-learn divides the start's masses by n_samples, not by their sum.
-        params["weights"] = (mass + gaussian._MASS_EPS) / total
-    if weights_init is not None:
-        params["weights"] = np.asarray(weights_init, dtype=np.float64)
-    if means_init is not None:
-        params["means"] = np.asarray(means_init, dtype=np.float64) - shift
-    if precisions_init is not None:
-        pc = gaussian.precision_cholesky_from_precisions(
-            np.asarray(precisions_init, dtype=np.float64), covariance_type
-        )
-        params["precisions_cholesky"] = pc
-        params["covariances"] = gaussian.covariances_from_cholesky(pc, covariance_type)
+def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int) -> dict:
+    """Initial parameters of one restart: a start's responsibilities, then the family's M-step."""
+    resp = None
+    if not family.start_given(settings):
+        features = family.init_features(sample, context)
+        resp = start_responsibilities(features, settings["n_components"], method, seed)
+    try:
+        params = family.init_params(sample, sample_weight, resp, context, settings)
+    except (ArithmeticError, np.linalg.LinAlgError) as exc:
+        return {"error": f"at the start: {exc}"}
+    params.setdefault("dropped", [])
     return params
 
 
@@ -186,40 +143,29 @@ def init_graph(
     X: da.Array,
     w: da.Array | None,
     *,
-    n_components: int,
-    covariance_type: str,
-    reg_covar: float,
+    family: Family,
+    settings: dict,
     method: str | list[str],
     seeds: list[int],
     sample_rows: np.ndarray,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
     salt: str = "",
 ):
-    """Delayed (shift, [params of each restart]) for one compute."""
+    """Delayed (context, [params of each restart]) for one compute.
+
+    ``settings`` (``n_components`` and anything family-specific, such as
+    user-given initial parameters) go to :meth:`Family.init_params`.
+    """
     methods = [method] * len(seeds) if isinstance(method, str) else list(method)
-    sample, sw = sample_graph(X, w, sample_rows, salt)
-    token = tokenize(
-        sample, sw, seeds, methods, n_components, covariance_type, reg_covar,
-        weights_init, means_init, precisions_init,
+    sample, sw = sample_graph(X, w, sample_rows, family, salt)
+    token = tokenize(sample, sw, seeds, methods, family, settings)
+    context = delayed(family.context, pure=True)(
+        sample, sw, dask_key_name=f"em-init-context-{tokenize(sample, sw, family)}"
     )
-    shift = delayed(_shift, pure=True)(sample, sw, dask_key_name=f"em-init-shift-{tokenize(sample, sw)}")
     starts = [
         delayed(init_restart, pure=True)(
-            sample,
-            sw,
-            shift,
-            n_components=n_components,
-            covariance_type=covariance_type,
-            reg_covar=reg_covar,
-            method=methods[i],
-            seed=seed,
-            weights_init=weights_init,
-            means_init=means_init,
-            precisions_init=precisions_init,
+            family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
             dask_key_name=f"em-init-{token}-{i}",
         )
         for i, seed in enumerate(seeds)
     ]
-    return delayed(tuple, pure=True)([shift, starts], dask_key_name=f"em-init-collect-{token}")
+    return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")

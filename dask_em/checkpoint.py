@@ -24,11 +24,8 @@ from typing import Any
 import numpy as np
 
 FORMAT_VERSION = 1
-# Parameters a resumed fit must share with the checkpoint (max_iter and tol may grow).
-MATCHING_PARAMS = (
-    "n_components", "covariance_type", "reg_covar", "n_init", "init_params",
-    "random_state", "init_sample_size",
-)
+# Parameters a resumed fit may change; every other constructor parameter must match.
+FREE_PARAMS = ("max_iter", "tol", "verbose", "split_every", "prune_margin")
 
 
 class CheckpointError(ValueError):
@@ -104,8 +101,8 @@ def check_compatible(path: str, meta: dict, fingerprint: dict, params: dict) -> 
             "original input, or remove the checkpoint to start over."
         )
     ours = matching_params(params)
-    for name in MATCHING_PARAMS:
-        if meta["params"].get(name) != ours[name]:
+    for name in sorted(set(ours) | set(meta["params"])):
+        if meta["params"].get(name) != ours.get(name):
             raise CheckpointError(
                 f"the checkpoint {path!r} was written with {name}={meta['params'].get(name)!r}, "
                 f"but this fit has {name}={params.get(name)!r}; use the same settings or remove the checkpoint."
@@ -123,7 +120,9 @@ def _plain(value: Any) -> Any:
 def matching_params(params: dict) -> dict:
     """The parameters a resume must match, as JSON values."""
     out = {}
-    for name in MATCHING_PARAMS:
+    for name in sorted(params):
+        if name in FREE_PARAMS:
+            continue
         value = _plain(params.get(name))
         out[name] = value if isinstance(value, (int, float, str, type(None))) else repr(value)
     return out

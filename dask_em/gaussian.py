@@ -37,11 +37,14 @@ Numerics
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import linalg
 from scipy.special import xlogy
+
+from .family import Family
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -512,9 +515,12 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
 
 def sample(params: Params, covariance_type: str, n_samples: int, rng: np.random.Generator):
     """Draw ``n_samples`` rows (centered coordinates) and their component labels."""
-    weights, means, cov = params["weights"], params["means"], params["covariances"]
+    return _sample_counts(params, covariance_type, rng.multinomial(n_samples, params["weights"]), rng)
+
+
+def _sample_counts(params: Params, covariance_type: str, counts: np.ndarray, rng: np.random.Generator):
+    means, cov = params["means"], params["covariances"]
     k, d = means.shape
-    counts = rng.multinomial(n_samples, weights)
     xs, ys = [], []
     for j, (mean, count) in enumerate(zip(means, counts)):
         if covariance_type == "full":
@@ -527,3 +533,182 @@ def sample(params: Params, covariance_type: str, n_samples: int, rng: np.random.
         xs.append(draws)
         ys.append(np.full(count, j, dtype=np.int64))
     return np.vstack(xs), np.concatenate(ys)
+
+
+# ---------------------------------------------------------------------------
+# The family object the engine uses
+# ---------------------------------------------------------------------------
+
+
+def _shift(sample: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """The centering point: the (weighted) mean of the sample, in float64."""
+    sample = np.asarray(sample, dtype=np.float64)
+    if weights is not None and weights.sum() > 0:
+        return np.average(sample, axis=0, weights=weights)
+    return sample.mean(0)
+
+
+_PER_COMPONENT = ("weights", "means", "n", "a", "b", "moments")
+
+
+@dataclass(frozen=True)
+class GaussianFamily(Family):
+    """Gaussian components; the covariance type travels in each restart's params.
+
+    One family object serves every covariance type, so a model-selection grid
+    runs all its candidates in one E-step task per chunk, sharing the design
+    matrices of the panels. ``context`` is the shift ``c`` (see the module
+    docstring); parameters are held centered.
+    """
+
+    reg_covar: float = 1e-6
+    name = "gaussian"
+    lazy_row_check = True  # NaN or inf rows make the log-likelihood non-finite
+
+    def check_rows(self, x):
+        finite = np.isfinite(x)
+        if finite.all():
+            return None
+        row = int(np.flatnonzero(~finite.all(1))[0])
+        return row, "X contains NaN or infinity", (
+            "Remove or impute those rows before fitting, e.g. X[da.isfinite(X).all(axis=1)]."
+        )
+
+    def context(self, sample, weights):
+        return _shift(sample, weights)
+
+    def init_features(self, sample, context):
+        return np.asarray(sample, dtype=np.float64) - context
+
+    def start_given(self, settings):
+        return all(settings.get(k) is not None for k in ("weights_init", "means_init", "precisions_init"))
+
+    def init_params(self, x, w, resp, context, settings):
+        """As ``sklearn.mixture.GaussianMixture._initialize``, on the sample."""
+        ct = settings["covariance_type"]
+        weights_init, means_init, precisions_init = (
+            settings.get(k) for k in ("weights_init", "means_init", "precisions_init")
+        )
+        x = np.asarray(x, dtype=np.float64)
+        k, d = settings["n_components"], context.shape[0]
+        params: Params = {"dropped": []}
+        if resp is not None:
+            xa = augment(ct, x, context, design_buffer(ct, d, len(x)))
+            acc = empty_stats(ct, k, d)
+            ref = np.zeros((k, d))
+            accumulate(xa, w, resp.T, ref, ct, acc)
+            stats = finish_stats(acc, ref, ct)
+            mass = component_mass(stats, ct)
+            total = float(mass.sum())
+            keep = mass >= 1e-6 * total / max(x.shape[0], 1)
+            if not keep.all() and weights_init is None and means_init is None:
+                # More components than distinct rows: the start's empty clusters are
+                # dropped here as the engine drops components that empty. (With
+                # user-given weights or means the shapes must stay; the engine
+                # drops the component after its first E-step instead.)
+                stats = self.select(stats, keep)
+                ref, mass = ref[keep], mass[keep]
+                params["dropped"] = [int(i) for i in np.flatnonzero(~keep)]
+            try:
+                params.update(m_step(stats, ref, ct, self.reg_covar))
+            except NotPositiveDefiniteError as exc:
+                return {"error": f"at the start: {exc}"}
+            # scikit-learn divides the start's masses by n_samples, not by their sum.
+            params["weights"] = (mass + _MASS_EPS) / total
+        if weights_init is not None:
+            params["weights"] = np.asarray(weights_init, dtype=np.float64)
+        if means_init is not None:
+            params["means"] = np.asarray(means_init, dtype=np.float64) - context
+        if precisions_init is not None:
+            pc = precision_cholesky_from_precisions(np.asarray(precisions_init, dtype=np.float64), ct)
+            params["precisions_cholesky"] = pc
+            params["covariances"] = covariances_from_cholesky(pc, ct)
+        params["covariance_type"] = ct
+        return params
+
+    def estep(self, x, w, params_list, context, entropy=False):
+        """All restarts on one chunk, walking it in panels shared by every restart.
+
+        The panel sizes are nested powers of two (:func:`panel_rows`), so each
+        restart sums exactly what it would sum alone.
+        """
+        shift = context
+        n, d = x.shape[0], shift.shape[0]
+        sizes = [(tile_rows(len(p["weights"]), d), panel_rows(len(p["weights"]), d)) for p in params_list]
+        views = [prepare(p, p["covariance_type"], min(t, n)) for p, (t, _) in zip(params_list, sizes)]
+        accs = [empty_stats(p["covariance_type"], len(p["weights"]), d) for p in params_list]
+        shared = max(1, min(max(panel for _, panel in sizes), n))
+        bufs = {name: design_buffer(name, d, shared) for name in {layout(p["covariance_type"]) for p in params_list}}
+        with np.errstate(invalid="ignore", over="ignore"):
+            for lo in range(0, n, shared):
+                hi = min(lo + shared, n)
+                xas = {name: augment(name, x[lo:hi], shift, buf) for name, buf in bufs.items()}
+                for p, (_, panel), view, acc in zip(params_list, sizes, views, accs):
+                    ct = p["covariance_type"]
+                    xa = xas[layout(ct)]
+                    for sub in range(0, hi - lo, panel):
+                        end = min(sub + panel, hi - lo)
+                        wp = None if w is None else w[lo + sub : lo + end]
+                        panel_stats(xa[:, sub:end], wp, view, ct, acc, entropy)
+        records = []
+        for acc, p in zip(accs, params_list):
+            scalars = {key: acc.pop(key) for key in ("loglik", "wsum", "entropy")}
+            stats = finish_stats(acc, p["means"], p["covariance_type"])
+            records.append({**scalars, "nk": np.array(component_mass(stats, p["covariance_type"])), "stats": stats})
+        return records
+
+    def select(self, params_or_stats, keep):
+        per_component = set(_PER_COMPONENT)
+        if params_or_stats.get("covariance_type") != "tied":
+            per_component |= {"covariances", "precisions_cholesky"}
+        return {
+            key: (value[keep] if key in per_component and value is not None else value)
+            for key, value in params_or_stats.items()
+        }
+
+    def m_step(self, stats, nk, params):
+        ct = params["covariance_type"]
+        new = m_step(stats, params["means"], ct, self.reg_covar)
+        del new["weights"]  # the engine's, from nk
+        new["covariance_type"] = ct
+        return new
+
+    def weighted_log_prob(self, x, params, context):
+        ct = params["covariance_type"]
+        n, d = x.shape
+        k = len(params["weights"])
+        tile = max(1, min(tile_rows(k, d), n))
+        panel = max(1, min(panel_rows(k, d), n))
+        view = prepare(params, ct, tile)
+        out = np.empty((n, k))
+        buf = design_buffer(ct, d, panel)
+        for lo in range(0, n, panel):
+            hi = min(lo + panel, n)
+            out[lo:hi] = weighted_log_prob(augment(ct, x[lo:hi], context, buf), view, ct).T
+        return out
+
+    def log_prob(self, x, params):
+        shifted = dict(params, weights=np.ones(len(params["weights"])))
+        return self.weighted_log_prob(x, shifted, np.zeros(x.shape[1]))
+
+    def chunk_stats(self, x, rw, params):  # pragma: no cover - estep is overridden
+        raise NotImplementedError("GaussianFamily computes its statistics in its fused estep")
+
+    def n_parameters(self, params):
+        k, d = params["means"].shape
+        return n_parameters(k, d, params["covariance_type"]) - (k - 1)
+
+    def sample(self, params, labels, context, rng):
+        ct = params["covariance_type"]
+        counts = np.bincount(labels, minlength=len(params["weights"]))
+        draws, _ = _sample_counts(params, ct, counts, rng)
+        return draws + context
+
+    def to_public(self, params, context):
+        ct = params["covariance_type"]
+        return {
+            "means_": params["means"] + context,
+            "covariances_": params["covariances"],
+            "precisions_cholesky_": params["precisions_cholesky"],
+            "precisions_": precisions_from_cholesky(params["precisions_cholesky"], ct),
+        }

@@ -145,6 +145,8 @@ def select_model(
     template = next(iter(estimators.values()))
     for est in estimators.values():
         est._validate_params()
+    template._check_data(data)
+    family = template._family()  # one family for the grid: covariance types travel in params
     w = template._prepare_weights(sample_weight, data)
 
     with Runner() as runner:
@@ -152,20 +154,26 @@ def select_model(
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None
         salt = runner.salt()  # one salt: candidates with the same sample share its reads
-        graphs, seeds, methods = zip(*(est._start_graph(data, w, n, salt=salt) for est in estimators.values()))
+        graphs, seeds, methods = zip(
+            *(est._start_graph(data, w, n, est._start_settings(d), salt=salt) for est in estimators.values())
+        )
         starts = runner.compute(list(graphs))
         shift = starts[0][0]
-        restarts_by_candidate = {
+        for cand_shift, cand_starts in starts:
             # Candidates whose samples differ (K > 20) are re-centered on one shift.
-            key: est._restarts_from(cand_seeds, cand_methods, cand_starts, offset=cand_shift - shift)
-            for (key, est), cand_seeds, cand_methods, (cand_shift, cand_starts)
+            for params in cand_starts:
+                if "means" in params:
+                    params["means"] = params["means"] + (cand_shift - shift)
+        restarts_by_candidate = {
+            key: est._restarts_from(cand_seeds, cand_methods, cand_starts)
+            for (key, est), cand_seeds, cand_methods, (_, cand_starts)
             in zip(estimators.items(), seeds, methods, starts)
         }
         everything = [r for own in restarts_by_candidate.values() for r in own]
         run_em(
             data, w, everything,
-            shift=shift,
-            reg_covar=template.reg_covar,
+            family=family,
+            context=shift,
             tol=template.tol,
             max_iter=template.max_iter,
             split_every=template.split_every,
@@ -185,7 +193,10 @@ def select_model(
         for key, est in fitted.items():
             best = restarts_by_candidate[key][est.best_restart_]
             best_restarts.append(best)
-        scores = score_round(data, w, best_restarts, shift=shift, split_every=template.split_every, runner=runner) if best_restarts else []
+        scores = (
+            score_round(data, w, best_restarts, family=family, context=shift, split_every=template.split_every, runner=runner)
+            if best_restarts else []
+        )
 
     import xarray as xr
 

@@ -1,29 +1,35 @@
 """The model store: a Zarr group of parameter arrays and JSON attributes.
 
-No pickle anywhere: loading reads float arrays and JSON, never code. Layout::
+No pickle anywhere: loading reads numeric arrays and JSON, never code. Layout::
 
     MODEL/                      zarr group, attrs["dask_em"] = {...} (see below)
-      weights, means, covariances, precisions_cholesky, shift, lower_bounds
-      init/weights_init, init/means_init, init/precisions_init   (when given)
+      params/weights, params/<the family's arrays>   (internal parameters)
+      context                   (the family's data context, e.g. the Gaussian shift)
+      lower_bounds
+      init/<name>               (array-valued constructor parameters, when given)
 
-``attrs["dask_em"]`` holds the format version, the library version, the family,
-the constructor parameters, the scalar fitted attributes, the restarts'
-histories and the training data's fingerprint. It is written last, in one
-metadata update, so a store whose write was interrupted has no such attribute
-and is refused as "not a model store".
+``attrs["dask_em"]`` holds the format version, the library version, the
+estimator and family, the constructor parameters, the scalar fitted
+attributes, the restarts' histories and the training data's fingerprint. It
+is written last, in one metadata update, so a store whose write was
+interrupted has no such attribute and is refused as "not a model store".
+
+A :class:`~dask_em.Mixture` of a family defined outside dask-em is saved
+with the family's class path and fields for the record; loading it needs the
+family object (``load(path, family=MyFamily())``): a store never names code
+to import.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
-_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
-_INIT_ARRAYS = ("weights_init", "means_init", "precisions_init")
+FORMAT_VERSION = 2
 
 
 class ModelStoreError(ValueError):
@@ -60,36 +66,60 @@ def fingerprint(prepared, X) -> dict:
     }
 
 
+def _family_record(family) -> dict:
+    cls = type(family)
+    fields = dataclasses.asdict(family) if dataclasses.is_dataclass(family) else {}
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "name": family.name, "fields": _json_safe(fields)}
+
+
 def save(model, path: str | os.PathLike, *, storage_options: dict | None = None, overwrite: bool = False) -> None:
     """Write a fitted model to a Zarr group at ``path`` (local path or fsspec URL)."""
     import zarr
 
     from . import __version__
 
-    if not hasattr(model, "means_"):
+    if not hasattr(model, "weights_"):
         raise ValueError("the model is not fitted; call fit before save.")
+    context = model._context
+    if context is not None and not isinstance(context, np.ndarray):
+        raise TypeError(
+            f"the family's context is a {type(context).__name__}; the model store holds a numpy "
+            "array or None. Return an array from Family.context."
+        )
     path = os.fspath(path)
     try:
         group = zarr.open_group(store=path, mode="w" if overwrite else "w-", storage_options=storage_options)
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise FileExistsError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it.") from None
-    for name in _ARRAYS:
-        group.create_array(name, data=np.asarray(getattr(model, f"{name}_"), dtype=np.float64))
-    group.create_array("shift", data=np.asarray(model._shift, dtype=np.float64))
+    shapes, values = {}, {}
+    for name, value in model._params.items():
+        if isinstance(value, np.ndarray):
+            group.create_array(f"params/{name}", data=value)
+            shapes[name] = list(value.shape)
+        else:
+            values[name] = value
+    if context is not None:
+        group.create_array("context", data=context)
     group.create_array("lower_bounds", data=np.asarray(model.lower_bounds_, dtype=np.float64))
     params = model.get_params()
-    for name in _INIT_ARRAYS:
-        if params.get(name) is not None:
-            group.create_array(f"init/{name}", data=np.asarray(params[name], dtype=np.float64))
-        params[name] = None
+    for name, value in list(params.items()):
+        if isinstance(value, (np.ndarray, list, tuple)) and name.endswith("_init"):
+            group.create_array(f"init/{name}", data=np.asarray(value, dtype=np.float64))
+            params[name] = None
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None  # a Generator is not data; the seeds are in restarts
+    family = model._family()
+    if "family" in params:
+        params["family"] = None  # an object: recorded below, passed again to load
     attrs = {
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
-        "family": "gaussian",
+        "family": family.name,
+        "family_record": _family_record(family),
         "estimator": type(model).__name__,
         "params": params,
+        "arrays": shapes,
+        "param_values": values,
         "fitted": {
             "converged": model.converged_,
             "n_iter": model.n_iter_,
@@ -131,67 +161,92 @@ def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> 
     return group, attrs
 
 
-def _check_layout(path: str, group, attrs: dict) -> None:
-    """Refuse a store whose attributes or arrays do not describe a model (before reading data)."""
-    from . import gaussian
-    from .mixture import GaussianMixture
+def _estimators() -> dict:
+    from . import discrete, mixture
+
+    return {
+        "GaussianMixture": mixture.GaussianMixture,
+        "Mixture": mixture.Mixture,
+        "BernoulliMixture": discrete.BernoulliMixture,
+        "PoissonMixture": discrete.PoissonMixture,
+        "CategoricalMixture": discrete.CategoricalMixture,
+    }
+
+
+def _check_layout(path: str, group, attrs: dict, family=None):
+    """Refuse a store whose attributes or arrays do not describe a model (before reading data).
+
+    Returns the unfitted estimator the attributes describe.
+    """
 
     def bad(why: str) -> ModelStoreError:
         return ModelStoreError(f"{path!r} is not a valid dask-em model store: {why}.")
 
     params, fitted = attrs.get("params"), attrs.get("fitted")
-    if not isinstance(params, dict) or not isinstance(fitted, dict):
-        raise bad("its 'params' and 'fitted' attributes are missing or not mappings")
-    allowed = set(GaussianMixture().get_params())
+    shapes, values = attrs.get("arrays"), attrs.get("param_values")
+    if not all(isinstance(v, dict) for v in (params, fitted, shapes, values)):
+        raise bad("its 'params', 'fitted', 'arrays' and 'param_values' attributes are missing or not mappings")
+    cls = _estimators().get(attrs.get("estimator"))
+    if cls is None:
+        raise bad(f"unknown estimator {attrs.get('estimator')!r}; expected one of {sorted(_estimators())}")
+    allowed = set(cls().get_params())
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise bad(f"unknown parameters {unknown}")
-    cov = params.get("covariance_type")
-    if cov not in gaussian.COVARIANCE_TYPES:
-        raise bad(f"covariance_type {cov!r} is not one of {gaussian.COVARIANCE_TYPES}")
+    params = dict(params)
+    if "family" in allowed:
+        if family is None:
+            record = attrs.get("family_record") or {}
+            raise ModelStoreError(
+                f"{path!r} holds a mixture of the user-defined family {record.get('class')!r} "
+                f"(fields {record.get('fields')}); a store never names code to import, so pass the "
+                "family: dask_em.load(path, family=MyFamily(...))."
+            )
+        params["family"] = family
+    for name in list(params):
+        if f"init/{name}" in group:
+            params[name] = group[f"init/{name}"][...]
+    try:
+        model = cls(**params)
+        model._validate_params()
+    except (TypeError, ValueError) as exc:
+        raise bad(f"its parameters are refused: {exc}") from None
+    if model._family().name != attrs.get("family"):
+        raise bad(f"it holds a {attrs.get('family')!r} model; {cls.__name__} fits {model._family().name!r}")
     k, d = fitted.get("n_components"), fitted.get("n_features_in")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 for v in (k, d)):
         raise bad(f"n_components {k!r} and n_features_in {d!r} must be ints in [1, 1e6]")
-    expected = {
-        "weights": (k,),
-        "means": (k, d),
-        "shift": (d,),
-        "covariances": {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[cov],
-    }
-    expected["precisions_cholesky"] = expected["covariances"]
-    for name, shape in expected.items():
-        if name not in group:
-            raise bad(f"the array {name!r} is missing")
-        arr = group[name]
-        if tuple(arr.shape) != shape or np.dtype(arr.dtype) != np.float64:
-            raise bad(f"{name} has shape {tuple(arr.shape)} and dtype {arr.dtype}; expected {shape} float64")
+    try:
+        expected = {"weights": (k,), **model._expected_shapes(k, d, values)}
+    except ValueError as exc:
+        raise bad(str(exc)) from None
+    for name in [*expected, *sorted(set(shapes) - set(expected))]:
+        key = f"params/{name}"
+        if key not in group:
+            raise bad(f"the array {key!r} is missing")
+        arr = group[key]
+        shape = tuple(expected.get(name, shapes.get(name)))
+        if tuple(arr.shape) != shape or np.dtype(arr.dtype).kind not in "fiu":
+            raise bad(f"{name} has shape {tuple(arr.shape)} and dtype {arr.dtype}; expected {shape}, numeric")
+    return model
 
 
-def load(path: str | os.PathLike, *, storage_options: dict | None = None):
+def load(path: str | os.PathLike, *, storage_options: dict | None = None, family=None):
     """Read a model written by :func:`save`; it predicts bitwise as the saved one.
 
-    Only float64 arrays and JSON are read; a store whose attributes or array
+    Only numeric arrays and JSON are read; a store whose attributes or array
     shapes do not describe a model is refused before any array is read.
+    ``family`` is needed (only) for a :class:`~dask_em.Mixture` of a
+    user-defined family.
     """
-    from .mixture import GaussianMixture
-
     group, attrs = read_attrs(path, storage_options)
-    if attrs.get("family") != "gaussian":
-        raise ModelStoreError(f"{os.fspath(path)!r} holds a {attrs.get('family')!r} model; this dask-em loads 'gaussian'.")
-    _check_layout(os.fspath(path), group, attrs)
-    params = dict(attrs["params"])
-    for name in _INIT_ARRAYS:
-        if f"init/{name}" in group:
-            params[name] = group[f"init/{name}"][...]
-    model = GaussianMixture(**params)
-    for name in _ARRAYS:
-        setattr(model, f"{name}_", group[name][...])
-    if not all(np.isfinite(getattr(model, f"{name}_")).all() for name in _ARRAYS):
+    model = _check_layout(os.fspath(path), group, attrs, family)
+    model._params = {name: group[f"params/{name}"][...] for name in attrs["arrays"]}
+    model._params.update(attrs["param_values"])
+    if not all(np.isfinite(v).all() for v in model._params.values() if isinstance(v, np.ndarray)):
         raise ModelStoreError(f"{os.fspath(path)!r} holds NaN or infinite parameters; it is not a usable model.")
-    from . import gaussian
-
-    model.precisions_ = gaussian.precisions_from_cholesky(model.precisions_cholesky_, model.covariance_type)
-    model._shift = group["shift"][...]
+    model._context = group["context"][...] if "context" in group else None
+    model._set_public()
     model.lower_bounds_ = group["lower_bounds"][...].tolist()
     fitted = attrs["fitted"]
     model.converged_ = fitted["converged"]

@@ -17,6 +17,7 @@ from zarr.storage import LocalStore
 
 import dask_em
 from dask_em import _engine, gaussian
+from dask_em.family import merge_records
 from conftest import mixture
 
 
@@ -62,7 +63,8 @@ def params_for(k, d, rng, cov="full"):
 
 def round_state(k, d, rng, restarts=1, cov="full"):
     return {
-        "shift": np.zeros(d),
+        "family": gaussian.GaussianFamily(reg_covar=1e-6),
+        "context": np.zeros(d),
         "params": [params_for(k, d, rng, cov) for _ in range(restarts)],
     }
 
@@ -86,7 +88,7 @@ def test_parameters_enter_the_round_graph_once(rng):
     k, d = 8, 32
     state = round_state(k, d, rng, restarts=2)
     X = da.from_array(rng.normal(size=(4000, d)), chunks=(250, -1))
-    graph = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=4)
+    graph = _engine.round_graph(X, None, state, split_every=4)
     dsk = dict(graph.__dask_graph__())
     params_keys = [key for key in dsk if key_split(key) == "em-params"]
     assert len(params_keys) == 1
@@ -106,14 +108,14 @@ def test_parameters_enter_the_round_graph_once(rng):
 def test_round_graph_layers_read_as_the_algorithm(rng):
     state = round_state(3, 2, rng)
     X = da.from_array(rng.normal(size=(1600, 2)), chunks=(100, -1))
-    graph = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=2)
+    graph = _engine.round_graph(X, None, state, split_every=2)
     (optimized,) = dask.optimize(graph)
     prefixes = collections.Counter(key_split(k) for k in dict(optimized.__dask_graph__()))
     assert prefixes["em-mstep"] == 1
     assert prefixes["em-combine-aggregate"] == 1
     assert prefixes["em-combine-partial"] == 8 + 4 + 2  # 16 chunks, fan-in 2
     assert prefixes["em-estep"] == 16  # the E-step, fused with its identity chunk step
-    wide = _engine.round_graph(X, None, state, reg_covar=1e-6, split_every=16)
+    wide = _engine.round_graph(X, None, state, split_every=16)
     (wide,) = dask.optimize(wide)
     assert "em-combine-partial" not in {key_split(k) for k in dict(wide.__dask_graph__())}
 
@@ -124,7 +126,7 @@ def test_tree_shape_does_not_change_the_result(split_every, rng):
     state = round_state(2, 3, np.random.default_rng(0))
     results = []
     for se in (split_every, 2):
-        graph = _engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, reg_covar=1e-6, split_every=se)
+        graph = _engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, split_every=se)
         (res,) = dask.compute(graph, scheduler="sync")
         results.append(res[0])
     np.testing.assert_allclose(results[0].params["covariances"], results[1].params["covariances"], rtol=1e-12)
@@ -140,10 +142,12 @@ def test_statistics_merge(cov_type, rng):
     whole = _engine.estep_block(X, None, state)[0]
     for a in (1, 37, 150, 300):
         parts = [_engine.estep_block(X[:a], None, state)[0], _engine.estep_block(X[a:], None, state)[0]]
-        merged = gaussian.merge_stats(parts)
-        assert merged.keys() == whole.keys()
-        for key in whole:
-            np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, atol=1e-9, err_msg=key)
+        merged = merge_records(state["family"], parts)
+        assert merged.keys() == whole.keys() and merged["stats"].keys() == whole["stats"].keys()
+        for key in ("loglik", "wsum", "nk"):
+            np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, err_msg=key)
+        for key in whole["stats"]:
+            np.testing.assert_allclose(merged["stats"][key], whole["stats"][key], rtol=1e-12, atol=1e-9, err_msg=key)
 
 
 @pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
@@ -155,15 +159,17 @@ def test_statistics_against_numpy(cov_type, rng):
     w = rng.uniform(0.5, 2.0, size=200)
     state = round_state(2, 3, rng, cov=cov_type)
     p = state["params"][0]
-    stats = _engine.estep_block(X, w, state)[0]
+    record = _engine.estep_block(X, w, state)[0]
+    stats = record["stats"]
     # Reference: identity covariances, so log N = -0.5 |x - m|^2 + const.
     logp = -0.5 * ((X[:, None] - p["means"][None]) ** 2).sum(-1) + np.log(p["weights"])
     resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True)) * w[:, None]
     n = resp.sum(0)
-    assert stats["loglik"] == pytest.approx((w * logsumexp(logp - 1.5 * np.log(2 * np.pi), axis=1)).sum(), rel=1e-12)
-    new = gaussian.m_step(stats, p["means"], cov_type, 0.0)
-    np.testing.assert_allclose(new["means"], resp.T @ X / n[:, None], rtol=1e-10)
-    np.testing.assert_allclose(new["weights"], n / n.sum(), rtol=1e-12)
+    np.testing.assert_allclose(record["nk"], n, rtol=1e-12)
+    assert record["loglik"] == pytest.approx((w * logsumexp(logp - 1.5 * np.log(2 * np.pi), axis=1)).sum(), rel=1e-12)
+    (new,) = _engine.mstep_round([record], {**state, "family": gaussian.GaussianFamily(reg_covar=0.0)}, 200)
+    np.testing.assert_allclose(new.params["means"], resp.T @ X / n[:, None], rtol=1e-10)
+    np.testing.assert_allclose(new.params["weights"], n / n.sum(), rtol=1e-12)
 
 
 def test_failed_restart_is_reported_and_skipped(rng):
@@ -174,7 +180,7 @@ def test_failed_restart_is_reported_and_skipped(rng):
     restarts = [_engine.Restart(0, 1, good, "full"), _engine.Restart(1, 2, bad, "full")]
     with _engine.Runner() as runner:
         _engine.run_em(
-            X, None, restarts, shift=np.zeros(2), reg_covar=1e-6,
+            X, None, restarts, family=gaussian.GaussianFamily(), context=np.zeros(2),
             tol=1e-3, max_iter=50, split_every=None, runner=runner,
         )
     assert restarts[0].error is None and restarts[0].converged
@@ -216,7 +222,7 @@ def test_random_chunkings_give_the_one_chunk_round(cuts, cov_type):
     chunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
     results = []
     for c in (chunks, (300,)):
-        graph = _engine.round_graph(da.from_array(X, chunks=(c, -1)), None, state, reg_covar=1e-6, split_every=2)
+        graph = _engine.round_graph(da.from_array(X, chunks=(c, -1)), None, state, split_every=2)
         (res,) = dask.compute(graph, scheduler="sync")
         results.append(res[0])
     for key in ("weights", "means", "covariances"):

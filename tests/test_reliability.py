@@ -273,7 +273,7 @@ def test_hostile_model_store_is_refused(saved, edit, match):
 def test_nan_parameters_are_refused(saved):
     from dask_em.store import ModelStoreError
 
-    zarr.open_group(saved, mode="r+")["means"][0, 0] = np.nan
+    zarr.open_group(saved, mode="r+")["params/means"][0, 0] = np.nan
     with pytest.raises(ModelStoreError, match="NaN or infinite parameters"):
         dask_em.load(saved)
 

@@ -78,5 +78,5 @@ def test_refusals(tmp_path, rng):
     attrs["format_version"] = 99
     attrs["library_version"] = "9.9.9"
     group.attrs["dask_em"] = attrs
-    with pytest.raises(ModelStoreError, match="holds model format version 99, written by dask-em 9.9.9; this dask-em reads format version 1"):
+    with pytest.raises(ModelStoreError, match="holds model format version 99, written by dask-em 9.9.9; this dask-em reads format version 2"):
         dask_em.load(tmp_path / "m.zarr")

@@ -1,0 +1,444 @@
+"""Bernoulli, Poisson and categorical mixtures: three families and their estimators.
+
+Each family is a frozen dataclass of pure functions (see :mod:`dask_em.family`);
+rows arrive as stored (bool, uint8, int32, ...) and are turned into float64
+one panel of rows at a time (``prepare_rows``), never the whole dataset.
+
+Formulas (``r_ik`` the responsibility of component k for row i, times the row's
+weight; ``n_k = sum_i r_ik``; ``a`` the ``pseudo_count``):
+
+* Bernoulli: ``log p(x | k) = sum_j x_j log p_kj + (1 - x_j) log(1 - p_kj)``;
+  M-step ``p_kj = (sum_i r_ik x_ij + a) / (n_k + 2a)`` (the mode of a
+  Beta(1 + a, 1 + a) posterior, which keeps p off 0 and 1).
+* Poisson: ``log p(x | k) = sum_j x_j log l_kj - l_kj - log(x_j!)``;
+  M-step ``l_kj = (sum_i r_ik x_ij + a) / n_k`` (a Gamma(1 + a, 0) prior, which
+  keeps the rates positive).
+* Categorical: ``log p(x | k) = sum_j log P_kj[x_j]``; M-step
+  ``P_kjc = (sum_i r_ik [x_ij = c] + a) / (n_k + a C_j)`` (a symmetric
+  Dirichlet(1 + a) prior).
+
+With ``pseudo_count=0`` these are plain maximum-likelihood EM and the lower
+bound (the mean log-likelihood) never falls; with a pseudo-count EM climbs the
+posterior, whose difference from the likelihood is ``O(a / n_k)`` per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import gammaln
+
+from .family import MASS_EPS, Family
+from .mixture import BaseMixture, _fail, _is_int, _is_real
+
+# Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
+# enters a GEMM as 0 * -inf = NaN; only a pseudo_count of 0 can reach the ends.
+_TINY = np.finfo(np.float64).tiny
+_ONE_MINUS = 1.0 - 2.0**-53
+
+
+def _first_bad(bad: np.ndarray) -> tuple[int, int] | None:
+    if not bad.any():
+        return None
+    row = int(np.flatnonzero(bad.any(1))[0])
+    return row, int(np.flatnonzero(bad[row])[0])
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x).astype(np.float64, copy=False)
+
+
+def _check_numeric(name: str, dtype, fix: str) -> None:
+    if np.dtype(dtype).kind not in "biuf":
+        raise TypeError(f"{name} data must be numeric (bool, int or float); received dtype {dtype}. {fix}")
+
+
+# ---------------------------------------------------------------------------
+# Bernoulli
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BernoulliFamily(Family):
+    """Independent binary features per component; parameters ``probabilities`` (K, d)."""
+
+    pseudo_count: float = 1e-3
+    name = "bernoulli"
+
+    def check_dtype(self, dtype, n_features):
+        _check_numeric("Bernoulli", dtype, "Store 0/1 values as bool or uint8.")
+
+    def check_rows(self, x):
+        if x.dtype.kind == "b":
+            return None
+        found = _first_bad((x != 0) & (x != 1))
+        if found is None:
+            return None
+        row, col = found
+        return row, f"X holds {x[row, col]!r} at feature {col}, but a Bernoulli mixture takes only 0 and 1", (
+            "Binarise the data first, e.g. (X > 0).astype('u1'), or fit counts with PoissonMixture."
+        )
+
+    def prepare_rows(self, x):
+        return _as_float(x)
+
+    def log_prob(self, xp, params):
+        p = np.clip(params["probabilities"], _TINY, _ONE_MINUS)
+        log_q = np.log1p(-p)
+        return xp @ (np.log(p) - log_q).T + log_q.sum(1)
+
+    def chunk_stats(self, xp, rw, params):
+        return {"ones": rw.T @ xp}
+
+    def m_step(self, stats, nk, params):
+        a = self.pseudo_count
+        p = (stats["ones"] + a) / (nk[:, None] + MASS_EPS + 2 * a)
+        return {"probabilities": np.clip(p, 0.0, 1.0)}
+
+    def n_parameters(self, params):
+        return int(params["probabilities"].size)
+
+    def sample(self, params, labels, context, rng):
+        p = params["probabilities"][labels]
+        return (rng.random(p.shape) < p).astype(np.uint8)
+
+    def to_public(self, params, context):
+        return {"probabilities_": params["probabilities"]}
+
+
+# ---------------------------------------------------------------------------
+# Poisson
+# ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=8)
+def _log_factorials(size: int) -> np.ndarray:
+    return gammaln(np.arange(size, dtype=np.float64) + 1.0)
+
+
+def _sum_log_factorials(x: np.ndarray) -> np.ndarray:
+    """sum_j log(x_j!) per row; a table look-up for small integer counts."""
+    if x.dtype.kind in "bu" or (x.dtype.kind == "i" and x.size and x.min() >= 0):
+        top = int(x.max()) if x.size else 0
+        if top < 1 << 16:
+            size = 1 << max(8, top.bit_length())  # few distinct tables, each cached
+            return _log_factorials(size)[x].sum(1)
+    return gammaln(_as_float(x) + 1.0).sum(1)
+
+
+@dataclass(frozen=True)
+class PoissonFamily(Family):
+    """Independent counts per component; parameters ``rates`` (K, d)."""
+
+    pseudo_count: float = 1e-3
+    name = "poisson"
+
+    def check_dtype(self, dtype, n_features):
+        _check_numeric("Poisson", dtype, "Store counts as an unsigned or signed integer type.")
+
+    def check_rows(self, x):
+        kind = x.dtype.kind
+        if kind in "bu":
+            return None
+        bad = x < 0 if kind == "i" else ~(x >= 0) | (x != np.floor(x)) | ~np.isfinite(x)
+        found = _first_bad(bad)
+        if found is None:
+            return None
+        row, col = found
+        return row, (
+            f"X holds {x[row, col]!r} at feature {col}, but a Poisson mixture takes non-negative "
+            "integer counts"
+        ), "Round and clip the counts first, e.g. X.clip(0).round(), or fit real values with GaussianMixture."
+
+    def prepare_rows(self, x):
+        return {"x": _as_float(x), "log_fact": _sum_log_factorials(np.asarray(x))}
+
+    def log_prob(self, xp, params):
+        rates = np.maximum(params["rates"], _TINY)
+        out = xp["x"] @ np.log(rates).T
+        out -= rates.sum(1)
+        out -= xp["log_fact"][:, None]
+        return out
+
+    def chunk_stats(self, xp, rw, params):
+        return {"sums": rw.T @ xp["x"]}
+
+    def m_step(self, stats, nk, params):
+        return {"rates": (stats["sums"] + self.pseudo_count) / (nk[:, None] + MASS_EPS)}
+
+    def n_parameters(self, params):
+        return int(params["rates"].size)
+
+    def sample(self, params, labels, context, rng):
+        return rng.poisson(params["rates"][labels]).astype(np.int64)
+
+    def to_public(self, params, context):
+        return {"rates_": params["rates"]}
+
+
+# ---------------------------------------------------------------------------
+# Categorical
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CategoricalFamily(Family):
+    """Independent categorical codes per component.
+
+    ``n_categories`` is one int for every feature or a tuple, one per feature.
+    Parameters: ``probabilities`` (K, sum_j C_j), feature j's categories in
+    columns ``offsets[j]:offsets[j + 1]``.
+    """
+
+    n_categories: int | tuple[int, ...] = 2
+    pseudo_count: float = 1e-3
+    name = "categorical"
+
+    def sizes(self, n_features: int) -> np.ndarray:
+        if isinstance(self.n_categories, (int, np.integer)):
+            return np.full(n_features, int(self.n_categories), dtype=np.int64)
+        return np.asarray(self.n_categories, dtype=np.int64)
+
+    def offsets(self, n_features: int) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes(n_features))])
+
+    def check_dtype(self, dtype, n_features):
+        if np.dtype(dtype).kind not in "biu":
+            raise TypeError(
+                f"categorical codes must be stored as integers; received dtype {dtype}. Convert "
+                "them after checking they are whole numbers, e.g. X.astype('i4')."
+            )
+        if not isinstance(self.n_categories, (int, np.integer)) and len(self.n_categories) != n_features:
+            raise ValueError(
+                f"n_categories has {len(self.n_categories)} entries but X has {n_features} features; "
+                "give one count per feature, or a single int for all."
+            )
+
+    def check_rows(self, x):
+        sizes = self.sizes(x.shape[1])
+        found = _first_bad((x < 0) | (x >= sizes))
+        if found is None:
+            return None
+        row, col = found
+        return row, (
+            f"X holds code {x[row, col]!r} at feature {col}, outside its {sizes[col]} categories "
+            f"0..{sizes[col] - 1}"
+        ), "Recode the feature, or raise its entry of n_categories."
+
+    def prepare_rows(self, x):
+        """The one-hot matrix (rows, sum_j C_j) of the codes, in float64."""
+        x = np.asarray(x)
+        n, d = x.shape
+        offsets = self.offsets(d)
+        onehot = np.zeros((n, int(offsets[-1])))
+        onehot[np.arange(n)[:, None], x.astype(np.int64, copy=False) + offsets[:-1]] = 1.0
+        return onehot
+
+    def init_features(self, sample, context):
+        return self.prepare_rows(sample)
+
+    def log_prob(self, xp, params):
+        return xp @ np.log(np.maximum(params["probabilities"], _TINY)).T
+
+    def chunk_stats(self, xp, rw, params):
+        return {"counts": rw.T @ xp}
+
+    def m_step(self, stats, nk, params):
+        counts = stats["counts"] + self.pseudo_count
+        offsets = np.concatenate([[0], np.cumsum(self._sizes_from_width(counts.shape[1]))])
+        probs = np.empty_like(counts)
+        for lo, hi in zip(offsets[:-1], offsets[1:]):
+            block = counts[:, lo:hi]
+            probs[:, lo:hi] = block / block.sum(1, keepdims=True)
+        return {"probabilities": probs}
+
+    def _sizes_from_width(self, width: int) -> np.ndarray:
+        if isinstance(self.n_categories, (int, np.integer)):
+            return self.sizes(width // int(self.n_categories))
+        return np.asarray(self.n_categories, dtype=np.int64)
+
+    def n_parameters(self, params):
+        k, width = params["probabilities"].shape
+        return int(k * (width - len(self._sizes_from_width(width))))
+
+    def sample(self, params, labels, context, rng):
+        probs = params["probabilities"]
+        sizes = self._sizes_from_width(probs.shape[1])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        out = np.empty((len(labels), len(sizes)), dtype=np.int64)
+        for j, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
+            cdf = np.cumsum(probs[labels, lo:hi], axis=1)
+            u = rng.random(len(labels)) * cdf[:, -1]
+            out[:, j] = np.minimum((u[:, None] >= cdf).sum(1), hi - lo - 1)
+        return out
+
+    def to_public(self, params, context):
+        probs = params["probabilities"]
+        offsets = np.concatenate([[0], np.cumsum(self._sizes_from_width(probs.shape[1]))])
+        return {"probabilities_": [probs[:, lo:hi] for lo, hi in zip(offsets[:-1], offsets[1:])]}
+
+
+# ---------------------------------------------------------------------------
+# Estimators
+# ---------------------------------------------------------------------------
+
+_COMMON_DOC = """
+    n_components : int, default=1
+    pseudo_count : float, default=1e-3
+        {prior}
+    tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every,
+    verbose, init_strategy, n_short, short_iter, prune_margin
+        As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
+        others) run on {space} of a uniform sample of rows.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components_,)
+    {attrs}
+    converged_, n_iter_, lower_bound_, lower_bounds_, restarts_, n_components_, n_features_in_
+        As for :class:`dask_em.GaussianMixture`.
+"""
+
+
+class _DiscreteMixture(BaseMixture):
+    _family_class: type = Family
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        pseudo_count: float = 1e-3,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
+    ):
+        super().__init__(
+            n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
+            random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
+            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            prune_margin=prune_margin,
+        )
+        self.pseudo_count = pseudo_count
+
+    def _validate_family_params(self) -> None:
+        if not _is_real(self.pseudo_count) or self.pseudo_count < 0:
+            raise _fail("pseudo_count", self.pseudo_count, "a finite float >= 0")
+
+    def _family(self) -> Family:
+        return self._family_class(pseudo_count=float(self.pseudo_count))
+
+    def _describe(self) -> str:
+        return self._family().name
+
+
+class BernoulliMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent Bernoulli features (binary 0/1 data), fitted out-of-core.\n\n"
+        "    ``X`` holds 0 and 1, stored as bool, any integer or float type; it is read as\n"
+        "    stored. Any other value stops the fit, naming its chunk's rows.\n\n"
+        "    Parameters\n    ----------" + _COMMON_DOC.format(
+            prior="Beta(1 + a, 1 + a) prior: keeps every probability off 0 and 1.",
+            space="the 0/1 rows",
+            attrs="probabilities_ : ndarray of shape (n_components_, n_features)\n"
+                  "        P(x_j = 1) in each component.",
+        )
+    )
+    _family_class = BernoulliFamily
+
+    def _expected_shapes(self, k, d, values):
+        return {"probabilities": (k, d)}
+
+
+class PoissonMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent Poisson counts, fitted out-of-core.\n\n"
+        "    ``X`` holds non-negative integer counts, stored as any integer type (or\n"
+        "    float holding whole numbers); it is read as stored. A negative or fractional\n"
+        "    value stops the fit, naming its chunk's rows.\n\n"
+        "    Parameters\n    ----------" + _COMMON_DOC.format(
+            prior="Added to every component's count sums (a Gamma(1 + a, 0) prior): keeps rates positive.",
+            space="the counts",
+            attrs="rates_ : ndarray of shape (n_components_, n_features)\n"
+                  "        The Poisson rate of each feature in each component.",
+        )
+    )
+    _family_class = PoissonFamily
+
+    def _expected_shapes(self, k, d, values):
+        return {"rates": (k, d)}
+
+
+class CategoricalMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent categorical features (integer codes), fitted out-of-core.\n\n"
+        "    ``X`` holds codes ``0 .. n_categories[j] - 1`` in feature j, stored as an\n"
+        "    integer type and read as stored. A code out of range stops the fit, naming\n"
+        "    its chunk's rows.\n\n"
+        "    Parameters\n    ----------\n"
+        "    n_categories : int or sequence of int\n"
+        "        Categories of every feature (one int) or of each feature. Required:\n"
+        "        for codes in a dask array, ``(X.max(axis=0) + 1).compute()`` gives it."
+        + _COMMON_DOC.format(
+            prior="Symmetric Dirichlet(1 + a) prior: keeps every category's probability positive.",
+            space="one-hot encodings",
+            attrs="probabilities_ : list of ndarray, one of shape (n_components_, n_categories[j]) per feature\n"
+                  "        Category probabilities of each feature in each component.",
+        )
+    )
+    _family_class = CategoricalFamily
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        n_categories=None,
+        pseudo_count: float = 1e-3,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
+    ):
+        super().__init__(
+            n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
+            init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
+            split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
+            short_iter=short_iter, prune_margin=prune_margin,
+        )
+        self.n_categories = n_categories
+
+    def _validate_family_params(self) -> None:
+        super()._validate_family_params()
+        c = self.n_categories
+        fix = "Pass an int >= 2 for all features or one per feature, e.g. n_categories=(X.max(axis=0) + 1)."
+        if c is None:
+            raise ValueError(f"n_categories is required for CategoricalMixture; received None. {fix}")
+        values = [c] if _is_int(c) else (list(c) if isinstance(c, (list, tuple, np.ndarray)) else None)
+        if not values or not all(_is_int(v) and v >= 1 for v in values):
+            raise ValueError(f"n_categories must be an int >= 1 or a sequence of them; received {c!r}. {fix}")
+
+    def _family(self) -> Family:
+        c = self.n_categories
+        c = int(c) if _is_int(c) else tuple(int(v) for v in c)
+        return CategoricalFamily(n_categories=c, pseudo_count=float(self.pseudo_count))
+
+    def _expected_shapes(self, k, d, values):
+        return {"probabilities": (k, int(self._family().sizes(d).sum()))}

@@ -1,0 +1,230 @@
+"""The family protocol: what a mixture's component distribution provides.
+
+The engine (:mod:`dask_em._engine`) fits a mixture of any family that
+subclasses :class:`Family`. It owns the mixture weights, the responsibilities,
+the log-likelihood, the tree reduction, restarts, checkpoints and the model
+store; a family only ever sees rows, their (responsibility x sample) weights,
+and its own parameters, so a component never knows it sits in a mixture
+(pomegranate's ``summarize`` / ``from_summaries`` split).
+
+Parameters are a dict of numpy arrays (plus, optionally, JSON-able scalars or
+strings); ``params["weights"]`` of shape (K,) belongs to the engine and is
+present whenever a family method receives ``params``. Statistics are a dict of
+float64 arrays **with the component axis first**; the default merge is their
+sum and the default component drop indexes their first axis.
+
+A family must provide (rows ``x`` of shape (n, d), as stored: bool, int or
+float; ``rw`` of shape (n, K) the responsibilities times the sample weights):
+
+``name``
+    A short lower-case name (``"bernoulli"``), used by the model store and CLI.
+``check_dtype(dtype, n_features)``
+    Raise ``TypeError`` (or ``ValueError`` for a width that does not fit the
+    family's settings) saying what was received and how to fix it. Metadata
+    only; no data is read. [Any numeric dtype.]
+``check_rows(x)``
+    ``None`` if every row is valid, else ``(row, what, fix)`` for the first bad
+    row (``row`` relative to ``x``; ``what`` says what is wrong, ``fix`` how to
+    mend it). The engine adds the chunk's row range and raises before the fit
+    goes on, in the initialisation sample and in every E-step.
+``log_prob(xp, params)``
+    (n, K) log-density (or log-pmf) of every row under every component,
+    without the mixture weights. ``xp = prepare_rows(x)``.
+``chunk_stats(xp, rw, params)``
+    Partial sufficient statistics of the rows, component axis first.
+``m_step(stats, nk, params)``
+    New parameters (without ``weights``) from statistics reduced over all
+    chunks; ``nk`` (K,) is the responsibility mass of each component.
+``n_parameters(params)``
+    Free parameters of the K component distributions (the engine adds the
+    K - 1 of the weights).
+``sample(params, labels, context, rng)``
+    One row per label (an int array), drawn from that label's component.
+
+and may override (defaults in brackets):
+
+``prepare_rows(x)`` [``x``: what ``log_prob`` and ``chunk_stats`` receive,
+computed once per panel of rows and shared by both, e.g. a float64 copy or
+a one-hot matrix];
+``merge(parts)`` [key-wise sum]; ``select(params, keep)`` [index the first
+axis of every array by the boolean ``keep``]; ``context(sample, weights)``
+[``None``: data-dependent constants computed once from the initialisation
+sample and handed to every call below that takes ``context``];
+``init_features(sample, context)`` [``sample`` as float64: where k-means
+runs]; ``init_params(x, w, resp, context, settings)`` [the M-step of the
+sample's statistics under the start's responsibilities; ``settings`` holds
+``n_components`` and whatever the estimator passes, such as user-given
+initial parameters]; ``start_given(settings)`` [False: True skips the
+k-means]; ``lazy_row_check`` [False: True when invalid rows always make the
+log-likelihood non-finite, so ``check_rows`` runs only then]; ``estep(x, w, params_list, context, entropy)`` [calls
+``log_prob`` and ``chunk_stats`` on panels of rows; override to fuse work
+across restarts, as the Gaussian family does]; ``weighted_log_prob(x,
+params, context)`` [``log_prob`` + log weights]; ``to_public(params,
+context)`` [the fitted attributes, as ``{"name_": array}``].
+
+Families are compared with ``==`` to group restarts in one E-step task;
+frozen dataclasses compare by value and pickle by reference to their module,
+which is what a Dask worker needs (a family defined in a notebook pickles by
+value through cloudpickle).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.special import logsumexp, xlogy
+
+Params = dict[str, Any]
+Stats = dict[str, Any]
+
+# Components get 10 eps of mass so an empty one divides by a tiny number, not zero.
+MASS_EPS = 10 * np.finfo(np.float64).eps
+# Rows per panel of the default E-step: (rows x K) log-probabilities stay in cache.
+_PANEL_CELLS = 2**16
+
+
+class Family:
+    """Base class of the component families; see the module docstring for the protocol."""
+
+    name: str = ""
+    lazy_row_check: bool = False
+
+    # -- required -----------------------------------------------------------
+
+    def check_dtype(self, dtype: np.dtype, n_features: int) -> None:
+        if np.dtype(dtype).kind not in "biuf":
+            raise TypeError(f"{self.name} data must be numeric; received dtype {dtype}.")
+
+    def check_rows(self, x: np.ndarray) -> tuple[int, str, str] | None:
+        raise NotImplementedError
+
+    def log_prob(self, x: np.ndarray, params: Params) -> np.ndarray:
+        raise NotImplementedError
+
+    def chunk_stats(self, x: np.ndarray, rw: np.ndarray, params: Params) -> Stats:
+        raise NotImplementedError
+
+    def m_step(self, stats: Stats, nk: np.ndarray, params: Params) -> Params:
+        raise NotImplementedError
+
+    def n_parameters(self, params: Params) -> int:
+        raise NotImplementedError
+
+    def sample(self, params: Params, labels: np.ndarray, context: Any, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- optional, with defaults --------------------------------------------
+
+    def merge(self, parts: list[Stats]) -> Stats:
+        out = {key: (np.copy(v) if isinstance(v, np.ndarray) else v) for key, v in parts[0].items()}
+        for part in parts[1:]:
+            for key, value in part.items():
+                out[key] = out[key] + value
+        return out
+
+    def select(self, params_or_stats: dict, keep: np.ndarray) -> dict:
+        return {
+            key: (value[keep] if isinstance(value, np.ndarray) and value.ndim else value)
+            for key, value in params_or_stats.items()
+        }
+
+    def context(self, sample: np.ndarray, weights: np.ndarray | None) -> Any:
+        return None
+
+    def init_features(self, sample: np.ndarray, context: Any) -> np.ndarray:
+        return np.asarray(sample, dtype=np.float64)
+
+    def start_given(self, settings: dict) -> bool:
+        """True when user-given initial parameters leave nothing for a start to compute."""
+        return False
+
+    def init_params(self, x, w, resp: np.ndarray, context: Any, settings: dict) -> Params:
+        """Initial parameters: the M-step of the sample's statistics under ``resp``.
+
+        May return ``{"error": message}`` for a start that cannot be used, and
+        ``"dropped"`` (indices of start components with no mass, left out).
+        """
+        rw = resp if w is None else resp * np.asarray(w, dtype=np.float64)[:, None]
+        nk = rw.sum(0)
+        keep = nk >= 1e-6 * nk.sum() / max(x.shape[0], 1)
+        if not keep.any():
+            return {"error": "at the start: the sample has no weight"}
+        dropped = [int(k) for k in np.flatnonzero(~keep)]
+        rw, nk = rw[:, keep], nk[keep]
+        params = self.m_step(self.chunk_stats(self.prepare_rows(x), rw, {}), nk, {})
+        params["weights"] = (nk + MASS_EPS) / (nk + MASS_EPS).sum()
+        params["dropped"] = dropped
+        return params
+
+    def prepare_rows(self, x: np.ndarray) -> Any:
+        return x
+
+    def weighted_log_prob(self, x: np.ndarray, params: Params, context: Any) -> np.ndarray:
+        n, k = x.shape[0], len(params["weights"])
+        out = np.empty((n, k))
+        panel = max(1, _PANEL_CELLS // max(k, 1))
+        with np.errstate(divide="ignore"):
+            log_w = np.log(params["weights"])
+        for lo in range(0, n, panel):
+            out[lo : lo + panel] = self.log_prob(self.prepare_rows(x[lo : lo + panel]), params) + log_w
+        return out
+
+    def to_public(self, params: Params, context: Any) -> dict[str, Any]:
+        return {f"{k}_": v for k, v in params.items() if k != "weights"}
+
+    def estep(
+        self, x: np.ndarray, w: np.ndarray | None, params_list: list[Params], context: Any,
+        entropy: bool = False,
+    ) -> list[dict]:
+        """E-step of several restarts on one chunk: one record per restart.
+
+        A record is ``{"loglik", "wsum", "entropy", "nk", "stats"}``: the
+        (weighted) log-likelihood sum, the weight sum, the weighted sum of
+        sum_k r log r (only with ``entropy``), the (K,) masses and the family's
+        statistics. Works on panels of rows so the (rows, K) arrays stay small.
+        """
+        n = x.shape[0]
+        ks = [len(p["weights"]) for p in params_list]
+        # One panel size for all restarts, so each panel is prepared once.
+        panel = max(1, min(n, _PANEL_CELLS // max(ks)))
+        with np.errstate(divide="ignore"):
+            log_ws = [np.log(p["weights"]) for p in params_list]
+        records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "nk": np.zeros(k), "stats": None} for k in ks]
+        for lo in range(0, max(n, 1), panel):
+            xp = self.prepare_rows(x[lo : lo + panel])
+            rows = min(panel, n - lo)
+            wp = None if w is None else w[lo : lo + panel]
+            for params, log_w, rec in zip(params_list, log_ws, records):
+                lp = self.log_prob(xp, params)
+                lp += log_w
+                log_norm = logsumexp(lp, axis=1)
+                with np.errstate(invalid="ignore"):
+                    lp -= log_norm[:, None]
+                resp = np.exp(lp, out=lp)
+                if wp is None:
+                    rec["loglik"] += float(log_norm.sum())
+                    rec["wsum"] += float(rows)
+                else:
+                    rec["loglik"] += float(np.dot(wp, log_norm))
+                    rec["wsum"] += float(wp.sum())
+                if entropy:
+                    per_row = xlogy(resp, resp).sum(1)
+                    rec["entropy"] += float(per_row.sum() if wp is None else np.dot(wp, per_row))
+                rw = resp if wp is None else np.multiply(resp, wp[:, None], out=resp)
+                rec["nk"] += rw.sum(0)
+                part = self.chunk_stats(xp, rw, params)
+                rec["stats"] = part if rec["stats"] is None else self.merge([rec["stats"], part])
+        return records
+
+
+def merge_records(family: Family, records: list[dict]) -> dict:
+    """Sum E-step records of one restart from several chunks."""
+    return {
+        "loglik": math.fsum(r["loglik"] for r in records),
+        "wsum": math.fsum(r["wsum"] for r in records),
+        "entropy": math.fsum(r["entropy"] for r in records),
+        "nk": np.sum([r["nk"] for r in records], axis=0),
+        "stats": family.merge([r["stats"] for r in records]),
+    }

@@ -227,8 +227,50 @@ _FIT_CONFIG_KEYS = {
     "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
-    "clear_checkpoint", "kube_cluster",
+    "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories",
 }
+
+FAMILIES = ("gaussian", "bernoulli", "poisson", "categorical")
+
+
+def _parse_categories(text: str | int | list | None):
+    """'5' -> 5 (every feature); '3,5,2' -> (3, 5, 2); a YAML int or list as is."""
+    if text is None or isinstance(text, (int, list)):
+        return text
+    try:
+        values = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise Failure(f"--n-categories takes an int or a list like 3,5,2; received {text!r}.") from None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _make_estimator(ctx: click.Context, family: str, components: int, covariance_type: str, reg_covar: float,
+                    pseudo_count: float | None, n_categories, **common):
+    """The estimator of --family, refusing options that belong to another family."""
+    from click.core import ParameterSource
+
+    from . import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    if family == "gaussian":
+        for name in ("pseudo_count", "n_categories"):
+            if given(name):
+                raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family gaussian.")
+        return GaussianMixture(components, covariance_type=covariance_type, reg_covar=reg_covar, **common)
+    for name in ("covariance_type", "reg_covar"):
+        if given(name):
+            raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian; received --family {family}.")
+    extra = {} if pseudo_count is None else {"pseudo_count": pseudo_count}
+    if family == "categorical":
+        if n_categories is None:
+            raise Failure("--family categorical needs --n-categories (one int for all features, or 3,5,2 per feature).")
+        return CategoricalMixture(components, n_categories=_parse_categories(n_categories), **extra, **common)
+    if given("n_categories"):
+        raise Failure(f"--n-categories applies to --family categorical; received --family {family}.")
+    cls = {"bernoulli": BernoulliMixture, "poisson": PoissonMixture}[family]
+    return cls(components, **extra, **common)
 
 
 def _load_config(ctx: click.Context, _param, value: str | None):
@@ -261,11 +303,15 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="YAML file with the same options (a ConfigMap); flags override it.")
 @click.option("--output", "-o", help="Model store to write (Zarr path or URL).")
 @click.option("--components", "-k", type=int, default=1, show_default=True)
-@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="full", show_default=True)
+@click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
+              help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical (codes).")
+@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="full", show_default=True, help="gaussian only.")
+@click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
+@click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
-@click.option("--reg-covar", type=float, default=1e-6, show_default=True)
+@click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
 @click.option("--init-params", type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=None, help="random_state.")
 @click.option("--variable", help="Variable of an xarray-written Zarr group.")
@@ -281,11 +327,11 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 @click.pass_context
-def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, reg_covar, init_params, seed,
-        variable, storage_option, scheduler, checkpoint, resume, clear_checkpoint, kube_cluster, chunk_rows,
-        overwrite, fail_on_no_converge, quiet, as_json):
-    """Fit a Gaussian mixture to the Zarr array at INPUT and write the model to --output."""
-    from . import GaussianMixture, save
+def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories, n_init, max_iter,
+        tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
+    """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
+    from . import save
     from ._engine import Preempted, request_stop
 
     config = ctx.meta.get("config", {})
@@ -298,9 +344,9 @@ def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, 
     _setup_logging(quiet, as_json)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
-    model = GaussianMixture(
-        components, covariance_type=covariance_type, n_init=n_init, max_iter=max_iter, tol=tol,
-        reg_covar=reg_covar, init_params=init_params, random_state=seed,
+    model = _make_estimator(
+        ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
+        n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed,
     )
 
     def progress(event: dict) -> None:
@@ -360,8 +406,9 @@ def fit(ctx, input, output, components, covariance_type, n_init, max_iter, tol, 
 def _summary(model, path: str | None = None) -> dict:
     return {
         "model": path,
-        "family": "gaussian",
-        "covariance_type": model.covariance_type,
+        "family": model._family().name,
+        "estimator": type(model).__name__,
+        "covariance_type": getattr(model, "covariance_type", None),
         "n_components": int(model.n_components_),
         "n_features": int(model.n_features_in_),
         "converged": bool(model.converged_),
@@ -379,7 +426,7 @@ def _summary(model, path: str | None = None) -> dict:
 def _summary_text(s: dict) -> str:
     lines = [
         f"model:           {s['model'] or '(not saved)'}",
-        f"family:          {s['family']} ({s['covariance_type']} covariance)",
+        f"family:          {s['family']}" + (f" ({s['covariance_type']} covariance)" if s.get("covariance_type") else ""),
         f"components:      {s['n_components']}    features: {s['n_features']}",
         f"converged:       {s['converged']} after {s['n_iter']} iterations",
         f"lower bound:     {s['lower_bound']:.10g} (mean log-likelihood per row)",

@@ -77,7 +77,7 @@ class BernoulliFamily(Family):
         if found is None:
             return None
         row, col = found
-        return row, f"X holds {x[row, col]!r} at feature {col}, but a Bernoulli mixture takes only 0 and 1", (
+        return row, f"a Bernoulli mixture takes only 0 and 1, but X holds {x[row, col].item()!r} (feature {col})", (
             "Binarise the data first, e.g. (X > 0).astype('u1'), or fit counts with PoissonMixture."
         )
 
@@ -148,8 +148,8 @@ class PoissonFamily(Family):
             return None
         row, col = found
         return row, (
-            f"X holds {x[row, col]!r} at feature {col}, but a Poisson mixture takes non-negative "
-            "integer counts"
+            f"a Poisson mixture takes non-negative integer counts, but X holds {x[row, col].item()!r} "
+            f"(feature {col})"
         ), "Round and clip the counts first, e.g. X.clip(0).round(), or fit real values with GaussianMixture."
 
     def prepare_rows(self, x):
@@ -223,8 +223,8 @@ class CategoricalFamily(Family):
             return None
         row, col = found
         return row, (
-            f"X holds code {x[row, col]!r} at feature {col}, outside its {sizes[col]} categories "
-            f"0..{sizes[col] - 1}"
+            f"feature {col} has {sizes[col]} categories (codes 0..{sizes[col] - 1}), but X holds "
+            f"code {x[row, col].item()!r}"
         ), "Recode the feature, or raise its entry of n_categories."
 
     def prepare_rows(self, x):

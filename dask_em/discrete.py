@@ -52,7 +52,7 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 def _check_numeric(name: str, dtype, fix: str) -> None:
     if np.dtype(dtype).kind not in "biuf":
-        raise TypeError(f"{name} data must be numeric (bool, int or float); received dtype {dtype}. {fix}")
+        raise TypeError(f"{name} data must be numeric (bool, int or float); received dtype {np.dtype(dtype)}. {fix}")
 
 
 # ---------------------------------------------------------------------------

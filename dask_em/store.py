@@ -108,6 +108,7 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
             params[name] = None
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None  # a Generator is not data; the seeds are in restarts
+    tuples = sorted(name for name, value in params.items() if isinstance(value, tuple))
     family = model._family()
     if "family" in params:
         params["family"] = None  # an object: recorded below, passed again to load
@@ -118,6 +119,7 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
         "family_record": _family_record(family),
         "estimator": type(model).__name__,
         "params": params,
+        "tuple_params": tuples,  # JSON has lists only; these were tuples
         "arrays": shapes,
         "param_values": values,
         "fitted": {
@@ -203,6 +205,9 @@ def _check_layout(path: str, group, attrs: dict, family=None):
                 "family: dask_em.load(path, family=MyFamily(...))."
             )
         params["family"] = family
+    for name in attrs.get("tuple_params") or []:
+        if isinstance(params.get(name), list):
+            params[name] = tuple(params[name])
     for name in list(params):
         if f"init/{name}" in group:
             params[name] = group[f"init/{name}"][...]

@@ -85,6 +85,13 @@ MASS_EPS = 10 * np.finfo(np.float64).eps
 _PANEL_CELLS = 2**16
 
 
+def _missing(family, method: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"{type(family).__name__} does not define {method}(), which every family must; "
+        "see the protocol in dask_em.family's docstring."
+    )
+
+
 class Family:
     """Base class of the component families; see the module docstring for the protocol."""
 
@@ -98,22 +105,22 @@ class Family:
             raise TypeError(f"{self.name} data must be numeric; received dtype {dtype}.")
 
     def check_rows(self, x: np.ndarray) -> tuple[int, str, str] | None:
-        raise NotImplementedError
+        raise _missing(self, 'check_rows')
 
     def log_prob(self, x: np.ndarray, params: Params) -> np.ndarray:
-        raise NotImplementedError
+        raise _missing(self, 'log_prob')
 
     def chunk_stats(self, x: np.ndarray, rw: np.ndarray, params: Params) -> Stats:
-        raise NotImplementedError
+        raise _missing(self, 'chunk_stats')
 
     def m_step(self, stats: Stats, nk: np.ndarray, params: Params) -> Params:
-        raise NotImplementedError
+        raise _missing(self, 'm_step')
 
     def n_parameters(self, params: Params) -> int:
-        raise NotImplementedError
+        raise _missing(self, 'n_parameters')
 
     def sample(self, params: Params, labels: np.ndarray, context: Any, rng: np.random.Generator) -> np.ndarray:
-        raise NotImplementedError
+        raise _missing(self, 'sample')
 
     # -- optional, with defaults --------------------------------------------
 

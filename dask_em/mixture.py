@@ -66,7 +66,13 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     :class:`GaussianMixture`.
     """
 
-    _estimator_docs = ""
+    # Every estimator class by name, for the model store (no code is ever imported from a store).
+    registry: dict[str, type] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            BaseMixture.registry[cls.__name__] = cls
 
     def __init__(
         self,
@@ -809,6 +815,16 @@ class Mixture(BaseMixture):
             raise TypeError(
                 f"family must be a dask_em.family.Family instance; received {self.family!r}. "
                 "Subclass dask_em.family.Family (see its docstring) and pass an instance."
+            )
+        cls = type(self.family)
+        required = ["check_rows", "log_prob", "m_step", "n_parameters", "sample"]
+        if cls.estep is Family.estep:
+            required.append("chunk_stats")
+        missing = [name for name in required if getattr(cls, name) is getattr(Family, name)]
+        if missing:
+            raise TypeError(
+                f"the family {cls.__name__} does not define {', '.join(missing)}, which every family "
+                "must; see the protocol in dask_em.family's docstring."
             )
 
 

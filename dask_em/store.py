@@ -164,15 +164,9 @@ def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> 
 
 
 def _estimators() -> dict:
-    from . import discrete, mixture
+    from . import mixture
 
-    return {
-        "GaussianMixture": mixture.GaussianMixture,
-        "Mixture": mixture.Mixture,
-        "BernoulliMixture": discrete.BernoulliMixture,
-        "PoissonMixture": discrete.PoissonMixture,
-        "CategoricalMixture": discrete.CategoricalMixture,
-    }
+    return mixture.BaseMixture.registry
 
 
 def _check_layout(path: str, group, attrs: dict, family=None):

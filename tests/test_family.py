@@ -1,0 +1,112 @@
+"""The family protocol: a family defined outside dask-em runs on the whole engine."""
+
+import ast
+import pathlib
+import runpy
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dask_em
+from dask_em.family import Family
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "custom_family.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    return runpy.run_path(str(EXAMPLE), run_name="custom_family_example")
+
+
+def family_source() -> str:
+    text = EXAMPLE.read_text()
+    start = text.index("@dataclass(frozen=True)")
+    return text[start : text.index("# ----", start)].rstrip() + "\n"
+
+
+def test_the_example_family_is_short_and_in_the_readme():
+    source = family_source()
+    assert len(source.splitlines()) < 40
+    readme = (ROOT / "README.md").read_text()
+    assert source in readme, "the README shows examples/custom_family.py's family verbatim"
+
+
+def test_example_family_recovers_its_rates(example):
+    model = example["main"]()
+    order = np.argsort(model.rates_[:, 0])
+    np.testing.assert_allclose(model.rates_[order], [[0.5, 5.0], [8.0, 0.3]], rtol=0.05)
+    np.testing.assert_allclose(model.weights_[order], [0.5, 0.5], atol=0.02)
+    assert model.converged_ and len(model.restarts_) == 2
+    # every method of the estimator works for a user family
+    X, labels = model.sample(500)
+    assert X.shape == (500, 2) and (X >= 0).all() and labels.shape == (500,)
+    assert model.predict_proba(X).shape == (500, 2)
+    assert model.bic(X) == pytest.approx(-2 * model.score(X) * 500 + (4 + 1) * np.log(500), rel=1e-12)
+
+
+def test_example_family_equals_the_closed_form(example):
+    """One component: EM's answer is the maximum-likelihood rate 1 / mean, per feature."""
+    rng = np.random.default_rng(3)
+    X = rng.exponential([2.0, 0.25], size=(5000, 2))
+    w = rng.uniform(0.5, 2.0, size=5000)
+    model = dask_em.Mixture(example["Exponential"](), 1, random_state=0).fit(X, sample_weight=w)
+    np.testing.assert_allclose(model.rates_[0], w.sum() / (w @ X), rtol=1e-12)
+    expected = np.log(model.rates_[0]).sum() - X @ model.rates_[0]
+    np.testing.assert_allclose(model.score_samples(X), expected, rtol=1e-12)
+
+
+def test_example_family_on_a_process_cluster():
+    """As in a notebook: the class lives in __main__ and reaches the workers by value."""
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--cluster"], capture_output=True, text=True, timeout=240, cwd=ROOT
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rates:" in out.stdout and "weights:" in out.stdout
+
+
+def test_user_family_checkpoint_and_store(example, tmp_path):
+    Exponential = example["Exponential"]
+    X = np.random.default_rng(0).exponential([1.0, 3.0], size=(2000, 2))
+    kw = dict(n_init=2, max_iter=6, tol=0, random_state=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = dask_em.Mixture(Exponential(), 2, **kw).fit(X)
+        ck = str(tmp_path / "ck.npz")
+        dask_em.Mixture(Exponential(), 2, **{**kw, "max_iter": 2}).fit(X, checkpoint=ck)
+        resumed = dask_em.Mixture(Exponential(), 2, **kw).fit(X, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(resumed.rates_, whole.rates_)
+    dask_em.save(whole, tmp_path / "m.zarr")
+    with pytest.raises(ValueError, match=r"user-defined family .*Exponential.*pass the family: dask_em.load\(path, family=MyFamily"):
+        dask_em.load(tmp_path / "m.zarr")
+    back = dask_em.load(tmp_path / "m.zarr", family=Exponential())
+    np.testing.assert_array_equal(back.predict_proba(X), whole.predict_proba(X))
+    with pytest.raises(ValueError, match="holds a 'exponential' model"):
+        dask_em.load(tmp_path / "m.zarr", family=dask_em.PoissonFamily())
+
+
+def test_an_incomplete_family_is_refused_before_any_work():
+    class Half(Family):
+        name = "half"
+
+        def log_prob(self, x, params):
+            return np.zeros((len(x), len(params["weights"])))
+
+    with pytest.raises(TypeError, match="the family Half does not define check_rows, m_step, n_parameters, sample, chunk_stats"):
+        dask_em.Mixture(Half(), 2).fit(np.zeros((10, 2)))
+
+
+def test_the_engine_modules_know_no_family():
+    """The engine, starts, checkpoints and store import the protocol, never a family module."""
+    for module in ("_engine", "_init", "checkpoint", "family", "store", "progress"):
+        tree = ast.parse((ROOT / "dask_em" / f"{module}.py").read_text())
+        imported = {(node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {
+            alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        }
+        assert not {"gaussian", "discrete"} & {name.split(".")[-1] for name in imported}, module

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,3 +273,70 @@ def test_fit_on_scheduler_from_environment(points, tmp_path, dask_cluster_proces
     with Client(dask_cluster_processes) as client:
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     assert "em-estep" in prefixes and "em-mstep" in prefixes
+
+
+@pytest.mark.parametrize("family, dtype, extra", [
+    ("bernoulli", "bool", []),
+    ("poisson", "uint16", ["--pseudo-count", "0.01"]),
+    ("categorical", "int8", ["--n-categories", "3,5,2,4"]),
+])
+def test_fit_other_families(family, dtype, extra, tmp_path):
+    """--family end to end: fit, info, predict, score, against the library on the same store."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 6000)
+    if family == "bernoulli":
+        X = rng.random((6000, 4)) < np.array([[0.9, 0.1, 0.8, 0.2], [0.1, 0.9, 0.2, 0.8], [0.5, 0.5, 0.9, 0.9]])[labels]
+    elif family == "poisson":
+        X = rng.poisson(np.array([[1, 9, 2, 5], [8, 1, 6, 1], [4, 4, 12, 12]])[labels])
+    else:
+        X = np.stack([(labels + j) % c for j, c in enumerate((3, 5, 2, 4))], 1)
+        X[rng.random(X.shape) < 0.1] = 0
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store, shape=X.shape, chunks=(1000, 4), dtype=dtype)[:] = X.astype(dtype)
+    model = tmp_path / "m.zarr"
+    result = run("fit", store, "-o", model, "-k", 3, "--family", family, "--n-init", 2, "--seed", 0, *extra, "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["family"] == family and summary["covariance_type"] is None
+
+    cls = {"bernoulli": dask_em.BernoulliMixture, "poisson": dask_em.PoissonMixture,
+           "categorical": dask_em.CategoricalMixture}[family]
+    kw = {"pseudo_count": 0.01} if family == "poisson" else {}
+    if family == "categorical":
+        kw["n_categories"] = (3, 5, 2, 4)
+    reference = cls(3, n_init=2, random_state=0, **kw).fit(str(store))
+    loaded = dask_em.load(model)
+    assert type(loaded) is cls
+    np.testing.assert_array_equal(loaded.weights_, reference.weights_)
+    assert run("info", model).stdout.splitlines()[1].split() == ["family:", family]
+
+    labels_out = tmp_path / "labels.zarr"
+    assert run("predict", model, store, "-o", labels_out).exit_code == 0
+    np.testing.assert_array_equal(zarr.open_array(labels_out, mode="r")[:], reference.predict(X.astype(dtype)))
+    scored = json.loads(run("score", model, store, "--json").stdout)
+    assert scored["bic"] == pytest.approx(reference.bic(str(store)), rel=1e-12)
+
+
+def test_family_input_errors_exit_2(tmp_path):
+    X = np.zeros((3000, 3), dtype=np.uint8)
+    X[::2] = 1
+    X[2345, 1] = 7
+    store = tmp_path / "x.zarr"
+    zarr.create_array(store, shape=X.shape, chunks=(500, 3), dtype="u1")[:] = X
+    cases = [
+        (["--family", "bernoulli"], r"Bernoulli mixture takes only 0 and 1, but X holds 7 \(feature 1\) in rows"),
+        (["--family", "poisson", "--covariance-type", "diag"], "--covariance-type applies to --family gaussian"),
+        (["--family", "gaussian", "--pseudo-count", "1"], "--pseudo-count applies to the discrete families"),
+        (["--family", "bernoulli", "--n-categories", "3"], "--n-categories applies to --family categorical"),
+        (["--family", "categorical"], "--family categorical needs --n-categories"),
+        (["--family", "categorical", "--n-categories", "2,x"], "--n-categories takes an int or a list"),
+        (["--family", "categorical", "--n-categories", "2,2"], "n_categories has 2 entries but X has 3 features"),
+    ]
+    for args, match in cases:
+        out = tmp_path / "m.zarr"
+        result = run("fit", store, "-o", out, "-k", 2, "-q", *args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dask-em: error:"), result.stderr
+        assert re.search(match, lines[0]), (match, lines[0])
+        assert not out.exists()

@@ -121,14 +121,13 @@ def _log_factorials(size: int) -> np.ndarray:
     return gammaln(np.arange(size, dtype=np.float64) + 1.0)
 
 
-def _sum_log_factorials(x: np.ndarray) -> np.ndarray:
-    """sum_j log(x_j!) per row; a table look-up for small integer counts."""
+def _small_counts(x: np.ndarray) -> int | None:
+    """The size of a log-factorial table covering ``x`` (non-negative ints below 2**16), else None."""
     if x.dtype.kind in "bu" or (x.dtype.kind == "i" and x.size and x.min() >= 0):
         top = int(x.max()) if x.size else 0
         if top < 1 << 16:
-            size = 1 << max(8, top.bit_length())  # few distinct tables, each cached
-            return _log_factorials(size)[x].sum(1)
-    return gammaln(_as_float(x) + 1.0).sum(1)
+            return 1 << max(8, top.bit_length())  # few distinct tables, each cached
+    return None
 
 
 @dataclass(frozen=True)
@@ -156,14 +155,31 @@ class PoissonFamily(Family):
         ), "Round and clip the counts first, e.g. X.clip(0).round(), or fit real values with GaussianMixture."
 
     def prepare_rows(self, x):
-        return {"x": _as_float(x), "log_fact": _sum_log_factorials(np.asarray(x))}
+        x = np.asarray(x)
+        return {"x": _as_float(x), "counts": x, "table": _small_counts(x)}
 
     def log_prob(self, xp, params):
+        # sum_j x_j log l_kj - l_kj; the -log(x_j!) terms are the same for every
+        # component: row_log_constant, which the engine adds to the likelihood.
         rates = np.maximum(params["rates"], _TINY)
         out = np.log(rates) @ xp["x"].T
         out -= rates.sum(1)[:, None]
-        out -= xp["log_fact"]
         return out.T
+
+    def row_log_constant(self, xp):
+        size = xp["table"]
+        if size is not None:
+            return -_log_factorials(size)[xp["counts"]].sum(1)
+        return -gammaln(xp["x"] + 1.0).sum(1)
+
+    def total_log_constant(self, xp, w):
+        size = xp["table"]
+        if w is None and size is not None:
+            # sum over every value of log(v!) = sum_v (how often v occurs) log(v!)
+            counts = xp["counts"]
+            values = counts.view(np.uint8) if counts.dtype.kind == "b" else counts
+            return -float(np.bincount(values.ravel(), minlength=size)[:size] @ _log_factorials(size))
+        return super().total_log_constant(xp, w)
 
     def chunk_stats(self, xp, rw, params):
         return {"sums": rw.T @ xp["x"]}

@@ -43,6 +43,11 @@ float; ``rw`` of shape (n, K) the responsibilities times the sample weights):
 
 and may override (defaults in brackets):
 
+``row_log_constant(xp)`` [``None``: a per-row term of the log-density that
+no component changes, such as ``-log(x!)`` for Poisson counts; ``log_prob``
+may leave it out, and the engine adds it to the log-likelihood];
+``total_log_constant(xp, w)`` [the (``w``-weighted) sum of
+``row_log_constant``, which a family may compute without the per-row array];
 ``prepare_rows(x)`` [``x``: what ``log_prob`` and ``chunk_stats`` receive,
 computed once per panel of rows and shared by both, e.g. a float64 copy or
 a one-hot matrix];
@@ -202,6 +207,15 @@ class Family:
     def prepare_rows(self, x: np.ndarray) -> Any:
         return x
 
+    def row_log_constant(self, xp: Any) -> np.ndarray | None:
+        return None
+
+    def total_log_constant(self, xp: Any, w: np.ndarray | None) -> float:
+        rows = self.row_log_constant(xp)
+        if rows is None:
+            return 0.0
+        return float(rows.sum() if w is None else np.dot(w, rows))
+
     def weighted_log_prob(self, x: np.ndarray, params: Params, context: Any) -> np.ndarray:
         n, k = x.shape[0], len(params["weights"])
         out = np.empty((n, k))
@@ -209,7 +223,11 @@ class Family:
         with np.errstate(divide="ignore"):
             log_w = np.log(params["weights"])
         for lo in range(0, n, panel):
-            out[lo : lo + panel] = self.log_prob(self.prepare_rows(x[lo : lo + panel]), params) + log_w
+            xp = self.prepare_rows(x[lo : lo + panel])
+            out[lo : lo + panel] = self.log_prob(xp, params) + log_w
+            constant = self.row_log_constant(xp)
+            if constant is not None:
+                out[lo : lo + panel] += constant[:, None]
         return out
 
     def to_public(self, params: Params, context: Any) -> dict[str, Any]:
@@ -237,12 +255,14 @@ class Family:
             xp = self.prepare_rows(x[lo : lo + panel])
             rows = min(panel, n - lo)
             wp = None if w is None else w[lo : lo + panel]
+            constant = self.total_log_constant(xp, wp)
             for params, log_w, rec in zip(params_list, log_ws, records):
                 # Component-major (K, rows): free when log_prob returns the transpose
                 # of a (K, rows) product, as the built-in families do.
                 wlp = np.ascontiguousarray(self.log_prob(xp, params).T)
                 wlp += log_w[:, None]
                 log_norm, resp = responsibilities(wlp)
+                rec["loglik"] += constant
                 if wp is None:
                     rec["loglik"] += float(log_norm.sum())
                     rec["wsum"] += float(rows)

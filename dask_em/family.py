@@ -130,6 +130,19 @@ def _missing(family, method: str) -> NotImplementedError:
     )
 
 
+def add_likelihood(acc: dict, log_norm: np.ndarray, resp: np.ndarray, w: np.ndarray | None, entropy: bool) -> None:
+    """Add a panel's (weighted) log-likelihood, weight and, with ``entropy``, sum_k r log r into ``acc``."""
+    if w is None:
+        acc["loglik"] += float(log_norm.sum())
+        acc["wsum"] += float(log_norm.shape[0])
+    else:
+        acc["loglik"] += float(np.dot(w, log_norm))
+        acc["wsum"] += float(w.sum())
+    if entropy:
+        per_row = xlogy(resp, resp).sum(0)
+        acc["entropy"] += float(per_row.sum() if w is None else np.dot(w, per_row))
+
+
 class Family:
     """Base class of the component families; see the module docstring for the protocol."""
 
@@ -253,7 +266,6 @@ class Family:
         records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "nk": np.zeros(k), "stats": None} for k in ks]
         for lo in range(0, max(n, 1), panel):
             xp = self.prepare_rows(x[lo : lo + panel])
-            rows = min(panel, n - lo)
             wp = None if w is None else w[lo : lo + panel]
             constant = self.total_log_constant(xp, wp)
             for params, log_w, rec in zip(params_list, log_ws, records):
@@ -263,15 +275,7 @@ class Family:
                 wlp += log_w[:, None]
                 log_norm, resp = responsibilities(wlp)
                 rec["loglik"] += constant
-                if wp is None:
-                    rec["loglik"] += float(log_norm.sum())
-                    rec["wsum"] += float(rows)
-                else:
-                    rec["loglik"] += float(np.dot(wp, log_norm))
-                    rec["wsum"] += float(wp.sum())
-                if entropy:
-                    per_row = xlogy(resp, resp).sum(0)
-                    rec["entropy"] += float(per_row.sum() if wp is None else np.dot(wp, per_row))
+                add_likelihood(rec, log_norm, resp, wp, entropy)
                 rw = resp if wp is None else np.multiply(resp, wp, out=resp)
                 rec["nk"] += rw.sum(1)
                 part = self.chunk_stats(xp, rw.T, params)

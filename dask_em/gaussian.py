@@ -42,9 +42,8 @@ from typing import Any
 
 import numpy as np
 from scipy import linalg
-from scipy.special import xlogy
 
-from .family import Family, responsibilities
+from .family import Family, add_likelihood, responsibilities
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -377,15 +376,7 @@ def panel_stats(
     With ``entropy``, also the (weighted) sum of sum_k r_ik log r_ik, for ICL.
     """
     log_norm, resp = responsibilities(weighted_log_prob(xa, view, covariance_type))
-    if w is None:
-        acc["loglik"] += float(log_norm.sum())
-        acc["wsum"] += float(xa.shape[1])
-    else:
-        acc["loglik"] += float(np.dot(w, log_norm))
-        acc["wsum"] += float(w.sum())
-    if entropy:
-        per_row = xlogy(resp, resp).sum(0)
-        acc["entropy"] += float(per_row.sum() if w is None else np.dot(w, per_row))
+    add_likelihood(acc, log_norm, resp, w, entropy)
     accumulate(xa, w, resp, view["means"], covariance_type, acc, view)
 
 

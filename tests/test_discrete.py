@@ -207,7 +207,6 @@ def test_statistics_merge(name, rng):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_chunk_invariance(name, rng):
     X, _, _ = draw(name, rng, n=1500)
-    p0 = start(name, rng)
     models = []
     for chunks in ((1500,), (700, 800), (100,) * 15, (1, 499, 1000)):
         gm = dask_em.Mixture(family_of(name), K, max_iter=8, tol=0, init_params="random", random_state=0)

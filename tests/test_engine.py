@@ -160,7 +160,6 @@ def test_statistics_against_numpy(cov_type, rng):
     state = round_state(2, 3, rng, cov=cov_type)
     p = state["params"][0]
     record = _engine.estep_block(X, w, state)[0]
-    stats = record["stats"]
     # Reference: identity covariances, so log N = -0.5 |x - m|^2 + const.
     logp = -0.5 * ((X[:, None] - p["means"][None]) ** 2).sum(-1) + np.log(p["weights"])
     resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True)) * w[:, None]

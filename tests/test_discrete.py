@@ -413,3 +413,34 @@ def test_emem_and_restarts_run_for_discrete_families(rng):
     gm = dask_em.BernoulliMixture(K, n_init=2, init_strategy="emEM", n_short=6, short_iter=3, random_state=0).fit(X)
     assert len(gm.restarts_) == 6
     assert sum(r["stopped"] is None for r in gm.restarts_) >= 2
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sample_weight_equals_repeated_rows(name, rng):
+    X, _, _ = draw(name, rng, n=800)
+    counts = rng.integers(0, 4, size=len(X))
+    p0 = start(name, rng)
+    # One round from the same start, on integer weights and on the rows repeated that often.
+    results = []
+    for data, w in ((X, counts.astype(float)), (np.repeat(X, counts, axis=0), None)):
+        graph = _engine.round_graph(da.from_array(data, chunks=(300, -1)),
+                                    None if w is None else da.from_array(w, chunks=300),
+                                    state_for(name, p0), split_every=3)
+        results.append(dask.compute(graph, scheduler="sync")[0][0])
+    a, b = results
+    assert a.lower_bound == pytest.approx(b.lower_bound, rel=1e-12)
+    np.testing.assert_allclose(a.params["weights"], b.params["weights"], rtol=1e-12)
+    np.testing.assert_allclose(a.params[param_key(name)], b.params[param_key(name)], rtol=1e-11)
+
+
+def test_poisson_large_and_float_counts_equal_scipy(rng):
+    fam = PoissonFamily()
+    params = {"rates": np.array([[1e5, 3.0], [2e5, 40.0]])}
+    for X in (rng.poisson([1.5e5, 20.0], size=(300, 2)).astype(np.int64),  # beyond the look-up table
+              rng.poisson([2.0, 20.0], size=(300, 2)).astype(np.float32)):  # whole numbers stored as float
+        assert fam.check_rows(X) is None
+        xp = fam.prepare_rows(X)
+        ours = fam.log_prob(xp, params) + fam.row_log_constant(xp)[:, None]
+        ref = np.stack([sps.poisson.logpmf(X, r).sum(1) for r in params["rates"]], 1)
+        np.testing.assert_allclose(ours, ref, rtol=1e-10)
+        assert fam.total_log_constant(xp, None) == pytest.approx(fam.row_log_constant(xp).sum(), rel=1e-12)

@@ -632,33 +632,51 @@ def info(model_path, storage_option, as_json):
 @click.option("--components", "-k", type=int, required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-rows", type=int, default=100_000, show_default=True)
-@click.option("--separation", type=float, default=6.0, show_default=True, help="Mean spacing in component standard deviations.")
+@click.option("--separation", type=float, default=6.0, show_default=True, help="gaussian: mean spacing in component standard deviations.")
+@click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
+              help="bernoulli writes bool, poisson uint16 counts, categorical small-int codes.")
+@click.option("--n-categories", type=int, default=5, show_default=True, help="categorical: categories per feature.")
 @click.option("--codec", type=click.Choice(sorted(CODECS)), default="none", show_default=True,
               help="Compression of the store (random float64 barely compresses; see the README).")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
 @click.option("--scheduler")
 @click.option("--overwrite", is_flag=True)
-def generate(output, samples, features, components, seed, chunk_rows, separation, codec, storage_option, scheduler, overwrite):
-    """Write a synthetic Gaussian mixture to a Zarr store, chunk by chunk."""
-    for name, value in (("--samples", samples), ("--features", features), ("--components", components), ("--chunk-rows", chunk_rows)):
+def generate(output, samples, features, components, seed, chunk_rows, separation, family, n_categories, codec,
+             storage_option, scheduler, overwrite):
+    """Write a synthetic mixture (--family, default gaussian) to a Zarr store, chunk by chunk.
+
+    The true parameters are in the array's attribute ``dask_em_truth``.
+    """
+    for name, value in (("--samples", samples), ("--features", features), ("--components", components),
+                        ("--chunk-rows", chunk_rows), ("--n-categories", n_categories)):
         if value < 1:
             raise Failure(f"{name} must be >= 1; received {value}.")
     _generate(output, samples, features, components, seed, chunk_rows, separation,
-              _parse_storage_options(storage_option), scheduler, overwrite, codec)
-    click.echo(f"wrote {samples:,} x {features} ({components} components, seed {seed}) to {output}")
+              _parse_storage_options(storage_option), scheduler, overwrite, codec, family, n_categories)
+    click.echo(f"wrote {samples:,} x {features} ({components} {family} components, seed {seed}) to {output}")
 
 
 def _generate(output, samples, features, components, seed, chunk_rows, separation, options, scheduler, overwrite,
-              codec="none"):
+              codec="none", family="gaussian", n_categories=5):
     import dask.array as da
     import zarr
 
     from ._engine import Runner
-    from .datasets import make_mixture
+    from .datasets import make_family_mixture, make_mixture
 
     with _user_errors():
         _refuse_existing(output, overwrite, options)
-    x, _, spec = make_mixture(samples, features, components, chunk_rows=chunk_rows, seed=seed, separation=separation)
+    if family == "gaussian":
+        x, _, spec = make_mixture(samples, features, components, chunk_rows=chunk_rows, seed=seed, separation=separation)
+        truth = {"weights": spec.weights.tolist(), "means": spec.means.tolist(),
+                 "covariances": spec.covariances.tolist(), "seed": seed}
+    else:
+        x, spec = make_family_mixture(family, samples, features, components, chunk_rows=chunk_rows,
+                                      n_categories=n_categories, seed=seed)
+        truth = {"family": family, "weights": spec.weights.tolist(), "seed": seed,
+                 **{name: value.tolist() for name, value in spec.params.items()}}
+        if family == "categorical":
+            truth["n_categories"] = n_categories
     with _user_errors(), _scheduler(scheduler), _atomic_output(output, options, overwrite) as tmp:
         with Runner() as runner:
             target = zarr.create_array(
@@ -667,12 +685,7 @@ def _generate(output, samples, features, components, seed, chunk_rows, separatio
             )
             runner.compute(da.store(x, target, lock=False, compute=False))
         arr = zarr.open_array(tmp, mode="r+", storage_options=options)
-        arr.attrs["dask_em_truth"] = {
-            "weights": spec.weights.tolist(),
-            "means": spec.means.tolist(),
-            "covariances": spec.covariances.tolist(),
-            "seed": seed,
-        }
+        arr.attrs["dask_em_truth"] = truth
     return spec
 
 

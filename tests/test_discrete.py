@@ -301,6 +301,11 @@ def test_integer_and_bool_stores_are_read_as_stored(name, dtype, tmp_path, rng):
                 f.write(f"{np.asarray(x).dtype}\n")
             return super().prepare_rows(x)
 
+        def check_rows(self, x):
+            with open(self.log + ".checks", "a") as f:
+                f.write(f"{len(x)}\n")
+            return super().check_rows(x)
+
     fam = Recording(**({"n_categories": CATEGORIES} if name == "categorical" else {}), log=str(log))
     assert dask_em.as_dask_array(str(path)).data.dtype == np.dtype(dtype)
     gm = dask_em.Mixture(fam, K, max_iter=3, random_state=0)
@@ -309,6 +314,10 @@ def test_integer_and_bool_stores_are_read_as_stored(name, dtype, tmp_path, rng):
         gm.fit(str(path), chunk_rows=250)
     seen = log.read_text().split()
     assert len(seen) >= 1 + 8 and set(seen) == {str(np.dtype(dtype))}
+    # Rows are checked where the sample reads them (all 8 chunks here) and in the
+    # first E-step, not again in later rounds.
+    assert gm.n_iter_ >= 2
+    assert len((tmp_path / "dtypes.txt.checks").read_text().split()) == 8 + 8
     ref = estimator(name, K, max_iter=3, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -26,7 +26,8 @@ float; ``rw`` of shape (n, K) the responsibilities times the sample weights):
     ``None`` if every row is valid, else ``(row, what, fix)`` for the first bad
     row (``row`` relative to ``x``; ``what`` says what is wrong, ``fix`` how to
     mend it). The engine adds the chunk's row range and raises before the fit
-    goes on, in the initialisation sample and in every E-step.
+    goes on: in the initialisation sample, in the first E-step of a fit (later
+    rounds read the same rows), and in inference.
 ``log_prob(xp, params)``
     (n, K) log-density (or log-pmf) of every row under every component,
     without the mixture weights. ``xp = prepare_rows(x)``.
@@ -43,36 +44,50 @@ float; ``rw`` of shape (n, K) the responsibilities times the sample weights):
 
 and may override (defaults in brackets):
 
-``row_log_constant(xp)`` [``None``: a per-row term of the log-density that
-no component changes, such as ``-log(x!)`` for Poisson counts; ``log_prob``
-may leave it out, and the engine adds it to the log-likelihood];
-``total_log_constant(xp, w)`` [the (``w``-weighted) sum of
-``row_log_constant``, which a family may compute without the per-row array];
-``prepare_rows(x)`` [``x``: what ``log_prob`` and ``chunk_stats`` receive,
-computed once per panel of rows and shared by both, e.g. a float64 copy or
-a one-hot matrix];
-``merge(parts)`` [key-wise sum]; ``select(params, keep)`` [index the first
-axis of every array by the boolean ``keep``]; ``context(sample, weights)``
-[``None``: data-dependent constants computed once from the initialisation
-sample and handed to every call below that takes ``context``];
-``init_features(sample, context)`` [``sample`` as float64: where k-means
-runs]; ``init_params(x, w, resp, context, settings)`` [the M-step of the
-sample's statistics under the start's responsibilities; ``settings`` holds
-``n_components`` and whatever the estimator passes, such as user-given
-initial parameters]; ``start_given(settings)`` [False: True skips the
-k-means]; ``lazy_row_check`` [False: True when invalid rows always make the
-log-likelihood non-finite, so ``check_rows`` runs only then]; ``panel_rows``
-[None: 2**18 // K rows per panel of the default ``estep``; set it for rows
-that ``prepare_rows`` makes wide]; ``estep(x, w, params_list, context, entropy)`` [calls
-``log_prob`` and ``chunk_stats`` on panels of rows; override to fuse work
-across restarts, as the Gaussian family does]; ``weighted_log_prob(x,
-params, context)`` [``log_prob`` + log weights]; ``to_public(params,
-context)`` [the fitted attributes, as ``{"name_": array}``].
+``prepare_rows(x)``
+    What ``log_prob`` and ``chunk_stats`` receive, computed once per panel of
+    rows and shared by both: a float64 copy, a one-hot matrix. [``x``]
+``row_log_constant(xp)``, ``total_log_constant(xp, w)``
+    A per-row term of the log-density that no component changes (``-log x!``
+    for Poisson counts), which ``log_prob`` may leave out; the engine adds it
+    to the log-likelihood, using the (``w``-weighted) total in the E-step.
+    [``None``; the total sums the per-row array]
+``merge(parts)``
+    [key-wise sum]
+``select(params_or_stats, keep)``
+    Keep the components where the boolean ``keep`` is True. [index the first
+    axis of every array]
+``context(sample, weights)``
+    Data-dependent constants computed once from the initialisation sample and
+    handed to every call that takes ``context`` (the Gaussian centering point).
+    [``None``]
+``init_features(sample, context)``
+    Where the k-means of the starts runs. [``sample`` as float64]
+``init_params(x, w, resp, context, settings)``
+    Initial parameters from the sample; ``settings`` holds ``n_components``
+    and whatever the estimator passes (user-given initial parameters).
+    [the M-step of the sample's statistics under the start's ``resp``]
+``start_given(settings)``
+    True when ``settings`` leave nothing for a start to compute. [False]
+``estep(x, w, params_list, context, entropy)``
+    The E-step of several restarts on one chunk; override to fuse work across
+    restarts, as the Gaussian family does. [``prepare_rows``, ``log_prob``,
+    the engine's log-sum-exp and ``chunk_stats``, on panels of rows]
+``weighted_log_prob(x, params, context)``
+    For predict / score. [``log_prob`` + the row constant + log weights]
+``to_public(params, context)``
+    The fitted attributes, as ``{"name_": value}``. [every parameter]
+``lazy_row_check``
+    True when invalid rows always make the log-likelihood non-finite (NaN for
+    a Gaussian), so ``check_rows`` runs only then. [False]
+``panel_rows``
+    Rows per panel of the default ``estep``; set it when ``prepare_rows``
+    makes wide rows. [None: 2**18 // K]
 
-Families are compared with ``==`` to group restarts in one E-step task;
-frozen dataclasses compare by value and pickle by reference to their module,
-which is what a Dask worker needs (a family defined in a notebook pickles by
-value through cloudpickle).
+One family object serves every restart of a fit. It travels to the workers
+inside the round's parameters: frozen dataclasses pickle by reference to
+their module, and a family defined in a notebook pickles by value through
+cloudpickle.
 """
 
 from __future__ import annotations

@@ -70,7 +70,9 @@ class SelectionResult:
         if "covariance_type" not in values.dims:  # one column: the family
             values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)
         types = [str(t) for t in values["covariance_type"].values]
-        width = max(12, *(len(t) + 2 for t in types))
+        finite = values.values[np.isfinite(values.values)]
+        widest = max((len(f"{v:.2f}") for v in finite), default=6)
+        width = max(12, widest + 3, *(len(t) + 2 for t in types))
         lines = [f"{name.upper()} (lower is better)", f"{'K':>4}" + "".join(f"{t:>{width}}" for t in types)]
         best = (self.best_params_["n_components"], self.best_params_.get("covariance_type", types[0]))
         for k in values["n_components"].values:

@@ -158,5 +158,7 @@ def test_select_k_for_the_other_families(family, tmp_path):
     assert "K" in result.table() and family in result.table() and "*" in result.table()
     # one K and one value per line, however large the criterion (Poisson's BIC runs to 9 digits)
     assert all(len(line.split()) == 2 for line in result.table().splitlines()[2:])
+    result.criteria["bic"] = result.criteria.bic * 1e6
+    assert all(len(line.split()) == 2 for line in result.table().splitlines()[2:])
     with pytest.raises(ValueError, match="covariance_types applies to family='gaussian'"):
         dask_em.select_model(X, n_components=[1, 2], family=family, covariance_types="full", **extra)

@@ -98,6 +98,11 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
     from ._init import sample_indices
     from .io import as_dask_array
 
+    if not hasattr(model, "covariances_"):
+        raise TypeError(
+            f"clusters draws Gaussian covariance ellipses; received a {type(model).__name__}. "
+            "For the other families plot model.probabilities_ or model.rates_ (e.g. as a heat map)."
+        )
     data = as_dask_array(X).data
     rows = sample_indices(data.shape[0], min(n, data.shape[0]), np.random.default_rng(random_state))
     points = np.asarray(data[rows].compute())

@@ -136,3 +136,15 @@ def test_clusters_plot(cov_type, rng):
     buf = io.BytesIO()
     ax.figure.savefig(buf, format="png")
     assert len(buf.getvalue()) > 1000
+
+
+def test_plots_for_another_family(rng):
+    """convergence works for every family; clusters says why it is Gaussian-only."""
+    X = (rng.random((2000, 4)) < 0.3)
+    model = dask_em.BernoulliMixture(2, n_init=2, random_state=0).fit(X)
+    ax = dask_em.plot.convergence(model)
+    assert len(ax.lines) >= 2
+    with pytest.raises(TypeError, match="clusters draws Gaussian covariance ellipses; received a BernoulliMixture"):
+        dask_em.plot.clusters(model, X)
+    html = model._repr_html_()
+    assert "dask-em-summary" in html and "bernoulli" in html

@@ -77,7 +77,7 @@ def estep_block(x, w, state: dict, block_info=None) -> list[dict]:
     weight sum, masses (and entropy) the engine needs. Invalid rows (NaN for
     a Gaussian, a 2 for a Bernoulli) raise ``ValueError`` naming the chunk's
     rows; ``state["check_rows"]`` False skips the family's row check (rounds
-    after the first: 7-15% of a discrete E-step, measured, for rows already checked).
+    after the first: 6-15% of a discrete E-step, measured, for rows already checked).
     """
     start, stop, index = _row_range(block_info, x.shape[0])
     family: Family = state["family"]

@@ -269,30 +269,30 @@ class CategoricalFamily(Family):
     def chunk_stats(self, xp, rw, params):
         return {"counts": rw.T @ xp}
 
+    def _blocks(self, width: int) -> list[tuple[int, int]]:
+        """Each feature's columns (lo, hi) in a one-hot layout ``width`` wide."""
+        if isinstance(self.n_categories, (int, np.integer)):
+            c = int(self.n_categories)
+            return [(lo, lo + c) for lo in range(0, width, c)]
+        offsets = np.concatenate([[0], np.cumsum(self.n_categories)]).tolist()
+        return list(zip(offsets[:-1], offsets[1:]))
+
     def m_step(self, stats, nk, params):
         counts = stats["counts"] + self.pseudo_count
-        offsets = np.concatenate([[0], np.cumsum(self._sizes_from_width(counts.shape[1]))])
         probs = np.empty_like(counts)
-        for lo, hi in zip(offsets[:-1], offsets[1:]):
-            block = counts[:, lo:hi]
-            probs[:, lo:hi] = block / block.sum(1, keepdims=True)
+        for lo, hi in self._blocks(counts.shape[1]):
+            probs[:, lo:hi] = counts[:, lo:hi] / counts[:, lo:hi].sum(1, keepdims=True)
         return {"probabilities": probs}
-
-    def _sizes_from_width(self, width: int) -> np.ndarray:
-        if isinstance(self.n_categories, (int, np.integer)):
-            return self.sizes(width // int(self.n_categories))
-        return np.asarray(self.n_categories, dtype=np.int64)
 
     def n_parameters(self, params):
         k, width = params["probabilities"].shape
-        return int(k * (width - len(self._sizes_from_width(width))))
+        return int(k * (width - len(self._blocks(width))))
 
     def sample(self, params, labels, context, rng):
         probs = params["probabilities"]
-        sizes = self._sizes_from_width(probs.shape[1])
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        out = np.empty((len(labels), len(sizes)), dtype=np.int64)
-        for j, (lo, hi) in enumerate(zip(offsets[:-1], offsets[1:])):
+        blocks = self._blocks(probs.shape[1])
+        out = np.empty((len(labels), len(blocks)), dtype=np.int64)
+        for j, (lo, hi) in enumerate(blocks):
             cdf = np.cumsum(probs[labels, lo:hi], axis=1)
             u = rng.random(len(labels)) * cdf[:, -1]
             out[:, j] = np.minimum((u[:, None] >= cdf).sum(1), hi - lo - 1)
@@ -300,8 +300,7 @@ class CategoricalFamily(Family):
 
     def to_public(self, params, context):
         probs = params["probabilities"]
-        offsets = np.concatenate([[0], np.cumsum(self._sizes_from_width(probs.shape[1]))])
-        return {"probabilities_": [probs[:, lo:hi] for lo, hi in zip(offsets[:-1], offsets[1:])]}
+        return {"probabilities_": [probs[:, lo:hi] for lo, hi in self._blocks(probs.shape[1])]}
 
 
 # ---------------------------------------------------------------------------

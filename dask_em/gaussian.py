@@ -1,7 +1,8 @@
 """The Gaussian family: pure functions from data to statistics to parameters.
 
-Nothing here knows about Dask. The engine (:mod:`dask_em._engine`) calls four
-things, for one covariance type at a time:
+Nothing here knows about Dask. :class:`GaussianFamily` (at the end) puts them
+behind the family protocol of :mod:`dask_em.family`; its fused ``estep`` calls
+four things, for one covariance type at a time:
 
 ``prepare(params)``
     Turn the parameters of one restart into the matrices a panel needs (stacked
@@ -19,7 +20,8 @@ things, for one covariance type at a time:
 All coordinates are *centered*: the engine subtracts one shift ``c`` (the mean
 of the initialisation sample) from every row before anything else, and the
 ``means`` held in ``params`` are ``mu - c``. Statistics are additive dicts of
-float64 arrays, so merging partial statistics is a plain sum (``merge_stats``).
+float64 arrays, so merging partial statistics is a plain sum (the family's
+default ``merge``).
 
 Numerics
 --------
@@ -397,15 +399,6 @@ def finish_stats(stats: Stats, means: np.ndarray, covariance_type: str) -> Stats
     return stats
 
 
-def merge_stats(parts: list[Stats]) -> Stats:
-    """Sum partial statistics (all taken about the same reference means)."""
-    out = {key: (np.copy(v) if isinstance(v, np.ndarray) else v) for key, v in parts[0].items()}
-    for part in parts[1:]:
-        for key, value in part.items():
-            out[key] = out[key] + value
-    return out
-
-
 # ---------------------------------------------------------------------------
 # M-step
 # ---------------------------------------------------------------------------
@@ -415,15 +408,6 @@ def component_mass(stats: Stats, covariance_type: str) -> np.ndarray:
     if covariance_type in ("full", "tied"):
         return stats["n"]
     return stats["moments"][:, -1]
-
-
-def drop_components(stats: Stats, keep: np.ndarray, covariance_type: str) -> Stats:
-    out = dict(stats)
-    if covariance_type in ("full", "tied"):
-        out.update(n=stats["n"][keep], a=stats["a"][keep], b=stats["b"][keep])
-    else:
-        out["moments"] = stats["moments"][keep]
-    return out
 
 
 def m_step(
@@ -478,12 +462,8 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
     return int(cov + k * d + k - 1)
 
 
-def sample(params: Params, covariance_type: str, n_samples: int, rng: np.random.Generator):
-    """Draw ``n_samples`` rows (centered coordinates) and their component labels."""
-    return _sample_counts(params, covariance_type, rng.multinomial(n_samples, params["weights"]), rng)
-
-
 def _sample_counts(params: Params, covariance_type: str, counts: np.ndarray, rng: np.random.Generator):
+    """``counts[k]`` rows of each component k, in component order, and their labels."""
     means, cov = params["means"], params["covariances"]
     k, d = means.shape
     xs, ys = [], []

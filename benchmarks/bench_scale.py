@@ -101,7 +101,7 @@ def main(argv=None):
     import dask.array as da
     from distributed import Client
 
-    from dask_em import _engine
+    from dask_em import engine
     from dask_em.gaussian import GaussianFamily
     from dask_em.datasets import make_mixture
 
@@ -167,10 +167,10 @@ def main(argv=None):
             small = np.random.default_rng(0).normal(size=(200_000, 4))
             for chunks in (50, 200, 800):
                 X = da.from_array(small, chunks=(len(small) // chunks, -1))
-                state = {"family": GaussianFamily(), "context": np.zeros(4), "params": [{
+                state = engine.RoundState(GaussianFamily(), np.zeros(4), [{
                     "covariance_type": "full", "weights": np.full(2, 0.5),
-                    "means": np.zeros((2, 4)), "precisions_cholesky": np.stack([np.eye(4)] * 2)}]}
-                g = _engine.round_graph(X, None, state, split_every=None)
+                    "means": np.zeros((2, 4)), "precisions_cholesky": np.stack([np.eye(4)] * 2)}])
+                g = engine.round_graph(X, None, state, split_every=None)
                 tasks = len(dict(g.__dask_graph__()))
                 t = fit_seconds(X, 2, 5)
                 print(f"{chunks:7d} {tasks:10d} {t:8.3f} {1e3 * t / tasks:8.3f}")
@@ -184,11 +184,11 @@ def main(argv=None):
         X = da.zeros((rows_tb, dd), chunks=(chunk_rows, dd))
         for restarts in (1, 8):
             rng = np.random.default_rng(0)
-            state = {"family": GaussianFamily(), "context": np.zeros(dd), "params": [{
+            state = engine.RoundState(GaussianFamily(), np.zeros(dd), [{
                 "covariance_type": "full", "weights": np.full(8, 1 / 8), "means": rng.normal(size=(8, dd)),
-                "precisions_cholesky": np.stack([np.eye(dd)] * 8)} for _ in range(restarts)]}
+                "precisions_cholesky": np.stack([np.eye(dd)] * 8)} for _ in range(restarts)])
             tic = time.perf_counter()
-            g = _engine.round_graph(X, None, state, split_every=None)
+            g = engine.round_graph(X, None, state, split_every=None)
             graph = dict(g.__dask_graph__())
             built = time.perf_counter() - tic
             size = len(pickle.dumps(graph, protocol=5))

@@ -4,30 +4,22 @@
 >>> gm = dask_em.GaussianMixture(n_components=8, n_init=4, random_state=0)
 >>> gm.fit("points.zarr")                      # doctest: +SKIP
 >>> gm.predict("points.zarr")                  # lazy dask array, same row chunks  # doctest: +SKIP
+
+The modules, in the order data flows through them, are described in
+``docs/architecture.md``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-from ._engine import Preempted, request_stop
-from .io import as_dask_array, open_zarr
-from .discrete import (
-    BernoulliFamily,
-    BernoulliMixture,
-    CategoricalFamily,
-    CategoricalMixture,
-    PoissonFamily,
-    PoissonMixture,
-)
+from ._version import __version__
+from .discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
+from .discrete_mixture import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .family import Family
 from .gaussian import GaussianFamily
-from .mixture import GaussianMixture, Mixture
+from .gaussian_mixture import GaussianMixture
+from .io import as_dask_array, open_zarr
+from .mixture import Mixture
+from .restarts import Preempted, request_stop
 from .selection import SelectionResult, select_model
 from .store import load, save
-
-try:
-    __version__ = version("dask-em")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "BernoulliFamily",

@@ -1,5 +1,8 @@
 """Checkpoints: the whole fitting state after every M-step, written atomically.
 
+What a checkpoint holds (:func:`state`) and how it comes back (:func:`restore`)
+live here with the file format, so a resume reads exactly what a write wrote.
+
 A checkpoint is one ``.npz`` file (numpy arrays, no pickle) holding every
 restart's parameters plus a JSON document: iteration counts, lower-bound
 histories, seeds, convergence and failure states, the estimator parameters
@@ -18,10 +21,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from typing import Any
 
 import numpy as np
+
+from ._json import json_safe
+from .restarts import Restart
 
 FORMAT_VERSION = 1
 # Parameters a resumed fit may change; every other constructor parameter must match.
@@ -58,13 +63,14 @@ def write(path: str, meta: dict, arrays: dict[str, np.ndarray], storage_options:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        # Fault injection for the tests that kill a fit in the middle of a write.
-        delay = float(os.environ.get("DASK_EM_TEST_CHECKPOINT_DELAY", "0") or 0)
-        if delay:
-            time.sleep(delay)
-        os.replace(tmp, fspath)
+        replace_file(tmp, fspath)
     else:
         fs.pipe_file(fspath, data)
+
+
+def replace_file(tmp: str, final: str) -> None:
+    """Move a fully written temporary file over the checkpoint (atomic on one filesystem)."""
+    os.replace(tmp, final)
 
 
 def read(path: str, storage_options: dict | None = None) -> tuple[dict, dict[str, np.ndarray]] | None:
@@ -109,20 +115,68 @@ def check_compatible(path: str, meta: dict, fingerprint: dict, params: dict) -> 
             )
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    return value
-
-
 def matching_params(params: dict) -> dict:
     """The parameters a resume must match, as JSON values."""
     out = {}
     for name in sorted(params):
         if name in FREE_PARAMS:
             continue
-        value = _plain(params.get(name))
+        value = params.get(name)
+        if isinstance(value, (np.integer, np.floating)):
+            value = value.item()
         out[name] = value if isinstance(value, (int, float, str, type(None))) else repr(value)
     return out
+
+
+# ---------------------------------------------------------------------------
+# What a checkpoint holds
+# ---------------------------------------------------------------------------
+
+
+def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> tuple[dict, dict]:
+    """JSON metadata and arrays of every restart: what a resume needs."""
+    arrays = {} if context is None else {"context": np.asarray(context)}
+    entries = []
+    for r in restarts:
+        entry = r.summary()
+        entry["has_params"] = r.params is not None
+        entry["dropped_components"] = [list(x) for x in r.dropped]
+        entry["param_values"] = {}
+        if r.params is not None:
+            for key, value in r.params.items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"r{r.index}.{key}"] = value
+                elif key not in ("dropped", "error"):
+                    entry["param_values"][key] = value
+        entries.append(entry)
+    meta = {"fingerprint": fingerprint, "params": matching_params(params), "restarts": json_safe(entries)}
+    return meta, arrays
+
+
+def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
+    """The context and the restarts a checkpoint holds."""
+    restarts = []
+    for e in meta["restarts"]:
+        params = None
+        if e["has_params"]:
+            prefix = f"r{e['restart']}."
+            params = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+            params.update(e.get("param_values", {}))
+        restarts.append(
+            Restart(
+                index=e["restart"],
+                seed=e["seed"],
+                params=params,
+                variant=e["covariance_type"],
+                history=[np.nan if v is None else v for v in e["history"]],
+                n_iter=e["n_iter"],
+                converged=e["converged"],
+                error=e["error"],
+                dropped=[tuple(x) for x in e["dropped_components"]],
+                seconds=e.get("seconds", 0.0),
+                stopped=e.get("stopped"),
+                start=e.get("start", ""),
+                short_iter=e.get("short_iter", 0),
+            )
+        )
+    return arrays.get("context"), restarts

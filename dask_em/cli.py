@@ -17,37 +17,27 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from typing import Any
 
 import click
 
+from ._base import information_criteria
+from ._covariance import COVARIANCE_TYPES
+from ._json import json_safe
+from .output import CODECS, atomic_output, exists, remove
+from .registry import FAMILY_NAMES, estimator_for_family
+from .runner import cluster, connect
+from .starts import INIT_METHODS
+
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_FAILED, EXIT_PREEMPTED = 0, 2, 3, 4, 75
 
-
-def _zstd():
-    from zarr.codecs import ZstdCodec
-
-    return ZstdCodec(level=3)
-
-
-def _lz4():
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-
-
-# Codecs for stores dask-em writes. Measured on 2M x 16 random float64 (256 MiB), read + sum
-# on 2 threads: none 0.14 s (256 MiB), Blosc lz4+shuffle 0.27 s (229 MiB), zstd 0.31 s (234 MiB).
-CODECS = {"none": lambda: None, "lz4": _lz4, "zstd": _zstd}
 
 logger = logging.getLogger("dask_em")
 
@@ -71,7 +61,8 @@ def _user_errors():
 
     try:
         yield
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ModelStoreError, CheckpointError) as exc:
+    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ConnectionError, ModelStoreError,
+            CheckpointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise Failure(str(message).splitlines()[0] if message else type(exc).__name__) from None
 
@@ -95,103 +86,9 @@ def _parse_storage_options(pairs: tuple[str, ...], base: dict | None = None) -> 
     return options or None
 
 
-def _exists(path: str, storage_options: dict | None) -> bool:
-    import fsspec
-
-    fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    return fs.exists(p)
-
-
 def _refuse_existing(path: str, overwrite: bool, storage_options: dict | None = None) -> None:
-    if not overwrite and _exists(path, storage_options):
+    if not overwrite and exists(path, storage_options):
         raise Failure(f"{path!r} exists; pass --overwrite to replace it.")
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str, storage_options: dict | None, overwrite: bool):
-    """Yield a temporary path beside ``path``; move it into place only on success.
-
-    Local paths are renamed (atomic). On an object store the objects are moved
-    with the root ``zarr.json`` last, so an interrupted move leaves nothing
-    that opens as Zarr under the final name.
-    """
-    import fsspec
-
-    fs, final = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    local = "file" in protocols or "local" in protocols
-    tmp_final = f"{final.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp_url = tmp_final if local else fs.unstrip_protocol(tmp_final)
-    try:
-        yield tmp_url
-    except BaseException:
-        with contextlib.suppress(Exception):
-            fs.rm(tmp_final, recursive=True)
-        raise
-    if fs.exists(final):
-        if not overwrite:  # pragma: no cover - checked before any work
-            raise Failure(f"{path!r} appeared while writing; not replacing it.")
-        fs.rm(final, recursive=True)
-    if local:
-        os.replace(tmp_final, final)
-    else:
-        files = sorted(fs.find(tmp_final), key=lambda f: f.endswith("zarr.json"))
-        for f in files:
-            fs.mv(f, final + f[len(tmp_final):])
-        fs.rm(tmp_final, recursive=True)
-
-
-@contextlib.contextmanager
-def _scheduler(address: str | None):
-    """Connect to ``--scheduler`` for the command's duration (else the library's default)."""
-    if not address:
-        yield
-        return
-    from distributed import Client
-
-    try:
-        client = Client(address, timeout="20s")
-    except OSError as exc:
-        raise Failure(f"cannot reach the scheduler at {address!r}: {exc}") from None
-    with client:
-        yield
-
-
-def _spec_with_image(spec_path: str) -> dict:
-    """A DaskCluster spec whose ``image: SAME`` entries take this pod's image (DASK_EM_IMAGE)."""
-    import yaml
-
-    try:
-        with open(spec_path) as f:
-            spec = yaml.safe_load(f)
-    except OSError as exc:
-        raise Failure(f"cannot read the cluster spec {spec_path!r}: {exc.strerror}") from None
-    if not isinstance(spec, dict) or spec.get("kind") != "DaskCluster":
-        raise Failure(f"{spec_path!r} must hold a DaskCluster manifest (kind: DaskCluster).")
-    image = os.environ.get("DASK_EM_IMAGE")
-    for part in ("scheduler", "worker"):
-        for container in spec["spec"][part]["spec"]["containers"]:
-            if container.get("image") == "SAME":
-                if not image:
-                    raise Failure(f"{spec_path!r} asks for image SAME but DASK_EM_IMAGE is not set.")
-                container["image"] = image
-    return spec
-
-
-@contextlib.contextmanager
-def _cluster(address: str | None, kube_cluster: str | None):
-    """--scheduler, else DASK_SCHEDULER_ADDRESS, else a KubeCluster from --kube-cluster, else local."""
-    if address or os.environ.get("DASK_SCHEDULER_ADDRESS") or not kube_cluster:
-        with _scheduler(address):
-            yield
-        return
-    spec = _spec_with_image(kube_cluster)
-    from dask_kubernetes.operator import KubeCluster
-    from distributed import Client
-
-    logger.info("starting the Dask cluster %s through the operator", spec["metadata"]["name"])
-    with KubeCluster(custom_cluster_spec=spec, shutdown_on_close=True) as cluster, Client(cluster):
-        yield
 
 
 def _setup_logging(quiet: bool, as_json: bool) -> None:
@@ -203,9 +100,7 @@ def _setup_logging(quiet: bool, as_json: bool) -> None:
 
 
 def _echo_json(obj: Any, err: bool = False) -> None:
-    from .store import _json_safe
-
-    click.echo(json.dumps(_json_safe(obj)), err=err)
+    click.echo(json.dumps(json_safe(obj)), err=err)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -230,7 +125,7 @@ _FIT_CONFIG_KEYS = {
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories",
 }
 
-FAMILIES = ("gaussian", "bernoulli", "poisson", "categorical")
+FAMILIES = FAMILY_NAMES
 
 
 def _parse_categories(text: str | int | list | None):
@@ -249,8 +144,6 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
     """The estimator of --family, refusing options that belong to another family."""
     from click.core import ParameterSource
 
-    from . import BernoulliMixture, CategoricalMixture, GaussianMixture, PoissonMixture
-
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
@@ -258,7 +151,7 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
         for name in ("pseudo_count", "n_categories"):
             if given(name):
                 raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family gaussian.")
-        return GaussianMixture(components, covariance_type=covariance_type, reg_covar=reg_covar, **common)
+        return estimator_for_family(family)(components, covariance_type=covariance_type, reg_covar=reg_covar, **common)
     for name in ("covariance_type", "reg_covar"):
         if given(name):
             raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian; received --family {family}.")
@@ -266,11 +159,10 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
     if family == "categorical":
         if n_categories is None:
             raise Failure("--family categorical needs --n-categories (one int for all features, or 3,5,2 per feature).")
-        return CategoricalMixture(components, n_categories=_parse_categories(n_categories), **extra, **common)
+        return estimator_for_family(family)(components, n_categories=_parse_categories(n_categories), **extra, **common)
     if given("n_categories"):
         raise Failure(f"--n-categories applies to --family categorical; received --family {family}.")
-    cls = {"bernoulli": BernoulliMixture, "poisson": PoissonMixture}[family]
-    return cls(components, **extra, **common)
+    return estimator_for_family(family)(components, **extra, **common)
 
 
 def _load_config(ctx: click.Context, _param, value: str | None):
@@ -305,14 +197,14 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--components", "-k", type=int, default=1, show_default=True)
 @click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
               help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical (codes).")
-@click.option("--covariance-type", type=click.Choice(["full", "tied", "diag", "spherical"]), default="full", show_default=True, help="gaussian only.")
+@click.option("--covariance-type", type=click.Choice(COVARIANCE_TYPES), default="full", show_default=True, help="gaussian only.")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
-@click.option("--init-params", type=click.Choice(["kmeans", "k-means++", "random", "random_from_data"]), default="kmeans", show_default=True)
+@click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=None, help="random_state.")
 @click.option("--variable", help="Variable of an xarray-written Zarr group.")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help="fsspec option for remote stores (repeatable; dotted keys nest).")
@@ -331,8 +223,8 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
-    from . import save
-    from ._engine import Preempted, request_stop
+    from .store import save
+    from .restarts import Preempted, request_stop
 
     config = ctx.meta.get("config", {})
     input = input or config.get("input")
@@ -368,7 +260,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         _echo_json({"event": "started", "input": input, "pid": os.getpid()}, err=True)
     tic = time.perf_counter()
     try:
-        with _user_errors(), _cluster(scheduler, kube_cluster), warnings.catch_warnings():
+        with _user_errors(), cluster(scheduler, kube_cluster), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # reported below, in the summary and exit code
             try:
                 model.fit(input, variable=variable, storage_options=options, chunk_rows=chunk_rows,
@@ -381,13 +273,10 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
                 if str(exc).startswith("every restart failed"):
                     raise Failure(str(exc), EXIT_FAILED) from None
                 raise
-            with _atomic_output(output, options, overwrite) as tmp:
+            with atomic_output(output, options, overwrite) as tmp:
                 save(model, tmp, storage_options=options)
-            if clear_checkpoint and checkpoint and _exists(checkpoint, options):
-                import fsspec
-
-                fs, path = fsspec.core.url_to_fs(checkpoint, **(options or {}))
-                fs.rm(path)
+            if clear_checkpoint and checkpoint and exists(checkpoint, options):
+                remove(checkpoint, options)
     finally:
         signal.signal(signal.SIGTERM, previous)
     summary = _summary(model, output)
@@ -406,7 +295,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
 def _summary(model, path: str | None = None) -> dict:
     return {
         "model": path,
-        "family": model._family().name,
+        "family": model.make_family().name,
         "estimator": type(model).__name__,
         "covariance_type": getattr(model, "covariance_type", None),
         "n_components": int(model.n_components_),
@@ -494,7 +383,8 @@ def _parse_components(text: str) -> list[int]:
 def select(input, output, table_path, components, family, covariance_types, pseudo_count, n_categories, criterion,
            n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
     """Fit a grid of K (and covariance types) side by side; write the best model and the table."""
-    from . import save, select_model
+    from .selection import select_model
+    from .store import save
 
     options = _parse_storage_options(storage_option)
     ks = _parse_components(components)
@@ -524,14 +414,14 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         if table_path:
             _refuse_existing(table_path, overwrite)
     tic = time.perf_counter()
-    with _user_errors(), _scheduler(scheduler), warnings.catch_warnings():
+    with _user_errors(), connect(scheduler), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = select_model(
             input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
             random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
             storage_options=options, chunk_rows=chunk_rows, family=family, **family_params,
         )
-        with _atomic_output(output, options, overwrite) as tmp:
+        with atomic_output(output, options, overwrite) as tmp:
             save(result.best_estimator_, tmp, storage_options=options)
     frame = result.criteria.to_dataframe().reset_index()
     if table_path:
@@ -555,7 +445,7 @@ def select(input, output, table_path, components, family, covariance_types, pseu
 
 
 def _load_model(path: str, options: dict | None):
-    from . import load
+    from .store import load
 
     with _user_errors():
         return load(path, storage_options=options)
@@ -575,7 +465,7 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
     """Write the labels of INPUT under MODEL to a Zarr store with INPUT's row chunks."""
     import dask.array as da
 
-    from ._engine import Runner
+    from .runner import Runner
 
     options = _parse_storage_options(storage_option)
     model = _load_model(model_path, options)
@@ -585,7 +475,7 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
         result = model.predict_proba(input, **kw) if proba else model.predict(input, **kw)
         result = getattr(result, "data", result)  # xarray -> dask
     tic = time.perf_counter()
-    with _user_errors(), _scheduler(scheduler), _atomic_output(output, options, overwrite) as tmp:
+    with _user_errors(), connect(scheduler), atomic_output(output, options, overwrite) as tmp:
         with Runner() as runner:
             runner.compute(da.to_zarr(result, tmp, storage_options=options, compute=False))
     click.echo(
@@ -608,18 +498,12 @@ def score(model_path, input, variable, storage_option, scheduler, chunk_rows, as
 
     options = _parse_storage_options(storage_option)
     model = _load_model(model_path, options)
-    with _user_errors(), _scheduler(scheduler):
+    with _user_errors(), connect(scheduler):
         kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
         n = as_dask_array(input, **kw).data.shape[0]
         mean = model.score(input, **kw)
-    p = model._n_parameters()
-    result = {
-        "n_samples": n,
-        "mean_log_likelihood": mean,
-        "bic": -2 * mean * n + p * math.log(n),
-        "aic": -2 * mean * n + 2 * p,
-        "n_parameters": p,
-    }
+    p = model.n_parameters()
+    result = {"n_samples": n, "mean_log_likelihood": mean, **information_criteria(mean, n, p), "n_parameters": p}
     if as_json:
         _echo_json(result)
     else:
@@ -683,7 +567,7 @@ def _generate(output, samples, features, components, seed, chunk_rows, separatio
     import dask.array as da
     import zarr
 
-    from ._engine import Runner
+    from .runner import Runner
     from .datasets import make_family_mixture, make_mixture
 
     with _user_errors():
@@ -699,7 +583,7 @@ def _generate(output, samples, features, components, seed, chunk_rows, separatio
                  **{name: value.tolist() for name, value in spec.params.items()}}
         if family == "categorical":
             truth["n_categories"] = n_categories
-    with _user_errors(), _scheduler(scheduler), _atomic_output(output, options, overwrite) as tmp:
+    with _user_errors(), connect(scheduler), atomic_output(output, options, overwrite) as tmp:
         with Runner() as runner:
             target = zarr.create_array(
                 tmp, shape=x.shape, chunks=(chunk_rows, features), dtype=x.dtype,
@@ -723,7 +607,7 @@ def demo(samples: int, features: int, components: int, n_init: int, seed: int, k
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
-    from . import GaussianMixture
+    from .gaussian_mixture import GaussianMixture
 
     _setup_logging(False, False)
     workdir = keep or tempfile.mkdtemp(prefix="dask-em-demo-")

@@ -1,9 +1,10 @@
 """The family protocol: what a mixture's component distribution provides.
 
-The engine (:mod:`dask_em._engine`) fits a mixture of any family that
-subclasses :class:`Family`. It owns the mixture weights, the responsibilities,
-the log-likelihood, the tree reduction, restarts, checkpoints and the model
-store; a family only ever sees rows, their (responsibility x sample) weights,
+The library fits a mixture of any family that subclasses :class:`Family`.
+The engine (:mod:`dask_em.engine`) owns the mixture weights, the
+responsibilities, the log-likelihood and the tree reduction; the restarts,
+checkpoints and the model store sit above it and never look inside a family's
+parameters. A family only ever sees rows, their (responsibility x sample) weights,
 and its own parameters, so a component never knows it sits in a mixture
 (pomegranate's ``summarize`` / ``from_summaries`` split).
 
@@ -61,6 +62,9 @@ and may override (defaults in brackets):
     Data-dependent constants computed once from the initialisation sample and
     handed to every call that takes ``context`` (the Gaussian centering point).
     [``None``]
+``recenter(params, context, new_context)``
+    The same parameters expressed under another context (model selection
+    runs candidates whose samples differ under one context). [unchanged]
 ``init_features(sample, context)``
     Where the k-means of the starts runs. [``sample`` as float64]
 ``init_params(x, w, resp, context, settings)``
@@ -82,7 +86,10 @@ and may override (defaults in brackets):
     a Gaussian), so ``check_rows`` runs only then. [False]
 ``panel_rows``
     Rows per panel of the default ``estep``; set it when ``prepare_rows``
-    makes wide rows. [None: 2**18 // K]
+    makes wide rows. [None: PANEL_CELLS // K]
+``bound_fell_hint(params)``
+    Why this family's EM bound can fall beyond round-off (logged with the
+    warning when it does). [a generic sentence]
 
 One family object serves every restart of a fit. It travels to the workers
 inside the round's parameters: frozen dataclasses pickle by reference to
@@ -108,7 +115,7 @@ MASS_EPS = 10 * np.finfo(np.float64).eps
 # microseconds, so panels must be long for two threads to overlap: measured on
 # 2 cores (Bernoulli, 2M x 16 bool rows, K=8, in memory) 2**16 gave 0.116 s per
 # pass, 2**18 0.098 s, 2**20 0.136 s (the panel falls out of cache).
-_PANEL_CELLS = 2**18
+PANEL_CELLS = 2**18
 
 # exp() of anything below this is floored to exp(-600) ~ 1e-261: it keeps
 # responsibilities out of the subnormal range, where every multiply in the
@@ -207,6 +214,15 @@ class Family:
     def context(self, sample: np.ndarray, weights: np.ndarray | None) -> Any:
         return None
 
+    def recenter(self, params: Params, context: Any, new_context: Any) -> Params:
+        return params
+
+    def bound_fell_hint(self, params: Params) -> str:
+        return (
+            "EM's bound cannot fall in exact arithmetic when the M-step maximises it; a prior "
+            "(pseudo-count) or round-off in near-degenerate components can make it fall"
+        )
+
     def init_features(self, sample: np.ndarray, context: Any) -> np.ndarray:
         return np.asarray(sample, dtype=np.float64)
 
@@ -247,7 +263,7 @@ class Family:
     def weighted_log_prob(self, x: np.ndarray, params: Params, context: Any) -> np.ndarray:
         n, k = x.shape[0], len(params["weights"])
         out = np.empty((n, k))
-        panel = max(1, self.panel_rows or _PANEL_CELLS // max(k, 1))
+        panel = max(1, self.panel_rows or PANEL_CELLS // max(k, 1))
         with np.errstate(divide="ignore"):
             log_w = np.log(params["weights"])
         for lo in range(0, n, panel):
@@ -275,7 +291,7 @@ class Family:
         n = x.shape[0]
         ks = [len(p["weights"]) for p in params_list]
         # One panel size for all restarts, so each panel is prepared once.
-        panel = max(1, min(n, self.panel_rows or _PANEL_CELLS // max(ks)))
+        panel = max(1, min(n, self.panel_rows or PANEL_CELLS // max(ks)))
         with np.errstate(divide="ignore"):
             log_ws = [np.log(p["weights"]) for p in params_list]
         records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "nk": np.zeros(k), "stats": None} for k in ks]

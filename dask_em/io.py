@@ -298,3 +298,66 @@ def _from_xarray(X, variable, chunk_rows, what) -> Prepared:
     rows = chunk_rows or auto_row_chunks(X.shape[0], X.shape[1], 8)
     arr = da.from_array(np.asarray(data), chunks=(rows, -1))
     return Prepared(arr, "xarray", sample_dim, coord, names, xarray_backed_by_numpy=True)
+
+
+# ---------------------------------------------------------------------------
+# Row weights and the training data's fingerprint
+# ---------------------------------------------------------------------------
+
+
+def check_weights(w: np.ndarray, where: str) -> None:
+    """Refuse negative or non-finite row weights, naming the first (``where`` formats its index)."""
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"sample_weight must be finite and non-negative; received {float(w[first])!r} "
+            f"at {where.format(first)}. Replace or drop those rows."
+        )
+
+
+def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
+    """``sample_weight`` as a dask array chunked like the rows of ``X`` (None stays None).
+
+    In-memory weights are checked here, whole; dask weights chunk by chunk in
+    the first E-step.
+    """
+    if sample_weight is None:
+        return None
+    if type(sample_weight).__module__.split(".")[0] == "xarray":
+        sample_weight = sample_weight.data
+    n = X.shape[0]
+    if isinstance(sample_weight, da.Array):
+        if sample_weight.shape != (n,):
+            raise ValueError(
+                f"sample_weight must have shape ({n},) to match X; received {sample_weight.shape}."
+            )
+        if sample_weight.chunks[0] != X.chunks[0]:
+            raise ValueError(
+                "sample_weight must be chunked like the rows of X; received chunks "
+                f"{sample_weight.chunks[0][:4]}... for X's {X.chunks[0][:4]}...: use "
+                "sample_weight.rechunk(X.chunks[0])."
+            )
+        return sample_weight
+    w = np.asarray(sample_weight)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) to match X; received {w.shape}.")
+    if w.dtype.kind not in "fiub":
+        raise TypeError(f"sample_weight must be numeric; received dtype {w.dtype}.")
+    w = w.astype(np.float64)
+    check_weights(w, "row {}")
+    if not w.sum() > 0:
+        raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
+    return da.from_array(w, chunks=(X.chunks[0],))
+
+
+def fingerprint(prepared: Prepared, X) -> dict:
+    """What identifies the training data without reading it (``X`` as given to fit)."""
+    data = prepared.data
+    source = os.fspath(X) if isinstance(X, (str, os.PathLike)) else None
+    return {
+        "shape": list(data.shape),
+        "dtype": str(data.dtype),
+        "row_chunks": [int(data.chunks[0][0]), len(data.chunks[0])],
+        "source": source,
+    }

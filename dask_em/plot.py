@@ -95,7 +95,7 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
     """
     from matplotlib.patches import Ellipse
 
-    from ._init import sample_indices
+    from .starts import sample_indices
     from .io import as_dask_array
 
     if not hasattr(model, "covariances_"):

@@ -27,12 +27,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from . import gaussian
-from ._engine import Runner, run_em, score_round
-from .io import as_dask_array
+from ._base import BaseMixture, fit_models, information_criteria
+from ._covariance import COVARIANCE_TYPES
 from .family import Family
-from .mixture import BaseMixture, GaussianMixture, Mixture
-from .store import fingerprint
+from .mixture import Mixture
+from .registry import estimator_for_family
 
 CRITERIA = ("bic", "aic", "icl")
 
@@ -90,17 +89,12 @@ class SelectionResult:
         )
 
 
-_FAMILY_NAMES = ("gaussian", "bernoulli", "poisson", "categorical")
-
-
 def _candidates(n_components, covariance_types, family) -> tuple[list[int], list[str]]:
     ks = [n_components] if isinstance(n_components, int) else list(n_components)
     if not ks or any(not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1 for k in ks):
         raise ValueError(f"n_components must be ints >= 1 (e.g. range(1, 11)); received {ks!r}.")
-    if not isinstance(family, Family) and family not in _FAMILY_NAMES:
-        raise ValueError(
-            f"family must be one of {_FAMILY_NAMES} or a dask_em.family.Family; received {family!r}."
-        )
+    if not isinstance(family, Family):
+        estimator_for_family(family)  # refuses an unknown name, listing the valid ones
     if family != "gaussian":
         if covariance_types is not None:
             raise ValueError(
@@ -109,12 +103,12 @@ def _candidates(n_components, covariance_types, family) -> tuple[list[int], list
         name = family.name if isinstance(family, Family) else family
         return sorted(set(int(k) for k in ks)), [name]
     if covariance_types is None:
-        covariance_types = gaussian.COVARIANCE_TYPES
+        covariance_types = COVARIANCE_TYPES
     types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
-    bad = [t for t in types if t not in gaussian.COVARIANCE_TYPES]
+    bad = [t for t in types if t not in COVARIANCE_TYPES]
     if not types or bad:
         raise ValueError(
-            f"covariance_types must be a subset of {gaussian.COVARIANCE_TYPES}; received {types!r}."
+            f"covariance_types must be a subset of {COVARIANCE_TYPES}; received {types!r}."
         )
     return sorted(set(int(k) for k in ks)), list(dict.fromkeys(types))
 
@@ -165,77 +159,23 @@ def select_model(
         if name in gaussian_mixture_params:
             raise TypeError(f"select_model takes no {name}: each candidate starts on its own.")
     ks, types = _candidates(n_components, covariance_types, family)
-    prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
-    data = prep.data
-    n, d = data.shape
-    if max(ks) > n:
-        raise ValueError(f"X has {n} rows, fewer than n_components={max(ks)}; lower the largest K.")
     common = dict(n_init=n_init, random_state=random_state, **gaussian_mixture_params)
-    if family == "gaussian":
-        estimators = {(k, t): GaussianMixture(k, covariance_type=t, **common) for k in ks for t in types}
-    elif isinstance(family, Family):
+    if isinstance(family, Family):
         estimators = {(k, types[0]): Mixture(family, k, **common) for k in ks}
+    elif family == "gaussian":
+        cls = estimator_for_family(family)
+        estimators = {(k, t): cls(k, covariance_type=t, **common) for k in ks for t in types}
     else:
-        from . import discrete
-
-        cls = {"bernoulli": discrete.BernoulliMixture, "poisson": discrete.PoissonMixture,
-               "categorical": discrete.CategoricalMixture}[family]
+        cls = estimator_for_family(family)
         estimators = {(k, types[0]): cls(k, **common) for k in ks}
     template = next(iter(estimators.values()))
-    for est in estimators.values():
-        est._validate_params()
-    template._check_data(data)
-    family_object = template._family()  # one for the grid: covariance types travel in params
-    w = template._prepare_weights(sample_weight, data)
-
-    with Runner() as runner:
-        if not prep.lazy:
-            data = runner.persist_in_memory(data)
-            w = runner.persist_in_memory(w) if w is not None else None
-        salt = runner.salt()  # one salt: candidates with the same sample share its reads
-        graphs, seeds, methods = zip(
-            *(est._start_graph(data, w, n, est._start_settings(d), salt=salt) for est in estimators.values())
-        )
-        starts = runner.compute(list(graphs))
-        shift = starts[0][0]
-        for cand_shift, cand_starts in starts:
-            # Gaussian candidates whose samples differ (K > 20) are re-centered on one shift.
-            for params in cand_starts:
-                if "means" in params and shift is not None:
-                    params["means"] = params["means"] + (cand_shift - shift)
-        restarts_by_candidate = {
-            key: est._restarts_from(cand_seeds, cand_methods, cand_starts)
-            for (key, est), cand_seeds, cand_methods, (_, cand_starts)
-            in zip(estimators.items(), seeds, methods, starts)
-        }
-        everything = [r for own in restarts_by_candidate.values() for r in own]
-        run_em(
-            data, w, everything,
-            family=family_object,
-            context=shift,
-            tol=template.tol,
-            max_iter=template.max_iter,
-            split_every=template.split_every,
-            runner=runner,
-        )
-        fitted = {}
-        for key, est in estimators.items():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # summarised in the table's converged column
-                try:
-                    est._set_fitted(restarts_by_candidate[key], shift, d, prep)
-                except ValueError:
-                    continue  # every restart failed: the table says so
-            est.training_data_ = fingerprint(prep, X)
-            fitted[key] = est
-        best_restarts = []
-        for key, est in fitted.items():
-            best = restarts_by_candidate[key][est.best_restart_]
-            best_restarts.append(best)
-        scores = (
-            score_round(data, w, best_restarts, family=family_object, context=shift, split_every=template.split_every, runner=runner)
-            if best_restarts else []
-        )
+    scores = fit_models(
+        list(estimators.values()), X, sample_weight=sample_weight, variable=variable,
+        storage_options=storage_options, chunk_rows=chunk_rows, score=True,
+    )
+    fitted = {key: est for key, est in estimators.items() if hasattr(est, "weights_")}
+    n = next(iter(fitted.values())).training_data_["shape"][0] if fitted else 0
+    family_name = template.make_family().name
 
     import xarray as xr
 
@@ -244,14 +184,16 @@ def select_model(
     n_params = np.zeros(shape, dtype=np.int64)
     converged = np.zeros(shape, dtype=bool)
     n_iter = np.zeros(shape, dtype=np.int64)
-    for (key, est), score in zip(fitted.items(), scores):
+    for (key, est), score in zip(estimators.items(), scores):
+        if score is None:
+            continue  # every restart failed: the table says so
         i, j = ks.index(key[0]), types.index(key[1])
-        p = est._n_parameters()
+        p = est.n_parameters()
         loglik = score.lower_bound * n  # as GaussianMixture.bic: mean log-likelihood times rows
-        bic = -2 * loglik + p * math.log(n)
-        table["bic"][i, j] = bic
-        table["aic"][i, j] = -2 * loglik + 2 * p
-        table["icl"][i, j] = bic - 2 * score.entropy * n / score.wsum
+        criteria = information_criteria(score.lower_bound, n, p)
+        table["bic"][i, j] = criteria["bic"]
+        table["aic"][i, j] = criteria["aic"]
+        table["icl"][i, j] = criteria["bic"] - 2 * score.entropy * n / score.wsum
         table["lower_bound"][i, j] = est.lower_bound_
         table["log_likelihood"][i, j] = loglik
         n_params[i, j] = p
@@ -267,7 +209,7 @@ def select_model(
         },
         coords={"n_components": ks, "covariance_type": types},
         attrs={"criterion": criterion, "n_samples": n, "sign": "lower is better (scikit-learn)",
-               "family": family_object.name},
+               "family": family_name},
     )
     if family != "gaussian":
         criteria = criteria.isel(covariance_type=0, drop=True)

@@ -23,11 +23,15 @@ to import.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any
 
 import numpy as np
+
+from ._base import FittedState, restore_fitted
+from ._json import json_safe
+from ._version import __version__
+from .registry import estimator_class
 
 FORMAT_VERSION = 2
 
@@ -36,51 +40,20 @@ class ModelStoreError(ValueError):
     """A path that is not a readable dask-em model store."""
 
 
-def _json_safe(value: Any) -> Any:
-    """Numbers, lists and dicts that JSON can hold (NaN and inf become None)."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _json_safe(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
-
-
-def fingerprint(prepared, X) -> dict:
-    """What identifies the training data without reading it (``X`` as given to fit)."""
-    data = prepared.data
-    source = os.fspath(X) if isinstance(X, (str, os.PathLike)) else None
-    return {
-        "shape": list(data.shape),
-        "dtype": str(data.dtype),
-        "row_chunks": [int(data.chunks[0][0]), len(data.chunks[0])],
-        "source": source,
-    }
-
-
 def _family_record(family) -> dict:
     cls = type(family)
     fields = dataclasses.asdict(family) if dataclasses.is_dataclass(family) else {}
-    return {"class": f"{cls.__module__}:{cls.__qualname__}", "name": family.name, "fields": _json_safe(fields)}
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "name": family.name, "fields": json_safe(fields)}
 
 
 def save(model, path: str | os.PathLike, *, storage_options: dict | None = None, overwrite: bool = False) -> None:
     """Write a fitted model to a Zarr group at ``path`` (local path or fsspec URL)."""
     import zarr
 
-    from . import __version__
-
     if not hasattr(model, "weights_"):
         raise ValueError("the model is not fitted; call fit before save.")
-    context = model._context
+    state = model.fitted_state()
+    context = state.context
     if context is not None and not isinstance(context, np.ndarray):
         raise TypeError(
             f"the family's context is a {type(context).__name__}; the model store holds a numpy "
@@ -92,7 +65,7 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise FileExistsError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it.") from None
     shapes, values = {}, {}
-    for name, value in model._params.items():
+    for name, value in state.params.items():
         if isinstance(value, np.ndarray):
             group.create_array(f"params/{name}", data=value)
             shapes[name] = list(value.shape)
@@ -109,7 +82,7 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None  # a Generator is not data; the seeds are in restarts
     tuples = sorted(name for name, value in params.items() if isinstance(value, tuple))
-    family = model._family()
+    family = state.family
     if "family" in params:
         params["family"] = None  # an object: recorded below, passed again to load
     attrs = {
@@ -134,7 +107,7 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
         "restarts": model.restarts_,
         "training_data": getattr(model, "training_data_", None),
     }
-    group.attrs["dask_em"] = _json_safe(attrs)
+    group.attrs["dask_em"] = json_safe(attrs)
 
 
 def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> tuple[Any, dict]:
@@ -163,12 +136,6 @@ def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> 
     return group, attrs
 
 
-def _estimators() -> dict:
-    from . import mixture
-
-    return mixture.BaseMixture.registry
-
-
 def _check_layout(path: str, group, attrs: dict, family=None):
     """Refuse a store whose attributes or arrays do not describe a model (before reading data).
 
@@ -182,9 +149,10 @@ def _check_layout(path: str, group, attrs: dict, family=None):
     shapes, values = attrs.get("arrays"), attrs.get("param_values")
     if not all(isinstance(v, dict) for v in (params, fitted, shapes, values)):
         raise bad("its 'params', 'fitted', 'arrays' and 'param_values' attributes are missing or not mappings")
-    cls = _estimators().get(attrs.get("estimator"))
-    if cls is None:
-        raise bad(f"unknown estimator {attrs.get('estimator')!r}; expected one of {sorted(_estimators())}")
+    try:
+        cls = estimator_class(attrs.get("estimator"))
+    except ValueError as exc:
+        raise bad(str(exc)) from None
     allowed = set(cls().get_params())
     unknown = sorted(set(params) - allowed)
     if unknown:
@@ -207,16 +175,17 @@ def _check_layout(path: str, group, attrs: dict, family=None):
             params[name] = group[f"init/{name}"][...]
     try:
         model = cls(**params)
-        model._validate_params()
+        model.check_params()
     except (TypeError, ValueError) as exc:
         raise bad(f"its parameters are refused: {exc}") from None
-    if model._family().name != attrs.get("family"):
-        raise bad(f"it holds a {attrs.get('family')!r} model; {cls.__name__} fits {model._family().name!r}")
+    fits = model.make_family().name
+    if fits != attrs.get("family"):
+        raise bad(f"it holds a {attrs.get('family')!r} model; {cls.__name__} fits {fits!r}")
     k, d = fitted.get("n_components"), fitted.get("n_features_in")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1_000_000 for v in (k, d)):
         raise bad(f"n_components {k!r} and n_features_in {d!r} must be ints in [1, 1e6]")
     try:
-        expected = {"weights": (k,), **model._expected_shapes(k, d, values)}
+        expected = {"weights": (k,), **model.expected_shapes(k, d, values)}
     except ValueError as exc:
         raise bad(str(exc)) from None
     for name in [*expected, *sorted(set(shapes) - set(expected))]:
@@ -240,22 +209,23 @@ def load(path: str | os.PathLike, *, storage_options: dict | None = None, family
     """
     group, attrs = read_attrs(path, storage_options)
     model = _check_layout(os.fspath(path), group, attrs, family)
-    model._params = {name: group[f"params/{name}"][...] for name in attrs["arrays"]}
-    model._params.update(attrs["param_values"])
-    if not all(np.isfinite(v).all() for v in model._params.values() if isinstance(v, np.ndarray)):
+    params = {name: group[f"params/{name}"][...] for name in attrs["arrays"]}
+    params.update(attrs["param_values"])
+    if not all(np.isfinite(v).all() for v in params.values() if isinstance(v, np.ndarray)):
         raise ModelStoreError(f"{os.fspath(path)!r} holds NaN or infinite parameters; it is not a usable model.")
-    model._context = group["context"][...] if "context" in group else None
-    model._set_public()
-    model.lower_bounds_ = group["lower_bounds"][...].tolist()
+    context = group["context"][...] if "context" in group else None
     fitted = attrs["fitted"]
-    model.converged_ = fitted["converged"]
-    model.n_iter_ = fitted["n_iter"]
-    model.lower_bound_ = fitted["lower_bound"]
-    model.n_components_ = fitted["n_components"]
-    model.n_features_in_ = fitted["n_features_in"]
-    model.best_restart_ = fitted["best_restart"]
+    restore_fitted(model, FittedState(model.make_family(), context, params), {
+        "lower_bounds_": group["lower_bounds"][...].tolist(),
+        "converged_": fitted["converged"],
+        "n_iter_": fitted["n_iter"],
+        "lower_bound_": fitted["lower_bound"],
+        "n_components_": fitted["n_components"],
+        "n_features_in_": fitted["n_features_in"],
+        "best_restart_": fitted["best_restart"],
+        "restarts_": attrs["restarts"],
+        "training_data_": attrs.get("training_data"),
+    })
     if fitted.get("feature_names_in"):
         model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
-    model.restarts_ = attrs["restarts"]
-    model.training_data_ = attrs.get("training_data")
     return model

@@ -148,8 +148,18 @@ def test_bad_config(points, tmp_path):
 FIT_ARGS = ["-k", 4, "--n-init", 2, "--seed", 5, "--tol", 0, "--max-iter", 12, "--chunk-rows", 5000]
 
 
-def start_fit(points, model, checkpoint, *extra, env=None):
-    args = [sys.executable, "-m", "dask_em", "fit", points, "-o", model, *FIT_ARGS, "--json", *extra]
+# The CLI in a child process whose checkpoint writes pause between the temporary file and
+# the rename, so a test can kill it mid-write (fault injection lives here, not in the library).
+SLOW_CHECKPOINT_CLI = (
+    "import sys, time; import dask_em.checkpoint as c; replace = c.replace_file; delay = float(sys.argv.pop(1)); "
+    "c.replace_file = lambda tmp, final: (time.sleep(delay), replace(tmp, final)); "
+    "from dask_em.cli import main; sys.argv[0] = 'dask-em'; main()"
+)
+
+
+def start_fit(points, model, checkpoint, *extra, env=None, write_delay=None):
+    cli = [sys.executable, "-m", "dask_em"] if write_delay is None else [sys.executable, "-c", SLOW_CHECKPOINT_CLI, write_delay]
+    args = [*cli, "fit", points, "-o", model, *FIT_ARGS, "--json", *extra]
     if checkpoint:
         args += ["--checkpoint", checkpoint]
     return subprocess.Popen(
@@ -209,7 +219,7 @@ def test_sigkill_then_resume_equals_uninterrupted(k, points, tmp_path, uninterru
 def test_sigkill_during_a_checkpoint_write(points, tmp_path, uninterrupted):
     model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
     # Each checkpoint write pauses 1.5 s between its temporary file and the rename.
-    proc = start_fit(points, model, checkpoint, env={"DASK_EM_TEST_CHECKPOINT_DELAY": "1.5"})
+    proc = start_fit(points, model, checkpoint, write_delay=1.5)
     wait_for_iteration(proc, 2)
     time.sleep(0.5)  # inside the write of iteration 2's checkpoint
     proc.kill()

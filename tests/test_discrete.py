@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
 import dask_em
-from dask_em import _engine
+from dask_em import engine
 from dask_em.discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
 from dask_em.family import merge_records
 
@@ -103,7 +103,7 @@ def start(name, rng):
 
 
 def state_for(name, params):
-    return {"family": family_of(name), "context": None, "params": [params]}
+    return engine.RoundState(family=family_of(name), context=None, params=[params])
 
 
 def param_key(name):
@@ -144,7 +144,7 @@ def test_one_em_step_equals_numpy(name, rng):
     resp = np.exp(lp - log_norm[:, None]) * w[:, None]
     expected = reference_m_step(name, X.astype(np.float64), resp, 1e-3)
 
-    graph = _engine.round_graph(da.from_array(X, chunks=(200, -1)), da.from_array(w, chunks=200),
+    graph = engine.round_graph(da.from_array(X, chunks=(200, -1)), da.from_array(w, chunks=200),
                                 state_for(name, p0), split_every=2)
     (result,) = dask.compute(graph, scheduler="sync")[0]
     assert result.lower_bound == pytest.approx((w * log_norm).sum() / w.sum(), rel=1e-12)
@@ -194,10 +194,10 @@ def test_statistics_merge(name, rng):
     """Statistics of X[:a] merged with X[a:] equal those of X."""
     X, _, _ = draw(name, rng, n=301)
     state = state_for(name, start(name, rng))
-    whole = _engine.estep_block(X, None, state)[0]
+    whole = engine.estep_block(X, None, state)[0]
     for a in (1, 37, 150, 300):
-        parts = [_engine.estep_block(X[:a], None, state)[0], _engine.estep_block(X[a:], None, state)[0]]
-        merged = merge_records(state["family"], parts)
+        parts = [engine.estep_block(X[:a], None, state)[0], engine.estep_block(X[a:], None, state)[0]]
+        merged = merge_records(state.family, parts)
         for key in ("loglik", "wsum", "nk"):
             np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, err_msg=key)
         for key in whole["stats"]:
@@ -432,7 +432,7 @@ def test_sample_weight_equals_repeated_rows(name, rng):
     # One round from the same start, on integer weights and on the rows repeated that often.
     results = []
     for data, w in ((X, counts.astype(float)), (np.repeat(X, counts, axis=0), None)):
-        graph = _engine.round_graph(da.from_array(data, chunks=(300, -1)),
+        graph = engine.round_graph(da.from_array(data, chunks=(300, -1)),
                                     None if w is None else da.from_array(w, chunks=300),
                                     state_for(name, p0), split_every=3)
         results.append(dask.compute(graph, scheduler="sync")[0][0])

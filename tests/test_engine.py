@@ -16,8 +16,7 @@ from distributed.utils import key_split
 from zarr.storage import LocalStore
 
 import dask_em
-from dask_em import _engine, gaussian
-from dask_em.family import merge_records
+from dask_em import engine, gaussian, restarts, runner
 from conftest import mixture
 
 
@@ -61,12 +60,12 @@ def params_for(k, d, rng, cov="full"):
     }
 
 
-def round_state(k, d, rng, restarts=1, cov="full"):
-    return {
-        "family": gaussian.GaussianFamily(reg_covar=1e-6),
-        "context": np.zeros(d),
-        "params": [params_for(k, d, rng, cov) for _ in range(restarts)],
-    }
+def round_state(k, d, rng, n_restarts=1, cov="full"):
+    return engine.RoundState(
+        family=gaussian.GaussianFamily(reg_covar=1e-6),
+        context=np.zeros(d),
+        params=[params_for(k, d, rng, cov) for _ in range(n_restarts)],
+    )
 
 
 def test_restarts_share_every_chunk_read(tmp_path, rng):
@@ -86,9 +85,9 @@ def test_restarts_share_every_chunk_read(tmp_path, rng):
 
 def test_parameters_enter_the_round_graph_once(rng):
     k, d = 8, 32
-    state = round_state(k, d, rng, restarts=2)
+    state = round_state(k, d, rng, n_restarts=2)
     X = da.from_array(rng.normal(size=(4000, d)), chunks=(250, -1))
-    graph = _engine.round_graph(X, None, state, split_every=4)
+    graph = engine.round_graph(X, None, state, split_every=4)
     dsk = dict(graph.__dask_graph__())
     params_keys = [key for key in dsk if key_split(key) == "em-params"]
     assert len(params_keys) == 1
@@ -108,14 +107,14 @@ def test_parameters_enter_the_round_graph_once(rng):
 def test_round_graph_layers_read_as_the_algorithm(rng):
     state = round_state(3, 2, rng)
     X = da.from_array(rng.normal(size=(1600, 2)), chunks=(100, -1))
-    graph = _engine.round_graph(X, None, state, split_every=2)
+    graph = engine.round_graph(X, None, state, split_every=2)
     (optimized,) = dask.optimize(graph)
     prefixes = collections.Counter(key_split(k) for k in dict(optimized.__dask_graph__()))
     assert prefixes["em-mstep"] == 1
     assert prefixes["em-combine-aggregate"] == 1
     assert prefixes["em-combine-partial"] == 8 + 4 + 2  # 16 chunks, fan-in 2
     assert prefixes["em-estep"] == 16  # the E-step, fused with its identity chunk step
-    wide = _engine.round_graph(X, None, state, split_every=16)
+    wide = engine.round_graph(X, None, state, split_every=16)
     (wide,) = dask.optimize(wide)
     assert "em-combine-partial" not in {key_split(k) for k in dict(wide.__dask_graph__())}
 
@@ -126,49 +125,11 @@ def test_tree_shape_does_not_change_the_result(split_every, rng):
     state = round_state(2, 3, np.random.default_rng(0))
     results = []
     for se in (split_every, 2):
-        graph = _engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, split_every=se)
+        graph = engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, split_every=se)
         (res,) = dask.compute(graph, scheduler="sync")
         results.append(res[0])
     np.testing.assert_allclose(results[0].params["covariances"], results[1].params["covariances"], rtol=1e-12)
     assert results[0].lower_bound == pytest.approx(results[1].lower_bound, rel=1e-13)
-
-
-@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
-def test_statistics_merge(cov_type, rng):
-    """Statistics of X[:a] merged with X[a:] equal those of X (pomegranate's test)."""
-    X = mixture(rng, n=301, d=4, k=3)[0]
-    state = round_state(3, 4, rng, cov=cov_type)
-    state["params"][0]["weights"] = np.array([0.2, 0.3, 0.5])
-    whole = _engine.estep_block(X, None, state)[0]
-    for a in (1, 37, 150, 300):
-        parts = [_engine.estep_block(X[:a], None, state)[0], _engine.estep_block(X[a:], None, state)[0]]
-        merged = merge_records(state["family"], parts)
-        assert merged.keys() == whole.keys() and merged["stats"].keys() == whole["stats"].keys()
-        for key in ("loglik", "wsum", "nk"):
-            np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, err_msg=key)
-        for key in whole["stats"]:
-            np.testing.assert_allclose(merged["stats"][key], whole["stats"][key], rtol=1e-12, atol=1e-9, err_msg=key)
-
-
-@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
-def test_statistics_against_numpy(cov_type, rng):
-    """Weighted counts, means and scatter from the E-step equal a direct numpy computation."""
-    from scipy.special import logsumexp
-
-    X = mixture(rng, n=200, d=3, k=2)[0]
-    w = rng.uniform(0.5, 2.0, size=200)
-    state = round_state(2, 3, rng, cov=cov_type)
-    p = state["params"][0]
-    record = _engine.estep_block(X, w, state)[0]
-    # Reference: identity covariances, so log N = -0.5 |x - m|^2 + const.
-    logp = -0.5 * ((X[:, None] - p["means"][None]) ** 2).sum(-1) + np.log(p["weights"])
-    resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True)) * w[:, None]
-    n = resp.sum(0)
-    np.testing.assert_allclose(record["nk"], n, rtol=1e-12)
-    assert record["loglik"] == pytest.approx((w * logsumexp(logp - 1.5 * np.log(2 * np.pi), axis=1)).sum(), rel=1e-12)
-    (new,) = _engine.mstep_round([record], {**state, "family": gaussian.GaussianFamily(reg_covar=0.0)}, 200)
-    np.testing.assert_allclose(new.params["means"], resp.T @ X / n[:, None], rtol=1e-10)
-    np.testing.assert_allclose(new.params["weights"], n / n.sum(), rtol=1e-12)
 
 
 def test_failed_restart_is_reported_and_skipped(rng):
@@ -176,27 +137,27 @@ def test_failed_restart_is_reported_and_skipped(rng):
     good = params_for(2, 2, rng)
     bad = params_for(2, 2, rng)
     bad["precisions_cholesky"] = bad["precisions_cholesky"] * np.nan
-    restarts = [_engine.Restart(0, 1, good, "full"), _engine.Restart(1, 2, bad, "full")]
-    with _engine.Runner() as runner:
-        _engine.run_em(
-            X, None, restarts, family=gaussian.GaussianFamily(), context=np.zeros(2),
-            tol=1e-3, max_iter=50, split_every=None, runner=runner,
+    runs = [restarts.Restart(0, 1, good, "full"), restarts.Restart(1, 2, bad, "full")]
+    with runner.Runner() as on_threads:
+        restarts.run_rounds(
+            X, None, runs, family=gaussian.GaussianFamily(), context=np.zeros(2),
+            tol=1e-3, max_iter=50, split_every=None, runner=on_threads,
         )
-    assert restarts[0].error is None and restarts[0].converged
-    assert "iteration 1: the log-likelihood is not finite" in restarts[1].error
-    assert restarts[1].n_iter == 1  # it stopped; the good one went on
+    assert runs[0].error is None and runs[0].converged
+    assert "iteration 1: the log-likelihood is not finite" in runs[1].error
+    assert runs[1].n_iter == 1  # it stopped; the good one went on
 
 
 def test_falling_bound_is_logged_with_the_iteration(caplog):
-    r = _engine.Restart(0, 0, {"weights": np.ones(1)})
+    r = restarts.Restart(0, 0, {"weights": np.ones(1)})
     r.history = [-1.0]
     r.n_iter = 1
     with caplog.at_level(logging.WARNING, logger="dask_em"):
-        _engine._advance(r, _engine.StepResult(-1.5, params={"weights": np.ones(1)}), tol=1e-3)
+        restarts.advance(r, engine.StepResult(-1.5, params={"weights": np.ones(1)}), tol=1e-3)
     assert "fell at iteration 2" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="dask_em"):
-        _engine._advance(r, _engine.StepResult(-1.5 - 1e-14, params={"weights": np.ones(1)}), tol=1e-3)
+        restarts.advance(r, engine.StepResult(-1.5 - 1e-14, params={"weights": np.ones(1)}), tol=1e-3)
     assert caplog.text == ""  # round-off is not a fall
 
 
@@ -221,7 +182,7 @@ def test_random_chunkings_give_the_one_chunk_round(cuts, cov_type):
     chunks = tuple(b - a for a, b in zip(bounds[:-1], bounds[1:]))
     results = []
     for c in (chunks, (300,)):
-        graph = _engine.round_graph(da.from_array(X, chunks=(c, -1)), None, state, split_every=2)
+        graph = engine.round_graph(da.from_array(X, chunks=(c, -1)), None, state, split_every=2)
         (res,) = dask.compute(graph, scheduler="sync")
         results.append(res[0])
     for key in ("weights", "means", "covariances"):

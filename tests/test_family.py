@@ -101,8 +101,8 @@ def test_an_incomplete_family_is_refused_before_any_work():
 
 
 def test_the_engine_modules_know_no_family():
-    """The engine, starts, checkpoints and store import the protocol, never a family module."""
-    for module in ("_engine", "_init", "checkpoint", "family", "store", "progress"):
+    """The engine, runner, starts, restarts, checkpoints and store import the protocol, never a family module."""
+    for module in ("engine", "runner", "starts", "restarts", "checkpoint", "family", "store", "progress"):
         tree = ast.parse((ROOT / "dask_em" / f"{module}.py").read_text())
         imported = {(node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         imported |= {

@@ -8,8 +8,8 @@ from sklearn.datasets import load_wine
 from sklearn.preprocessing import StandardScaler
 
 import dask_em
-from dask_em import _engine
-from dask_em.mixture import _prune
+from dask_em.restarts import Restart
+from dask_em.restarts import prune as _prune
 from test_engine import counting_array
 
 
@@ -59,7 +59,7 @@ def test_every_round_reads_each_chunk_once(tmp_path, wine):
 
 def test_prune_rule():
     def restart(history, short=2):
-        r = _engine.Restart(0, 0, {"weights": np.ones(1)}, "full", history=list(history), n_iter=len(history))
+        r = Restart(0, 0, {"weights": np.ones(1)}, "full", history=list(history), n_iter=len(history))
         r.short_iter = short
         return r
 

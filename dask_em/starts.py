@@ -1,4 +1,8 @@
-"""Initial parameters from a uniform sample of rows drawn out-of-core.
+"""Starts: initial parameters from a uniform sample of rows drawn out-of-core.
+
+A :class:`StartPlan` fixes, before any data is read, every restart's seed and
+start kind and the rows of the sample; its :meth:`StartPlan.graph` reads the
+sample and fits every start.
 
 The sample is read in one pass (tasks ``em-init-sample-*``, one per row chunk
 that holds sampled rows); each restart then fits its start on the sample in a
@@ -10,12 +14,14 @@ under the start's responsibilities, as scikit-learn computes them on all rows.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
+from ._validation import seed_sequence
 from .family import Family
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -169,3 +175,47 @@ def init_graph(
         for i, seed in enumerate(seeds)
     ]
     return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")
+
+
+@dataclass
+class StartPlan:
+    """Every restart's seed and start kind, and the sample's rows, for one model (no data read).
+
+    Seeds and sample rows depend only on ``random_state``, the number of
+    starts, K and n, so a candidate of a model-selection grid starts exactly
+    as the estimator fitted alone.
+    """
+
+    family: Family
+    settings: dict
+    seeds: list[int]
+    methods: list[str]
+    sample_rows: np.ndarray
+    variant: str | None = None
+
+    @classmethod
+    def make(
+        cls,
+        family: Family,
+        settings: dict,
+        *,
+        n_samples: int,
+        n_starts: int,
+        methods: list[str] | str,
+        random_state,
+        sample_size: int | None,
+        variant: str | None = None,
+    ) -> "StartPlan":
+        *children, sample_seed = seed_sequence(random_state).spawn(n_starts + 1)
+        seeds = [int(c.generate_state(1)[0]) for c in children]
+        size = sample_size or default_sample_size(n_samples, settings["n_components"])
+        rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
+        methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
+        return cls(family, settings, seeds, methods, rows, variant)
+
+    def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
+        """Delayed (context, [params of each start]) for one compute."""
+        return init_graph(
+            X, w, family=self.family, settings=self.settings, method=self.methods, seeds=self.seeds,
+            sample_rows=self.sample_rows, salt=salt,
+        )

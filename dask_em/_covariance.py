@@ -1,0 +1,406 @@
+"""The four Gaussian covariance layouts, as objects chosen by a dict keyed by covariance type.
+
+A layout bundles everything that differs between ``full``, ``tied``, ``diag``
+and ``spherical`` (as flox bundles an aggregation's chunk / combine /
+finalize): the design matrix a panel of rows is turned into, the per-restart
+matrices the E-step multiplies it with, the statistics it accumulates, the
+M-step, the Cholesky algebra of its precisions and its shapes. Pure numpy;
+nothing here knows about Dask or mixtures of restarts::
+
+    LAYOUTS[covariance_type].augment(x, shift, buf)          rows -> design matrix (width, P)
+    LAYOUTS[...].prepare(params, tile)                       params -> view (once per chunk)
+    LAYOUTS[...].weighted_log_prob(xa, view)                 (K, P) log(w_k) + log N(x | k)
+    LAYOUTS[...].accumulate(xa, w, resp, means, acc, view)   statistics of a panel into acc
+    LAYOUTS[...].finish(stats, means)                        a chunk's statistics, centered
+    LAYOUTS[...].m_step(stats, means, reg_covar)             reduced statistics -> parameters
+
+Design matrices (one column per data row, so elementwise work runs over long rows):
+
+* ``full``/``tied``: ``xa = [x - c, 1]^T`` of shape (d + 1, P). One GEMM against
+  the stacked factors ``[U_k^T, -U_k^T m_k]`` gives every whitened residual of a
+  tile; a second GEMM with a block indicator sums their squares per component
+  and adds the log-normalisers. Second moments are accumulated about the
+  previous means, ``b_k = sum_i r_ik (x_i - m_k)(x_i - m_k)^T``, so a component
+  far from the data's center loses nothing to cancellation.
+* ``diag``/``spherical``: ``xa = [(x - c)**2, x - c, 1]^T`` of shape (2d + 1, P);
+  one GEMM against a (K, 2d + 1) matrix gives every log-density of the panel,
+  and one GEMM of the weighted responsibilities against ``xa`` all statistics.
+  Raw moments about the shift ``c``: the variance of component k carries a
+  relative error of about ``eps * (|mu_k - c| / sigma_k)**2`` (2e-12 at 100
+  sigma from the center); centering per component would cost K*d elementwise
+  passes per row, several times the whole diagonal E-step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import linalg
+
+from .family import MASS_EPS
+
+_LOG_2PI = math.log(2 * math.pi)
+
+Params = dict[str, Any]
+Stats = dict[str, Any]
+
+
+class NotPositiveDefiniteError(ArithmeticError):
+    """A covariance estimate is not positive definite."""
+
+
+def not_positive_definite(component: int | None) -> NotPositiveDefiniteError:
+    which = "the tied covariance" if component is None else f"component {component}"
+    return NotPositiveDefiniteError(
+        f"the covariance of {which} is not positive definite (a component "
+        "collapsed onto a point or a line). Increase reg_covar, reduce "
+        "n_components, or scale the features."
+    )
+
+
+def _chol_precision_from_cov(cov: np.ndarray, component: int | None) -> np.ndarray:
+    try:
+        cov_chol = linalg.cholesky(cov, lower=True)
+    except linalg.LinAlgError:
+        raise not_positive_definite(component) from None
+    eye = np.eye(cov.shape[0])
+    return linalg.solve_triangular(cov_chol, eye, lower=True).T
+
+
+def _flip(a: np.ndarray) -> np.ndarray:
+    return a[::-1, ::-1]
+
+
+def _cov_from_upper(u: np.ndarray) -> np.ndarray:
+    inv = linalg.solve_triangular(u, np.eye(u.shape[0]), lower=False)
+    return inv.T @ inv
+
+
+def log_const(params: Params, log_det: np.ndarray, d: int) -> np.ndarray:
+    """log(weight_k) + log det(U_k) - d/2 log(2 pi): the row-independent part of each log-density."""
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params["weights"])
+    return log_w + log_det - 0.5 * d * _LOG_2PI
+
+
+# ---------------------------------------------------------------------------
+# full / tied
+# ---------------------------------------------------------------------------
+
+
+class FullLayout:
+    """One (d, d) covariance per component; the design ``[x - c, 1]``."""
+
+    name = "full"
+    design = "full"  # restarts whose layouts share a design share its matrix on every panel
+    per_component = True  # the covariance arrays have a component axis
+
+    # -- shapes and counts --------------------------------------------------
+
+    def shape(self, k: int, d: int) -> tuple[int, ...]:
+        return (k, d, d)
+
+    def n_cov_parameters(self, k: int, d: int) -> float:
+        return k * d * (d + 1) / 2.0
+
+    # -- Cholesky algebra -----------------------------------------------------
+
+    def precision_cholesky(self, cov: np.ndarray) -> np.ndarray:
+        """Upper-triangular ``U`` with ``U @ U.T = inv(cov)``, as scikit-learn."""
+        return np.stack([_chol_precision_from_cov(c, k) for k, c in enumerate(cov)])
+
+    def cholesky_from_precisions(self, precisions: np.ndarray) -> np.ndarray:
+        return np.stack([_flip(linalg.cholesky(_flip(p), lower=True)) for p in precisions])
+
+    def precisions(self, prec_chol: np.ndarray) -> np.ndarray:
+        return np.matmul(prec_chol, prec_chol.transpose(0, 2, 1))
+
+    def covariances(self, prec_chol: np.ndarray) -> np.ndarray:
+        return np.stack([_cov_from_upper(u) for u in prec_chol])
+
+    def log_det(self, prec_chol: np.ndarray, d: int) -> np.ndarray:
+        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(1)
+
+    def check_precisions(self, p: np.ndarray) -> None:
+        for i, mat in enumerate(p):
+            if not np.allclose(mat, mat.T) or np.linalg.eigvalsh(mat).min() <= 0:
+                raise ValueError(f"precisions_init[{i}] must be symmetric positive definite.")
+
+    def _stacked_factors(self, prec_chol: np.ndarray, k: int, d: int) -> np.ndarray:
+        return prec_chol
+
+    # -- E-step -------------------------------------------------------------
+
+    def width(self, d: int) -> int:
+        return d + 1
+
+    def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Write the design matrix of ``x`` into ``out[:, :len(x)]`` (its last row stays 1)."""
+        d, t = shift.shape[0], x.shape[0]
+        out = out[:, :t]
+        np.subtract(x.T, shift[:, None], out=out[:d])
+        return out
+
+    def prepare(self, params: Params, tile: int) -> dict:
+        means = params["means"]
+        k, d = means.shape
+        pc = self._stacked_factors(params["precisions_cholesky"], k, d)
+        stacked = np.empty((k * d, d + 1))
+        stacked[:, :d] = pc.transpose(0, 2, 1).reshape(k * d, d)
+        stacked[:, d] = -np.einsum("kd,kde->ke", means, pc).reshape(k * d)
+        # [-0.5 * block indicator, log-normaliser]: against [squared residuals; 1]
+        # it gives every weighted log-density in one GEMM.
+        collect = np.empty((k, k * d + 1))
+        collect[:, : k * d] = -0.5 * np.kron(np.eye(k), np.ones((1, d)))
+        collect[:, k * d] = log_const(params, self.log_det(params["precisions_cholesky"], d), d)
+        resid = np.empty((k * d + 1, tile))
+        resid[k * d] = 1.0
+        return {
+            "stacked": stacked,
+            "collect": collect,
+            "means": means,
+            "tile": tile,
+            # Work matrices reused by every tile.
+            "resid": resid,
+            "weighted": np.empty((k, d, tile)),
+        }
+
+    def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
+        p, t = xa.shape[1], view["tile"]
+        k = view["collect"].shape[0]
+        out = np.empty((k, p))
+        for lo in range(0, p, t):
+            hi = min(lo + t, p)
+            resid = view["resid"][:, : hi - lo]
+            np.matmul(view["stacked"], xa[:, lo:hi], out=resid[:-1])
+            np.square(resid[:-1], out=resid[:-1])
+            np.matmul(view["collect"], resid, out=out[:, lo:hi])
+        return out
+
+    def empty_stats(self, k: int, d: int) -> Stats:
+        return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "n": np.zeros(k), "xw": np.zeros((k * d, d + 1))}
+
+    def accumulate(self, xa, w, resp, means, acc: Stats, view: dict | None = None) -> None:
+        """Add the statistics of one panel (``resp`` (K, P), row weights ``w`` (P,) or None) into ``acc``."""
+        rw = resp if w is None else np.multiply(resp, w, out=resp)
+        p = xa.shape[1]
+        k, d = means.shape
+        t = view["tile"] if view else p
+        work = view["weighted"] if view else np.empty((k, d, t))
+        acc["n"] += rw.sum(1)
+        for lo in range(0, p, t):
+            hi = min(lo + t, p)
+            # r_ik (x_i - m_k) as a (K*d, t) matrix; one GEMM with [x - c, 1]
+            # gives sum_i r_ik (x_i - m_k)(x_i - c)^T and, in its last column, a_k.
+            weighted = work[:, :, : hi - lo]
+            np.subtract(xa[None, :d, lo:hi], means[:, :, None], out=weighted)
+            weighted *= rw[:, None, lo:hi]
+            acc["xw"] += weighted.reshape(k * d, hi - lo) @ xa[:, lo:hi].T
+
+    def finish(self, stats: Stats, means: np.ndarray) -> Stats:
+        """Turn ``sum_i r_ik (x_i - m_k)(x_i - c)^T`` into ``b_k`` by removing ``a_k m_k^T``."""
+        k, d = means.shape
+        xw = stats.pop("xw")
+        stats["a"] = xw[:, d].reshape(k, d)
+        stats["b"] = xw[:, :d].reshape(k, d, d) - stats["a"][:, :, None] * means[:, None, :]
+        return stats
+
+    def mass(self, stats: Stats) -> np.ndarray:
+        return stats["n"]
+
+    # -- M-step -------------------------------------------------------------
+
+    def _scatter(self, stats: Stats, means: np.ndarray):
+        n, a, b = stats["n"], stats["a"], stats["b"]
+        nk = n + MASS_EPS
+        delta = a / nk[:, None]
+        new_means = means + delta
+        # sum_i r_ik (x_i - mu_k)(x_i - mu_k)^T with mu_k = m_k + delta_k.
+        scatter = b - (2.0 - n / nk)[:, None, None] * a[:, :, None] * delta[:, None, :]
+        scatter = 0.5 * (scatter + scatter.transpose(0, 2, 1))
+        return nk, new_means, scatter
+
+    def m_step(self, stats: Stats, means: np.ndarray, reg_covar: float):
+        """(mass + eps, new means, covariances) from statistics taken about ``means``."""
+        d = means.shape[1]
+        nk, new_means, scatter = self._scatter(stats, means)
+        cov = scatter / nk[:, None, None]
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+        return nk, new_means, cov
+
+    # -- sampling -----------------------------------------------------------
+
+    def draw(self, mean, cov, j: int, count: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.multivariate_normal(mean, cov[j], count, method="cholesky")
+
+
+class TiedLayout(FullLayout):
+    """One (d, d) covariance shared by every component."""
+
+    name = "tied"
+    per_component = False
+
+    def shape(self, k, d):
+        return (d, d)
+
+    def n_cov_parameters(self, k, d):
+        return d * (d + 1) / 2.0
+
+    def precision_cholesky(self, cov):
+        return _chol_precision_from_cov(cov, None)
+
+    def cholesky_from_precisions(self, precisions):
+        return _flip(linalg.cholesky(_flip(precisions), lower=True))
+
+    def precisions(self, prec_chol):
+        return prec_chol @ prec_chol.T
+
+    def covariances(self, prec_chol):
+        return _cov_from_upper(prec_chol)
+
+    def log_det(self, prec_chol, d):
+        return np.log(np.diag(prec_chol)).sum()
+
+    def check_precisions(self, p):
+        if not np.allclose(p, p.T) or np.linalg.eigvalsh(p).min() <= 0:
+            raise ValueError("precisions_init must be symmetric positive definite.")
+
+    def _stacked_factors(self, prec_chol, k, d):
+        return np.broadcast_to(prec_chol, (k, d, d))
+
+    def m_step(self, stats, means, reg_covar):
+        d = means.shape[1]
+        nk, new_means, scatter = self._scatter(stats, means)
+        cov = scatter.sum(0) / nk.sum()
+        cov.flat[:: d + 1] += reg_covar
+        return nk, new_means, cov
+
+    def draw(self, mean, cov, j, count, rng):
+        return rng.multivariate_normal(mean, cov, count, method="cholesky")
+
+
+# ---------------------------------------------------------------------------
+# diag / spherical
+# ---------------------------------------------------------------------------
+
+
+class DiagLayout:
+    """A diagonal covariance per component, (K, d); the design ``[(x - c)**2, x - c, 1]``."""
+
+    name = "diag"
+    design = "diag"
+    per_component = True
+
+    def shape(self, k, d):
+        return (k, d)
+
+    def n_cov_parameters(self, k, d):
+        return k * d
+
+    def precision_cholesky(self, cov):
+        bad = np.flatnonzero(np.atleast_1d(cov <= 0).reshape(len(cov), -1).any(1))
+        if bad.size:
+            raise not_positive_definite(int(bad[0]))
+        return 1.0 / np.sqrt(cov)
+
+    def cholesky_from_precisions(self, precisions):
+        return np.sqrt(precisions)
+
+    def precisions(self, prec_chol):
+        return prec_chol**2
+
+    def covariances(self, prec_chol):
+        return 1.0 / prec_chol**2
+
+    def log_det(self, prec_chol, d):
+        return np.log(prec_chol).sum(1)
+
+    def check_precisions(self, p):
+        if (p <= 0).any():
+            raise ValueError(f"precisions_init must be positive; received {p}.")
+
+    def _precision_rows(self, prec_chol, k, d):
+        return prec_chol**2
+
+    # -- E-step -------------------------------------------------------------
+
+    def width(self, d):
+        return 2 * d + 1
+
+    def augment(self, x, shift, out):
+        d, t = shift.shape[0], x.shape[0]
+        out = out[:, :t]
+        np.subtract(x.T, shift[:, None], out=out[d : 2 * d])
+        np.square(out[d : 2 * d], out=out[:d])
+        return out
+
+    def prepare(self, params, tile):
+        means = params["means"]
+        k, d = means.shape
+        pc = params["precisions_cholesky"]
+        prec = self._precision_rows(pc, k, d)
+        proj = np.empty((k, 2 * d + 1))
+        proj[:, :d] = -0.5 * prec
+        proj[:, d : 2 * d] = means * prec
+        proj[:, 2 * d] = -0.5 * (means**2 * prec).sum(1) + log_const(params, self.log_det(pc, d), d)
+        return {"proj": proj, "means": means, "tile": tile}
+
+    def weighted_log_prob(self, xa, view):
+        return view["proj"] @ xa
+
+    def empty_stats(self, k, d):
+        return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, 2 * d + 1))}
+
+    def accumulate(self, xa, w, resp, means, acc, view=None):
+        rw = resp if w is None else np.multiply(resp, w, out=resp)
+        acc["moments"] += rw @ xa.T
+
+    def finish(self, stats, means):
+        return stats
+
+    def mass(self, stats):
+        return stats["moments"][:, -1]
+
+    # -- M-step -------------------------------------------------------------
+
+    def m_step(self, stats, means, reg_covar):
+        d = means.shape[1]
+        moments = stats["moments"]
+        s2, s1, n = moments[:, :d], moments[:, d : 2 * d], moments[:, 2 * d]
+        nk = n + MASS_EPS
+        new_means = s1 / nk[:, None]
+        cov = s2 / nk[:, None] - new_means**2 + reg_covar
+        return nk, new_means, cov
+
+    def draw(self, mean, cov, j, count, rng):
+        return mean + rng.standard_normal((count, len(mean))) * np.sqrt(cov[j])
+
+
+class SphericalLayout(DiagLayout):
+    """One variance per component, (K,)."""
+
+    name = "spherical"
+
+    def shape(self, k, d):
+        return (k,)
+
+    def n_cov_parameters(self, k, d):
+        return k
+
+    def log_det(self, prec_chol, d):
+        return d * np.log(prec_chol)
+
+    def _precision_rows(self, prec_chol, k, d):
+        return np.broadcast_to((prec_chol**2)[:, None], (k, d))
+
+    def m_step(self, stats, means, reg_covar):
+        nk, new_means, cov = super().m_step(stats, means, reg_covar)
+        return nk, new_means, cov.mean(1)
+
+
+LAYOUTS: dict[str, FullLayout | DiagLayout] = {
+    layout.name: layout for layout in (FullLayout(), TiedLayout(), DiagLayout(), SphericalLayout())
+}
+COVARIANCE_TYPES = tuple(LAYOUTS)

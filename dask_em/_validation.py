@@ -1,0 +1,37 @@
+"""Checks of constructor settings, shared by every estimator (no data is read here)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+
+def fail(name: str, value: Any, allowed: str) -> ValueError:
+    """The error for a setting outside what it allows: what it must be, what was received."""
+    return ValueError(f"{name} must be {allowed}; received {value!r}.")
+
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def seed_sequence(random_state) -> np.random.SeedSequence:
+    """The root of every random stream of a fit, from scikit-learn's kinds of ``random_state``."""
+    if random_state is None:
+        return np.random.SeedSequence()
+    if is_int(random_state):
+        return np.random.SeedSequence(int(random_state))
+    if isinstance(random_state, np.random.SeedSequence):
+        return random_state
+    if isinstance(random_state, np.random.Generator):
+        return np.random.SeedSequence(int(random_state.integers(2**63)))
+    if isinstance(random_state, np.random.RandomState):
+        return np.random.SeedSequence(int(random_state.randint(2**31)))
+    raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")

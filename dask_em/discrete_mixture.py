@@ -1,0 +1,169 @@
+"""The estimators of the Bernoulli, Poisson and categorical families (see :mod:`dask_em.discrete`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._base import BaseMixture
+from ._validation import fail, is_int, is_real
+from .discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
+from .family import Family
+
+_COMMON_DOC = """
+    n_components : int, default=1
+    pseudo_count : float, default=1e-3
+        {prior}
+    tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every,
+    verbose, init_strategy, n_short, short_iter, prune_margin
+        As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
+        others) run on {space} of a uniform sample of rows.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components_,)
+    {attrs}
+    converged_, n_iter_, lower_bound_, lower_bounds_, restarts_, n_components_, n_features_in_
+        As for :class:`dask_em.GaussianMixture`.
+"""
+
+
+class _DiscreteMixture(BaseMixture):
+    _family_class: type = Family
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        pseudo_count: float = 1e-3,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
+    ):
+        super().__init__(
+            n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
+            random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
+            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            prune_margin=prune_margin,
+        )
+        self.pseudo_count = pseudo_count
+
+    def _check_family_params(self) -> None:
+        if not is_real(self.pseudo_count) or self.pseudo_count < 0:
+            raise fail("pseudo_count", self.pseudo_count, "a finite float >= 0")
+
+    def make_family(self) -> Family:
+        return self._family_class(pseudo_count=float(self.pseudo_count))
+
+    def _describe(self) -> str:
+        return self.make_family().name
+
+
+class BernoulliMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent Bernoulli features (binary 0/1 data), fitted out-of-core.\n\n"
+        "    ``X`` holds 0 and 1, stored as bool, any integer or float type; it is read as\n"
+        "    stored. Any other value stops the fit, naming its chunk's rows.\n\n"
+        "    Parameters\n    ----------" + _COMMON_DOC.format(
+            prior="Beta(1 + a, 1 + a) prior: keeps every probability off 0 and 1.",
+            space="the 0/1 rows",
+            attrs="probabilities_ : ndarray of shape (n_components_, n_features)\n"
+                  "        P(x_j = 1) in each component.",
+        )
+    )
+    _family_class = BernoulliFamily
+
+    def expected_shapes(self, k, d, values):
+        return {"probabilities": (k, d)}
+
+
+class PoissonMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent Poisson counts, fitted out-of-core.\n\n"
+        "    ``X`` holds non-negative integer counts, stored as any integer type (or\n"
+        "    float holding whole numbers); it is read as stored. A negative or fractional\n"
+        "    value stops the fit, naming its chunk's rows.\n\n"
+        "    Parameters\n    ----------" + _COMMON_DOC.format(
+            prior="Added to every component's count sums (a Gamma(1 + a, 0) prior): keeps rates positive.",
+            space="the counts",
+            attrs="rates_ : ndarray of shape (n_components_, n_features)\n"
+                  "        The Poisson rate of each feature in each component.",
+        )
+    )
+    _family_class = PoissonFamily
+
+    def expected_shapes(self, k, d, values):
+        return {"rates": (k, d)}
+
+
+class CategoricalMixture(_DiscreteMixture):
+    __doc__ = (
+        "Mixture of independent categorical features (integer codes), fitted out-of-core.\n\n"
+        "    ``X`` holds codes ``0 .. n_categories[j] - 1`` in feature j, stored as an\n"
+        "    integer type and read as stored. A code out of range stops the fit, naming\n"
+        "    its chunk's rows.\n\n"
+        "    Parameters\n    ----------\n"
+        "    n_categories : int or sequence of int\n"
+        "        Categories of every feature (one int) or of each feature. Required:\n"
+        "        for codes in a dask array, ``(X.max(axis=0) + 1).compute()`` gives it."
+        + _COMMON_DOC.format(
+            prior="Symmetric Dirichlet(1 + a) prior: keeps every category's probability positive.",
+            space="one-hot encodings",
+            attrs="probabilities_ : list of ndarray, one of shape (n_components_, n_categories[j]) per feature\n"
+                  "        Category probabilities of each feature in each component.",
+        )
+    )
+    _family_class = CategoricalFamily
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        n_categories=None,
+        pseudo_count: float = 1e-3,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
+    ):
+        super().__init__(
+            n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
+            init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
+            split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
+            short_iter=short_iter, prune_margin=prune_margin,
+        )
+        self.n_categories = n_categories
+
+    def _check_family_params(self) -> None:
+        super()._check_family_params()
+        c = self.n_categories
+        fix = "Pass an int >= 2 for all features or one per feature, e.g. n_categories=(X.max(axis=0) + 1)."
+        if c is None:
+            raise ValueError(f"n_categories is required for CategoricalMixture; received None. {fix}")
+        values = [c] if is_int(c) else (list(c) if isinstance(c, (list, tuple, np.ndarray)) else None)
+        if not values or not all(is_int(v) and v >= 1 for v in values):
+            raise ValueError(f"n_categories must be an int >= 1 or a sequence of them; received {c!r}. {fix}")
+
+    def make_family(self) -> Family:
+        c = self.n_categories
+        c = int(c) if is_int(c) else tuple(int(v) for v in c)
+        return CategoricalFamily(n_categories=c, pseudo_count=float(self.pseudo_count))
+
+    def expected_shapes(self, k, d, values):
+        return {"probabilities": (k, int(self.make_family().sizes(d).sum()))}

@@ -1,0 +1,310 @@
+"""Restarts: EM runs from many starts, advanced together one round at a time, and their policy.
+
+A :class:`Restart` is one EM run from one start. :func:`run_rounds` advances
+every running restart by one iteration per round (one pass over the data for
+all of them, :func:`dask_em.engine.round_graph`) until each has converged, failed,
+been stopped, or reached ``max_iter``. :func:`run_schedule` adds the policy:
+
+* ``init_strategy="single"``: every restart runs to convergence;
+* ``init_strategy="emEM"`` (Biernacki, Celeux & Govaert 2003): a short phase of
+  ``short_iter`` rounds for every start, then the best ``n_init`` of each group
+  go on (:func:`keep_best`), and a continuing restart whose projected bound
+  cannot catch up is stopped (:func:`prune`).
+
+A *group* is the restarts of one model (one estimator, or one candidate of a
+model-selection grid): emEM keeps the best of each group, and all groups share
+every round's reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import dask.array as da
+import numpy as np
+
+from .engine import RoundState, StepResult, compute_round, round_graph
+from .family import Family
+from .starts import StartPlan
+
+logger = logging.getLogger("dask_em")
+
+
+@dataclass
+class Restart:
+    """One EM run from one start; what ``restarts_`` reports."""
+
+    index: int
+    seed: int
+    params: dict | None
+    variant: str | None = None  # the family's variant (the Gaussian covariance type), for summaries
+    history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    error: str | None = None
+    dropped: list[tuple[int, int]] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: str | None = None  # why a healthy restart was stopped early (emEM selection, pruning)
+    start: str = ""  # how it started (k-means, k-means++, ...)
+    short_iter: int = 0  # iterations of emEM's short phase (0: none)
+
+    @property
+    def lower_bound(self) -> float:
+        return self.history[-1] if self.history else -np.inf
+
+    @property
+    def running(self) -> bool:
+        return self.error is None and not self.converged and self.params is not None and self.stopped is None
+
+    def estep_params(self) -> dict:
+        return {k: v for k, v in self.params.items() if k not in ("dropped", "error")}
+
+    def summary(self) -> dict:
+        return {
+            "restart": self.index,
+            "seed": self.seed,
+            "covariance_type": self.variant,
+            "lower_bound": self.lower_bound,
+            "n_iter": self.n_iter,
+            "converged": self.converged,
+            "status": "failed" if self.error else ("stopped" if self.stopped else "ok"),
+            "stopped": self.stopped,
+            "start": self.start,
+            "short_iter": self.short_iter,
+            "error": self.error,
+            "history": list(self.history),
+            "dropped_components": list(self.dropped),
+            "seconds": self.seconds,
+        }
+
+    def event(self) -> dict:
+        """What progress bars and a fit's ``callback`` receive after each of this restart's iterations."""
+        change = self.history[-1] - self.history[-2] if len(self.history) > 1 else None
+        return {
+            "restart": self.index,
+            "iteration": self.n_iter,
+            "lower_bound": self.lower_bound,
+            "change": change,
+            "converged": self.converged,
+            "failed": self.error is not None,
+        }
+
+
+def restarts_from(plan: StartPlan, starts: list[dict]) -> list[Restart]:
+    """Restart records from a plan's computed starts."""
+    restarts = []
+    for i, (seed, params) in enumerate(zip(plan.seeds, starts)):
+        error = params.pop("error", None)
+        dropped = params.pop("dropped", [])
+        r = Restart(i, seed, None if error else params, plan.variant, error=error)
+        r.dropped = [(0, k) for k in dropped]
+        r.start = plan.methods[i]
+        restarts.append(r)
+    return restarts
+
+
+# ---------------------------------------------------------------------------
+# Stopping on request (SIGTERM)
+# ---------------------------------------------------------------------------
+
+
+class Preempted(RuntimeError):
+    """A stop was requested (SIGTERM): the round in flight finished and was checkpointed."""
+
+
+# Set by a signal handler (the CLI's, on SIGTERM) to stop after the round in flight.
+STOP_REQUESTED = threading.Event()
+
+
+def request_stop(*_args) -> None:
+    """Ask a running fit to stop after its current round; usable as a signal handler."""
+    STOP_REQUESTED.set()
+
+
+# ---------------------------------------------------------------------------
+# Rounds
+# ---------------------------------------------------------------------------
+
+
+def run_rounds(
+    X: da.Array,
+    w: da.Array | None,
+    restarts: list[Restart],
+    *,
+    family: Family,
+    context: Any,
+    tol: float,
+    max_iter: int,
+    split_every: int | None,
+    runner,
+    on_iteration: Callable[[Restart], None] | None = None,
+    on_round: Callable[[list[Restart]], None] | None = None,
+) -> int:
+    """Iterate every restart to convergence or ``max_iter``, sharing reads; returns the rounds run.
+
+    Restarts may differ in K and covariance type (model selection runs a whole
+    grid this way); each computes exactly what it would alone.
+
+    ``on_round`` runs after each round's M-step (the checkpoint). Then, if a
+    stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
+    :class:`Preempted`.
+    """
+    first = True
+    rounds = 0
+    while True:
+        running = [r for r in restarts if r.running and r.n_iter < max_iter]
+        if not running:
+            break
+        # Rows are validated in the first round; later rounds read the same rows.
+        state = RoundState(family, context, [r.estep_params() for r in running], check_rows=first)
+        first = False
+        tic = time.perf_counter()
+        results = compute_round(runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
+        rounds += 1
+        seconds = time.perf_counter() - tic
+        for restart, result in zip(running, results):
+            restart.seconds += seconds
+            advance(restart, result, tol, family)
+            if on_iteration is not None:
+                on_iteration(restart)
+        if on_round is not None:
+            on_round(restarts)
+        if STOP_REQUESTED.is_set():
+            raise Preempted(f"stopped after iteration {max(r.n_iter for r in restarts)} on request")
+    return rounds
+
+
+def score_restarts(X, w, restarts: list[Restart], *, family: Family, context, split_every, runner) -> list[StepResult]:
+    """One pass giving the log-likelihood (and entropy) of every restart's current parameters."""
+    state = RoundState(family, context, [r.estep_params() for r in restarts], entropy=True)
+    return runner.compute(round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
+
+
+def advance(restart: Restart, result: StepResult, tol: float, family: Family | None = None) -> None:
+    """Record one round's result: the bound, the new parameters, convergence or failure."""
+    restart.n_iter += 1
+    previous = restart.lower_bound
+    restart.history.append(result.lower_bound)
+    if result.error is not None:
+        restart.error = f"iteration {restart.n_iter}: {result.error}"
+        logger.warning("restart %d failed at %s", restart.index, restart.error)
+        return
+    current = result.lower_bound
+    if math.isfinite(previous) and current < previous - 1e-9 * max(1.0, abs(previous)):
+        hint = family.bound_fell_hint(restart.params) if family is not None else ""
+        logger.warning(
+            "restart %d: the lower bound fell at iteration %d, from %.12g to %.12g (more than "
+            "round-off)%s",
+            restart.index,
+            restart.n_iter,
+            previous,
+            current,
+            f": {hint}" if hint else "",
+        )
+    for k in result.dropped:
+        restart.dropped.append((restart.n_iter, k))
+    restart.params = result.params
+    if math.isfinite(previous) and abs(current - previous) < tol:
+        restart.converged = True
+
+
+# ---------------------------------------------------------------------------
+# Policy: single runs, or emEM's short phase, selection and pruning
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the restarts of a fit are run (the estimator's settings that say so)."""
+
+    tol: float
+    max_iter: int
+    n_init: int
+    init_strategy: str = "single"
+    short_iter: int = 10
+    prune_margin: float | None = 0.01
+
+    @property
+    def emem(self) -> bool:
+        return self.init_strategy == "emEM"
+
+
+def keep_best(restarts: list[Restart], n_keep: int) -> None:
+    """End emEM's short phase: the best ``n_keep`` healthy restarts go on, the rest stop."""
+    for r in restarts:
+        r.short_iter = max(r.n_iter, 1)
+    alive = sorted((r for r in restarts if r.error is None and r.params is not None),
+                   key=lambda r: r.lower_bound, reverse=True)
+    for r in alive[n_keep:]:
+        if not r.converged:
+            r.stopped = f"not among the best {n_keep} after {r.n_iter} short iterations"
+
+
+def prune(restarts: list[Restart], margin: float | None) -> None:
+    """Stop long-phase restarts whose projected bound stays below the best by ``margin``."""
+    if margin is None:
+        return
+    healthy = [r for r in restarts if r.error is None and r.history and math.isfinite(r.lower_bound)]
+    if not healthy:
+        return
+    best = max(r.lower_bound for r in healthy)
+    for r in healthy:
+        h = r.history
+        if not r.running or r.n_iter - r.short_iter < 2 or len(h) < 3:
+            continue
+        last, before = h[-1] - h[-2], h[-2] - h[-3]
+        rho = min(max(last / before, 0.0), 0.99) if before > 0 else 0.99
+        projected = h[-1] + max(last, 0.0) * rho / (1.0 - rho)
+        if projected + margin < best:
+            r.stopped = (
+                f"pruned at iteration {r.n_iter}: projected bound {projected:.6g} is more than "
+                f"{margin} below the best {best:.6g}"
+            )
+
+
+def run_schedule(
+    X: da.Array,
+    w: da.Array | None,
+    groups: list[list[Restart]],
+    schedule: Schedule,
+    *,
+    family: Family,
+    context: Any,
+    split_every: int | None,
+    runner,
+    on_iteration: Callable[[Restart], None] | None = None,
+    save: Callable[[list[Restart]], None] | None = None,
+) -> int:
+    """Run every group's restarts by ``schedule``, all groups in the same rounds; returns the rounds run.
+
+    ``save`` (the checkpoint) runs after every round and after emEM's selection.
+    A resumed fit whose restarts already went through the short phase goes
+    straight on with the long one.
+    """
+    everything = [r for group in groups for r in group]
+
+    def on_round(_restarts: list[Restart]) -> None:
+        if schedule.emem and any(r.short_iter for r in everything):
+            for group in groups:
+                prune(group, schedule.prune_margin)
+        if save is not None:
+            save(everything)
+
+    common = dict(
+        family=family, context=context, tol=schedule.tol, split_every=split_every, runner=runner,
+        on_iteration=on_iteration, on_round=on_round,
+    )
+    rounds = 0
+    if schedule.emem and not any(r.short_iter for r in everything):
+        rounds += run_rounds(X, w, everything, max_iter=min(schedule.short_iter, schedule.max_iter), **common)
+        for group in groups:
+            keep_best(group, schedule.n_init)
+        if save is not None:
+            save(everything)
+    rounds += run_rounds(X, w, everything, max_iter=schedule.max_iter, **common)
+    return rounds

@@ -1,0 +1,135 @@
+"""The Gaussian family and its covariance layouts (dask_em/gaussian.py, dask_em/_covariance.py).
+
+Statistics of one E-step against numpy, merged statistics against whole ones,
+and each layout's Cholesky algebra, shapes and parameter counts against numpy
+and scikit-learn.
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from dask_em import engine, gaussian
+from dask_em._covariance import COVARIANCE_TYPES, LAYOUTS
+from dask_em.family import merge_records
+from conftest import mixture
+from test_engine import round_state
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_statistics_merge(cov_type, rng):
+    """Statistics of X[:a] merged with X[a:] equal those of X (pomegranate's test)."""
+    X = mixture(rng, n=301, d=4, k=3)[0]
+    state = round_state(3, 4, rng, cov=cov_type)
+    state.params[0]["weights"] = np.array([0.2, 0.3, 0.5])
+    whole = engine.estep_block(X, None, state)[0]
+    for a in (1, 37, 150, 300):
+        parts = [engine.estep_block(X[:a], None, state)[0], engine.estep_block(X[a:], None, state)[0]]
+        merged = merge_records(state.family, parts)
+        assert merged.keys() == whole.keys() and merged["stats"].keys() == whole["stats"].keys()
+        for key in ("loglik", "wsum", "nk"):
+            np.testing.assert_allclose(merged[key], whole[key], rtol=1e-12, err_msg=key)
+        for key in whole["stats"]:
+            np.testing.assert_allclose(merged["stats"][key], whole["stats"][key], rtol=1e-12, atol=1e-9, err_msg=key)
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_statistics_against_numpy(cov_type, rng):
+    """Weighted counts, means and scatter from the E-step equal a direct numpy computation."""
+    from scipy.special import logsumexp
+
+    X = mixture(rng, n=200, d=3, k=2)[0]
+    w = rng.uniform(0.5, 2.0, size=200)
+    state = round_state(2, 3, rng, cov=cov_type)
+    p = state.params[0]
+    record = engine.estep_block(X, w, state)[0]
+    # Reference: identity covariances, so log N = -0.5 |x - m|^2 + const.
+    logp = -0.5 * ((X[:, None] - p["means"][None]) ** 2).sum(-1) + np.log(p["weights"])
+    resp = np.exp(logp - logsumexp(logp, axis=1, keepdims=True)) * w[:, None]
+    n = resp.sum(0)
+    np.testing.assert_allclose(record["nk"], n, rtol=1e-12)
+    assert record["loglik"] == pytest.approx((w * logsumexp(logp - 1.5 * np.log(2 * np.pi), axis=1)).sum(), rel=1e-12)
+    (new,) = engine.mstep_round([record], dataclasses.replace(state, family=gaussian.GaussianFamily(reg_covar=0.0)), 200)
+    np.testing.assert_allclose(new.params["means"], resp.T @ X / n[:, None], rtol=1e-10)
+    np.testing.assert_allclose(new.params["weights"], n / n.sum(), rtol=1e-12)
+
+
+def random_covariances(cov_type, k, d, rng):
+    a = rng.normal(size=(k, d, d))
+    full = a @ a.transpose(0, 2, 1) + d * np.eye(d)
+    return {
+        "full": full,
+        "tied": full[0],
+        "diag": rng.uniform(0.5, 2.0, size=(k, d)),
+        "spherical": rng.uniform(0.5, 2.0, size=k),
+    }[cov_type]
+
+
+def dense(cov_type, cov, k, d):
+    """The (K, d, d) covariance matrices a layout's array stands for."""
+    if cov_type == "full":
+        return cov
+    if cov_type == "tied":
+        return np.broadcast_to(cov, (k, d, d))
+    if cov_type == "diag":
+        return np.stack([np.diag(c) for c in cov])
+    return np.stack([c * np.eye(d) for c in cov])
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_layout_algebra_against_numpy(cov_type, rng):
+    k, d = 3, 4
+    layout = LAYOUTS[cov_type]
+    cov = random_covariances(cov_type, k, d, rng)
+    assert cov.shape == layout.shape(k, d)
+    pc = layout.precision_cholesky(cov)
+    mats = dense(cov_type, cov, k, d)
+    precisions = dense(cov_type, layout.precisions(pc), k, d)
+    np.testing.assert_allclose(precisions, np.linalg.inv(mats), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layout.covariances(pc), cov, rtol=1e-10)
+    np.testing.assert_allclose(layout.cholesky_from_precisions(layout.precisions(pc)), pc, rtol=1e-10)
+    # log det of the precision factor = -1/2 log det of the covariance.
+    log_det = np.broadcast_to(layout.log_det(pc, d), (k,))
+    np.testing.assert_allclose(log_det, -0.5 * np.linalg.slogdet(mats)[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_parameter_count_and_log_density_against_scikit_learn(cov_type, rng):
+    X = mixture(rng, n=300, d=3, k=2)[0]
+    ref = SkGaussianMixture(2, covariance_type=cov_type, max_iter=5, random_state=0).fit(X)
+    assert gaussian.n_parameters(2, 3, cov_type) == ref._n_parameters()
+    family = gaussian.GaussianFamily()
+    params = {"covariance_type": cov_type, "weights": ref.weights_, "means": ref.means_,
+              "covariances": ref.covariances_, "precisions_cholesky": ref.precisions_cholesky_}
+    np.testing.assert_allclose(family.weighted_log_prob(X, params, np.zeros(3)),
+                               ref._estimate_weighted_log_prob(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_m_step_equals_scikit_learn(cov_type, rng):
+    """The M-step of one E-step's statistics equals scikit-learn's on the same responsibilities."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    X = mixture(rng, n=400, d=3, k=3)[0]
+    state = round_state(3, 3, rng, cov=cov_type)
+    (record,) = engine.estep_block(X, None, state)
+    (new,) = engine.mstep_round([record], state, len(X))
+    p = state.params[0]
+    ref = SkGaussianMixture(3, covariance_type=cov_type, reg_covar=1e-6, weights_init=p["weights"],
+                            means_init=p["means"], precisions_init=LAYOUTS[cov_type].precisions(p["precisions_cholesky"]),
+                            max_iter=1)
+    ref._initialize_parameters(X, np.random.RandomState(0))
+    _, log_resp = ref._e_step(X)
+    nk, means, covariances = _estimate_gaussian_parameters(X, np.exp(log_resp), 1e-6, cov_type)
+    np.testing.assert_allclose(new.params["means"], means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(new.params["covariances"], covariances, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(new.params["weights"], nk / nk.sum(), rtol=1e-12)
+
+
+def test_initial_parameters_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"precisions_init must have shape \(3,\) for covariance_type='spherical'"):
+        gaussian.check_initial_parameters(3, 2, "spherical", None, None, np.ones((3, 2)))
+    with pytest.raises(ValueError, match="precisions_init must be symmetric positive definite"):
+        gaussian.check_initial_parameters(3, 2, "tied", None, None, -np.eye(2))

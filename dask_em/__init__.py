@@ -10,6 +10,8 @@ The modules, in the order data flows through them, are described in
 """
 
 from ._version import __version__
+from .bayesian import BayesianGaussianFamily
+from .bayesian_mixture import BayesianGaussianMixture
 from .discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
 from .discrete_mixture import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .family import Family
@@ -22,6 +24,8 @@ from .selection import SelectionResult, select_model
 from .store import load, save
 
 __all__ = [
+    "BayesianGaussianFamily",
+    "BayesianGaussianMixture",
     "BernoulliFamily",
     "BernoulliMixture",
     "CategoricalFamily",

@@ -32,8 +32,9 @@ from ._base import information_criteria
 from ._covariance import COVARIANCE_TYPES
 from ._json import json_safe
 from .output import CODECS, atomic_output, exists, remove
-from .registry import FAMILY_NAMES, estimator_for_family
+from .registry import FAMILY_NAMES, GRID_FAMILIES, estimator_for_family
 from .runner import cluster, connect
+from .bayesian import PRIOR_TYPES
 from .starts import INIT_METHODS
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_FAILED, EXIT_PREEMPTED = 0, 2, 3, 4, 75
@@ -123,7 +124,9 @@ _FIT_CONFIG_KEYS = {
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories",
+    "weight_concentration_prior_type", "weight_concentration_prior",
 }
+GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
 
 FAMILIES = FAMILY_NAMES
 
@@ -140,18 +143,30 @@ def _parse_categories(text: str | int | list | None):
 
 
 def _make_estimator(ctx: click.Context, family: str, components: int, covariance_type: str, reg_covar: float,
-                    pseudo_count: float | None, n_categories, **common):
+                    pseudo_count: float | None, n_categories, prior_type: str | None = None,
+                    concentration: float | None = None, **common):
     """The estimator of --family, refusing options that belong to another family."""
     from click.core import ParameterSource
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
-    if family == "gaussian":
+    if family != "bayesian_gaussian":
+        for name in ("weight_concentration_prior_type", "weight_concentration_prior"):
+            if given(name):
+                raise Failure(f"--{name.replace('_', '-')} applies to --family bayesian_gaussian; received --family {family}.")
+    if family in GAUSSIAN_FAMILIES:
         for name in ("pseudo_count", "n_categories"):
             if given(name):
-                raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family gaussian.")
-        return estimator_for_family(family)(components, covariance_type=covariance_type, reg_covar=reg_covar, **common)
+                raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family {family}.")
+        extra = {}
+        if family == "bayesian_gaussian":
+            extra = {"weight_concentration_prior": concentration}
+            if prior_type is not None:
+                extra["weight_concentration_prior_type"] = prior_type
+        return estimator_for_family(family)(
+            components, covariance_type=covariance_type, reg_covar=reg_covar, **extra, **common
+        )
     for name in ("covariance_type", "reg_covar"):
         if given(name):
             raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian; received --family {family}.")
@@ -196,10 +211,15 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--output", "-o", help="Model store to write (Zarr path or URL).")
 @click.option("--components", "-k", type=int, default=1, show_default=True)
 @click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
-              help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical (codes).")
+              help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical "
+                   "(codes), bayesian_gaussian (variational: picks its number of components).")
 @click.option("--covariance-type", type=click.Choice(COVARIANCE_TYPES), default="full", show_default=True, help="gaussian only.")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
+@click.option("--weight-concentration-prior-type", type=click.Choice(PRIOR_TYPES), default=None,
+              help="bayesian_gaussian: the weights' prior [dirichlet_process].")
+@click.option("--weight-concentration-prior", type=float, default=None,
+              help="bayesian_gaussian: its concentration [1/K]; smaller switches off more components.")
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
@@ -219,7 +239,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--quiet", "-q", is_flag=True, help="No progress.")
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 @click.pass_context
-def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories, n_init, max_iter,
+def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
+        weight_concentration_prior_type, weight_concentration_prior, n_init, max_iter,
         tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
@@ -238,6 +259,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         _refuse_existing(output, overwrite, options)
     model = _make_estimator(
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
+        weight_concentration_prior_type, weight_concentration_prior,
         n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed,
     )
 
@@ -364,7 +386,7 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--output", "-o", required=True, help="Model store for the best candidate.")
 @click.option("--table", "table_path", help="Write the criterion table here (.csv or .json).")
 @click.option("--components", "-k", default="1-10", show_default=True, help="Candidate K: 1-10, 2,4,8, ...")
-@click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
+@click.option("--family", type=click.Choice(GRID_FAMILIES), default="gaussian", show_default=True,
               help="Component distribution; the grid is over K alone for all but gaussian.")
 @click.option("--covariance-types", default=None, help="gaussian only: [full,tied,diag,spherical].")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
@@ -539,7 +561,7 @@ def info(model_path, storage_option, as_json):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--chunk-rows", type=int, default=100_000, show_default=True)
 @click.option("--separation", type=float, default=6.0, show_default=True, help="gaussian: mean spacing in component standard deviations.")
-@click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
+@click.option("--family", type=click.Choice(GRID_FAMILIES), default="gaussian", show_default=True,
               help="bernoulli writes bool, poisson uint16 counts, categorical small-int codes.")
 @click.option("--n-categories", type=int, default=5, show_default=True, help="categorical: categories per feature.")
 @click.option("--codec", type=click.Choice(sorted(CODECS)), default="none", show_default=True,

@@ -29,7 +29,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
-from .family import MASS_EPS, Family, merge_records
+from .family import Family, merge_records
 from .io import check_weights
 
 # ---------------------------------------------------------------------------
@@ -57,8 +57,9 @@ class RoundState:
 class StepResult:
     """What one restart's M-step sends back to the client.
 
-    ``lower_bound`` is the mean log-likelihood of the parameters that entered
-    the round; ``entropy`` the weighted sum of sum_k r log r (when asked for).
+    ``lower_bound`` is the family's ``round_bound`` (by default the mean
+    log-likelihood of the parameters that entered the round); ``entropy`` the
+    weighted sum of sum_k r log r (when asked for).
     """
 
     lower_bound: float
@@ -145,9 +146,12 @@ _combine.__name__ = "em-combine"
 def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
     """M-step of every restart; failures are returned, not raised.
 
-    The engine owns the mixture weights, ``(n_k + eps) / sum``; a component
-    with less than a millionth of an average row's weight is empty and is
-    dropped from the statistics and the parameters before the family's M-step.
+    The family's ``mixture_weights`` gives the new weights (by default
+    ``(n_k + eps) / sum``) and its ``round_bound`` the reported bound (by default
+    the mean log-likelihood of the entering parameters); a component with less
+    than a millionth of an average row's weight is empty and, unless the family
+    keeps empty components, is dropped from the statistics and the parameters
+    before the family's M-step.
     """
     if isinstance(records, np.ndarray):  # a reduction output of object dtype
         records = records.item() if records.ndim == 0 else records.ravel()[0]
@@ -161,7 +165,7 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
             continue
         extra = {"entropy": rec["entropy"], "wsum": wsum}
         nk, stats = rec["nk"], rec["stats"]
-        keep = nk >= 1e-6 * wsum / max(n_rows, 1)
+        keep = nk >= 1e-6 * wsum / max(n_rows, 1) if family.drops_empty_components else np.ones(len(nk), bool)
         dropped = [int(i) for i in np.flatnonzero(~keep)]
         if dropped:
             if not keep.any():
@@ -170,12 +174,11 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
             stats, params, nk = family.select(stats, keep), family.select(params, keep), nk[keep]
         try:
             new = family.m_step(stats, nk, params)
+            new["weights"] = family.mixture_weights(nk, new)
         except (ArithmeticError, np.linalg.LinAlgError) as exc:
             out.append(StepResult(lower_bound, error=str(exc), **extra))
             continue
-        mass = nk + MASS_EPS
-        new["weights"] = mass / mass.sum()
-        out.append(StepResult(lower_bound, new, dropped, **extra))
+        out.append(StepResult(family.round_bound(rec, new), new, dropped, **extra))
     return out
 
 

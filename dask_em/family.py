@@ -87,6 +87,19 @@ and may override (defaults in brackets):
 ``panel_rows``
     Rows per panel of the default ``estep``; set it when ``prepare_rows``
     makes wide rows. [None: PANEL_CELLS // K]
+``mixture_weights(nk, params)``
+    The ``weights`` stored in the new ``params`` after an M-step (``params``
+    are the family's M-step output). [``(nk + MASS_EPS) / sum``]
+``round_bound(record, params)``
+    The lower bound reported for a round, from its reduced E-step record and
+    the new ``params``. [``record["loglik"] / record["wsum"]``: the mean
+    log-likelihood of the parameters that entered the round]
+``needs_entropy``
+    True makes every E-step sum ``sum_k r log r`` into ``record["entropy"]``
+    (a variational bound needs it). [False]
+``drops_empty_components``
+    False keeps a component whose mass falls below a millionth of a row's
+    (a prior keeps it regular). [True]
 ``bound_fell_hint(params)``
     Why this family's EM bound can fall beyond round-off (logged with the
     warning when it does). [a generic sentence]
@@ -171,6 +184,8 @@ class Family:
     name: str = ""
     lazy_row_check: bool = False
     panel_rows: int | None = None
+    needs_entropy: bool = False
+    drops_empty_components: bool = True
 
     # -- required -----------------------------------------------------------
 
@@ -247,6 +262,15 @@ class Family:
         params["weights"] = (nk + MASS_EPS) / (nk + MASS_EPS).sum()
         params["dropped"] = dropped
         return params
+
+    def mixture_weights(self, nk: np.ndarray, params: Params) -> np.ndarray:
+        """The mixture weights stored with the M-step's new ``params``."""
+        mass = nk + MASS_EPS
+        return mass / mass.sum()
+
+    def round_bound(self, record: dict, params: Params) -> float:
+        """The lower bound reported for a round: by default the entering parameters' mean log-likelihood."""
+        return record["loglik"] / record["wsum"]
 
     def prepare_rows(self, x: np.ndarray) -> Any:
         return x

@@ -56,7 +56,8 @@ def convergence(model, ax=None):
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
-    ax.set_ylabel("lower bound (mean log-likelihood per row)")
+    variational = hasattr(model, "weight_concentration_")
+    ax.set_ylabel("evidence lower bound (total over rows)" if variational else "lower bound (mean log-likelihood per row)")
     ax.set_title(f"EM convergence, {len(model.restarts_)} restart(s)")
     ax.legend(loc="lower right", fontsize="small")
     return ax
@@ -123,6 +124,29 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
     ax.set_xlabel(str(names[i]) if names is not None else f"feature {i}")
     ax.set_ylabel(str(names[j]) if names is not None else f"feature {j}")
     ax.set_title(f"{len(points):,} sampled rows, K={model.n_components_} ({model.covariance_type})")
+    return ax
+
+
+def weights(model, threshold: float = 1e-2, ax=None):
+    """The mixture weights, largest first; the components above ``threshold`` (the active ones) coloured.
+
+    For a :class:`~dask_em.BayesianGaussianMixture` fitted with a generous
+    ``n_components`` this shows how many components the data support.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model, "weights_")
+    w = np.asarray(model.weights_, dtype=float)
+    order = np.argsort(w)[::-1]
+    active = w[order] >= threshold
+    ax = _axes(ax)
+    ax.bar(np.arange(len(w)), w[order], color=np.where(active, "tab:blue", "lightgray"))
+    ax.set_xticks(np.arange(len(w)), [str(k) for k in order])
+    ax.axhline(threshold, color="black", lw=0.8, ls="--")
+    ax.set_xlabel("component")
+    ax.set_ylabel("weight")
+    ax.set_yscale("log")
+    ax.set_title(f"{int(active.sum())} of {len(w)} components above {threshold:g}")
     return ax
 
 

@@ -6,6 +6,7 @@ with the list of valid ones.
 
 from __future__ import annotations
 
+from .bayesian_mixture import BayesianGaussianMixture
 from .discrete_mixture import BernoulliMixture, CategoricalMixture, PoissonMixture
 from .gaussian_mixture import GaussianMixture
 from .mixture import Mixture
@@ -16,8 +17,12 @@ ESTIMATORS_BY_FAMILY: dict[str, type] = {
     "bernoulli": BernoulliMixture,
     "poisson": PoissonMixture,
     "categorical": CategoricalMixture,
+    "bayesian_gaussian": BayesianGaussianMixture,
 }
 FAMILY_NAMES = tuple(ESTIMATORS_BY_FAMILY)
+# The families select_model ranks by information criteria (and `dask-em generate` writes data
+# for): a variational model picks its number of components itself and has no BIC.
+GRID_FAMILIES = ("gaussian", "bernoulli", "poisson", "categorical")
 
 # Every estimator a model store may name.
 ESTIMATORS: dict[str, type] = {cls.__name__: cls for cls in (*ESTIMATORS_BY_FAMILY.values(), Mixture)}

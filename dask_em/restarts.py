@@ -161,7 +161,9 @@ def run_rounds(
         if not running:
             break
         # Rows are validated in the first round; later rounds read the same rows.
-        state = RoundState(family, context, [r.estep_params() for r in running], check_rows=first)
+        state = RoundState(
+            family, context, [r.estep_params() for r in running], check_rows=first, entropy=family.needs_entropy
+        )
         first = False
         tic = time.perf_counter()
         results = compute_round(runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt()))

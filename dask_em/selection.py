@@ -31,7 +31,7 @@ from ._base import BaseMixture, fit_models, information_criteria
 from ._covariance import COVARIANCE_TYPES
 from .family import Family
 from .mixture import Mixture
-from .registry import estimator_for_family
+from .registry import GRID_FAMILIES, estimator_for_family
 
 CRITERIA = ("bic", "aic", "icl")
 
@@ -95,6 +95,11 @@ def _candidates(n_components, covariance_types, family) -> tuple[list[int], list
         raise ValueError(f"n_components must be ints >= 1 (e.g. range(1, 11)); received {ks!r}.")
     if not isinstance(family, Family):
         estimator_for_family(family)  # refuses an unknown name, listing the valid ones
+        if family not in GRID_FAMILIES:
+            raise ValueError(
+                f"select_model ranks {GRID_FAMILIES} by information criteria; received family={family!r}, "
+                "which picks its own number of components: fit it once with a generous n_components."
+            )
     if family != "gaussian":
         if covariance_types is not None:
             raise ValueError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import dask.array as da
 import numpy as np
@@ -192,6 +193,9 @@ class StartPlan:
     methods: list[str]
     sample_rows: np.ndarray
     variant: str | None = None
+    # Settings that need the data (e.g. a prior from the moments of all rows):
+    # a function (X, w) -> {name: Delayed}, computed with the start, sharing its reads.
+    data_settings: Callable[[da.Array, da.Array | None], dict] | None = None
 
     @classmethod
     def make(
@@ -205,17 +209,19 @@ class StartPlan:
         random_state,
         sample_size: int | None,
         variant: str | None = None,
+        data_settings: Callable[[da.Array, da.Array | None], dict] | None = None,
     ) -> "StartPlan":
         *children, sample_seed = seed_sequence(random_state).spawn(n_starts + 1)
         seeds = [int(c.generate_state(1)[0]) for c in children]
         size = sample_size or default_sample_size(n_samples, settings["n_components"])
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
-        return cls(family, settings, seeds, methods, rows, variant)
+        return cls(family, settings, seeds, methods, rows, variant, data_settings)
 
     def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
         """Delayed (context, [params of each start]) for one compute."""
+        settings = self.settings if self.data_settings is None else {**self.settings, **self.data_settings(X, w)}
         return init_graph(
-            X, w, family=self.family, settings=self.settings, method=self.methods, seeds=self.seeds,
+            X, w, family=self.family, settings=settings, method=self.methods, seeds=self.seeds,
             sample_rows=self.sample_rows, salt=salt,
         )

@@ -1,0 +1,100 @@
+"""Seconds per iteration of BayesianGaussianMixture: dask-em against scikit-learn, in one run.
+
+Both start from the same start and run the same iterations (tol=0):
+``init_params="random_from_data"`` with dask-em's ``init_sample_size`` equal to
+n draws the same K rows in both (``RandomState(seed).choice(n, K)``), so the
+two fits are the same computation and their final lower bounds must agree;
+the table prints both. scikit-learn's time is its own loop body
+(``_e_step``, ``_m_step``, ``_compute_lower_bound``) on the in-memory array,
+without its start; dask-em's is the rounds' wall time (restart ``seconds``
+over ``n_iter``) on the same numpy array, threaded scheduler.
+
+Usage::
+
+    python benchmarks/bench_bayesian.py            # 2M x 16 and 500k x 64, K=8 (minutes)
+    python benchmarks/bench_bayesian.py --quick    # small shapes, a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import time
+import warnings
+
+import numpy as np
+
+
+def make_data(n, d, k, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=4.0, size=(k, d))
+    labels = rng.integers(0, k, n)
+    X = rng.standard_normal((n, d))
+    X += centers[labels]
+    return X
+
+
+def sklearn_per_iter(X, kw, seed, iters):
+    from sklearn.mixture import BayesianGaussianMixture
+
+    m = BayesianGaussianMixture(random_state=seed, tol=0, max_iter=iters, init_params="random_from_data", **kw)
+    m._check_parameters(X)
+    m._initialize_parameters(X, np.random.RandomState(seed))
+    tic = time.perf_counter()
+    for _ in range(iters):
+        log_prob_norm, log_resp = m._e_step(X)
+        m._m_step(X, log_resp)
+        bound = m._compute_lower_bound(log_resp, log_prob_norm)
+    return (time.perf_counter() - tic) / iters, float(np.ravel(bound)[0])
+
+
+def dask_em_per_iter(X, kw, iters):
+    import dask_em
+
+    m = dask_em.BayesianGaussianMixture(
+        random_state=0, tol=0, max_iter=iters, init_params="random_from_data", init_sample_size=len(X), **kw
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(X)
+    r = m.restarts_[0]
+    return r["seconds"] / r["n_iter"], m.lower_bound_, r["seed"]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--iters", type=int, default=5)
+    args = parser.parse_args(argv)
+    cases = (
+        [(200_000, 16, "full"), (200_000, 16, "diag"), (50_000, 64, "full")]
+        if args.quick
+        else [(2_000_000, 16, "full"), (2_000_000, 16, "diag"), (500_000, 64, "full"), (500_000, 64, "diag")]
+    )
+    k = 8
+    print(f"# {cpu_name()}, {os.cpu_count()} cores; K={k}, {args.iters} iterations, tol=0, dirichlet_process prior")
+    print(f"{'n x d':>12} {'cov':>5} {'sklearn s/it':>13} {'dask-em s/it':>13} {'ratio':>6}  "
+          f"{'sklearn bound':>18} {'dask-em bound':>18} {'rel. diff':>9}")
+    for n, d, ct in cases:
+        X = make_data(n, d, k)
+        kw = dict(n_components=k, covariance_type=ct)
+        ours, our_bound, seed = dask_em_per_iter(X, kw, args.iters)
+        theirs, their_bound = sklearn_per_iter(X, kw, seed, args.iters)
+        rel = abs(our_bound - their_bound) / abs(their_bound)
+        print(f"{n:>9}x{d:<3} {ct:>5} {theirs:13.3f} {ours:13.3f} {theirs / ours:6.2f}  "
+              f"{their_bound:18.8g} {our_bound:18.8g} {rel:9.1e}", flush=True)
+        del X
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""``BayesianGaussianMixture``: scikit-learn's variational Gaussian mixture, fitted out-of-core.
+
+The model, its statistics and its bound are in :mod:`dask_em.bayesian`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._base import BaseMixture
+from ._covariance import COVARIANCE_TYPES, LAYOUTS
+from ._validation import fail, is_real
+from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, data_moments_graph
+from .family import Family
+
+
+class BayesianGaussianMixture(BaseMixture):
+    """Variational Bayesian Gaussian mixture fitted on data larger than memory.
+
+    The parameters and fitted attributes mean what they mean in
+    :class:`sklearn.mixture.BayesianGaussianMixture`; fit takes numpy, dask,
+    xarray, ``zarr.Array`` or a Zarr path/URL and reads it one row chunk at a
+    time. Each iteration is one pass (the E-step's reduction gives the
+    statistics, the entropy of the responsibilities and hence the bound).
+
+    Parameters
+    ----------
+    n_components : int, default=1
+        Upper bound on the number of components; superfluous ones get weights
+        near zero (they are kept, as in scikit-learn).
+    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+    tol : float, default=1e-3
+        Convergence threshold on the change of the lower bound (a total over
+        rows, as scikit-learn's).
+    reg_covar : float, default=1e-6
+    max_iter : int, default=100
+    n_init : int, default=1
+        Restarts, run side by side sharing every read; the highest final
+        lower bound wins.
+    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+        Computed on a uniform sample of ``init_sample_size`` rows (all rows
+        when the sample is at least as large as the data).
+    weight_concentration_prior_type : {"dirichlet_process", "dirichlet_distribution"}, default="dirichlet_process"
+    weight_concentration_prior : float > 0, optional
+        Default ``1 / n_components``.
+    mean_precision_prior : float > 0, optional
+        Default 1.
+    mean_prior : array-like of shape (n_features,), optional
+        Default: the mean of all rows (one read per chunk, shared with the
+        initialisation sample's; weighted by ``sample_weight`` if given).
+    degrees_of_freedom_prior : float > n_features - 1, optional
+        Default ``n_features``.
+    covariance_prior : float or array-like, optional
+        Shape (d, d) full/tied, (d,) diag, float spherical. Default: the
+        covariance of all rows (ddof=1; for diag its diagonal, for spherical
+        the mean of that), computed with ``mean_prior``'s pass.
+    random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter
+        As for :class:`dask_em.GaussianMixture`.
+    prune_margin : float or None, default=None
+        As for :class:`dask_em.GaussianMixture`, in units of this bound (a
+        total over rows, not a per-row mean); None never prunes.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (n_components,)
+        Posterior mean of the weights.
+    means_ : ndarray of shape (n_components, n_features)
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+    weight_concentration_ : ndarray (K,) or tuple of two (K,) arrays (dirichlet_process)
+    mean_precision_ : ndarray of shape (n_components,)
+    degrees_of_freedom_ : ndarray of shape (n_components,) (a float for tied)
+    weight_concentration_prior_, mean_precision_prior_, mean_prior_,
+    degrees_of_freedom_prior_, covariance_prior_
+        The prior used.
+    converged_, n_iter_, restarts_, n_components_, n_features_in_
+        As for :class:`dask_em.GaussianMixture`.
+    lower_bound_ : float
+        scikit-learn's evidence lower bound (without its constant terms) of
+        the best restart at its last iteration.
+    lower_bounds_ : list of float
+        That bound at every iteration.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        weight_concentration_prior_type: str = "dirichlet_process",
+        weight_concentration_prior: float | None = None,
+        mean_precision_prior: float | None = None,
+        mean_prior=None,
+        degrees_of_freedom_prior: float | None = None,
+        covariance_prior=None,
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = None,
+    ):
+        super().__init__(
+            n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
+            random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
+            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            prune_margin=prune_margin,
+        )
+        self.covariance_type = covariance_type
+        self.reg_covar = reg_covar
+        self.weight_concentration_prior_type = weight_concentration_prior_type
+        self.weight_concentration_prior = weight_concentration_prior
+        self.mean_precision_prior = mean_precision_prior
+        self.mean_prior = mean_prior
+        self.degrees_of_freedom_prior = degrees_of_freedom_prior
+        self.covariance_prior = covariance_prior
+
+    def make_family(self) -> Family:
+        return BayesianGaussianFamily(reg_covar=float(self.reg_covar))
+
+    def _check_family_params(self) -> None:
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
+        if not is_real(self.reg_covar) or self.reg_covar < 0:
+            raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        if self.weight_concentration_prior_type not in PRIOR_TYPES:
+            raise fail("weight_concentration_prior_type", self.weight_concentration_prior_type, f"one of {PRIOR_TYPES}")
+        for name in ("weight_concentration_prior", "mean_precision_prior"):
+            value = getattr(self, name)
+            if value is not None and (not is_real(value) or value <= 0):
+                raise fail(name, value, "None or a finite float > 0")
+        if self.degrees_of_freedom_prior is not None and not is_real(self.degrees_of_freedom_prior):
+            raise fail("degrees_of_freedom_prior", self.degrees_of_freedom_prior, "None or a finite float > n_features - 1")
+
+    def _start_settings(self, d: int) -> dict:
+        return {
+            "n_components": self.n_components,
+            "covariance_type": self.covariance_type,
+            "weight_concentration_prior_type": self.weight_concentration_prior_type,
+            "weight_concentration_prior": self.weight_concentration_prior,
+            "mean_precision_prior": self.mean_precision_prior,
+            "degrees_of_freedom_prior": self._check_dof(d),
+            "mean_prior": self._check_mean_prior(d),
+            "covariance_prior": self._check_covariance_prior(d),
+        }
+
+    def _check_dof(self, d: int):
+        dof = self.degrees_of_freedom_prior
+        if dof is not None and not dof > d - 1:
+            raise ValueError(
+                f"degrees_of_freedom_prior must be greater than n_features - 1 = {d - 1}; received {dof!r}. "
+                f"Leave it None for the default {d}."
+            )
+        return dof
+
+    def _check_mean_prior(self, d: int):
+        if self.mean_prior is None:
+            return None
+        m = np.asarray(self.mean_prior, dtype=np.float64)
+        if m.shape != (d,) or not np.isfinite(m).all():
+            raise ValueError(
+                f"mean_prior must be a finite array of shape ({d},) for {d} features; received shape {m.shape}."
+            )
+        return m
+
+    def _check_covariance_prior(self, d: int):
+        value, ct = self.covariance_prior, self.covariance_type
+        if value is None:
+            return None
+        if ct == "spherical":
+            if not is_real(value) or value <= 0:
+                raise fail("covariance_prior", value, "a finite float > 0 for covariance_type='spherical'")
+            return float(value)
+        c = np.asarray(value, dtype=np.float64)
+        shape = (d, d) if ct in ("full", "tied") else (d,)
+        if c.shape != shape:
+            raise ValueError(
+                f"covariance_prior must have shape {shape} for covariance_type={ct!r}; received shape {c.shape}."
+            )
+        if ct in ("full", "tied"):
+            if not np.allclose(c, c.T) or np.linalg.eigvalsh(c).min() <= 0:
+                raise ValueError("covariance_prior must be symmetric positive definite.")
+        elif not (c > 0).all():
+            raise ValueError(f"covariance_prior must be positive; received {c}.")
+        return c
+
+    def _start_plan(self, n: int, d: int):
+        """The start, plus the data-dependent prior's moments in the same compute (one read per chunk)."""
+        plan = super()._start_plan(n, d)
+        if self.mean_prior is None or self.covariance_prior is None:
+            ct = self.covariance_type
+            plan.data_settings = lambda X, w: {"data_moments": data_moments_graph(X, w, ct)}
+        return plan
+
+    def _variant(self) -> str | None:
+        return self.covariance_type
+
+    def _describe(self) -> str:
+        return f"{self.covariance_type} covariance, {self.weight_concentration_prior_type} prior"
+
+    def expected_shapes(self, k: int, d: int, values: dict) -> dict:
+        if values.get("covariance_type") != self.covariance_type:
+            raise ValueError(
+                f"covariance_type {values.get('covariance_type')!r} of the parameters differs from "
+                f"the estimator's {self.covariance_type!r}"
+            )
+        cov = LAYOUTS[self.covariance_type].shape(k, d)
+        concentration = (k, 2) if self.weight_concentration_prior_type == "dirichlet_process" else (k,)
+        return {
+            "means": (k, d), "covariances": cov, "precisions_cholesky": cov, "mean_precision": (k,),
+            "weight_concentration": concentration, "mean_prior": (d,),
+        }
+
+    def _summary_rows(self) -> list[tuple[str, str]]:
+        rows = super()._summary_rows()
+        return [
+            (name, f"{self.lower_bound_:.6f} (evidence lower bound, total over rows)") if name == "lower bound"
+            else (name, value)
+            for name, value in rows
+        ]
+
+    def bic(self, X, **kwargs) -> float:
+        """Not defined for a variational model (scikit-learn's has none either)."""
+        raise TypeError(
+            "BayesianGaussianMixture has no BIC: its evidence lower bound (lower_bound_) scores the fit, and "
+            "its weights_ show the components the data support. For a BIC grid use dask_em.select_model."
+        )
+
+    def aic(self, X, **kwargs) -> float:
+        """Not defined for a variational model (scikit-learn's has none either)."""
+        raise TypeError(
+            "BayesianGaussianMixture has no AIC: its evidence lower bound (lower_bound_) scores the fit. "
+            "For an information-criterion grid use dask_em.select_model."
+        )

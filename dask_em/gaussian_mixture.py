@@ -30,8 +30,10 @@ class GaussianMixture(BaseMixture):
     n_init : int, default=1
         Restarts; they run side by side, sharing every chunk read, and the one
         with the highest final lower bound wins.
-    init_params : {"kmeans", "k-means++", "random", "random_from_data"}, default="kmeans"
+    init_params : {"kmeans", "k-means++", "random", "random_from_data", "hierarchical"}, default="kmeans"
         How each restart starts, computed on a uniform sample of rows.
+        "hierarchical" is mclust's start: model-based agglomerative clustering
+        (:mod:`dask_em.hierarchical`) of at most 2,000 of those rows.
     weights_init : array-like of shape (n_components,), optional
     means_init : array-like of shape (n_components, n_features), optional
     precisions_init : array-like, optional

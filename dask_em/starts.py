@@ -24,8 +24,9 @@ from dask.delayed import delayed
 
 from ._validation import seed_sequence
 from .family import Family
+from .hierarchical import hc_responsibilities
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
 # The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
 MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample")
 
@@ -127,6 +128,10 @@ def start_responsibilities(
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
             km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
         resp[np.arange(n), km.predict(xc)] = 1
+    elif method == "hierarchical":
+        # mclust's start: the "VVV" model-based tree on the SVD-transformed sample,
+        # at most 2,000 rows clustered (drawn with this restart's seed), the rest by E-step.
+        resp = hc_responsibilities(xc, n_components, rng=seed)
     else:  # pragma: no cover - validated by the estimator
         raise ValueError(method)
     return resp

@@ -18,8 +18,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dask_em"
 LAYERS = [
     ("foundation", ["_version", "_json", "_validation"]),
     ("input and the family protocol", ["io", "family"]),
-    ("families", ["_covariance", "gaussian", "bayesian", "discrete", "datasets"]),
-    ("starts", ["starts"]),
+    ("families", ["_covariance", "prior", "gaussian", "bayesian", "discrete", "datasets"]),
+    ("starts", ["hierarchical", "starts"]),
     ("engine and runner", ["engine", "runner"]),
     ("restarts", ["progress", "restarts", "checkpoint"]),
     ("estimators", ["_base", "gaussian_mixture", "bayesian_mixture", "discrete_mixture", "mixture", "registry"]),
@@ -27,7 +27,7 @@ LAYERS = [
     ("command line and package", ["cli", "__main__", "__init__"]),
 ]
 ORDER = [module for _, modules in LAYERS for module in modules]
-FAMILY_MODULES = {"_covariance", "gaussian", "bayesian", "discrete", "datasets"}
+FAMILY_MODULES = {"_covariance", "prior", "gaussian", "bayesian", "discrete", "datasets"}
 GENERIC = {"starts", "engine", "runner", "progress", "restarts", "checkpoint"}
 
 

@@ -1,0 +1,139 @@
+"""The model-based hierarchical start against a direct numpy reference and mclust's hc.
+
+mclust's merges were recorded once by tests/data/record_mclust.py (Rscript, mclust 6.0.0)
+into tests/data/mclust_fixture.json: ``hclass(hc(X, modelName, use), G)`` for every G.
+"""
+
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from dask_em import GaussianMixture
+from dask_em.starts import start_responsibilities
+from dask_em.hierarchical import (
+    cut_tree,
+    hc_alpha,
+    hc_merges,
+    hc_partition,
+    hc_responsibilities,
+    hc_transform,
+)
+
+FIXTURE = json.loads((pathlib.Path(__file__).parent / "data" / "mclust_fixture.json").read_text())
+
+
+def _term(rows: np.ndarray, model: str, alpha: float) -> float:
+    """The criterion of one cluster, written from the formulas (Fraley 1998; mclust's hc)."""
+    n, p = rows.shape
+    resid = rows - rows.mean(0)
+    w = resid.T @ resid
+    tr = float(np.trace(w))
+    if model == "EII":
+        return tr
+    if model == "VII":
+        return n * math.log((tr + alpha) / n)
+    if model == "VVI":
+        return n / p * float(np.log((np.diag(w) + alpha / p) / n).sum())
+    if n <= p or n == 2:
+        return n * math.log((tr + alpha) / n)
+    return n * math.log(max(np.linalg.det(w / n), 0.0) + (tr + alpha) / n)
+
+
+def brute_force_merges(x: np.ndarray, model: str) -> np.ndarray:
+    """Every step: the criterion of every pair recomputed from the member rows."""
+    alpha = hc_alpha(x)
+    clusters = [[i] for i in range(len(x))]
+    pairs = []
+    while len(clusters) > 1:
+        best = None
+        for i in range(len(clusters)):
+            for j in range(i + 1, len(clusters)):
+                a, b = clusters[i], clusters[j]
+                cost = _term(x[a + b], model, alpha) - _term(x[a], model, alpha) - _term(x[b], model, alpha)
+                if best is None or cost < best[0]:
+                    best = (cost, i, j)
+        _, i, j = best
+        merged = sorted(clusters[i] + clusters[j])
+        pairs.append(sorted((clusters[i][0], clusters[j][0])))
+        clusters = [c for t, c in enumerate(clusters) if t not in (i, j)] + [merged]
+        clusters.sort()
+    return np.array(pairs)
+
+
+def canonical(labels) -> np.ndarray:
+    _, first, inverse = np.unique(np.asarray(labels), return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse]
+
+
+@pytest.mark.parametrize("model", ["VVV", "VVI", "VII", "EII"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_merges_equal_a_direct_numpy_reference(model, seed):
+    rng = np.random.default_rng(seed)
+    x = np.vstack([rng.normal(loc, scale, size=(8, 3)) for loc, scale in ((0, 1), (4, 0.5), (-3, 2))])
+    pairs, costs = hc_merges(x, model)
+    np.testing.assert_array_equal(pairs, brute_force_merges(x, model))
+    assert costs.shape == (len(x) - 1,)
+
+
+def test_merges_equal_the_reference_on_the_mclust_fixture_data():
+    x = np.array(FIXTURE["x"])
+    np.testing.assert_array_equal(hc_merges(x, "VVV")[0], brute_force_merges(x, "VVV"))
+
+
+@pytest.mark.parametrize("key, model, use", [
+    ("VII_VARS", "VII", "VARS"),
+    ("EII_VARS", "EII", "VARS"),
+    ("VVV_SVD", "VVV", "SVD"),
+])
+def test_partitions_equal_mclust_hc_at_every_level(key, model, use):
+    x = np.array(FIXTURE["x"])
+    n = len(x)
+    pairs, _ = hc_merges(hc_transform(x, use), model)
+    for g in range(1, n):
+        expected = canonical(FIXTURE["hc"][key][g - 1])
+        np.testing.assert_array_equal(cut_tree(pairs, n, g), expected, err_msg=f"G={g}")
+
+
+def test_cut_tree_numbers_clusters_by_first_row_and_checks_its_range():
+    pairs = np.array([[0, 2], [1, 3], [0, 1]])
+    np.testing.assert_array_equal(cut_tree(pairs, 4, 4), [0, 1, 2, 3])
+    np.testing.assert_array_equal(cut_tree(pairs, 4, 2), [0, 1, 0, 1])
+    np.testing.assert_array_equal(cut_tree(pairs, 4, 1), [0, 0, 0, 0])
+    with pytest.raises(ValueError, match="cannot cut 4 rows into 0 clusters"):
+        cut_tree(pairs, 4, 0)
+
+
+def test_unknown_model_and_transform_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="model='XYZ' is not a hierarchical model; expected one of"):
+        hc_merges(np.zeros((3, 2)), "XYZ")
+    with pytest.raises(ValueError, match="use='PCA' is not a transformation"):
+        hc_transform(np.zeros((3, 2)), "PCA")
+
+
+def test_separated_blobs_are_recovered_from_a_subsample():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [10, 0], [0, 10], [10, 10]])
+    truth = rng.integers(0, 4, size=3000)
+    x = centers[truth] + rng.normal(size=(3000, 2))
+    resp = hc_responsibilities(x, 4, max_rows=500, rng=1)
+    np.testing.assert_allclose(resp.sum(1), 1.0)
+    labels = resp.argmax(1)
+    # Every cluster is one true blob: the contingency table is a permutation.
+    table = np.zeros((4, 4), dtype=int)
+    np.add.at(table, (truth, labels), 1)
+    assert (table > 0).sum() == 4
+    np.testing.assert_array_equal(hc_partition(x[:400], 4), canonical(truth[:400]))
+
+
+def test_start_responsibilities_and_the_estimator_accept_hierarchical():
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(c, 0.3, size=(60, 2)) for c in ((0, 0), (3, 0), (0, 3))])
+    resp = start_responsibilities(x - x.mean(0), 3, "hierarchical", 0)
+    assert set(np.unique(resp)) == {0.0, 1.0}
+    assert sorted(resp.sum(0)) == [60, 60, 60]
+    gm = GaussianMixture(3, init_params="hierarchical", random_state=0).fit(x)
+    assert gm.converged_
+    np.testing.assert_allclose(np.sort(gm.weights_), [1 / 3] * 3, atol=1e-6)

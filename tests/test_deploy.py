@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -191,8 +192,19 @@ def test_kustomization_covers_everything():
     (k,) = docs("kustomization.yaml")
     manifests = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml", "kustomizeconfig.yaml"}
     assert set(k["resources"]) == manifests
-    assert k["images"] == [{"name": "dask-em", "newName": k["images"][0]["newName"], "newTag": k["images"][0]["newTag"]}]
-    assert isinstance(k["images"][0]["newTag"], str)
+    (image,) = k["images"]
+    assert set(image) == {"name", "newName", "newTag"}
+    assert image["name"] == "dask-em"  # the placeholder every container names
+    # newName a repository path without a tag or digest, newTag a quoted string (YAML would
+    # read 0.10 as a float) naming the package version that the image installs.
+    assert re.fullmatch(r"[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)+", image["newName"]), image["newName"]
+    assert isinstance(image["newTag"], str) and re.fullmatch(r"[\w][\w.-]{0,127}", image["newTag"])
+    assert image["newTag"] == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    # The README builds and pushes exactly the image that kustomize deploys.
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    reference = f"{image['newName']}:{image['newTag']}"
+    assert f"docker build -f deploy/docker/Dockerfile -t {reference} ." in readme
+    assert f"docker push {reference}" in readme
     # Every DaskJob image path that kustomizeconfig names exists in daskjob.yaml.
     (cfg,) = docs("kustomizeconfig.yaml")
     for entry in cfg["images"]:

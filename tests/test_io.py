@@ -60,7 +60,15 @@ def test_zarr_path_opened_with_row_chunks(X, tmp_path):
 def test_zarr_default_chunks_are_multiples_of_the_store(X, tmp_path):
     write(tmp_path / "x.zarr", X, rows=50)
     p = as_dask_array(tmp_path / "x.zarr")
-    assert p.data.chunks[0][0] % 50 == 0 or p.data.chunks[0][0] == 500
+    assert p.data.chunks == ((500,), (4,))  # 500 rows fit one default chunk
+    # Enough rows for several chunks (the default is at most max(4096, n / (2 cores)) rows):
+    # every dask chunk but the last spans whole store chunks of 300 rows.
+    big = np.random.default_rng(0).normal(size=(20_000, 4))
+    write(tmp_path / "big.zarr", big, rows=300)
+    q = as_dask_array(tmp_path / "big.zarr")
+    rows = q.data.chunks[0]
+    assert len(rows) > 1 and sum(rows) == 20_000
+    assert all(r % 300 == 0 for r in rows[:-1]), rows
 
 
 def test_file_url_memory_url_and_zarr_array(X, tmp_path):

@@ -154,8 +154,17 @@ def test_restarts_best_wins_and_all_are_kept(rng):
     assert len({r["seed"] for r in gm.restarts_}) == 4
     for r in gm.restarts_:
         assert r["status"] == "ok" and r["n_iter"] == len(r["history"])
-    # Each restart alone, with its own seed stream, gives the same result.
     assert len(set(np.round(bounds, 8))) > 1  # the starts really differ
+    # Each restart alone, with its own seed stream, gives the same result: scikit-learn's
+    # "random_from_data" start draws its K rows with RandomState(seed).choice, as ours does
+    # (the sample is every row here), so one scikit-learn run per recorded seed is the reference.
+    for r in gm.restarts_:
+        ref = fit_quiet(SkGaussianMixture(5, init_params="random_from_data", random_state=r["seed"]), X)
+        assert r["n_iter"] == ref.n_iter_
+        assert r["lower_bound"] == pytest.approx(ref.lower_bound_, rel=1e-10)
+        if r["restart"] == gm.best_restart_:
+            assert_rel(gm.means_, ref.means_, 1e-8)
+            assert_rel(gm.covariances_, ref.covariances_, 1e-8)
 
 
 def test_same_seed_same_chunking_bitwise(rng):
@@ -246,15 +255,35 @@ def test_output_types_follow_input(blobs, tmp_path):
     assert isinstance(zlabels, da.Array) and zlabels.chunks == ((150, 150, 150, 150),)
 
 
-def test_sample(blobs):
+def full_covariances(gm):
+    """(K, d, d) covariances of any covariance_type, written out in numpy."""
+    k, d = gm.means_.shape
+    cov = gm.covariances_
+    return {"full": lambda: cov, "tied": lambda: np.broadcast_to(cov, (k, d, d)),
+            "diag": lambda: np.stack([np.diag(c) for c in cov]),
+            "spherical": lambda: cov[:, None, None] * np.eye(d)}[gm.covariance_type]()
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_sample(cov_type, blobs):
+    """Sample moments within 5 standard errors of the model's (Gaussian sampling theory)."""
     X = blobs[0]
-    gm = dask_em.GaussianMixture(3, random_state=0).fit(X)
-    xs, ys = gm.sample(20000)
-    assert xs.shape == (20000, 3) and ys.shape == (20000,)
-    np.testing.assert_allclose(np.bincount(ys, minlength=3) / 20000, gm.weights_, atol=0.02)
-    for k in range(3):
-        np.testing.assert_allclose(xs[ys == k].mean(0), gm.means_[k], atol=0.1)
-    again, _ = gm.sample(20000)
+    gm = dask_em.GaussianMixture(3, covariance_type=cov_type, random_state=0).fit(X)
+    n = 20000
+    xs, ys = gm.sample(n)
+    assert xs.shape == (n, 3) and ys.shape == (n,)
+    # Label counts are multinomial: standard error sqrt(w (1 - w) / n), about 0.0033 here.
+    se_w = np.sqrt(gm.weights_ * (1 - gm.weights_) / n)
+    np.testing.assert_array_less(np.abs(np.bincount(ys, minlength=3) / n - gm.weights_), np.minimum(0.02, 5 * se_w))
+    for k, cov in enumerate(full_covariances(gm)):
+        rows = xs[ys == k]
+        m = len(rows)
+        # mean: se sqrt(S_ii / m); covariance entry: se sqrt((S_ii S_jj + S_ij^2) / m)
+        se_mean = np.sqrt(np.diag(cov) / m)
+        np.testing.assert_array_less(np.abs(rows.mean(0) - gm.means_[k]), np.minimum(0.1, 5 * se_mean))
+        se_cov = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / m)
+        np.testing.assert_array_less(np.abs(np.cov(rows.T) - cov), 5 * se_cov)
+    again, _ = gm.sample(n)
     np.testing.assert_array_equal(again, xs)  # random_state=0 drives sample too
 
 
@@ -280,10 +309,24 @@ def test_fit_predict(blobs):
 
 class TestDegenerate:
     def test_duplicate_points(self, rng):
-        X = np.repeat(rng.normal(size=(10, 2)), 30, axis=0)
+        points = rng.normal(size=(10, 2))
+        X = np.repeat(points, 30, axis=0)
         gm = fit_quiet(dask_em.GaussianMixture(3, random_state=0), X)
         assert np.isfinite(gm.lower_bound_)
         assert all(np.linalg.eigvalsh(c).min() > 0 for c in gm.covariances_)
+        # scikit-learn's k-means start draws from RandomState(seed) on the same rows as ours
+        # (the sample is every row here): from the recorded seed it must reach the same model.
+        ref = fit_quiet(SkGaussianMixture(3, random_state=gm.restarts_[0]["seed"]), X)
+        assert gm.n_iter_ == ref.n_iter_
+        assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-10)
+        np.testing.assert_allclose(gm.weights_, ref.weights_, rtol=1e-10)
+        np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gm.covariances_, ref.covariances_, rtol=1e-8, atol=1e-12)
+        # Here one component holds one point's 30 copies alone: it sits on the point with
+        # covariance reg_covar * I (1e-6), a closed form.
+        (alone,) = np.flatnonzero(np.isclose(gm.weights_, 30 / 300))
+        assert np.min(np.abs(points - gm.means_[alone]).max(1)) < 1e-12
+        np.testing.assert_allclose(gm.covariances_[alone], 1e-6 * np.eye(2), rtol=1e-6, atol=1e-12)
 
     @pytest.mark.parametrize("cov_type", COV_TYPES)
     def test_constant_feature(self, cov_type, rng):

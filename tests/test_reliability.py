@@ -196,10 +196,62 @@ def test_float32_within_1e5_of_float64(rng):
     np.testing.assert_allclose(b.covariances_, a.covariances_, rtol=1e-5, atol=1e-5)
 
 
+def closed_form(groups, cov_type, reg_covar=1e-6):
+    """Maximum-likelihood parameters when each group of rows belongs wholly to one component.
+
+    numpy only: means, biased (co)variances plus reg_covar, weights by counts; ``tied``
+    pools the within-group scatter over all rows, ``spherical`` averages the variances.
+    """
+    n = sum(len(g) for g in groups)
+    d = groups[0].shape[1]
+    means = np.array([g.mean(0) for g in groups])
+    covs = np.array([np.cov(g.T, bias=True).reshape(d, d) for g in groups])
+    weights = np.array([len(g) / n for g in groups])
+    if cov_type == "full":
+        cov = covs + reg_covar * np.eye(d)
+    elif cov_type == "tied":
+        cov = sum(len(g) * c for g, c in zip(groups, covs)) / n + reg_covar * np.eye(d)
+    elif cov_type == "diag":
+        cov = np.diagonal(covs, axis1=1, axis2=2) + reg_covar
+    else:
+        cov = np.diagonal(covs, axis1=1, axis2=2).mean(1) + reg_covar
+    return weights, means, cov
+
+
+def full_covariances(cov, cov_type, k, d):
+    return {"full": lambda: cov, "tied": lambda: np.broadcast_to(cov, (k, d, d)),
+            "diag": lambda: np.stack([np.diag(c) for c in cov]),
+            "spherical": lambda: np.stack([c * np.eye(d) for c in cov])}[cov_type]()
+
+
+def mixture_loglik(X, weights, means, cov, cov_type):
+    """Mean log-likelihood of X under a Gaussian mixture, from scipy.stats."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    full = full_covariances(cov, cov_type, len(weights), X.shape[1])
+    cols = [np.log(w) + multivariate_normal(m, c).logpdf(X) for w, m, c in zip(weights, means, full)]
+    return logsumexp(np.stack(cols, 1), axis=1).mean()
+
+
+def assert_matches_closed_form(model, X, groups, cov_type):
+    from scipy.optimize import linear_sum_assignment
+
+    weights, means, cov = closed_form(groups, cov_type)
+    _, order = linear_sum_assignment(((means[:, None] - model.means_[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(model.means_[order], means, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(model.weights_[order], weights, rtol=1e-9)
+    # Collapsed components hold exactly reg_covar (1e-6): atol 1e-11 is 1% of it.
+    np.testing.assert_allclose(model.covariances_ if cov_type == "tied" else model.covariances_[order],
+                               cov, rtol=1e-6, atol=1e-11)
+    assert model.score(X) == pytest.approx(mixture_loglik(X, weights, means, cov, cov_type), rel=1e-9)
+
+
 @pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
 def test_mostly_duplicates_and_k_equal_to_distinct_points(cov_type, rng):
     points = rng.normal(size=(4, 2)) * 5
-    X = np.vstack([np.repeat(points, 500, axis=0), rng.normal(size=(20, 2))])  # 99% duplicates
+    noise = rng.normal(size=(20, 2))
+    X = np.vstack([np.repeat(points, 500, axis=0), noise])  # 99% duplicates
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gm = dask_em.GaussianMixture(4, covariance_type=cov_type, random_state=0).fit(X)
@@ -208,6 +260,18 @@ def test_mostly_duplicates_and_k_equal_to_distinct_points(cov_type, rng):
         for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
             assert np.isfinite(getattr(model, name)).all()
         assert np.isfinite(model.lower_bound_)
+    # K = distinct points: each component sits on its point, weight 1/4, covariance reg_covar * I,
+    # and the mean log-likelihood is log(1/4) + log N(0; 0, 1e-6 I) = log(1/4) - log(2 pi 1e-6).
+    exact_groups = [np.repeat(p[None], 10, axis=0) for p in points]
+    assert_matches_closed_form(exact, np.repeat(points, 10, axis=0), exact_groups, cov_type)
+    assert exact.score(points) == pytest.approx(np.log(0.25) - np.log(2 * np.pi * 1e-6), rel=1e-9)
+    # With noise: one component takes all 20 noisy rows and the other three collapse onto
+    # their points (a row 1 away has density ~exp(-1 / 2e-6) under a collapsed component).
+    # Which point keeps the wide component depends on the start: it is the heaviest one.
+    j = np.argmin(((points - gm.means_[np.argmax(gm.weights_)]) ** 2).sum(1))
+    groups = [np.repeat(p[None], 500, axis=0) for p in points]
+    groups[j] = np.vstack([groups[j], noise])
+    assert_matches_closed_form(gm, X, groups, cov_type)
 
 
 def test_collapse_mid_fit_is_reported_not_nan():
@@ -222,6 +286,9 @@ def test_collapse_mid_fit_is_reported_not_nan():
         dask_em.GaussianMixture(2, reg_covar=0.0, **start).fit(X)
     gm = dask_em.GaussianMixture(2, **start).fit(X)  # the default reg_covar keeps it finite
     assert np.isfinite(gm.covariances_).all() and np.isfinite(gm.lower_bound_)
+    # ... and right: the collapsed component is the point (0, 0) with covariance reg_covar * I,
+    # the other the 300 normal rows' own mean and covariance.
+    assert_matches_closed_form(gm, X, [X[:30], X[30:]], "full")
 
 
 @pytest.mark.timeout(180)

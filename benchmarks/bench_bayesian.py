@@ -13,6 +13,7 @@ Usage::
 
     python benchmarks/bench_bayesian.py            # 2M x 16 and 500k x 64, K=8 (minutes)
     python benchmarks/bench_bayesian.py --quick    # small shapes, a smoke run
+    python benchmarks/bench_bayesian.py --versus-select   # one generous fit against a BIC grid over K
 """
 
 from __future__ import annotations
@@ -71,11 +72,43 @@ def cpu_name() -> str:
         return platform.processor()
 
 
+def versus_select(n: int, d: int, k_true: int, k_max: int) -> None:
+    """Whole fits on the same data: select_model over K=1..k_max against one BayesianGaussianMixture(k_max)."""
+    import dask_em
+
+    rng = np.random.default_rng(1)
+    centers = rng.normal(scale=5.0, size=(k_true, d))
+    weights = rng.dirichlet(np.full(k_true, 5.0))
+    labels = rng.choice(k_true, size=n, p=weights)
+    X = rng.standard_normal((n, d)) * rng.uniform(0.5, 1.5, size=(k_true, 1))[labels] + centers[labels]
+    print(f"# {cpu_name()}; {n:,} x {d}, {k_true} true components, full covariance, n_init=1, default tol")
+    print(f"{'method':>34} {'seconds':>8} {'passes':>7} {'chosen K':>9}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tic = time.perf_counter()
+        result = dask_em.select_model(X, n_components=range(1, k_max + 1), covariance_types="full", random_state=0)
+        grid_s = time.perf_counter() - tic
+        passes = max(est.n_passes_ for est in result.estimators_.values())
+        print(f"{f'select_model K=1..{k_max} (BIC)':>34} {grid_s:8.2f} {passes:7d} {result.best_params_['n_components']:9d}")
+        for prior in (1.0 / k_max, 1e-3):
+            tic = time.perf_counter()
+            bgm = dask_em.BayesianGaussianMixture(k_max, weight_concentration_prior=prior, random_state=0,
+                                                  max_iter=500).fit(X)
+            active = int((bgm.weights_ >= 1e-2).sum())
+            name = f"BayesianGaussianMixture({k_max}), a={prior:g}"
+            print(f"{name:>34} {time.perf_counter() - tic:8.2f} {bgm.n_passes_:7d} {active:9d}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--versus-select", action="store_true",
+                        help="whole fits: a BIC grid over K against one generous variational fit")
     args = parser.parse_args(argv)
+    if args.versus_select:
+        versus_select(200_000, 8, 5, 10)
+        return
     cases = (
         [(200_000, 16, "full"), (200_000, 16, "diag"), (50_000, 64, "full")]
         if args.quick

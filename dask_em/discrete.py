@@ -64,6 +64,7 @@ class BernoulliFamily(Family):
     """Independent binary features per component; parameters ``probabilities`` (K, d)."""
 
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "bernoulli"
 
     def check_dtype(self, dtype, n_features):
@@ -134,6 +135,7 @@ class PoissonFamily(Family):
     """Independent counts per component; parameters ``rates`` (K, d)."""
 
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "poisson"
 
     def check_dtype(self, dtype, n_features):
@@ -212,6 +214,7 @@ class CategoricalFamily(Family):
 
     n_categories: int | tuple[int, ...] = 2
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "categorical"
     panel_rows = 8192  # one-hot panels are sum_j C_j wide: keep them near the cache's size
 

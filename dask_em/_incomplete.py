@@ -75,8 +75,13 @@ def _groups(miss: np.ndarray):
         if s == 0:
             continue
         rows = np.flatnonzero(counts == s)
-        cols = np.nonzero(miss[rows])[1].reshape(len(rows), s)
-        patterns, inverse = np.unique(cols, axis=0, return_inverse=True)
+        if miss.shape[1] <= 62:  # one int64 key per pattern: a 1-d unique, not a row-wise sort
+            keys = miss[rows].astype(np.int64) @ (np.int64(1) << np.arange(miss.shape[1], dtype=np.int64))
+            _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+            patterns = np.nonzero(miss[rows[first]])[1].reshape(len(first), s)
+        else:
+            cols = np.nonzero(miss[rows])[1].reshape(len(rows), s)
+            patterns, inverse = np.unique(cols, axis=0, return_inverse=True)
         yield s, rows, inverse.reshape(-1), patterns
 
 
@@ -163,8 +168,10 @@ def _full_stats(x0, obs, miss, w, params, acc, entropy) -> dict:
             wlp, xt = work.rows(x0[idx], obs[idx], cols, cond_cov, log_det_mm, inverse[lo:hi])
             rw = _likelihood(acc, wlp, None if w is None else w[idx], entropy)
             n_k += rw.sum(1)
-            a += np.einsum("kn,knd->kd", rw, xt)
-            b += np.matmul((xt * rw[:, :, None]).transpose(0, 2, 1), xt)
+            weighted = xt * rw[:, :, None]
+            a += weighted.sum(1)
+            for j in range(k):  # one BLAS GEMM per component
+                b[j] += weighted[j].T @ xt[j]
             for j in range(k):
                 mass[j] += np.bincount(inverse[lo:hi], rw[j], minlength=len(patterns))
         # Each pattern's conditional covariance, once, weighted by its rows' mass.

@@ -33,7 +33,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
 from .engine import StepResult, infer_block
-from .family import Family
+from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
@@ -83,6 +83,7 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        missing: str = "error",
     ):
         self.n_components = n_components
         self.tol = tol
@@ -97,6 +98,7 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         self.short_iter = short_iter
         self.prune_margin = prune_margin
         self.verbose = verbose
+        self.missing = missing
 
     # -- what a subclass fills in ---------------------------------------------
 
@@ -158,6 +160,9 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
         seed_sequence(self.random_state)
+        if self.missing not in MISSING_MODES:
+            raise fail("missing", self.missing, f"one of {MISSING_MODES} (NaN refused, or marginalised by EM)")
+        self.make_family()  # a family that cannot marginalise is refused here, with the reason
 
     def _start_plan(self, n: int, d: int) -> StartPlan:
         emem = self.init_strategy == "emEM"
@@ -316,6 +321,7 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
             token = tokenize(prep.data, block_state, what)
             key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)
             drop = {"labels": 1, "score_samples": 1}.get(what)
+            chunks = {"proba": (prep.data.chunks[0], (self.n_components_,)), "impute": prep.data.chunks}.get(what)
             out = da.map_blocks(
                 infer_block,
                 prep.data,
@@ -323,7 +329,7 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 what,
                 dtype=np.int64 if what == "labels" else np.float64,
                 drop_axis=drop,
-                chunks=(prep.data.chunks[0], (self.n_components_,)) if what == "proba" else None,
+                chunks=chunks,
                 name=f"em-{'predict' if what == 'labels' else what.replace('_', '-')}-{token}",
                 meta=np.empty((0,) * (1 if drop else 2), dtype=np.int64 if what == "labels" else np.float64),
             )
@@ -336,6 +342,21 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     def predict_proba(self, X, **kwargs):
         """Responsibilities, shape (n_samples, n_components_)."""
         return self._apply(X, "proba", kwargs)
+
+    def impute(self, X, **kwargs):
+        """``X`` with each missing value (NaN) replaced by its conditional expectation under the fitted mixture.
+
+        E[x_m | x_o] = sum_k P(k | x_o) E_k[x_m | x_o] (for a categorical
+        mixture, the most probable code). Observed values are returned as
+        they are. Shape (n_samples, n_features); lazy for dask/xarray/Zarr input.
+        Needs ``missing="marginalize"`` (with ``"error"`` a NaN is refused).
+        """
+        if self.missing == "error":
+            raise ValueError(
+                "impute needs a model fitted with missing='marginalize'; this one has missing='error', "
+                "which refuses NaN. Set model.missing = 'marginalize' (the fitted parameters stay valid)."
+            )
+        return self._apply(X, "impute", kwargs)
 
     def score_samples(self, X, **kwargs):
         """Per-row log-likelihood, shape (n_samples,)."""
@@ -416,7 +437,7 @@ def _wrap(out, prep: Prepared, what: str):
         return out
     import xarray as xr
 
-    dims = (prep.sample_dim,) if out.ndim == 1 else (prep.sample_dim, "component")
+    dims = (prep.sample_dim,) if out.ndim == 1 else (prep.sample_dim, "feature" if what == "impute" else "component")
     coords = {prep.sample_dim: prep.sample_coord} if prep.sample_coord is not None else {}
     return xr.DataArray(out, dims=dims, coords=coords, name=what)
 

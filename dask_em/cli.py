@@ -123,7 +123,7 @@ _FIT_CONFIG_KEYS = {
     "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
-    "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories",
+    "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
     "weight_concentration_prior_type", "weight_concentration_prior",
 }
 GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
@@ -221,6 +221,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--weight-concentration-prior", type=float, default=None,
               help="bayesian_gaussian: its concentration [1/K]; smaller switches off more components.")
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
+@click.option("--missing", type=click.Choice(["error", "marginalize"]), default="error", show_default=True,
+              help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
@@ -240,7 +242,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
-        weight_concentration_prior_type, weight_concentration_prior, n_init, max_iter,
+        weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
         tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
@@ -260,7 +262,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
     model = _make_estimator(
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior,
-        n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed,
+        n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
     )
 
     def progress(event: dict) -> None:
@@ -392,6 +394,8 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True)
+@click.option("--missing", type=click.Choice(["error", "marginalize"]), default="error", show_default=True,
+              help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--n-init", type=int, default=1, show_default=True)
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
@@ -403,7 +407,7 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--overwrite", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 def select(input, output, table_path, components, family, covariance_types, pseudo_count, n_categories, criterion,
-           n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
+           missing, n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
     """Fit a grid of K (and covariance types) side by side; write the best model and the table."""
     from .selection import select_model
     from .store import save
@@ -441,7 +445,7 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         result = select_model(
             input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
             random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
-            storage_options=options, chunk_rows=chunk_rows, family=family, **family_params,
+            storage_options=options, chunk_rows=chunk_rows, family=family, missing=missing, **family_params,
         )
         with atomic_output(output, options, overwrite) as tmp:
             save(result.best_estimator_, tmp, storage_options=options)

@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln
 
-from .family import MASS_EPS, Family
+from .family import MASS_EPS, Family, all_missing_row, fill_columns, responsibilities
 
 # Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
 # enters a GEMM as 0 * -inf = NaN; only a pseudo_count of 0 can reach the ends.
@@ -49,6 +49,34 @@ def _as_float(x: np.ndarray) -> np.ndarray:
     return np.asarray(x).astype(np.float64, copy=False)
 
 
+def _holes(x: np.ndarray) -> np.ndarray | None:
+    """The (rows, d) float mask of missing values (NaN) of float rows, or None when none is missing."""
+    if x.dtype.kind != "f":
+        return None
+    miss = np.isnan(x)
+    return miss.astype(np.float64) if miss.any() else None
+
+
+def _split(xp):
+    """(values, missing mask or None) of what ``prepare_rows`` made in missing='marginalize' mode."""
+    if isinstance(xp, dict):
+        return xp["x"], xp.get("miss")
+    return xp, None
+
+
+def _posterior(family: Family, x: np.ndarray, params: dict, context) -> np.ndarray:
+    """(K, rows) responsibilities of rows under a fitted model (their observed values)."""
+    wlp = np.ascontiguousarray(family.weighted_log_prob(x, params, context).T)
+    return responsibilities(wlp)[1]
+
+
+def _fill_expected(x: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    out = np.array(x, dtype=np.float64)
+    miss = np.isnan(out)
+    out[miss] = expected[miss]
+    return out
+
+
 def _check_numeric(name: str, dtype, fix: str) -> None:
     if np.dtype(dtype).kind not in "biuf":
         raise TypeError(f"{name} data must be numeric (bool, int or float); received dtype {np.dtype(dtype)}. {fix}")
@@ -64,15 +92,23 @@ class BernoulliFamily(Family):
     """Independent binary features per component; parameters ``probabilities`` (K, d)."""
 
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "bernoulli"
 
     def check_dtype(self, dtype, n_features):
         _check_numeric("Bernoulli", dtype, "Store 0/1 values as bool or uint8.")
 
+    supports_missing = True
+
     def check_rows(self, x):
         if x.dtype.kind == "b":
             return None
-        found = _first_bad((x != 0) & (x != 1))
+        bad = (x != 0) & (x != 1)
+        if self.missing != "error" and x.dtype.kind == "f":
+            bad &= ~np.isnan(x)
+            if not bad.any():
+                return all_missing_row(x)
+        found = _first_bad(bad)
         if found is None:
             return None
         row, col = found
@@ -81,18 +117,34 @@ class BernoulliFamily(Family):
         )
 
     def prepare_rows(self, x):
+        if self.missing != "error":
+            miss = _holes(np.asarray(x))
+            if miss is not None:  # missing values drop out of the product: zeros, and a mask
+                return {"x": np.nan_to_num(_as_float(x), nan=0.0), "miss": miss}
         return _as_float(x)
 
     def log_prob(self, xp, params):
+        xp, miss = _split(xp)
         p = np.clip(params["probabilities"], _TINY, _ONE_MINUS)
         log_q = np.log1p(-p)
         # (K, rows) products, returned transposed: the engine works component-major.
         out = (np.log(p) - log_q) @ xp.T
-        out += log_q.sum(1)[:, None]
+        if miss is None:
+            out += log_q.sum(1)[:, None]
+        else:
+            out += log_q @ (1.0 - miss).T
         return out.T
 
     def chunk_stats(self, xp, rw, params):
-        return {"ones": rw.T @ xp}
+        xp, miss = _split(xp)
+        ones = rw.T @ xp
+        if miss is not None:  # E[x_j | k] = p_kj for a missing x_j
+            ones += (rw.T @ miss) * params["probabilities"]
+        return {"ones": ones}
+
+    def impute(self, x, params, context):
+        resp = _posterior(self, x, params, context)
+        return _fill_expected(x, resp.T @ params["probabilities"])
 
     def m_step(self, stats, nk, params):
         a = self.pseudo_count
@@ -134,16 +186,23 @@ class PoissonFamily(Family):
     """Independent counts per component; parameters ``rates`` (K, d)."""
 
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "poisson"
 
     def check_dtype(self, dtype, n_features):
         _check_numeric("Poisson", dtype, "Store counts as an unsigned or signed integer type.")
+
+    supports_missing = True
 
     def check_rows(self, x):
         kind = x.dtype.kind
         if kind in "bu":
             return None
         bad = x < 0 if kind == "i" else ~(x >= 0) | (x != np.floor(x)) | ~np.isfinite(x)
+        if self.missing != "error" and kind == "f":
+            bad &= ~np.isnan(x)
+            if not bad.any():
+                return all_missing_row(x)
         found = _first_bad(bad)
         if found is None:
             return None
@@ -155,6 +214,11 @@ class PoissonFamily(Family):
 
     def prepare_rows(self, x):
         x = np.asarray(x)
+        if self.missing != "error":
+            miss = _holes(x)
+            if miss is not None:  # missing counts drop out: zeros (log 0! = 0), and a mask
+                x0 = np.nan_to_num(_as_float(x), nan=0.0)
+                return {"x": x0, "counts": x0, "table": None, "miss": miss}
         return {"x": _as_float(x), "counts": x, "table": _small_counts(x)}
 
     def log_prob(self, xp, params):
@@ -162,8 +226,15 @@ class PoissonFamily(Family):
         # component: row_log_constant, which the engine adds to the likelihood.
         rates = np.maximum(params["rates"], _TINY)
         out = np.log(rates) @ xp["x"].T
-        out -= rates.sum(1)[:, None]
+        if xp.get("miss") is None:
+            out -= rates.sum(1)[:, None]
+        else:
+            out -= rates @ (1.0 - xp["miss"]).T
         return out.T
+
+    def impute(self, x, params, context):
+        resp = _posterior(self, x, params, context)
+        return _fill_expected(x, resp.T @ params["rates"])
 
     def row_log_constant(self, xp):
         size = xp["table"]
@@ -181,7 +252,10 @@ class PoissonFamily(Family):
         return super().total_log_constant(xp, w)
 
     def chunk_stats(self, xp, rw, params):
-        return {"sums": rw.T @ xp["x"]}
+        sums = rw.T @ xp["x"]
+        if xp.get("miss") is not None:  # E[x_j | k] = l_kj for a missing x_j
+            sums += (rw.T @ xp["miss"]) * params["rates"]
+        return {"sums": sums}
 
     def m_step(self, stats, nk, params):
         return {"rates": (stats["sums"] + self.pseudo_count) / (nk[:, None] + MASS_EPS)}
@@ -212,6 +286,7 @@ class CategoricalFamily(Family):
 
     n_categories: int | tuple[int, ...] = 2
     pseudo_count: float = 1e-3
+    missing: str = "error"
     name = "categorical"
     panel_rows = 8192  # one-hot panels are sum_j C_j wide: keep them near the cache's size
 
@@ -223,8 +298,12 @@ class CategoricalFamily(Family):
     def offsets(self, n_features: int) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.sizes(n_features))])
 
+    supports_missing = True
+
     def check_dtype(self, dtype, n_features):
-        if np.dtype(dtype).kind not in "biu":
+        if self.missing != "error" and np.dtype(dtype).kind == "f":
+            pass  # codes with NaN for the missing ones; check_rows checks they are whole numbers
+        elif np.dtype(dtype).kind not in "biu":
             raise TypeError(
                 f"categorical codes must be stored as integers; received dtype {dtype}. Convert "
                 "them after checking they are whole numbers, e.g. X.astype('i4')."
@@ -237,7 +316,16 @@ class CategoricalFamily(Family):
 
     def check_rows(self, x):
         sizes = self.sizes(x.shape[1])
-        found = _first_bad((x < 0) | (x >= sizes))
+        bad = (x < 0) | (x >= sizes)
+        if x.dtype.kind == "f":
+            bad |= x != np.floor(x)
+            if self.missing != "error":
+                bad &= ~np.isnan(x)
+                if not bad.any():
+                    return all_missing_row(x)
+            else:
+                bad |= np.isnan(x)
+        found = _first_bad(bad)
         if found is None:
             return None
         row, col = found
@@ -256,17 +344,47 @@ class CategoricalFamily(Family):
         n, d = x.shape
         offsets = self.offsets(d)
         onehot = np.zeros((n, int(offsets[-1])))
+        if self.missing != "error":
+            miss = _holes(x)
+            if miss is not None:  # a missing feature's block stays zero: it drops out of the product
+                rows, cols = np.nonzero(miss == 0)
+                onehot[rows, x[rows, cols].astype(np.intp) + offsets[cols]] = 1.0
+                return {"x": onehot, "miss": miss}
         onehot[np.arange(n)[:, None], x.astype(np.intp) + offsets[:-1]] = 1.0
         return onehot
 
+    def fill_for_start(self, sample, weights):
+        """Missing codes filled with each column's most frequent observed code, for the start only."""
+        sample = np.asarray(sample, dtype=np.float64)
+        modes = np.zeros(sample.shape[1])
+        for j, column in enumerate(sample.T):
+            seen = column[~np.isnan(column)].astype(np.int64)
+            modes[j] = np.bincount(seen).argmax() if seen.size else 0
+        return fill_columns(sample, modes)
+
+    def impute(self, x, params, context):
+        """Each missing code replaced by the most probable one under the mixture, given the row's observed codes."""
+        x = np.asarray(x, dtype=np.float64)
+        resp = _posterior(self, x, params, context)
+        probs = resp.T @ params["probabilities"]  # (rows, sum_j C_j) predictive probabilities
+        offsets = self.offsets(x.shape[1])
+        best = np.stack([probs[:, lo:hi].argmax(1) for lo, hi in zip(offsets[:-1], offsets[1:])], axis=1)
+        return _fill_expected(x, best.astype(np.float64))
+
     def init_features(self, sample, context):
-        return self.prepare_rows(sample)
+        return _split(self.prepare_rows(sample))[0]
 
     def log_prob(self, xp, params):
+        xp, _ = _split(xp)
         return (np.log(np.maximum(params["probabilities"], _TINY)) @ xp.T).T
 
     def chunk_stats(self, xp, rw, params):
-        return {"counts": rw.T @ xp}
+        xp, miss = _split(xp)
+        counts = rw.T @ xp
+        if miss is not None:  # E[[x_j = c] | k] = P_kjc for a missing x_j
+            sizes = np.diff(self.offsets(miss.shape[1]))
+            counts += np.repeat(rw.T @ miss, sizes, axis=1) * params["probabilities"]
+        return {"counts": counts}
 
     def _blocks(self, width: int) -> list[tuple[int, int]]:
         """Each feature's columns (lo, hi) in a one-hot layout ``width`` wide."""

@@ -47,12 +47,13 @@ class _DiscreteMixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin,
+            prune_margin=prune_margin, missing=missing,
         )
         self.pseudo_count = pseudo_count
 
@@ -61,7 +62,7 @@ class _DiscreteMixture(BaseMixture):
             raise fail("pseudo_count", self.pseudo_count, "a finite float >= 0")
 
     def make_family(self) -> Family:
-        return self._family_class(pseudo_count=float(self.pseudo_count))
+        return self._family_class(pseudo_count=float(self.pseudo_count), missing=self.missing)
 
     def _describe(self) -> str:
         return self.make_family().name
@@ -141,12 +142,13 @@ class CategoricalMixture(_DiscreteMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        missing: str = "error",
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
-            short_iter=short_iter, prune_margin=prune_margin,
+            short_iter=short_iter, prune_margin=prune_margin, missing=missing,
         )
         self.n_categories = n_categories
 
@@ -163,7 +165,7 @@ class CategoricalMixture(_DiscreteMixture):
     def make_family(self) -> Family:
         c = self.n_categories
         c = int(c) if is_int(c) else tuple(int(v) for v in c)
-        return CategoricalFamily(n_categories=c, pseudo_count=float(self.pseudo_count))
+        return CategoricalFamily(n_categories=c, pseudo_count=float(self.pseudo_count), missing=self.missing)
 
     def expected_shapes(self, k, d, values):
         return {"probabilities": (k, int(self.make_family().sizes(d).sum()))}

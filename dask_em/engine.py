@@ -191,6 +191,8 @@ def infer_block(x, state: dict, what: str, block_info=None):
     if not family.lazy_row_check:
         start, stop, index = row_range(block_info, x.shape[0])
         check_rows(family, x, start, stop, f"(block {index})")
+    if what == "impute":
+        return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
     if what == "labels":
         return wlp.argmax(1)

@@ -104,6 +104,22 @@ and may override (defaults in brackets):
     Why this family's EM bound can fall beyond round-off (logged with the
     warning when it does). [a generic sentence]
 
+Missing values (``missing="marginalize"`` on an estimator). A family opts in
+by setting ``supports_missing = True`` and having a dataclass field
+``missing: str = "error"``; the estimator hands it
+``with_missing("marginalize")``. Then rows reach ``check_rows``,
+``prepare_rows``, ``log_prob`` and ``chunk_stats`` with NaN where a value is
+missing (float data): ``check_rows`` must accept NaN (and refuse a row whose
+every value is missing, :func:`all_missing_row`), ``log_prob`` must give
+the marginal density of each row's observed values (a missing coordinate
+drops out), and ``chunk_stats`` the expected statistics of the missing ones
+under each component given ``params`` (EM for data missing at random). It may
+define ``impute(x, params, context)``: each row with its missing values
+replaced by their conditional expectation under the fitted mixture. The
+starts see the sample with missing values filled by ``fill_for_start``
+[column means of the observed values], for the start only. A family that
+does not opt in is refused with the reason when ``missing="marginalize"``.
+
 One family object serves every restart of a fit. It travels to the workers
 inside the round's parameters: frozen dataclasses pickle by reference to
 their module, and a family defined in a notebook pickles by value through
@@ -178,6 +194,30 @@ def add_likelihood(acc: dict, log_norm: np.ndarray, resp: np.ndarray, w: np.ndar
         acc["entropy"] += float(per_row.sum() if w is None else np.dot(w, per_row))
 
 
+def all_missing_row(x: np.ndarray) -> tuple[int, str, str] | None:
+    """``check_rows``' answer for the first row whose every value is NaN (None if none)."""
+    if x.dtype.kind != "f" or not x.shape[1]:
+        return None
+    empty = np.isnan(x).all(1)
+    if not empty.any():
+        return None
+    return int(np.flatnonzero(empty)[0]), "a row has every value missing (NaN)", (
+        "A row with nothing observed carries no information: drop it, "
+        "e.g. X[~da.isnan(X).all(axis=1)]."
+    )
+
+
+def fill_columns(x: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A float64 copy of ``x`` with each NaN replaced by its column's entry of ``values``."""
+    out = np.array(x, dtype=np.float64)
+    rows, cols = np.nonzero(np.isnan(out))
+    out[rows, cols] = values[cols]
+    return out
+
+
+MISSING_MODES = ("error", "marginalize")
+
+
 class Family:
     """Base class of the component families; see the module docstring for the protocol."""
 
@@ -186,6 +226,39 @@ class Family:
     panel_rows: int | None = None
     needs_entropy: bool = False
     drops_empty_components: bool = True
+    supports_missing: bool = False
+    missing: str = "error"
+
+    def with_missing(self, missing: str) -> "Family":
+        """This family with NaN meaning ``missing`` ("error" or "marginalize"); refused if unsupported."""
+        if missing == self.missing:
+            return self
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}; received {missing!r}.")
+        import dataclasses
+
+        if not self.supports_missing or not (
+            dataclasses.is_dataclass(self) and "missing" in {f.name for f in dataclasses.fields(self)}
+        ):
+            raise ValueError(
+                f"missing={missing!r}: the family {type(self).__name__} does not support missing values "
+                "(it does not set supports_missing = True with a dataclass field `missing`, so its "
+                "log_prob and chunk_stats are not known to marginalise NaN). Use missing='error' and "
+                "remove or impute incomplete rows, or make the family opt in (see dask_em.family)."
+            )
+        return dataclasses.replace(self, missing=missing)
+
+    def fill_for_start(self, sample: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """The sample with its missing values filled, for the start only: column means of the observed values."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.nanmean(np.asarray(sample, dtype=np.float64), axis=0)
+        return fill_columns(sample, np.nan_to_num(means))
+
+    def impute(self, x: np.ndarray, params: Params, context: Any) -> np.ndarray:
+        raise NotImplementedError(
+            f"{type(self).__name__} does not define impute(); only families that support missing "
+            "values (supports_missing = True) and define it can impute."
+        )
 
     # -- required -----------------------------------------------------------
 

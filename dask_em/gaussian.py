@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _incomplete
 from ._covariance import COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
-from .family import MASS_EPS, Family, add_likelihood, responsibilities
+from .family import MASS_EPS, Family, add_likelihood, all_missing_row, responsibilities
 
 __all__ = ["COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
            "n_parameters"]
@@ -141,6 +142,13 @@ def check_initial_parameters(
 def _shift(sample: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
     """The centering point: the (weighted) mean of the sample, in float64."""
     sample = np.asarray(sample, dtype=np.float64)
+    if np.isnan(sample).any():  # missing="marginalize": the mean of the observed values
+        observed = ~np.isnan(sample)
+        w = np.ones(len(sample)) if weights is None else np.asarray(weights, dtype=np.float64)
+        mass = w @ observed
+        with np.errstate(invalid="ignore", divide="ignore"):
+            shift = (w @ np.where(observed, sample, 0.0)) / mass
+        return np.where(mass > 0, shift, 0.0)
     if weights is not None and weights.sum() > 0:
         return np.average(sample, axis=0, weights=weights)
     return sample.mean(0)
@@ -160,10 +168,25 @@ class GaussianFamily(Family):
     """
 
     reg_covar: float = 1e-6
+    missing: str = "error"
     name = "gaussian"
-    lazy_row_check = True  # NaN or inf rows make the log-likelihood non-finite
+    supports_missing = True
+
+    @property
+    def lazy_row_check(self):
+        # NaN or inf rows make the log-likelihood non-finite; with missing values
+        # marginalised, NaN does not, so the rows are checked in the first round.
+        return self.missing == "error"
 
     def check_rows(self, x):
+        if self.missing != "error":
+            if x.dtype.kind != "f":
+                return None
+            infinite = np.isinf(x)
+            if infinite.any():
+                row = int(np.flatnonzero(infinite.any(1))[0])
+                return row, "X contains infinity", "Replace infinite values by NaN to marginalise them, or drop the rows."
+            return all_missing_row(x)
         finite = np.isfinite(x)
         if finite.all():
             return None
@@ -234,8 +257,31 @@ class GaussianFamily(Family):
         """All restarts on one chunk, walking it in panels shared by every restart.
 
         The panel sizes are nested powers of two (:func:`panel_rows`), so each
-        restart sums exactly what it would sum alone.
+        restart sums exactly what it would sum alone. With ``missing="marginalize"``
+        the rows that miss a value are split off and go through
+        :func:`dask_em._incomplete.estep_incomplete`; the complete rows take the
+        path below unchanged (a chunk without NaN is summed bitwise as with
+        ``missing="error"``).
         """
+        if self.missing != "error" and _incomplete.any_missing(x):
+            return self._estep_with_missing(x, w, params_list, context, entropy)
+        return self._estep_complete(x, w, params_list, context, entropy)
+
+    def _estep_with_missing(self, x, w, params_list, context, entropy):
+        holes = np.isnan(x).any(1)
+        whole = np.flatnonzero(~holes)
+        part = np.flatnonzero(holes)
+        records = self._estep_complete(x[whole], None if w is None else w[whole], params_list, context, entropy)
+        xi, wi = x[part], (None if w is None else w[part])
+        for rec, params in zip(records, params_list):
+            extra = _incomplete.estep_incomplete(xi, wi, params, context, entropy)
+            for key in ("loglik", "wsum", "entropy"):
+                rec[key] += extra[key]
+            rec["stats"] = self.merge([rec["stats"], extra["stats"]])
+            rec["nk"] = np.array(LAYOUTS[params["covariance_type"]].mass(rec["stats"]))
+        return records
+
+    def _estep_complete(self, x, w, params_list, context, entropy=False):
         shift = context
         n, d = x.shape[0], shift.shape[0]
         layouts = [LAYOUTS[p["covariance_type"]] for p in params_list]
@@ -283,6 +329,18 @@ class GaussianFamily(Family):
         return new
 
     def weighted_log_prob(self, x, params, context):
+        if self.missing != "error" and _incomplete.any_missing(x):
+            holes = np.isnan(x).any(1)
+            out = np.empty((x.shape[0], len(params["weights"])))
+            out[~holes] = self._weighted_log_prob(x[~holes], params, context)
+            out[holes] = _incomplete.weighted_log_prob_incomplete(x[holes], params, context)
+            return out
+        return self._weighted_log_prob(x, params, context)
+
+    def impute(self, x, params, context):
+        return _incomplete.impute(x, params, context)
+
+    def _weighted_log_prob(self, x, params, context):
         ct = params["covariance_type"]
         layout = LAYOUTS[ct]
         n, d = x.shape

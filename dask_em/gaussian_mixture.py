@@ -111,12 +111,13 @@ class GaussianMixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin,
+            prune_margin=prune_margin, missing=missing,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
@@ -125,7 +126,7 @@ class GaussianMixture(BaseMixture):
         self.precisions_init = precisions_init
 
     def make_family(self) -> Family:
-        return GaussianFamily(reg_covar=float(self.reg_covar))
+        return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing)
 
     def _check_family_params(self) -> None:
         if self.covariance_type not in COVARIANCE_TYPES:

@@ -13,6 +13,7 @@ under the start's responsibilities, as scikit-learn computes them on all rows.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,8 @@ from .hierarchical import hc_responsibilities
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
 # The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
 MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample")
+
+logger = logging.getLogger("dask_em")
 
 
 def default_sample_size(n_samples: int, n_components: int) -> int:
@@ -140,6 +143,17 @@ def start_responsibilities(
 def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int) -> dict:
     """Initial parameters of one restart: a start's responsibilities, then the family's M-step."""
     resp = None
+    if family.missing != "error":
+        sample = np.asarray(sample)
+        if sample.dtype.kind == "f":
+            holes = int(np.isnan(sample).sum())
+            if holes:
+                # k-means and the start's M-step need whole rows; EM itself marginalises.
+                logger.info(
+                    "the start filled %d missing value(s) of its %d-row sample (family.fill_for_start: "
+                    "column means of the observed values), for the start only", holes, sample.shape[0],
+                )
+                sample = family.fill_for_start(sample, sample_weight)
     if not family.start_given(settings):
         features = family.init_features(sample, context)
         resp = start_responsibilities(features, settings["n_components"], method, seed)

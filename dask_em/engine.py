@@ -51,6 +51,7 @@ class RoundState:
     params: list[dict]
     check_rows: bool = True
     entropy: bool = False
+    keep_stats: bool = False  # send each restart's reduced statistics back (accelerated EM)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class StepResult:
     """What one restart's M-step sends back to the client.
 
     ``lower_bound`` is the mean log-likelihood of the parameters that entered
-    the round; ``entropy`` the weighted sum of sum_k r log r (when asked for).
+    the round; ``entropy`` the weighted sum of sum_k r log r (when asked for);
+    ``record`` the reduced ``{"nk", "stats"}`` the M-step read (with ``keep_stats``).
     """
 
     lower_bound: float
@@ -67,6 +69,7 @@ class StepResult:
     error: str | None = None
     entropy: float = 0.0
     wsum: float = 0.0
+    record: dict | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -175,7 +178,8 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
             continue
         mass = nk + MASS_EPS
         new["weights"] = mass / mass.sum()
-        out.append(StepResult(lower_bound, new, dropped, **extra))
+        record = {"nk": nk, "stats": stats} if state.keep_stats else None
+        out.append(StepResult(lower_bound, new, dropped, record=record, **extra))
     return out
 
 

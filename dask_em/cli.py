@@ -119,7 +119,7 @@ def main() -> None:
 # ---------------------------------------------------------------------------
 
 _FIT_CONFIG_KEYS = {
-    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
+    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol", "accelerate", "stopping",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories",
@@ -203,6 +203,11 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
+              help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
+@click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
+              help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
+                   "change for plain Gaussian EM, else aitken.")
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
 @click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=None, help="random_state.")
@@ -220,7 +225,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories, n_init, max_iter,
-        tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -239,6 +244,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
     model = _make_estimator(
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
         n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed,
+        accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
     )
 
     def progress(event: dict) -> None:

@@ -32,6 +32,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
+from .accelerate import ACCELERATIONS, STOPPING_RULES
 from .engine import StepResult, infer_block
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
@@ -83,6 +84,8 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        accelerate: str | None = None,
+        stopping: str = "auto",
         missing: str = "error",
     ):
         self.n_components = n_components
@@ -97,8 +100,14 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         self.n_short = n_short
         self.short_iter = short_iter
         self.prune_margin = prune_margin
+        self.accelerate = accelerate
+        self.stopping = stopping
         self.verbose = verbose
         self.missing = missing
+
+    # The stopping rule of stopping="auto" for plain EM: Aitken's remaining-gain
+    # estimate; GaussianMixture keeps scikit-learn's rule (equality with it is its contract).
+    _plain_stopping = "aitken"
 
     # -- what a subclass fills in ---------------------------------------------
 
@@ -157,6 +166,10 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
                 f"init_params={self.init_params!r} applies to init_strategy='single'; emEM mixes "
                 "k-means++, random-row and half-sample k-means starts. Leave init_params at its default."
             )
+        if self.accelerate not in ACCELERATIONS:
+            raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
+        if self.stopping not in ("auto",) + STOPPING_RULES:
+            raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
         seed_sequence(self.random_state)
@@ -176,8 +189,15 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     def _schedule(self) -> Schedule:
         return Schedule(
             tol=self.tol, max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
-            short_iter=self.short_iter, prune_margin=self.prune_margin,
+            short_iter=self.short_iter, prune_margin=self.prune_margin, accelerate=self.accelerate,
+            stopping=self.stopping_rule(),
         )
+
+    def stopping_rule(self) -> str:
+        """The stopping rule in force: ``stopping``, or for "auto" Aitken's, except plain Gaussian EM's."""
+        if self.stopping != "auto":
+            return self.stopping
+        return "aitken" if self.accelerate is not None else self._plain_stopping
 
     # -- fit ------------------------------------------------------------------
 

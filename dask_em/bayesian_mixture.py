@@ -106,12 +106,14 @@ class BayesianGaussianMixture(BaseMixture):
         short_iter: int = 10,
         prune_margin: float | None = None,
         missing: str = "error",
+        accelerate: str | None = None,
+        stopping: str = "auto",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
@@ -121,6 +123,8 @@ class BayesianGaussianMixture(BaseMixture):
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+
+    _plain_stopping = "change"  # scikit-learn's rule on the ELBO: equal to scikit-learn's estimator
 
     def make_family(self) -> Family:
         return BayesianGaussianFamily(reg_covar=float(self.reg_covar))

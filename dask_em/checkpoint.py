@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._json import json_safe
+from .accelerate import Squarem
 from .restarts import Restart
 
 FORMAT_VERSION = 1
@@ -148,6 +149,10 @@ def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> 
                     arrays[f"r{r.index}.{key}"] = value
                 elif key not in ("dropped", "error"):
                     entry["param_values"][key] = value
+        if r.accel is not None:
+            # The SQUAREM cycle (statistics seen, the point being checked): a resume
+            # mid-cycle continues bitwise as if never stopped.
+            entry["accel"] = _pack(r.accel.to_state(), f"a{r.index}", arrays)
         entries.append(entry)
     meta = {"fingerprint": fingerprint, "params": matching_params(params), "restarts": json_safe(entries)}
     return meta, arrays
@@ -177,6 +182,35 @@ def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
                 stopped=e.get("stopped"),
                 start=e.get("start", ""),
                 short_iter=e.get("short_iter", 0),
+                accel=Squarem.from_state(_unpack(e["accel"], arrays)) if e.get("accel") else None,
             )
         )
     return arrays.get("context"), restarts
+
+
+def _pack(value: Any, path: str, arrays: dict) -> Any:
+    """Nested dicts and lists as JSON, their arrays moved into ``arrays`` under ``path`` keys."""
+    if isinstance(value, np.ndarray):
+        arrays[path] = value
+        return {"__array__": path}
+    if isinstance(value, dict):
+        return {"__dict__": [[k, _pack(v, f"{path}.{k}", arrays)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v, f"{path}.{i}", arrays) for i, v in enumerate(value)]
+    if isinstance(value, (np.floating, float)):
+        return {"__float__": repr(float(value))}  # exact, and inf / nan survive JSON
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _unpack(value: Any, arrays: dict) -> Any:
+    if isinstance(value, dict):
+        if "__array__" in value:
+            return arrays[value["__array__"]]
+        if "__float__" in value:
+            return float(value["__float__"])
+        return {k: _unpack(v, arrays) for k, v in value["__dict__"]}
+    if isinstance(value, list):
+        return [_unpack(v, arrays) for v in value]
+    return value

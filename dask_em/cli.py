@@ -120,7 +120,7 @@ def main() -> None:
 # ---------------------------------------------------------------------------
 
 _FIT_CONFIG_KEYS = {
-    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol",
+    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol", "accelerate", "stopping",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
@@ -225,6 +225,11 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
+              help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
+@click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
+              help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
+                   "change for plain Gaussian EM, else aitken.")
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
 @click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=None, help="random_state.")
@@ -243,7 +248,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -263,6 +268,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior,
         n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
+        accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
     )
 
     def progress(event: dict) -> None:

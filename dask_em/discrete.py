@@ -146,6 +146,12 @@ class BernoulliFamily(Family):
         resp = _posterior(self, x, params, context)
         return _fill_expected(x, resp.T @ params["probabilities"])
 
+    def invalid_stats(self, stats, nk):
+        ones = stats["ones"]
+        if (ones < 0).any() or (ones > nk[:, None]).any():
+            return "a probability outside [0, 1]"
+        return None
+
     def m_step(self, stats, nk, params):
         a = self.pseudo_count
         p = (stats["ones"] + a) / (nk[:, None] + MASS_EPS + 2 * a)
@@ -256,6 +262,9 @@ class PoissonFamily(Family):
         if xp.get("miss") is not None:  # E[x_j | k] = l_kj for a missing x_j
             sums += (rw.T @ xp["miss"]) * params["rates"]
         return {"sums": sums}
+
+    def invalid_stats(self, stats, nk):
+        return "a negative rate" if (stats["sums"] < 0).any() else None
 
     def m_step(self, stats, nk, params):
         return {"rates": (stats["sums"] + self.pseudo_count) / (nk[:, None] + MASS_EPS)}
@@ -393,6 +402,9 @@ class CategoricalFamily(Family):
             return [(lo, lo + c) for lo in range(0, width, c)]
         offsets = np.concatenate([[0], np.cumsum(self.n_categories)]).tolist()
         return list(zip(offsets[:-1], offsets[1:]))
+
+    def invalid_stats(self, stats, nk):
+        return "a negative category count" if (stats["counts"] < 0).any() else None
 
     def m_step(self, stats, nk, params):
         counts = stats["counts"] + self.pseudo_count

@@ -14,7 +14,7 @@ _COMMON_DOC = """
     pseudo_count : float, default=1e-3
         {prior}
     tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every,
-    verbose, init_strategy, n_short, short_iter, prune_margin
+    verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping
         As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
         others) run on {space} of a uniform sample of rows.
 
@@ -47,13 +47,15 @@ class _DiscreteMixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        accelerate: str | None = None,
+        stopping: str = "auto",
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.pseudo_count = pseudo_count
 
@@ -142,13 +144,15 @@ class CategoricalMixture(_DiscreteMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        accelerate: str | None = None,
+        stopping: str = "auto",
         missing: str = "error",
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
-            short_iter=short_iter, prune_margin=prune_margin, missing=missing,
+            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.n_categories = n_categories
 

@@ -51,6 +51,7 @@ class RoundState:
     params: list[dict]
     check_rows: bool = True
     entropy: bool = False
+    keep_stats: bool = False  # send each restart's reduced statistics back (accelerated EM)
 
 
 @dataclass
@@ -59,7 +60,8 @@ class StepResult:
 
     ``lower_bound`` is the family's ``round_bound`` (by default the mean
     log-likelihood of the parameters that entered the round); ``entropy`` the
-    weighted sum of sum_k r log r (when asked for).
+    weighted sum of sum_k r log r (when asked for); ``record`` the reduced
+    ``{"nk", "stats"}`` the M-step read (with ``keep_stats``).
     """
 
     lower_bound: float
@@ -68,6 +70,7 @@ class StepResult:
     error: str | None = None
     entropy: float = 0.0
     wsum: float = 0.0
+    record: dict | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -178,7 +181,8 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
         except (ArithmeticError, np.linalg.LinAlgError) as exc:
             out.append(StepResult(lower_bound, error=str(exc), **extra))
             continue
-        out.append(StepResult(family.round_bound(rec, new), new, dropped, **extra))
+        record = {"nk": nk, "stats": stats} if state.keep_stats else None
+        out.append(StepResult(family.round_bound(rec, new), new, dropped, record=record, **extra))
     return out
 
 

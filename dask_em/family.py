@@ -100,6 +100,16 @@ and may override (defaults in brackets):
 ``drops_empty_components``
     False keeps a component whose mass falls below a millionth of a row's
     (a prior keeps it regular). [True]
+``align_stats(stats, params, reference)``
+    Statistics E-stepped under ``params`` as an E-step under ``reference``
+    would report them for the same responsibilities (statistics taken about a
+    restart's means are shifted to the reference's means), so that statistics
+    of successive iterations can be combined linearly (accelerated EM).
+    [unchanged]
+``invalid_stats(stats, nk)``
+    ``None`` when (extrapolated) statistics could come from data, else what
+    is wrong (a count below zero): accelerated EM then falls back to plain
+    EM's step. [None]
 ``bound_fell_hint(params)``
     Why this family's EM bound can fall beyond round-off (logged with the
     warning when it does). [a generic sentence]
@@ -304,6 +314,12 @@ class Family:
 
     def recenter(self, params: Params, context: Any, new_context: Any) -> Params:
         return params
+
+    def align_stats(self, stats: Stats, params: Params, reference: Params) -> Stats:
+        return stats
+
+    def invalid_stats(self, stats: Stats, nk: np.ndarray) -> str | None:
+        return None
 
     def bound_fell_hint(self, params: Params) -> str:
         return (

@@ -328,6 +328,19 @@ class GaussianFamily(Family):
         new["covariance_type"] = ct
         return new
 
+    def align_stats(self, stats, params, reference):
+        if "a" not in stats:  # diag / spherical moments are raw (about the context)
+            return stats
+        # a, b are sums of r (y - m) and r (y - m)(y - m)^T about params' means m.
+        n, a, b = stats["n"], stats["a"], stats["b"]
+        delta = params["means"] - reference["means"]
+        cross = a[:, :, None] * delta[:, None, :]
+        return {
+            **stats,
+            "a": a + n[:, None] * delta,
+            "b": b + cross + cross.transpose(0, 2, 1) + n[:, None, None] * delta[:, :, None] * delta[:, None, :],
+        }
+
     def weighted_log_prob(self, x, params, context):
         if self.missing != "error" and _incomplete.any_missing(x):
             holes = np.isnan(x).any(1)

@@ -63,6 +63,19 @@ class GaussianMixture(BaseMixture):
         geometric trend (its last change times rho / (1 - rho), rho the ratio
         of its last two changes) stays more than this many nats per row below
         the best bound. None never prunes.
+    accelerate : {None, "squarem"}, default=None
+        None: plain EM. "squarem": SQUAREM (Varadhan & Roland 2008, SqS3 step)
+        extrapolating the expected sufficient statistics, with fallback to the
+        plain EM step when the extrapolated point is invalid or lowers the
+        bound; the same fixed point in fewer passes (each pass counts in
+        ``n_iter_``). See :mod:`dask_em.accelerate`.
+    stopping : {"auto", "change", "aitken"}, default="auto"
+        "change": stop when the bound changes by less than ``tol`` per row
+        (scikit-learn's rule). "aitken": stop when Aitken's estimate of the
+        bound's remaining gain per row is below ``tol`` (distance to the
+        optimum, not the last step). "auto": "change" for plain EM (so that
+        ``GaussianMixture()`` equals scikit-learn's), "aitken" with
+        ``accelerate``; the discrete families' "auto" is always "aitken".
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -111,19 +124,23 @@ class GaussianMixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        accelerate: str | None = None,
+        stopping: str = "auto",
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+
+    _plain_stopping = "change"  # scikit-learn's rule: GaussianMixture() equals scikit-learn's
 
     def make_family(self) -> Family:
         return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing)

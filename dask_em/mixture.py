@@ -20,7 +20,7 @@ class Mixture(BaseMixture):
     family : dask_em.family.Family
         The component distribution.
     n_components, tol, max_iter, n_init, init_params, random_state, init_sample_size,
-    split_every, verbose, init_strategy, n_short, short_iter, prune_margin
+    split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping
         As for :class:`GaussianMixture`.
 
     Attributes
@@ -48,13 +48,15 @@ class Mixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        accelerate: str | None = None,
+        stopping: str = "auto",
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.family = family
 

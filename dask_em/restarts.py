@@ -28,6 +28,7 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
+from . import accelerate
 from .engine import RoundState, StepResult, compute_round, round_graph
 from .family import Family
 from .starts import StartPlan
@@ -52,6 +53,7 @@ class Restart:
     stopped: str | None = None  # why a healthy restart was stopped early (emEM selection, pruning)
     start: str = ""  # how it started (k-means, k-means++, ...)
     short_iter: int = 0  # iterations of emEM's short phase (0: none)
+    accel: Any = None  # accelerate.Squarem: the SQUAREM cycle of an accelerated restart
 
     @property
     def lower_bound(self) -> float:
@@ -80,6 +82,7 @@ class Restart:
             "history": list(self.history),
             "dropped_components": list(self.dropped),
             "seconds": self.seconds,
+            "acceleration": None if self.accel is None else self.accel.summary(),
         }
 
     def event(self) -> dict:
@@ -144,14 +147,17 @@ def run_rounds(
     runner,
     on_iteration: Callable[[Restart], None] | None = None,
     on_round: Callable[[list[Restart]], None] | None = None,
+    stopping: str = "change",
 ) -> int:
     """Iterate every restart to convergence or ``max_iter``, sharing reads; returns the rounds run.
 
     Restarts may differ in K and covariance type (model selection runs a whole
     grid this way); each computes exactly what it would alone.
 
-    ``on_round`` runs after each round's M-step (the checkpoint). Then, if a
-    stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
+    ``stopping`` is the convergence rule (:func:`dask_em.accelerate.has_converged`);
+    a restart with ``accel`` set is advanced by SQUAREM (:func:`dask_em.accelerate.step`),
+    each of its passes one round. ``on_round`` runs after each round's M-step
+    (the checkpoint). Then, if a stop was requested (:func:`request_stop`, e.g. on SIGTERM), raises
     :class:`Preempted`.
     """
     first = True
@@ -162,16 +168,21 @@ def run_rounds(
             break
         # Rows are validated in the first round; later rounds read the same rows.
         state = RoundState(
-            family, context, [r.estep_params() for r in running], check_rows=first, entropy=family.needs_entropy
+            family, context, [r.estep_params() for r in running], check_rows=first,
+            entropy=family.needs_entropy, keep_stats=any(r.accel is not None for r in running),
         )
         first = False
         tic = time.perf_counter()
         results = compute_round(runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
         rounds += 1
         seconds = time.perf_counter() - tic
-        for restart, result in zip(running, results):
+        for restart, params, result in zip(running, state.params, results):
             restart.seconds += seconds
-            advance(restart, result, tol, family)
+            if restart.accel is None:
+                advance(restart, result, tol, family, stopping)
+            else:
+                accelerate.step(restart, result, params, tol=tol, rule=stopping, family=family,
+                                n_rows=X.shape[0], warn=_log_failure)
             if on_iteration is not None:
                 on_iteration(restart)
         if on_round is not None:
@@ -187,8 +198,14 @@ def score_restarts(X, w, restarts: list[Restart], *, family: Family, context, sp
     return runner.compute(round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
 
 
-def advance(restart: Restart, result: StepResult, tol: float, family: Family | None = None) -> None:
-    """Record one round's result: the bound, the new parameters, convergence or failure."""
+def _log_failure(restart: Restart) -> None:
+    logger.warning("restart %d failed at %s", restart.index, restart.error)
+
+
+def advance(
+    restart: Restart, result: StepResult, tol: float, family: Family | None = None, stopping: str = "change"
+) -> None:
+    """Record one round's result: the bound, the new parameters, convergence (by ``stopping``) or failure."""
     restart.n_iter += 1
     previous = restart.lower_bound
     restart.history.append(result.lower_bound)
@@ -211,7 +228,10 @@ def advance(restart: Restart, result: StepResult, tol: float, family: Family | N
     for k in result.dropped:
         restart.dropped.append((restart.n_iter, k))
     restart.params = result.params
-    if math.isfinite(previous) and abs(current - previous) < tol:
+    if stopping == "change":
+        if math.isfinite(previous) and abs(current - previous) < tol:
+            restart.converged = True
+    elif accelerate.has_converged(restart.history, tol, stopping):
         restart.converged = True
 
 
@@ -230,6 +250,8 @@ class Schedule:
     init_strategy: str = "single"
     short_iter: int = 10
     prune_margin: float | None = 0.01
+    accelerate: str | None = None  # None (plain EM) or "squarem"
+    stopping: str = "change"  # "change" (scikit-learn's) or "aitken"
 
     @property
     def emem(self) -> bool:
@@ -289,6 +311,10 @@ def run_schedule(
     straight on with the long one.
     """
     everything = [r for group in groups for r in group]
+    if schedule.accelerate == "squarem":
+        for r in everything:
+            if r.accel is None:  # a resumed restart keeps its cycle
+                r.accel = accelerate.Squarem()
 
     def on_round(_restarts: list[Restart]) -> None:
         if schedule.emem and any(r.short_iter for r in everything):
@@ -299,7 +325,7 @@ def run_schedule(
 
     common = dict(
         family=family, context=context, tol=schedule.tol, split_every=split_every, runner=runner,
-        on_iteration=on_iteration, on_round=on_round,
+        on_iteration=on_iteration, on_round=on_round, stopping=schedule.stopping,
     )
     rounds = 0
     if schedule.emem and not any(r.short_iter for r in everything):

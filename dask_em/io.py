@@ -269,7 +269,7 @@ def as_dask_array(
         _check_shape(X.shape, what)
         _check_dtype(X.dtype, what)
         return Prepared(_from_dask(X, what), "dask")
-    if module == "dask" and hasattr(X, "columns") and hasattr(X, "npartitions"):
+    if module == "dask" and hasattr(X, "columns") and hasattr(X, "npartitions"):  # a dask DataFrame
         return _from_dask_dataframe(X, what)
     if isinstance(X, (Mapping, set, frozenset)) or not (
         hasattr(X, "__array__") or hasattr(X, "__array_interface__") or isinstance(X, Sequence)
@@ -393,7 +393,7 @@ def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
     module = type(sample_weight).__module__.split(".")[0]
     if module == "xarray":
         sample_weight = sample_weight.data
-    elif module == "dask" and hasattr(sample_weight, "npartitions"):  # a dask Series
+    elif module == "dask" and not isinstance(sample_weight, da.Array) and hasattr(sample_weight, "npartitions"):
         sample_weight = sample_weight.to_dask_array(lengths=True)
     n = X.shape[0]
     if isinstance(sample_weight, da.Array):

@@ -273,6 +273,7 @@ def as_dask_array(
         return _from_dask_dataframe(X, what)
     if isinstance(X, (Mapping, set, frozenset)) or not (
         hasattr(X, "__array__") or hasattr(X, "__array_interface__") or isinstance(X, Sequence)
+        or hasattr(X, "tocsr")  # scipy.sparse: check_array refuses it with its fix (.toarray())
     ):
         raise TypeError(
             f"{what} must be a numpy array, dask array, array-like (list of rows, pandas or dask "

@@ -267,3 +267,31 @@ def test_binarize_reads_values_above_the_threshold_as_one(rng):
     np.testing.assert_allclose(a.score_samples(X), b.score_samples((X > 0).astype(np.uint8)), rtol=1e-12)
     with pytest.raises(ValueError, match="binarize must be None or a finite float"):
         dask_em.BernoulliMixture(2, binarize="yes").fit(X)
+
+
+READS: list[int] = []
+
+
+def _counted_rows(x, block_info=None):
+    READS.append(block_info[0]["chunk-location"][0])
+    return x
+
+
+@pytest.mark.parametrize("method", ["predict", "score"])
+def test_nan_is_found_by_the_pass_that_computes_the_result(method, rng):
+    """Every chunk is read once for clean data and at most once with a NaN: no extra checking pass."""
+    X, _, _ = mixture(rng, n=800, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    for nan_row in (None, 790):
+        data = X.copy()
+        if nan_row is not None:
+            data[nan_row, 2] = np.nan
+        counted = da.from_array(data, chunks=(100, -1)).map_blocks(_counted_rows, dtype=data.dtype)
+        READS.clear()
+        if nan_row is None:
+            dask.compute(getattr(gm, method)(counted))
+            assert sorted(READS) == list(range(8))
+        else:
+            with pytest.raises(ValueError, match=r"rows 700-799 \(block 7\); the first is row 790"):
+                dask.compute(getattr(gm, method)(counted))
+            assert len(READS) == len(set(READS)) <= 8

@@ -18,7 +18,7 @@ SETTINGS = dict(n_components=2, max_iter=20, random_state=0)
 WEIGHT_EQUIVALENCE = (
     "The start is a k-means on a random sample of rows, drawn by row index: repeating a row "
     "changes which rows the sample holds, so fits with integer weights and with repeated rows "
-    "start, and end, at different optima. tests/test_discrete.py and tests/test_io.py check the "
+    "start, and end, at different optima. tests/test_discrete.py and tests/test_mixture.py check the "
     "equivalence from a given start instead."
 )
 FLOAT_CODES = (

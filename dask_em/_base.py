@@ -16,6 +16,7 @@ needs them, the settings its start takes (``_start_settings``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import warnings
@@ -26,9 +27,9 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
-from sklearn.base import BaseEstimator, ClusterMixin, DensityMixin
+from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
@@ -61,7 +62,7 @@ class FittedState:
     params: dict
 
 
-class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
+class BaseMixture(DensityMixin, BaseEstimator):
     """What every dask-em mixture shares: restarts of EM on one family, out-of-core.
 
     Parameters common to every subclass are documented on
@@ -131,6 +132,18 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     def expected_shapes(self, k: int, d: int, values: dict) -> dict:
         """Shapes of the internal parameter arrays a fitted model holds (besides weights)."""
         return {}
+
+    def _input_transform(self):
+        """A function of one row block applied to the data before the family sees it, or None.
+
+        Fixed at fit (``set_params`` after fit changes nothing until the next fit).
+        """
+        return None
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # a fixed random_state gives the same fit, bit for bit
+        return tags
 
     # -- settings -------------------------------------------------------------
 
@@ -274,6 +287,8 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         best = max(ok, key=lambda r: r.lower_bound)
         self._params = {k: v for k, v in best.params.items() if k not in ("dropped", "error")}
         self._context = context
+        self._family = self.make_family()  # the fit's family: a later set_params does not change it
+        self._transform = self._input_transform()
         self._set_public()
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
@@ -310,13 +325,13 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     def _set_public(self) -> None:
         """The fitted attributes (``weights_`` and the family's) from the internal parameters."""
         self.weights_ = self._params["weights"]
-        for name, value in self.make_family().to_public(self._params, self._context).items():
+        for name, value in self._family.to_public(self._params, self._context).items():
             setattr(self, name, value)
 
     def fitted_state(self) -> FittedState:
         """The fitted model's family, context and internal parameters (for inference and the model store)."""
         check_is_fitted(self, "weights_")
-        return FittedState(self.make_family(), self._context, self._params)
+        return FittedState(self._family, self._context, self._params)
 
     def n_parameters(self) -> int:
         """Free parameters of the fitted model: the family's plus the K - 1 of the weights."""
@@ -325,18 +340,35 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
 
     # -- inference --------------------------------------------------------------
 
-    def _apply(self, X, what: str, kwargs: dict):
+    def _prepare_inference(self, X, kwargs: dict) -> Prepared:
+        """``X`` checked as fit checks it, from metadata only: shape, feature count and names, dtype.
+
+        Its rows (NaN, inf, a family's invalid values) are checked by the pass that computes
+        the result (``engine.infer_block``), not by another one.
+        """
         state = self.fitted_state()
-        block_state = {"family": state.family, "context": state.context, "params": state.params}
         prep = as_dask_array(X, **kwargs)
         d = prep.data.shape[1]
         if d != self.n_features_in_:
-            raise ValueError(
-                f"X has {d} features, but {type(self).__name__} was fitted with "
-                f"{self.n_features_in_} features."
+            name = type(self).__name__
+            raise ValueError(  # scikit-learn's sentence first (its checks look for it), then ours
+                f"X has {d} features, but {name} is expecting {self.n_features_in_} features as input: "
+                f"X has {d} features, but {name} was fitted with {self.n_features_in_} features. "
+                "Pass the columns it was fitted on."
             )
+        _check_feature_names(self, _names_frame(prep.feature_names), reset=False)
+        state.family.check_dtype(prep.data.dtype, d)
+        transform = getattr(self, "_transform", None)
+        if transform is not None:
+            prep = dataclasses.replace(prep, data=prep.data.map_blocks(transform, dtype=bool))
+        return prep
+
+    def _apply(self, X, what: str, kwargs: dict):
+        state = self.fitted_state()
+        block_state = {"family": state.family, "context": state.context, "params": state.params}
+        prep = self._prepare_inference(X, kwargs)
         if not prep.lazy:
-            out = infer_block(np.asarray(prep.data), block_state, what)
+            out = infer_block(prep.data.compute(scheduler="sync"), block_state, what)
         else:
             token = tokenize(prep.data, block_state, what)
             key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)
@@ -451,6 +483,15 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         return bundle
 
 
+def _names_frame(names):
+    """Feature names as scikit-learn's ``_check_feature_names`` reads them (a frame's columns), or None."""
+    if names is None:
+        return None
+    import pandas as pd  # installed with xarray
+
+    return pd.DataFrame(columns=list(names))
+
+
 def _wrap(out, prep: Prepared, what: str):
     """Results shaped like the input: an xarray DataArray for xarray input."""
     if prep.kind != "xarray":
@@ -466,6 +507,8 @@ def restore_fitted(model: BaseMixture, state: FittedState, fitted: dict) -> Base
     """Make ``model`` the fitted model ``state`` and the scalar fitted attributes ``fitted`` describe."""
     model._params = state.params
     model._context = state.context
+    model._family = state.family
+    model._transform = model._input_transform()
     model._set_public()
     for name, value in fitted.items():
         setattr(model, name, value)
@@ -515,10 +558,14 @@ def fit_models(
     k_max = max(model.n_components for model in models)
     if n < k_max:
         raise ValueError(
-            f"X has {n} rows, fewer than n_components={k_max}; lower n_components or pass more rows."
+            f"X has {n} rows, fewer than n_components={k_max} (n_samples={n} should be >= n_components="
+            f"{k_max}); lower n_components or pass more rows."
         )
     family = lead.make_family()  # one for every model: the Gaussian covariance type travels in params
     family.check_dtype(data.dtype, d)
+    transform = lead._input_transform()
+    if transform is not None:
+        data = data.map_blocks(transform, dtype=bool)
     plans = [model._start_plan(n, d) for model in models]
     w = prepare_weights(sample_weight, data)
     schedule = lead._schedule()

@@ -77,6 +77,15 @@ def _fill_expected(x: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return out
 
 
+def _flagged(what: str, value) -> str:
+    """``what`` led by the phrase scikit-learn's tools look for when ``value`` is NaN, inf or negative."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"X contains NaN or infinity: {what}"
+    if value < 0:
+        return f"Negative values in data: {what}"
+    return what
+
+
 def _check_numeric(name: str, dtype, fix: str) -> None:
     if np.dtype(dtype).kind not in "biuf":
         raise TypeError(f"{name} data must be numeric (bool, int or float); received dtype {np.dtype(dtype)}. {fix}")
@@ -112,7 +121,8 @@ class BernoulliFamily(Family):
         if found is None:
             return None
         row, col = found
-        return row, f"a Bernoulli mixture takes only 0 and 1, but X holds {x[row, col].item()!r} (feature {col})", (
+        value = x[row, col].item()
+        return row, _flagged(f"a Bernoulli mixture takes only 0 and 1, but X holds {value!r} (feature {col})", value), (
             "Binarise the data first, e.g. (X > 0).astype('u1'), or fit counts with PoissonMixture."
         )
 
@@ -213,9 +223,9 @@ class PoissonFamily(Family):
         if found is None:
             return None
         row, col = found
-        return row, (
-            f"a Poisson mixture takes non-negative integer counts, but X holds {x[row, col].item()!r} "
-            f"(feature {col})"
+        value = x[row, col].item()
+        return row, _flagged(
+            f"a Poisson mixture takes non-negative integer counts, but X holds {value!r} (feature {col})", value
         ), "Round and clip the counts first, e.g. X.clip(0).round(), or fit real values with GaussianMixture."
 
     def prepare_rows(self, x):
@@ -338,9 +348,10 @@ class CategoricalFamily(Family):
         if found is None:
             return None
         row, col = found
-        return row, (
-            f"feature {col} has {sizes[col]} categories (codes 0..{sizes[col] - 1}), but X holds "
-            f"code {x[row, col].item()!r}"
+        value = x[row, col].item()
+        return row, _flagged(
+            f"feature {col} has {sizes[col]} categories (codes 0..{sizes[col] - 1}), but X holds code {value!r}",
+            value,
         ), "Recode the feature, or raise its entry of n_categories."
 
     def prepare_rows(self, x):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._base import BaseMixture
@@ -25,6 +27,30 @@ _COMMON_DOC = """
     converged_, n_iter_, lower_bound_, lower_bounds_, restarts_, n_components_, n_features_in_
         As for :class:`dask_em.GaussianMixture`.
 """
+
+
+def binarize_block(x, threshold: float, block_info=None):
+    """One block of rows as ``x > threshold`` (bool), refusing NaN and inf (which no threshold places)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        from .engine import row_range
+
+        start, stop, index = row_range(block_info, x.shape[0])
+        row = int(np.flatnonzero(~np.isfinite(x).all(1))[0])
+        raise ValueError(
+            f"X contains NaN or infinity in rows {start}-{stop - 1} (block {index}); the first is row "
+            f"{start + row}. binarize={threshold} places finite values only: remove or impute those rows."
+        )
+    return x > threshold
+
+
+def _integer_input_tags(tags):
+    # scikit-learn has no tag for counts or codes; "categorical" is the one under which its
+    # checks pass non-negative integers (np.round(X - X.min()).astype(np.int32)), and
+    # "positive_only" says negative values are refused ("Negative values in data").
+    tags.input_tags.categorical = True
+    tags.input_tags.positive_only = True
+    return tags
 
 
 class _DiscreteMixture(BaseMixture):
@@ -74,8 +100,13 @@ class BernoulliMixture(_DiscreteMixture):
     __doc__ = (
         "Mixture of independent Bernoulli features (binary 0/1 data), fitted out-of-core.\n\n"
         "    ``X`` holds 0 and 1, stored as bool, any integer or float type; it is read as\n"
-        "    stored. Any other value stops the fit, naming its chunk's rows.\n\n"
-        "    Parameters\n    ----------" + _COMMON_DOC.format(
+        "    stored. Any other value stops the fit, naming its chunk's rows, unless\n"
+        "    ``binarize`` is set.\n\n"
+        "    Parameters\n    ----------\n"
+        "    binarize : float or None, default=None\n"
+        "        As scikit-learn's ``BernoulliNB``: when a float, every value is read as\n"
+        "        ``x > binarize`` (chunk by chunk, in fit and inference; NaN and inf are refused).\n"
+        "        None: X must hold 0 and 1." + _COMMON_DOC.format(
             prior="Beta(1 + a, 1 + a) prior: keeps every probability off 0 and 1.",
             space="the 0/1 rows",
             attrs="probabilities_ : ndarray of shape (n_components_, n_features)\n"
@@ -83,6 +114,47 @@ class BernoulliMixture(_DiscreteMixture):
         )
     )
     _family_class = BernoulliFamily
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        binarize: float | None = None,
+        pseudo_count: float = 1e-3,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "kmeans",
+        random_state=None,
+        init_sample_size: int | None = None,
+        split_every: int | None = None,
+        verbose: int = 0,
+        init_strategy: str = "single",
+        n_short: int = 20,
+        short_iter: int = 10,
+        prune_margin: float | None = 0.01,
+        missing: str = "error",
+        accelerate: str | None = None,
+        stopping: str = "auto",
+    ):
+        super().__init__(
+            n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
+            init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
+            split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
+            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate,
+            stopping=stopping,
+        )
+        self.binarize = binarize
+
+    def _check_family_params(self) -> None:
+        super()._check_family_params()
+        if self.binarize is not None and not is_real(self.binarize):
+            raise fail("binarize", self.binarize, "None or a finite float (values above it read as 1)")
+
+    def _input_transform(self):
+        if self.binarize is None:
+            return None
+        return functools.partial(binarize_block, threshold=float(self.binarize))
 
     def expected_shapes(self, k, d, values):
         return {"probabilities": (k, d)}
@@ -102,6 +174,9 @@ class PoissonMixture(_DiscreteMixture):
         )
     )
     _family_class = PoissonFamily
+
+    def __sklearn_tags__(self):
+        return _integer_input_tags(super().__sklearn_tags__())
 
     def expected_shapes(self, k, d, values):
         return {"rates": (k, d)}
@@ -155,6 +230,9 @@ class CategoricalMixture(_DiscreteMixture):
             short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
         )
         self.n_categories = n_categories
+
+    def __sklearn_tags__(self):
+        return _integer_input_tags(super().__sklearn_tags__())
 
     def _check_family_params(self) -> None:
         super()._check_family_params()

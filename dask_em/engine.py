@@ -189,18 +189,26 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
 def infer_block(x, state: dict, what: str, block_info=None):
     """Labels, responsibilities or log-likelihood of one block of rows under a fitted model.
 
-    ``state`` holds the fitted ``family``, ``context`` and ``params``.
+    ``state`` holds the fitted ``family``, ``context`` and ``params``. Invalid rows raise
+    ``ValueError`` naming the block's rows and the first bad row, found in this same pass:
+    a family with ``lazy_row_check`` (NaN or inf make the log-likelihood non-finite) runs
+    its row check only when the block's result is not finite.
     """
     family: Family = state["family"]
+    start, stop, index = row_range(block_info, x.shape[0])
+    where = f"(block {index})"
     if not family.lazy_row_check:
-        start, stop, index = row_range(block_info, x.shape[0])
-        check_rows(family, x, start, stop, f"(block {index})")
+        check_rows(family, x, start, stop, where)
     if what == "impute":
         return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
     if what == "labels":
+        if family.lazy_row_check and not math.isfinite(float(wlp.sum())):
+            check_rows(family, x, start, stop, where)
         return wlp.argmax(1)
     log_norm = logsumexp(wlp, axis=1)
+    if family.lazy_row_check and not math.isfinite(float(log_norm.sum())):
+        check_rows(family, x, start, stop, where)
     if what == "proba":
         with np.errstate(invalid="ignore"):
             return np.exp(wlp - log_norm[:, None])

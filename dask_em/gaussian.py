@@ -192,7 +192,7 @@ class GaussianFamily(Family):
             return None
         row = int(np.flatnonzero(~finite.all(1))[0])
         return row, "X contains NaN or infinity", (
-            "Remove or impute those rows before fitting, e.g. X[da.isfinite(X).all(axis=1)]."
+            "Remove or impute those rows first (for fit and for predict), e.g. X[da.isfinite(X).all(axis=1)]."
         )
 
     def context(self, sample, weights):

@@ -1,6 +1,9 @@
-"""Inputs: numpy, dask, xarray, zarr.Array or a Zarr store path/URL -> row-chunked dask array.
+"""Inputs: numpy, any array-like (lists, pandas), dask arrays and DataFrames, xarray,
+zarr.Array or a Zarr store path/URL -> row-chunked dask array.
 
-Nothing here reads data. Shape and dtype are checked from metadata; stores
+In-memory inputs go through scikit-learn's own ``check_array`` (pandas
+DataFrames give their column names as feature names). Nothing here reads
+chunked data. Shape and dtype are checked from metadata; stores
 are opened with ``chunks=(rows, -1)`` so that each dask chunk is one task
 holding whole rows.
 """
@@ -8,8 +11,10 @@ holding whole rows.
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +34,7 @@ class Prepared:
     """A validated input: the dask array and how to shape results like the input."""
 
     data: da.Array
-    kind: str  # "numpy", "dask", "xarray", "zarr"
+    kind: str  # "numpy" (any in-memory array-like), "dask", "xarray", "zarr"
     sample_dim: str | None = None
     sample_coord: Any = None
     feature_names: np.ndarray | None = None
@@ -48,33 +53,43 @@ def _describe(X) -> str:
     )
 
 
+class InputDtypeError(TypeError, ValueError):
+    """A dtype dask-em cannot fit: a TypeError, and a ValueError as scikit-learn raises for complex data."""
+
+
 def _check_dtype(dtype, what: str) -> None:
     dtype = np.dtype(dtype)
     if dtype.kind in "fiub":
         return
     hint = {
-        "c": "complex numbers have no Gaussian mixture here; pass np.abs(X) or the real and imaginary parts as separate features",
+        "c": "Complex data not supported; complex numbers have no Gaussian mixture here; pass np.abs(X) or "
+             "the real and imaginary parts as separate features",
         "O": "convert it with X.astype(np.float64) after checking its contents",
         "U": "encode strings as numbers first",
         "S": "encode bytes as numbers first",
     }.get(dtype.kind, "convert it with X.astype(np.float64)")
-    raise TypeError(f"{what} must hold real numbers (float or int); received dtype {dtype}: {hint}.")
+    raise InputDtypeError(f"{what} must hold real numbers (float or int); received dtype {dtype}: {hint}.")
 
 
 def _check_shape(shape, what: str) -> None:
+    # The parenthesised phrases are scikit-learn's (its checks and users' tools look for them).
     if len(shape) != 2:
         fix = (
             "X.reshape(-1, 1) for a single feature" if len(shape) == 1 else "reshape it to (n_samples, n_features)"
         )
         raise ValueError(
             f"{what} must be 2-D of shape (n_samples, n_features); received {len(shape)}-D "
-            f"shape {tuple(shape)}: {fix}."
+            f"shape {tuple(shape)}: {fix}. Reshape your data to (n_samples, n_features)."
         )
     if shape[0] == 0:
-        raise ValueError(f"{what} is empty: received shape {tuple(shape)}; at least one row is needed.")
+        raise ValueError(
+            f"{what} is empty: received shape {tuple(shape)}; at least one row is needed "
+            f"(0 sample(s) (shape={tuple(shape)}) while a minimum of 1 is required)."
+        )
     if shape[1] == 0:
         raise ValueError(
-            f"{what} has no features: received shape {tuple(shape)}; at least one column is needed."
+            f"{what} has no features: received shape {tuple(shape)}; at least one column is needed "
+            f"(0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required)."
         )
 
 
@@ -217,8 +232,10 @@ def as_dask_array(
 
     Parameters
     ----------
-    X : numpy array, dask array, xarray.DataArray or Dataset, zarr.Array, or str/PathLike
-        The data, of shape (n_samples, n_features). A string is a Zarr path or URL.
+    X : array-like, dask array or DataFrame, xarray.DataArray or Dataset, zarr.Array, or str/PathLike
+        The data, of shape (n_samples, n_features). A string is a Zarr path or URL;
+        numpy arrays, lists of rows and pandas DataFrames are validated by
+        scikit-learn's ``check_array`` (a DataFrame's columns are the feature names).
     variable : str, optional
         The variable of a Zarr group or ``xarray.Dataset``.
     storage_options : dict, optional
@@ -228,6 +245,8 @@ def as_dask_array(
     """
     if isinstance(X, Prepared):
         return X
+    if X is None:
+        raise TypeError(f"{what} must be an array-like of shape (n_samples, n_features); received None.")
     if isinstance(X, (str, os.PathLike)):
         return open_zarr(
             X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows,
@@ -251,17 +270,66 @@ def as_dask_array(
         _check_shape(X.shape, what)
         _check_dtype(X.dtype, what)
         return Prepared(_from_dask(X, what), "dask")
-    if isinstance(X, (list, tuple)):
-        X = np.asarray(X)
-    if isinstance(X, np.ndarray):
-        _check_shape(X.shape, what)
-        _check_dtype(X.dtype, what)
-        rows = chunk_rows or auto_row_chunks(X.shape[0], X.shape[1], 8)
-        return Prepared(da.from_array(X, chunks=(rows, -1)), "numpy")
-    raise TypeError(
-        f"{what} must be a numpy array, dask array, xarray DataArray, zarr.Array or a Zarr "
-        f"path/URL; received {_describe(X)}."
-    )
+    if module == "dask" and hasattr(X, "columns") and hasattr(X, "npartitions"):  # a dask DataFrame
+        return _from_dask_dataframe(X, what)
+    if isinstance(X, (Mapping, set, frozenset)) or not (
+        hasattr(X, "__array__") or hasattr(X, "__array_interface__") or isinstance(X, Sequence)
+        or hasattr(X, "tocsr")  # scipy.sparse: check_array refuses it with its fix (.toarray())
+    ):
+        raise TypeError(
+            f"{what} must be a numpy array, dask array, array-like (list of rows, pandas or dask "
+            f"DataFrame), xarray DataArray, zarr.Array or a Zarr path/URL; received {_describe(X)}."
+        )
+    return _from_memory(X, what, chunk_rows)
+
+
+def _from_memory(X, what: str, chunk_rows: int | None) -> Prepared:
+    """Any in-memory array-like, through scikit-learn's ``check_array`` (no NaN check: the
+    first E-step or the inference pass finds NaN, naming the rows)."""
+    from sklearn.utils.validation import _get_feature_names, check_array
+
+    names = _get_feature_names(X)
+    if isinstance(X, np.ndarray) and X.dtype.kind in "cUS":
+        _check_dtype(X.dtype, what)  # our message, before check_array's
+    try:
+        arr = check_array(
+            X, dtype=None, accept_sparse=False, ensure_all_finite=False, ensure_2d=False, allow_nd=True,
+            ensure_min_samples=0, ensure_min_features=0, input_name=what,
+        )
+    except ValueError as exc:
+        if "Complex data" in str(exc):
+            _check_dtype(np.complex128, what)
+        raise
+    _check_shape(arr.shape, what)
+    if arr.dtype.kind == "O":
+        try:
+            arr = arr.astype(np.float64)  # scikit-learn treats object arrays as numeric when they are
+        except (TypeError, ValueError) as exc:
+            raise InputDtypeError(
+                f"{what} must hold real numbers (float or int); received dtype object: convert it with "
+                f"X.astype(np.float64) after checking its contents ({exc})."
+            ) from exc
+    _check_dtype(arr.dtype, what)
+    rows = chunk_rows or auto_row_chunks(arr.shape[0], arr.shape[1], 8)
+    return Prepared(da.from_array(arr, chunks=(rows, -1)), "numpy", feature_names=names)
+
+
+def _from_dask_dataframe(X, what: str) -> Prepared:
+    """A dask DataFrame as a dask array with known row chunks (one pass over its partitions'
+    lengths), its column names as feature names. Needs dask's dataframe extra."""
+    try:
+        importlib.import_module("dask.dataframe")
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} is a dask DataFrame, which needs dask's dataframe extra ({exc}); install it with "
+            "pip install 'dask[dataframe]', or pass X.to_dask_array(lengths=True)."
+        ) from exc
+    columns = np.asarray(list(X.columns), dtype=object)
+    names = columns if len(columns) and all(isinstance(c, str) for c in columns) else None
+    data = X.to_dask_array(lengths=True)
+    _check_shape(data.shape, what)
+    _check_dtype(data.dtype, what)
+    return Prepared(_from_dask(data, what), "dask", feature_names=names)
 
 
 def _from_xarray(X, variable, chunk_rows, what) -> Prepared:
@@ -324,8 +392,11 @@ def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
     """
     if sample_weight is None:
         return None
-    if type(sample_weight).__module__.split(".")[0] == "xarray":
+    module = type(sample_weight).__module__.split(".")[0]
+    if module == "xarray":
         sample_weight = sample_weight.data
+    elif module == "dask" and not isinstance(sample_weight, da.Array) and hasattr(sample_weight, "npartitions"):
+        sample_weight = sample_weight.to_dask_array(lengths=True)
     n = X.shape[0]
     if isinstance(sample_weight, da.Array):
         if sample_weight.shape != (n,):

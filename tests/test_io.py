@@ -139,7 +139,8 @@ BAD_X = [
     (np.zeros((0, 3)), ValueError, r"X is empty: received shape \(0, 3\)"),
     (np.zeros((5, 0)), ValueError, r"X has no features: received shape \(5, 0\)"),
     (np.array([["a", "b"], ["c", "d"]]), TypeError, r"must hold real numbers .* dtype <U1"),
-    (np.zeros((4, 2), dtype=object), TypeError, r"dtype object: convert it"),
+    # An object array of numbers is read as numbers (as scikit-learn does); one holding anything else is refused.
+    (np.array([[{"a": 1}, 1.0], [2.0, 3.0]], dtype=object), TypeError, r"dtype object: convert it"),
     (np.zeros((4, 2), dtype=complex), TypeError, r"complex numbers"),
     ({"a": 1}, TypeError, r"must be a numpy array, dask array, .* received builtins.dict"),
     (da.zeros((10, 4), chunks=(5, 2)), ValueError, r"chunked along the feature axis .* X.rechunk\(\{1: -1\}\)"),

@@ -1,0 +1,297 @@
+"""scikit-learn habits: pandas and array-like inputs, feature names, NaN/inf in every inference
+method, model selection tools, clone / pickle, set_params after fit."""
+
+import pickle
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import dask_em
+
+from conftest import mixture
+
+INFERENCE = ["predict", "predict_proba", "score_samples", "score", "bic", "aic"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="the best restart did not converge")
+        yield
+
+
+def frame(rng, n=300):
+    X, labels, _ = mixture(rng, n=n, d=3, k=2)
+    return pd.DataFrame(X, columns=["a", "b", "c"]), labels
+
+
+# -- pandas and array-likes ---------------------------------------------------------------
+
+
+def test_pandas_dataframe_in_feature_names_and_numpy_out(rng):
+    df, _ = frame(rng)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(df)
+    np.testing.assert_array_equal(gm.feature_names_in_, ["a", "b", "c"])
+    ref = dask_em.GaussianMixture(2, random_state=0).fit(df.to_numpy())
+    np.testing.assert_array_equal(gm.means_, ref.means_)  # the same fit, bit for bit
+    labels = gm.predict(df)
+    assert isinstance(labels, np.ndarray) and labels.shape == (300,)
+    np.testing.assert_array_equal(labels, ref.predict(df.to_numpy()))
+    assert isinstance(gm.score(df), float)
+
+
+def test_feature_name_mismatch_warns_and_errors_as_scikit_learn(rng):
+    df, _ = frame(rng)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(df)
+    with pytest.warns(UserWarning, match="X does not have valid feature names, but GaussianMixture was fitted with feature names"):
+        gm.predict(df.to_numpy())
+    with pytest.raises(ValueError, match="The feature names should match those that were passed during fit"):
+        gm.predict(df[["c", "b", "a"]])
+    plain = dask_em.GaussianMixture(2, random_state=0).fit(df.to_numpy())
+    assert not hasattr(plain, "feature_names_in_")
+    with pytest.warns(UserWarning, match="X has feature names, but GaussianMixture was fitted without feature names"):
+        plain.predict(df)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gm.predict(df)  # the same names: no warning
+
+
+def test_refit_without_names_forgets_them(rng):
+    df, _ = frame(rng)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(df).fit(df.to_numpy())
+    assert not hasattr(gm, "feature_names_in_")
+
+
+@pytest.mark.parametrize("kind", ["list", "tuple-of-lists", "series", "dask-series"])
+def test_sample_weight_as_series_or_list(kind, rng):
+    df, _ = frame(rng, n=200)
+    w = rng.integers(1, 4, 200).astype(float)
+    ref = dask_em.GaussianMixture(2, random_state=0).fit(df.to_numpy(), sample_weight=w)
+    X = df
+    weights = {"list": list(w), "tuple-of-lists": tuple(w), "series": pd.Series(w)}.get(kind)
+    if kind == "dask-series":
+        dd = pytest.importorskip("dask.dataframe")
+        X = dd.from_pandas(df, npartitions=2)
+        weights = dd.from_pandas(pd.Series(w), npartitions=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X, sample_weight=weights)
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-9)
+
+
+def test_array_likes(rng):
+    from sklearn.utils.estimator_checks import _NotAnArray
+
+    X, _, _ = mixture(rng, n=120, d=2, k=2)
+    ref = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    for like in (X.tolist(), [tuple(r) for r in X], _NotAnArray(X), X.astype(object), np.asfortranarray(X)):
+        gm = dask_em.GaussianMixture(2, random_state=0).fit(like)
+        np.testing.assert_array_equal(gm.means_, ref.means_)
+        np.testing.assert_array_equal(gm.predict(like), ref.predict(X))
+
+
+def test_bad_array_likes_say_what_and_how(rng):
+    from scipy import sparse
+
+    with pytest.raises(ValueError, match=r"0 feature\(s\) \(shape=\(12, 0\)\) while a minimum of 1 is required"):
+        dask_em.GaussianMixture(1).fit(np.empty((12, 0)))
+    with pytest.raises(ValueError, match=r"X.reshape\(-1, 1\) for a single feature. Reshape your data"):
+        dask_em.GaussianMixture(1).fit([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="Complex data not supported"):
+        dask_em.GaussianMixture(1).fit(np.ones((4, 2), dtype=complex))
+    with pytest.raises(TypeError, match="argument must be a string or a real number"):
+        dask_em.GaussianMixture(1).fit(np.array([[{"a": 1}, 1.0]], dtype=object))
+    with pytest.raises(TypeError, match="dense data is required"):
+        dask_em.GaussianMixture(1).fit(sparse.csr_matrix(np.ones((4, 2))))
+    with pytest.raises(ValueError, match=r"X has 1 rows, fewer than n_components=2 \(n_samples=1"):
+        dask_em.GaussianMixture(2).fit([[1.0, 2.0]])
+
+
+def test_dask_dataframe(rng):
+    dd = pytest.importorskip("dask.dataframe")
+    df, _ = frame(rng)
+    ddf = dd.from_pandas(df, npartitions=3)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(ddf)
+    np.testing.assert_array_equal(gm.feature_names_in_, ["a", "b", "c"])
+    ref = dask_em.GaussianMixture(2, random_state=0).fit(df)
+    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-9)
+    labels = gm.predict(ddf)
+    assert isinstance(labels, da.Array)
+    np.testing.assert_array_equal(labels.compute(), ref.predict(df))
+
+
+def test_dask_dataframe_without_the_extra_names_the_install(monkeypatch, rng):
+    import sys
+
+    class FakeFrame:  # stands for a dask DataFrame where dask.dataframe cannot be imported
+        columns = ["a"]
+        npartitions = 1
+
+    FakeFrame.__module__ = "dask.dataframe.dask_expr._collection"
+    monkeypatch.setitem(sys.modules, "dask.dataframe", None)
+    with pytest.raises(ImportError, match=r"pip install 'dask\[dataframe\]'"):
+        dask_em.GaussianMixture(1).fit(FakeFrame())
+
+
+# -- inference checks what fit checks -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", INFERENCE)
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_inference_named_by_row_in_memory(method, value, rng):
+    X, _, _ = mixture(rng, n=200, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    bad = X.copy()
+    bad[37, 1] = value
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity in rows 0-199 \(block 0\); the first is row 37"):
+        getattr(gm, method)(bad)
+
+
+@pytest.mark.parametrize("method", INFERENCE)
+def test_nan_in_inference_named_by_chunk_rows_for_dask(method, rng):
+    X, _, _ = mixture(rng, n=400, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    bad = X.copy()
+    bad[250, 0] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity in rows 200-299 \(block 2\); the first is row 250"):
+        dask.compute(getattr(gm, method)(da.from_array(bad, chunks=(100, -1))))  # lazy but for score, bic, aic
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "poisson"])
+@pytest.mark.parametrize("method", INFERENCE)
+def test_discrete_families_check_values_in_inference(name, method, rng):
+    X = rng.integers(0, 2, size=(200, 4)).astype(float)
+    est = {"bernoulli": dask_em.BernoulliMixture, "poisson": dask_em.PoissonMixture}[name](2, random_state=0).fit(X)
+    bad = X.copy()
+    bad[11, 2] = np.nan
+    with pytest.raises(ValueError, match=r"X contains NaN or infinity.*the first is row 11"):
+        dask.compute(getattr(est, method)(da.from_array(bad, chunks=(50, -1))))
+    bad[11, 2] = -1.0
+    with pytest.raises(ValueError, match=r"Negative values in data.*the first is row 11"):
+        getattr(est, method)(bad)
+
+
+@pytest.mark.parametrize("method", INFERENCE)
+def test_inference_checks_feature_count_and_dtype(method, rng):
+    X, _, _ = mixture(rng, n=100, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(ValueError, match="X has 2 features, but GaussianMixture is expecting 3 features as input"):
+        getattr(gm, method)(X[:, :2])
+    with pytest.raises(TypeError, match="must hold real numbers .* dtype <U"):
+        getattr(gm, method)(X.astype(str))
+    codes = rng.integers(0, 3, size=(100, 2))
+    cm = dask_em.CategoricalMixture(2, n_categories=3, random_state=0).fit(codes)
+    with pytest.raises(TypeError, match="codes must be stored as integers; received dtype float64"):
+        getattr(cm, method)(codes.astype(float))
+    with pytest.raises(ValueError, match=r"feature 1 has 3 categories \(codes 0..2\), but X holds code 7"):
+        getattr(cm, method)(np.where(np.arange(100)[:, None] == 5, [0, 7], codes))
+
+
+# -- model selection tools, clone, pickle, set_params -----------------------------------------
+
+
+def test_grid_search_on_k_with_the_default_scorer(rng):
+    X, _, _ = mixture(rng, n=600, d=2, k=3, spread=8.0)
+    search = GridSearchCV(dask_em.GaussianMixture(random_state=0), {"n_components": [1, 2, 3, 4]}, cv=3)
+    search.fit(X)
+    ref = GridSearchCV(dask_em.GaussianMixture(random_state=0), {"n_components": [1, 2, 3, 4]}, cv=3,
+                       scoring=lambda est, X_, y=None: est.score(X_))
+    ref.fit(X)
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], ref.cv_results_["mean_test_score"])
+    assert search.best_params_["n_components"] >= 3  # three clusters, well apart: one component is not enough
+    assert search.cv_results_["mean_test_score"][0] < search.cv_results_["mean_test_score"][2]
+
+
+def test_cross_val_score_and_pipeline_with_dask_input(rng):
+    X, _, _ = mixture(rng, n=300, d=2, k=2)
+    Xd = da.from_array(X, chunks=(100, -1))
+    scores = cross_val_score(dask_em.GaussianMixture(2, random_state=0), X, cv=3)
+    assert scores.shape == (3,) and np.isfinite(scores).all()
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(Xd)
+    ref = dask_em.GaussianMixture(2, random_state=0).fit(X, chunk_rows=100)
+    np.testing.assert_allclose(gm.score(Xd), ref.score(X), rtol=1e-12)
+    pipe = make_pipeline(StandardScaler(), dask_em.GaussianMixture(2, random_state=0)).fit(X)
+    np.testing.assert_array_equal(pipe.predict(X), pipe[-1].predict(StandardScaler().fit_transform(X)))
+
+
+FAMILIES = {
+    "gaussian": lambda rng: (dask_em.GaussianMixture(2, random_state=0), rng.normal(size=(300, 3))),
+    "bernoulli": lambda rng: (dask_em.BernoulliMixture(2, random_state=0), rng.integers(0, 2, (300, 5)).astype(np.uint8)),
+    "poisson": lambda rng: (dask_em.PoissonMixture(2, random_state=0), rng.poisson(3.0, (300, 4))),
+    "categorical": lambda rng: (dask_em.CategoricalMixture(2, n_categories=4, random_state=0), rng.integers(0, 4, (300, 3))),
+}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_pickle_and_joblib_predict_bitwise_the_same(name, rng, tmp_path):
+    import joblib
+
+    est, X = FAMILIES[name](rng)
+    est.fit(X)
+    for restored in (pickle.loads(pickle.dumps(est)), joblib.load(joblib.dump(est, tmp_path / "m.joblib")[0])):
+        np.testing.assert_array_equal(restored.predict(X), est.predict(X))
+        np.testing.assert_array_equal(restored.predict_proba(X), est.predict_proba(X))
+        np.testing.assert_array_equal(restored.score_samples(X), est.score_samples(X))
+        Xd = da.from_array(X, chunks=(100, -1))
+        np.testing.assert_array_equal(restored.score_samples(Xd).compute(), est.score_samples(Xd).compute())
+    fresh = clone(est)
+    assert not hasattr(fresh, "weights_") and fresh.get_params() == est.get_params()
+
+
+def test_set_params_after_fit_changes_nothing_until_the_next_fit(rng):
+    codes = rng.integers(0, 3, size=(200, 2))
+    cm = dask_em.CategoricalMixture(2, n_categories=3, random_state=0).fit(codes)
+    before = cm.score_samples(codes)
+    cm.set_params(n_categories=5)  # would change every feature's offsets if inference re-read it
+    np.testing.assert_array_equal(cm.score_samples(codes), before)
+    assert cm.probabilities_[0].shape == (2, 3)
+    cm.fit(codes)
+    assert cm.probabilities_[0].shape == (2, 5)
+    bm = dask_em.BernoulliMixture(2, binarize=0.5, random_state=0).fit(rng.uniform(size=(200, 3)))
+    fitted = bm.predict_proba(np.full((1, 3), 0.7))
+    bm.set_params(binarize=None)
+    np.testing.assert_array_equal(bm.predict_proba(np.full((1, 3), 0.7)), fitted)
+
+
+def test_binarize_reads_values_above_the_threshold_as_one(rng):
+    X = rng.normal(size=(300, 4))
+    a = dask_em.BernoulliMixture(2, binarize=0.0, random_state=0).fit(X)
+    b = dask_em.BernoulliMixture(2, random_state=0).fit((X > 0).astype(np.uint8))
+    np.testing.assert_allclose(a.probabilities_, b.probabilities_, rtol=1e-12)
+    np.testing.assert_allclose(a.score_samples(X), b.score_samples((X > 0).astype(np.uint8)), rtol=1e-12)
+    with pytest.raises(ValueError, match="binarize must be None or a finite float"):
+        dask_em.BernoulliMixture(2, binarize="yes").fit(X)
+
+
+READS: list[int] = []
+
+
+def _counted_rows(x, block_info=None):
+    READS.append(block_info[0]["chunk-location"][0])
+    return x
+
+
+@pytest.mark.parametrize("method", ["predict", "score"])
+def test_nan_is_found_by_the_pass_that_computes_the_result(method, rng):
+    """Every chunk is read once for clean data and at most once with a NaN: no extra checking pass."""
+    X, _, _ = mixture(rng, n=800, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    for nan_row in (None, 790):
+        data = X.copy()
+        if nan_row is not None:
+            data[nan_row, 2] = np.nan
+        counted = da.from_array(data, chunks=(100, -1)).map_blocks(_counted_rows, dtype=data.dtype)
+        READS.clear()
+        if nan_row is None:
+            dask.compute(getattr(gm, method)(counted))
+            assert sorted(READS) == list(range(8))
+        else:
+            with pytest.raises(ValueError, match=r"rows 700-799 \(block 7\); the first is row 790"):
+                dask.compute(getattr(gm, method)(counted))
+            assert len(READS) == len(set(READS)) <= 8

@@ -35,6 +35,10 @@ class FitProgress:
         bar.update(event["iteration"] - bar.n)
         change = "first" if event["change"] is None else f"{event['change']:+.2e}"
         bar.set_postfix(lower_bound=f"{event['lower_bound']:.6f}", change=change, refresh=False)
+        if event["converged"]:
+            # A bar closed short of its total is drawn red (tqdm's "danger") in Jupyter:
+            # a converged restart ends here, so this is its total.
+            bar.total = bar.n
         if event["converged"] or event["failed"]:
             bar.set_description(f"restart {event['restart']} " + ("converged" if event["converged"] else "failed"))
             bar.refresh()

@@ -24,7 +24,7 @@ from dask.delayed import delayed
 
 from ._validation import seed_sequence
 from .family import Family
-from .hierarchical import hc_responsibilities
+from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
 # The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
@@ -128,6 +128,12 @@ def start_responsibilities(
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
             km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
         resp[np.arange(n), km.predict(xc)] = 1
+    elif method == "hierarchical-subsample":
+        # The same tree on a random half of the sample (at most 2,000 rows, drawn with this
+        # restart's seed), the rest by E-step: emEM's restarts get different partitions even
+        # when the sample is small enough for "hierarchical" to be deterministic.
+        rows = max(n_components, min(DEFAULT_MAX_ROWS, n // 2))
+        resp = hc_responsibilities(xc, n_components, rng=seed, max_rows=rows)
     elif method == "hierarchical":
         # mclust's start: the "VVV" model-based tree on the SVD-transformed sample,
         # at most 2,000 rows clustered (drawn with this restart's seed), the rest by E-step.

@@ -139,15 +139,18 @@ def main(argv=None):
                              "and tol/100 as mclust's relative tol (its default 1e-5): compare at convergence")
     parser.add_argument("--max-iter", type=int, default=None, help="max_iter of every fit [100; 2000 with --tol]")
     parser.add_argument("--mix", default=None,
-                        help="emEM's start kinds, comma-separated (an experiment: replaces dask_em's MIXED_STARTS)")
+                        help="emEM's start kinds (an experiment): 'first,...;kind,kind,...' replaces dask_em.starts' "
+                             "EMEM_FIRST and MIXED_STARTS")
     parser.add_argument("--data", default=None, help="only these data sets, comma-separated")
     args = parser.parse_args(argv)
 
     import dask_em
-    import dask_em._base
+    import dask_em.starts
 
-    if args.mix:
-        dask_em._base.MIXED_STARTS = tuple(args.mix.split(","))
+    if args.mix is not None:  # "first;kind,kind,...": emEM's first starts, then the cycled mix
+        first, _, mix = args.mix.rpartition(";")
+        dask_em.starts.EMEM_FIRST = tuple(filter(None, first.split(",")))
+        dask_em.starts.MIXED_STARTS = tuple(mix.split(","))
     fit_opts = {}
     if args.tol is not None:
         fit_opts = {"tol": args.tol, "max_iter": args.max_iter or 2000}
@@ -155,7 +158,7 @@ def main(argv=None):
         fit_opts = {"max_iter": args.max_iter}
     mc_tol = None if args.tol is None else args.tol / 100
     print(f"# fits: {fit_opts or 'defaults'}; mclust tol {mc_tol or 'default'}; emEM starts "
-          f"{dask_em._base.MIXED_STARTS}")
+          f"{dask_em.starts.emem_methods(args.n_short)}")
 
     warnings.simplefilter("ignore")
     ks = range(2, 5 if args.quick else args.kmax + 1)

@@ -37,7 +37,7 @@ from .family import Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
-from .starts import INIT_METHODS, MIXED_STARTS, StartPlan
+from .starts import INIT_METHODS, StartPlan, emem_methods
 
 logger = logging.getLogger("dask_em")
 
@@ -153,7 +153,8 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
         if self.init_strategy == "emEM" and self.init_params != "kmeans":
             raise ValueError(
                 f"init_params={self.init_params!r} applies to init_strategy='single'; emEM mixes "
-                "k-means++, random-row and half-sample k-means starts. Leave init_params at its default."
+                "the hierarchical tree, k-means++, random-row, half-sample k-means and half-sample tree "
+                "starts. Leave init_params at its default."
             )
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
@@ -162,7 +163,7 @@ class BaseMixture(DensityMixin, ClusterMixin, BaseEstimator):
     def _start_plan(self, n: int, d: int) -> StartPlan:
         emem = self.init_strategy == "emEM"
         n_starts = max(self.n_short, self.n_init) if emem else self.n_init
-        methods = [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts)] if emem else self.init_params
+        methods = emem_methods(n_starts) if emem else self.init_params
         return StartPlan.make(
             self.make_family(), self._start_settings(d), n_samples=n, n_starts=n_starts, methods=methods,
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),

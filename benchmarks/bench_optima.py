@@ -69,16 +69,17 @@ MCLUST_MODELS = {"full": "VVV", "tied": "EEE", "diag": "VVI", "spherical": "VII"
 MCLUST_SCRIPT = r"""
 suppressMessages(library(mclust))
 X <- as.matrix(read.csv(file.path(dir, "x.csv"), header = FALSE))
+ctl <- if (is.na(tol)) emControl() else emControl(tol = c(tol, sqrt(.Machine$double.eps)), itmax = c(.Machine$integer.max, .Machine$integer.max))
 out <- list()
 for (m in strsplit(models, ",")[[1]]) for (g in as.integer(strsplit(ks, ",")[[1]])) {
-  fit <- tryCatch(Mclust(X, G = g, modelNames = m, verbose = FALSE), error = function(e) NULL)
+  fit <- tryCatch(Mclust(X, G = g, modelNames = m, verbose = FALSE, control = ctl), error = function(e) NULL)
   out[[paste(m, g)]] <- if (is.null(fit)) NA else fit$loglik
 }
 cat(jsonlite::toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"), file = file.path(dir, "out.json"))
 """
 
 
-def mclust_logliks(X, ks, covs):
+def mclust_logliks(X, ks, covs, tol=None):
     """{(cov, K): mean log-likelihood per row} from mclust, or None without Rscript."""
     import json
     import pathlib
@@ -91,7 +92,9 @@ def mclust_logliks(X, ks, covs):
     with tempfile.TemporaryDirectory() as tmp:
         np.savetxt(f"{tmp}/x.csv", X, delimiter=",", fmt="%.17g")
         models = ",".join(MCLUST_MODELS[c] for c in covs)
-        subprocess.run(["Rscript", "-e", f"dir <- '{tmp}'; models <- '{models}'; ks <- '{','.join(map(str, ks))}'",
+        rtol = "NA" if tol is None else repr(tol)
+        subprocess.run(["Rscript", "-e", f"dir <- '{tmp}'; models <- '{models}'; ks <- '{','.join(map(str, ks))}'; "
+                        f"tol <- {rtol}",
                         "-e", MCLUST_SCRIPT], check=True, capture_output=True)
         raw = json.loads(pathlib.Path(f"{tmp}/out.json").read_text())
     n = len(X)
@@ -105,14 +108,14 @@ def verdict_of(ours, theirs, tol=1e-4):
     return "better" if ours > theirs + tol else ("worse" if ours < theirs - tol else "equal")
 
 
-def sklearn_at_budget(X, k, cov, budget):
+def sklearn_at_budget(X, k, cov, budget, tol=1e-3, max_iter=100):
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
     best, spent, seed = -np.inf, 0, 0
     while True:
         km_iters = KMeans(k, n_init=1, random_state=np.random.RandomState(seed)).fit(X).n_iter_
-        gm = GaussianMixture(k, covariance_type=cov, n_init=1, random_state=seed).fit(X)
+        gm = GaussianMixture(k, covariance_type=cov, n_init=1, random_state=seed, tol=tol, max_iter=max_iter).fit(X)
         cost = k + km_iters + gm.n_iter_ + 1
         if spent and spent + cost > budget:
             break
@@ -131,9 +134,31 @@ def main(argv=None):
     parser.add_argument("--n-init", type=int, default=2, help="emEM restarts that continue")
     parser.add_argument("--n-short", type=int, default=20)
     parser.add_argument("--short-iter", type=int, default=10)
+    parser.add_argument("--tol", type=float, default=None,
+                        help="tol for every dask-em and scikit-learn fit (absolute, per row; their default 1e-3), "
+                             "and tol/100 as mclust's relative tol (its default 1e-5): compare at convergence")
+    parser.add_argument("--max-iter", type=int, default=None, help="max_iter of every fit [100; 2000 with --tol]")
+    parser.add_argument("--mix", default=None,
+                        help="emEM's start kinds (an experiment): 'first,...;kind,kind,...' replaces dask_em.starts' "
+                             "EMEM_FIRST and MIXED_STARTS")
+    parser.add_argument("--data", default=None, help="only these data sets, comma-separated")
     args = parser.parse_args(argv)
 
     import dask_em
+    import dask_em.starts
+
+    if args.mix is not None:  # "first;kind,kind,...": emEM's first starts, then the cycled mix
+        first, _, mix = args.mix.rpartition(";")
+        dask_em.starts.EMEM_FIRST = tuple(filter(None, first.split(",")))
+        dask_em.starts.MIXED_STARTS = tuple(mix.split(","))
+    fit_opts = {}
+    if args.tol is not None:
+        fit_opts = {"tol": args.tol, "max_iter": args.max_iter or 2000}
+    elif args.max_iter is not None:
+        fit_opts = {"max_iter": args.max_iter}
+    mc_tol = None if args.tol is None else args.tol / 100
+    print(f"# fits: {fit_opts or 'defaults'}; mclust tol {mc_tol or 'default'}; emEM starts "
+          f"{dask_em.starts.emem_methods(args.n_short)}")
 
     warnings.simplefilter("ignore")
     ks = range(2, 5 if args.quick else args.kmax + 1)
@@ -147,7 +172,9 @@ def main(argv=None):
           f"{'emEM vs sk':>10} {'single ll':>10} {'passes':>6} {'hier ll':>10} {'mclust ll':>10} {'emEM vs mc':>10}")
     tic = time.perf_counter()
     for name, X in datasets(args.quick).items():
-        mclust = mclust_logliks(X, list(ks), covs)
+        if args.data and name not in args.data.split(","):
+            continue
+        mclust = mclust_logliks(X, list(ks), covs, mc_tol)
         if mclust is None and not warned:
             warned = True
             print("# Rscript not found: the mclust column is skipped (apt-get install r-base-core r-cran-mclust)")
@@ -155,18 +182,18 @@ def main(argv=None):
             for k in ks:
                 ours = dask_em.GaussianMixture(
                     k, covariance_type=cov, init_strategy="emEM", n_init=args.n_init, n_short=args.n_short,
-                    short_iter=args.short_iter, random_state=0,
+                    short_iter=args.short_iter, random_state=0, **fit_opts,
                 ).fit(X)
                 ll, passes = ours.score(X), ours.n_passes_
-                sk_ll, sk_passes, runs = sklearn_at_budget(X, k, cov, passes)
-                single = dask_em.GaussianMixture(k, covariance_type=cov, random_state=0).fit(X)
+                sk_ll, sk_passes, runs = sklearn_at_budget(X, k, cov, passes, **fit_opts)
+                single = dask_em.GaussianMixture(k, covariance_type=cov, random_state=0, **fit_opts).fit(X)
                 verdict = "better" if ll > sk_ll + 1e-4 else ("worse" if ll < sk_ll - 1e-4 else "equal")
                 tally[verdict] += 1
                 single_ll = single.score(X)
                 sv = "better" if single_ll > sk_ll + 1e-4 else ("worse" if single_ll < sk_ll - 1e-4 else "equal")
                 single_tally[sv] += 1
                 hier_ll = dask_em.GaussianMixture(k, covariance_type=cov, init_params="hierarchical",
-                                                  random_state=0).fit(X).score(X)
+                                                  random_state=0, **fit_opts).fit(X).score(X)
                 mc_ll = mclust[(cov, k)] if mclust is not None else np.nan
                 for key, value in (("emEM", ll), ("hier", hier_ll), ("sklearn", sk_ll)):
                     vs_mclust[key][verdict_of(value, mc_ll)] += 1

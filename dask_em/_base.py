@@ -39,7 +39,7 @@ from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
-from .starts import INIT_METHODS, MIXED_STARTS, StartPlan
+from .starts import INIT_METHODS, StartPlan, emem_methods
 
 logger = logging.getLogger("dask_em")
 
@@ -177,7 +177,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if self.init_strategy == "emEM" and self.init_params != "kmeans":
             raise ValueError(
                 f"init_params={self.init_params!r} applies to init_strategy='single'; emEM mixes "
-                "k-means++, random-row and half-sample k-means starts. Leave init_params at its default."
+                "the hierarchical tree, k-means++, random-row, half-sample k-means and half-sample tree "
+                "starts. Leave init_params at its default."
             )
         if self.accelerate not in ACCELERATIONS:
             raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
@@ -193,7 +194,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
     def _start_plan(self, n: int, d: int) -> StartPlan:
         emem = self.init_strategy == "emEM"
         n_starts = max(self.n_short, self.n_init) if emem else self.n_init
-        methods = [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts)] if emem else self.init_params
+        methods = emem_methods(n_starts) if emem else self.init_params
         return StartPlan.make(
             self.make_family(), self._start_settings(d), n_samples=n, n_starts=n_starts, methods=methods,
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),

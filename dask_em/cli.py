@@ -124,7 +124,7 @@ _FIT_CONFIG_KEYS = {
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
-    "weight_concentration_prior_type", "weight_concentration_prior",
+    "weight_concentration_prior_type", "weight_concentration_prior", "prior",
 }
 GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
 
@@ -144,13 +144,15 @@ def _parse_categories(text: str | int | list | None):
 
 def _make_estimator(ctx: click.Context, family: str, components: int, covariance_type: str, reg_covar: float,
                     pseudo_count: float | None, n_categories, prior_type: str | None = None,
-                    concentration: float | None = None, **common):
+                    concentration: float | None = None, gaussian_prior: str = "none", **common):
     """The estimator of --family, refusing options that belong to another family."""
     from click.core import ParameterSource
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
+    if family != "gaussian" and given("prior"):
+        raise Failure(f"--prior applies to --family gaussian; received --family {family}.")
     if family != "bayesian_gaussian":
         for name in ("weight_concentration_prior_type", "weight_concentration_prior"):
             if given(name):
@@ -160,6 +162,8 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
             if given(name):
                 raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family {family}.")
         extra = {}
+        if family == "gaussian" and gaussian_prior != "none":
+            extra["prior"] = gaussian_prior
         if family == "bayesian_gaussian":
             extra = {"weight_concentration_prior": concentration}
             if prior_type is not None:
@@ -231,6 +235,9 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
+@click.option("--prior", type=click.Choice(("none", "default")), default="none", show_default=True,
+              help="gaussian only: 'default' fits by MAP-EM under mclust's conjugate prior (defaultPrior from the "
+                   "data): a monotone bound and regular components; --reg-covar is then not used.")
 @click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
 @click.option("--seed", type=int, default=None, help="random_state.")
 @click.option("--variable", help="Variable of an xarray-written Zarr group.")
@@ -248,7 +255,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, accelerate, stopping, reg_covar, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, reg_covar, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -266,7 +273,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         _refuse_existing(output, overwrite, options)
     model = _make_estimator(
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
-        weight_concentration_prior_type, weight_concentration_prior,
+        weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
         n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
         accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
     )

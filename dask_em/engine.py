@@ -61,7 +61,9 @@ class StepResult:
     ``lower_bound`` is the family's ``round_bound`` (by default the mean
     log-likelihood of the parameters that entered the round); ``entropy`` the
     weighted sum of sum_k r log r (when asked for); ``record`` the reduced
-    ``{"nk", "stats"}`` the M-step read (with ``keep_stats``).
+    ``{"nk", "stats"}`` the M-step read (with ``keep_stats``); ``log_likelihood`` the mean
+    log-likelihood of the entering parameters (the bound without a family's
+    penalty: a prior's, a variational bound's).
     """
 
     lower_bound: float
@@ -71,6 +73,7 @@ class StepResult:
     entropy: float = 0.0
     wsum: float = 0.0
     record: dict | None = None
+    log_likelihood: float = float("nan")
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +169,7 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
         if not math.isfinite(lower_bound):
             out.append(StepResult(lower_bound, error="the log-likelihood is not finite"))
             continue
-        extra = {"entropy": rec["entropy"], "wsum": wsum}
+        extra = {"entropy": rec["entropy"], "wsum": wsum, "log_likelihood": lower_bound}
         nk, stats = rec["nk"], rec["stats"]
         keep = nk >= 1e-6 * wsum / max(n_rows, 1) if family.drops_empty_components else np.ones(len(nk), bool)
         dropped = [int(i) for i in np.flatnonzero(~keep)]

@@ -23,6 +23,7 @@ import numpy as np
 from . import _incomplete
 from ._covariance import COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
 from .family import MASS_EPS, Family, add_likelihood, all_missing_row, responsibilities
+from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
 __all__ = ["COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
            "n_parameters"]
@@ -165,10 +166,18 @@ class GaussianFamily(Family):
     runs all its candidates in one E-step task per chunk, sharing the design
     matrices of the panels. ``context`` is the shift ``c`` (see the module
     docstring); parameters are held centered.
+
+    ``prior`` (a spec from :func:`dask_em.prior.prior_spec`, None for none)
+    makes the M-step mclust's MAP step (:func:`dask_em.prior.map_m_step`): each
+    restart's params hold its resolved prior (``prior_*``, from the data's
+    moments in ``settings["prior_moments"]``), the reported bound is the
+    penalized one, ``(loglik + log prior) / rows`` of the entering parameters,
+    and empty components are kept (the prior keeps them regular).
     """
 
     reg_covar: float = 1e-6
     missing: str = "error"
+    prior: tuple | None = None
     name = "gaussian"
     supports_missing = True
 
@@ -201,7 +210,14 @@ class GaussianFamily(Family):
     def recenter(self, params, context, new_context):
         if "means" not in params:
             return params
-        return {**params, "means": params["means"] + (context - new_context)}
+        out = {**params, "means": params["means"] + (context - new_context)}
+        if "prior_mean" in params:
+            out["prior_mean"] = params["prior_mean"] + (context - new_context)
+        return out
+
+    @property
+    def drops_empty_components(self) -> bool:  # type: ignore[override]
+        return self.prior is None
 
     def init_features(self, sample, context):
         return np.asarray(sample, dtype=np.float64) - context
@@ -219,6 +235,8 @@ class GaussianFamily(Family):
         x = np.asarray(x, dtype=np.float64)
         k, d = settings["n_components"], context.shape[0]
         params: Params = {"dropped": []}
+        if self.prior is not None:
+            params.update(resolve_prior(self.prior, ct, k, d, settings.get("prior_moments"), context))
         if resp is not None:
             xa = layout.augment(x, context, design_buffer(ct, d, len(x)))
             acc = layout.empty_stats(k, d)
@@ -228,7 +246,7 @@ class GaussianFamily(Family):
             mass = layout.mass(stats)
             total = float(mass.sum())
             keep = mass >= 1e-6 * total / max(x.shape[0], 1)
-            if not keep.all() and weights_init is None and means_init is None:
+            if not keep.all() and weights_init is None and means_init is None and self.prior is None:
                 # More components than distinct rows: the start's empty clusters are
                 # dropped here as the engine drops components that empty. (With
                 # user-given weights or means the shapes must stay; the engine
@@ -237,7 +255,10 @@ class GaussianFamily(Family):
                 ref, mass = ref[keep], mass[keep]
                 params["dropped"] = [int(i) for i in np.flatnonzero(~keep)]
             try:
-                params.update(m_step(stats, ref, ct, self.reg_covar))
+                if self.prior is None:
+                    params.update(m_step(stats, ref, ct, self.reg_covar))
+                else:
+                    params.update(map_m_step(stats, ref, ct, self.reg_covar, prior_of(params)))
             except NotPositiveDefiniteError as exc:
                 return {"error": f"at the start: {exc}"}
             # scikit-learn divides the start's masses by n_samples, not by their sum.
@@ -323,7 +344,15 @@ class GaussianFamily(Family):
 
     def m_step(self, stats, nk, params):
         ct = params["covariance_type"]
-        new = m_step(stats, params["means"], ct, self.reg_covar)
+        if self.prior is None:
+            new = m_step(stats, params["means"], ct, self.reg_covar)
+        else:
+            prior = prior_of(params)
+            new = map_m_step(stats, params["means"], ct, self.reg_covar, prior)
+            new.update({key: params[key] for key in PARAM_KEYS})
+            # The round's record holds the log-likelihood of the *entering* parameters;
+            # their log prior completes the penalized bound (round_bound takes it out).
+            new["entering_log_prior"] = log_prior(params, prior)
         del new["weights"]  # the engine's, from nk
         new["covariance_type"] = ct
         return new
@@ -340,6 +369,17 @@ class GaussianFamily(Family):
             "a": a + n[:, None] * delta,
             "b": b + cross + cross.transpose(0, 2, 1) + n[:, None, None] * delta[:, :, None] * delta[:, None, :],
         }
+
+    def round_bound(self, record, params):
+        """Mean log-likelihood of the entering parameters; with a prior, plus their log prior per row.
+
+        EM with the MAP M-step never lowers ``loglik + log prior``: the bound is
+        exactly monotone in exact arithmetic.
+        """
+        entering = params.pop("entering_log_prior", None)
+        if entering is None:
+            return record["loglik"] / record["wsum"]
+        return (record["loglik"] + entering) / record["wsum"]
 
     def weighted_log_prob(self, x, params, context):
         if self.missing != "error" and _incomplete.any_missing(x):
@@ -388,18 +428,33 @@ class GaussianFamily(Family):
 
     def to_public(self, params, context):
         layout = LAYOUTS[params["covariance_type"]]
-        return {
+        out = {
             "means_": params["means"] + context,
             "covariances_": params["covariances"],
             "precisions_cholesky_": params["precisions_cholesky"],
             "precisions_": layout.precisions(params["precisions_cholesky"]),
         }
+        if "prior_mean" in params:
+            prior = prior_of(params)
+            out["prior_"] = {**prior, "mean": prior["mean"] + context}
+        return out
 
     def bound_fell_hint(self, params):
+        if self.prior is not None:
+            if self.reg_covar > 0:
+                return (
+                    f"reg_covar={self.reg_covar:g} is added after the prior's MAP step, so the step is not "
+                    "the penalized bound's maximiser; pass reg_covar=0 with a prior"
+                )
+            return (
+                "with the prior the M-step maximises the penalized bound exactly, so a fall is round-off "
+                "in near-singular covariances"
+            )
         if self.reg_covar > 0:
             return (
                 f"reg_covar={self.reg_covar:g} is added to the covariances after each M-step, so the "
                 "M-step is not the likelihood's maximiser and EM's bound need not rise; a covariance "
-                "near reg_covar's size shows a component shrinking onto few rows"
+                "near reg_covar's size shows a component shrinking onto few rows. prior='default' "
+                "(mclust's conjugate prior) regularises instead and keeps EM monotone"
             )
         return "with reg_covar=0 this is round-off from near-singular covariances"

@@ -5,8 +5,14 @@ from __future__ import annotations
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
+from .bayesian import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
+from .prior import check_spec, needs_moments, prior_spec
+from .starts import StartPlan
+
+# reg_covar's default: with a prior it must stay there (or be 0), since the prior regularises instead.
+_DEFAULT_REG_COVAR = 1e-6
 
 
 class GaussianMixture(BaseMixture):
@@ -24,7 +30,9 @@ class GaussianMixture(BaseMixture):
     tol : float, default=1e-3
         Convergence threshold on the change of the mean per-row log-likelihood.
     reg_covar : float, default=1e-6
-        Added to the diagonal of every covariance.
+        Added to the diagonal of every covariance (scikit-learn's ridge). Not
+        used with a ``prior``, which regularises instead (leave it at its
+        default or 0 then).
     max_iter : int, default=100
         EM iterations per restart.
     n_init : int, default=1
@@ -76,6 +84,17 @@ class GaussianMixture(BaseMixture):
         optimum, not the last step). "auto": "change" for plain EM (so that
         ``GaussianMixture()`` equals scikit-learn's), "aitken" with
         ``accelerate``; the discrete families' "auto" is always "aitken".
+    prior : None, "default" or dict, default=None
+        None: maximum likelihood, as scikit-learn. "default": mclust's
+        conjugate prior (``priorControl()``, Fraley & Raftery 2007) with its
+        ``defaultPrior`` hyperparameters from the moments of all rows
+        (computed in the start's compute, sharing its reads): EM then
+        maximises the posterior (MAP), its bound ``lower_bound_`` is the
+        penalized one (mean log-likelihood plus the log prior per row) and
+        never falls, and a component that empties keeps a proper covariance.
+        A dict sets some of ``shrinkage``, ``mean``, ``dof``, ``scale`` (the
+        others from ``defaultPrior``); see :mod:`dask_em.prior`. ``bic`` is
+        mclust's: the log-likelihood at the MAP estimate, prior not added.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -90,7 +109,10 @@ class GaussianMixture(BaseMixture):
     converged_ : bool
     n_iter_ : int
     lower_bound_ : float
-        Mean per-row log-likelihood of the best restart at its last E-step.
+        Mean per-row log-likelihood of the best restart at its last E-step
+        (with a prior: plus the log prior divided by the rows).
+    prior_ : dict
+        With a prior: its hyperparameters (shrinkage, mean, dof, scale).
     lower_bounds_ : list of float
         The best restart's lower bound at every iteration.
     restarts_ : list of dict
@@ -127,6 +149,7 @@ class GaussianMixture(BaseMixture):
         accelerate: str | None = None,
         stopping: str = "auto",
         missing: str = "error",
+        prior=None,
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
@@ -139,32 +162,55 @@ class GaussianMixture(BaseMixture):
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+        self.prior = prior
 
     _plain_stopping = "change"  # scikit-learn's rule: GaussianMixture() equals scikit-learn's
 
     def make_family(self) -> Family:
-        return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing)
+        spec = prior_spec(self.prior)
+        if spec is None:
+            return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing)
+        return GaussianFamily(reg_covar=0.0, prior=spec, missing=self.missing)
 
     def _check_family_params(self) -> None:
         if self.covariance_type not in COVARIANCE_TYPES:
             raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
         if not is_real(self.reg_covar) or self.reg_covar < 0:
             raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        if prior_spec(self.prior) is not None and self.reg_covar not in (0, _DEFAULT_REG_COVAR):
+            raise ValueError(
+                f"reg_covar={self.reg_covar!r} is not used with prior={self.prior!r}: the prior regularises "
+                "the covariances instead (its scale), and adding a ridge would make EM non-monotone. Leave "
+                "reg_covar at its default, or set the prior's 'scale' to regularise more."
+            )
 
     def _start_settings(self, d: int) -> dict:
         w, m, p = check_initial_parameters(
             self.n_components, d, self.covariance_type, self.weights_init, self.means_init, self.precisions_init
         )
+        spec = prior_spec(self.prior)
+        if spec is not None:
+            check_spec(spec, self.covariance_type, d)
         return {
             "n_components": self.n_components, "covariance_type": self.covariance_type,
             "weights_init": w, "means_init": m, "precisions_init": p,
         }
 
+    def _start_plan(self, n: int, d: int) -> StartPlan:
+        """The start, plus the data's moments for a data-dependent prior in the same compute."""
+        plan = super()._start_plan(n, d)
+        spec = prior_spec(self.prior)
+        if spec is not None and needs_moments(spec):
+            ct = self.covariance_type
+            plan.data_settings = lambda X, w: {"prior_moments": data_moments_graph(X, w, ct)}
+        return plan
+
     def _variant(self) -> str | None:
         return self.covariance_type
 
     def _describe(self) -> str:
-        return f"{self.covariance_type} covariance"
+        prior = "" if self.prior is None else ", conjugate prior"
+        return f"{self.covariance_type} covariance{prior}"
 
     def expected_shapes(self, k: int, d: int, values: dict) -> dict:
         if values.get("covariance_type") != self.covariance_type:

@@ -263,3 +263,93 @@ def _log_normal(x: np.ndarray, cov: np.ndarray) -> float:
     chol = linalg.cholesky(cov, lower=True)
     sol = linalg.solve_triangular(chol, x, lower=True)
     return float(-0.5 * (len(x) * _LOG_2PI + sol @ sol) - np.log(np.diag(chol)).sum())
+
+
+# ---------------------------------------------------------------------------
+# The prior of a fit: the estimator's setting, resolved on the data
+# ---------------------------------------------------------------------------
+
+# Keys under which a restart's params hold its resolved (centered) prior, so the
+# M-step, checkpoints and the model store carry it like any other parameter.
+PARAM_KEYS = tuple(f"prior_{key}" for key in PRIOR_KEYS)
+
+
+def _freeze(value):
+    array = np.asarray(value, dtype=np.float64)
+    return float(array) if array.ndim == 0 else tuple(map(tuple, array)) if array.ndim == 2 else tuple(array.tolist())
+
+
+def prior_spec(prior) -> tuple | None:
+    """The estimator's ``prior`` setting as a hashable spec, or None; refuses what is not a prior.
+
+    ``None`` (no prior), ``"default"`` (mclust's ``defaultPrior`` from the data)
+    or a dict of some of :data:`PRIOR_KEYS` (the others from ``defaultPrior``).
+    The spec is a sorted tuple of (key, value) pairs, values as floats or tuples.
+    """
+    if prior is None:
+        return None
+    if isinstance(prior, str):
+        if prior != "default":
+            raise ValueError(
+                f"prior={prior!r}; expected None, 'default' (mclust's defaultPrior) or a dict of some of "
+                f"{PRIOR_KEYS}."
+            )
+        return ()
+    if not isinstance(prior, dict):
+        raise ValueError(
+            f"prior must be None, 'default' or a dict of some of {PRIOR_KEYS}; received {type(prior).__name__}."
+        )
+    unknown = sorted(set(prior) - set(PRIOR_KEYS))
+    if unknown:
+        raise ValueError(f"prior has unknown keys {unknown}; expected some of {PRIOR_KEYS}.")
+    try:
+        spec = tuple(sorted((key, _freeze(value)) for key, value in prior.items()))
+    except (TypeError, ValueError):
+        raise ValueError(f"prior values must be numbers or numeric arrays; received {prior!r}.") from None
+    for key, value in spec:
+        if not np.isfinite(np.asarray(value, dtype=np.float64)).all():
+            raise ValueError(f"prior {key} holds NaN or infinity.")
+        if key in ("shrinkage", "dof") and np.ndim(value):
+            raise ValueError(f"prior {key}={value!r}; expected a number.")
+        if key == "shrinkage" and value < 0:
+            raise ValueError(f"prior shrinkage={value!r}; expected a number >= 0.")
+    return spec
+
+
+def needs_moments(spec: tuple) -> bool:
+    """True when the prior takes its mean or scale from the data's moments."""
+    given = {key for key, _ in spec}
+    return not {"mean", "scale"} <= given
+
+
+def check_spec(spec: tuple, covariance_type: str, n_features: int) -> None:
+    """Refuse given hyperparameters whose shapes do not fit the model (before any read)."""
+    d = n_features
+    trial = {"shrinkage": 0.01, "mean": np.zeros(d), "dof": d + 2.0,
+             "scale": np.eye(d) if covariance_type in ("full", "tied") else 1.0}
+    validate_prior({**trial, **dict(spec)}, covariance_type, d)
+
+
+def moments_of(data_moments: dict) -> dict:
+    """``{"n", "mean", "covariance"}`` (denominator n - 1, as R's ``var``) from Chan-merged moments."""
+    n = float(data_moments["n"])
+    scatter = np.asarray(data_moments["scatter"], dtype=np.float64)
+    cov = scatter / (n - 1.0)
+    return {"n": n, "mean": data_moments["mean"], "covariance": cov if cov.ndim == 2 else np.diag(cov)}
+
+
+def resolve_prior(spec: tuple, covariance_type: str, n_components: int, n_features: int,
+                  data_moments: dict | None, context: np.ndarray) -> dict:
+    """A restart's prior as params entries (:data:`PARAM_KEYS`), its mean centered about ``context``."""
+    overrides = {key: np.asarray(value, dtype=np.float64) for key, value in spec}
+    if needs_moments(spec):
+        prior = default_prior(moments_of(data_moments), covariance_type, n_components, **overrides)
+    else:
+        prior = validate_prior({"shrinkage": 0.01, "dof": n_features + 2.0, **overrides}, covariance_type, n_features)
+    prior = center_prior(prior, context)
+    return {f"prior_{key}": prior[key] for key in PRIOR_KEYS}
+
+
+def prior_of(params: dict) -> Prior:
+    """The (centered) prior a restart's params hold."""
+    return {key: params[f"prior_{key}"] for key in PRIOR_KEYS}

@@ -194,8 +194,10 @@ def select_model(
             continue  # every restart failed: the table says so
         i, j = ks.index(key[0]), types.index(key[1])
         p = est.n_parameters()
-        loglik = score.lower_bound * n  # as GaussianMixture.bic: mean log-likelihood times rows
-        criteria = information_criteria(score.lower_bound, n, p)
+        # As GaussianMixture.bic: the mean log-likelihood times rows (with a prior, at the MAP
+        # estimate, the log prior not added: mclust's BIC).
+        loglik = score.log_likelihood * n
+        criteria = information_criteria(score.log_likelihood, n, p)
         table["bic"][i, j] = criteria["bic"]
         table["aic"][i, j] = criteria["aic"]
         table["icl"][i, j] = criteria["bic"] - 2 * score.entropy * n / score.wsum

@@ -25,11 +25,21 @@ from dask.delayed import delayed
 
 from ._validation import seed_sequence
 from .family import Family
-from .hierarchical import hc_responsibilities
+from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
-# The mix of starts for init_strategy="emEM": restart i uses MIXED_STARTS[i % 3].
-MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample")
+# The starts of init_strategy="emEM": EMEM_FIRST (mclust's own start, the hierarchical tree
+# of the sample), then MIXED_STARTS in turn. Measured by benchmarks/bench_optima.py at
+# convergence (README): the tree alone, or k-means-like starts alone, each lose cases the
+# other wins; a half-sample tree gives the hierarchical kind variety across restarts.
+EMEM_FIRST = ("hierarchical",)
+MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample", "hierarchical-subsample")
+
+
+def emem_methods(n_starts: int) -> list[str]:
+    """The start kind of each of emEM's ``n_starts`` short-phase restarts."""
+    first = list(EMEM_FIRST[:n_starts])
+    return first + [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts - len(first))]
 
 logger = logging.getLogger("dask_em")
 
@@ -131,6 +141,12 @@ def start_responsibilities(
             warnings.filterwarnings("ignore", message="Number of distinct clusters")
             km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
         resp[np.arange(n), km.predict(xc)] = 1
+    elif method == "hierarchical-subsample":
+        # The same tree on a random half of the sample (at most 2,000 rows, drawn with this
+        # restart's seed), the rest by E-step: emEM's restarts get different partitions even
+        # when the sample is small enough for "hierarchical" to be deterministic.
+        rows = max(n_components, min(DEFAULT_MAX_ROWS, n // 2))
+        resp = hc_responsibilities(xc, n_components, rng=seed, max_rows=rows)
     elif method == "hierarchical":
         # mclust's start: the "VVV" model-based tree on the SVD-transformed sample,
         # at most 2,000 rows clustered (drawn with this restart's seed), the rest by E-step.

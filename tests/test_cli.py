@@ -393,3 +393,18 @@ def test_select_a_family(tmp_path):
     assert [r["n_components"] for r in rows] == [1, 2, 3, 4, 5] and "covariance_type" not in rows[0]
     bad = run("select", store, "-o", tmp_path / "x2.zarr", "--family", "poisson", "--covariance-types", "full")
     assert bad.exit_code == 2 and "--covariance-types applies to --family gaussian" in bad.stderr
+
+
+def test_fit_with_the_prior_and_the_hierarchical_start(points, tmp_path):
+    model = tmp_path / "m.zarr"
+    result = run("fit", points, "-o", model, "-k", 4, "--prior", "default", "--init-params", "hierarchical",
+                 "--max-iter", 20, "--seed", 1, "--chunk-rows", 5000, "--quiet")
+    assert result.exit_code == 0, result.output
+    loaded = dask_em.load(model)
+    assert loaded.prior == "default" and loaded.init_params == "hierarchical"
+    reference = dask_em.GaussianMixture(4, prior="default", init_params="hierarchical", max_iter=20,
+                                        random_state=1).fit(str(points), chunk_rows=5000)
+    np.testing.assert_array_equal(loaded.means_, reference.means_)
+    np.testing.assert_array_equal(loaded.prior_["scale"], reference.prior_["scale"])
+    refused = run("fit", points, "-o", tmp_path / "b.zarr", "--family", "poisson", "--prior", "default")
+    assert refused.exit_code != 0 and "--prior applies to --family gaussian" in refused.output

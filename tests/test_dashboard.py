@@ -9,7 +9,6 @@ draws, not through the scheduler's Python state.
 
 import json
 import os
-import shutil
 import threading
 import time
 import warnings

@@ -8,6 +8,7 @@ from sklearn.datasets import load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
 
 import dask_em
+from dask_em.starts import emem_methods
 from conftest import mixture
 from dask_em.restarts import Restart
 from dask_em.restarts import prune as _prune
@@ -26,9 +27,12 @@ def fit(X, **kw):
 
 
 def test_short_phase_then_the_best_continue(wine):
-    gm = fit(wine, n_components=3, init_strategy="emEM", n_short=9, short_iter=4, n_init=2, random_state=0)
+    # tol 1e-8: the hierarchical start converges within 4 iterations at the default tol.
+    gm = fit(wine, n_components=3, init_strategy="emEM", n_short=9, short_iter=4, n_init=2, random_state=0, tol=1e-8)
     assert len(gm.restarts_) == 9
-    assert [r["start"] for r in gm.restarts_[:3]] == ["k-means++", "random_from_data", "kmeans-subsample"]
+    assert [r["start"] for r in gm.restarts_] == emem_methods(9)
+    assert emem_methods(9)[:5] == ["hierarchical", "k-means++", "random_from_data", "kmeans-subsample",
+                                   "hierarchical-subsample"]
     short_bounds = {r["restart"]: r["history"][min(3, len(r["history"]) - 1)] for r in gm.restarts_}
     continued = [r for r in gm.restarts_ if r["n_iter"] > 4]
     assert 1 <= len(continued) <= 2
@@ -71,7 +75,8 @@ def test_emem_reaches_a_better_optimum_than_one_sklearn_like_run(name, k, seed):
     # The short phase ran: n_short (20) starts of mixed kinds, not the n_init=1 of a single run.
     assert len(single.restarts_) == 1
     assert len(emem.restarts_) == emem.n_short == 20 > emem.n_init
-    assert {r["start"] for r in emem.restarts_} == {"k-means++", "random_from_data", "kmeans-subsample"}
+    assert {r["start"] for r in emem.restarts_} == {
+        "hierarchical", "k-means++", "random_from_data", "kmeans-subsample", "hierarchical-subsample"}
     assert all(r["short_iter"] >= 1 for r in emem.restarts_)
     # Only the best n_init=1 went on past the short phase (others stopped or converged in it).
     went_on = [r for r in emem.restarts_ if r["n_iter"] > r["short_iter"]]

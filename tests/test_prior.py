@@ -196,3 +196,158 @@ def test_bad_prior_settings_say_what_is_expected():
         default_prior(x, "diag", 2, shrinkage=-1)
     with pytest.raises(ValueError, match="covariance_type='banded'"):
         default_prior(x, "banded", 2)
+
+
+# ---------------------------------------------------------------------------
+# The prior wired into GaussianMixture: MAP-EM through the engine
+# ---------------------------------------------------------------------------
+
+import logging  # noqa: E402
+
+from scipy.stats import invgamma, invwishart  # noqa: E402
+
+import dask_em  # noqa: E402
+from dask_em import checkpoint as ckpt  # noqa: E402
+
+
+def blobs(seed, n=240, d=3, k=3):
+    rng = np.random.default_rng(seed)
+    return np.vstack([rng.normal(rng.normal(scale=3, size=d), rng.uniform(0.3, 1.5), size=(n // k, d))
+                      for _ in range(k)])
+
+
+def scipy_log_prior(gm, prior):
+    """log p(means, covariances) of a fitted model under ``prior`` (uncentered), with scipy's densities."""
+    ct = gm.covariance_type
+    kappa, mu0, nu, scale = prior["shrinkage"], prior["mean"], prior["dof"], prior["scale"]
+    covs = full_covariances({"covariance_type": ct, "covariances": gm.covariances_, "means": gm.means_})
+    means_part = sum(multivariate_normal(mu0, c / kappa).logpdf(m) for m, c in zip(gm.means_, covs))
+    if ct == "full":
+        return means_part + sum(invwishart(df=nu, scale=scale).logpdf(c) for c in covs)
+    if ct == "tied":
+        return means_part + invwishart(df=nu, scale=scale).logpdf(gm.covariances_)
+    return means_part + float(invgamma(nu / 2, scale=np.asarray(scale) / 2).logpdf(gm.covariances_).sum())
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_fit_bound_is_the_loglik_plus_the_log_prior_of_the_entering_parameters(ct):
+    x = blobs(1)
+    kw = dict(covariance_type=ct, prior="default", random_state=0, tol=0.0)
+    before = dask_em.GaussianMixture(3, max_iter=4, **kw).fit(x)
+    after = dask_em.GaussianMixture(3, max_iter=5, **kw).fit(x)
+    # The fifth round's bound is that of the parameters the fourth M-step made.
+    loglik = sum(
+        np.log(sum(w * multivariate_normal(m, c).pdf(x) for w, m, c in zip(
+            before.weights_, before.means_,
+            full_covariances({"covariance_type": ct, "covariances": before.covariances_, "means": before.means_}))))
+    )
+    expected = (loglik + scipy_log_prior(before, before.prior_)) / len(x)
+    np.testing.assert_allclose(after.lower_bounds_[-1], expected, rtol=1e-10)
+    np.testing.assert_allclose(after.lower_bounds_[:4], before.lower_bounds_, rtol=0, atol=0)
+    # The default prior is mclust's defaultPrior of all rows.
+    reference = default_prior(x, ct, 3)
+    np.testing.assert_allclose(before.prior_["mean"], reference["mean"], rtol=1e-12)
+    np.testing.assert_allclose(before.prior_["scale"], reference["scale"], rtol=1e-10)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+@pytest.mark.parametrize("seed", range(3))
+def test_fit_penalized_bound_never_falls_and_nothing_is_dropped(ct, seed, caplog):
+    rng = np.random.default_rng(seed)
+    # Small, overlapping clusters and more components than clusters: components shrink and empty.
+    x = np.vstack([rng.normal(rng.normal(size=2), 0.3, size=(rng.integers(4, 30), 2)) for _ in range(3)])
+    with caplog.at_level(logging.WARNING, logger="dask_em"):
+        gm = dask_em.GaussianMixture(5, covariance_type=ct, prior="default", tol=1e-12, max_iter=300,
+                                     n_init=2, init_params="random", random_state=seed).fit(x)
+    for restart in gm.restarts_:
+        _bounds_never_fall(np.array(restart["history"]))
+    assert gm.n_components_ == 5
+    assert not [r for r in caplog.records if "fell" in r.getMessage()]
+
+
+def test_fit_on_breast_cancer_k6_full_is_monotone_with_the_prior_and_warns_without(caplog):
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.preprocessing import StandardScaler
+
+    x = StandardScaler().fit_transform(load_breast_cancer().data)
+    kw = dict(covariance_type="full", tol=1e-9, max_iter=300, random_state=0)
+    with caplog.at_level(logging.WARNING, logger="dask_em"):
+        gm = dask_em.GaussianMixture(6, prior="default", **kw).fit(x)
+    _bounds_never_fall(np.array(gm.lower_bounds_))
+    assert not [r for r in caplog.records if "fell" in r.getMessage()]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dask_em"):
+        dask_em.GaussianMixture(6, **kw).fit(x)
+    fell = [r.getMessage() for r in caplog.records if "fell" in r.getMessage()]
+    assert fell and all("reg_covar=1e-06 is added" in m and "prior='default'" in m for m in fell)
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_fit_with_a_vanishing_prior_tends_to_scikit_learns_unpenalized_fit(ct):
+    from sklearn.mixture import GaussianMixture as SkGM
+
+    x = blobs(4)
+    k, d = 3, 3
+    start = SkGM(k, covariance_type=ct, reg_covar=0.0, max_iter=1, random_state=0).fit(x)
+    init = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
+    ref = SkGM(k, covariance_type=ct, reg_covar=0.0, max_iter=20, tol=0, **init).fit(x)
+    gaps = []
+    for t in (1e-3, 1e-6, 1e-9):
+        prior = weakened(default_prior(x, ct, k), ct, d, k, t)
+        gm = dask_em.GaussianMixture(k, covariance_type=ct, prior=prior, max_iter=20, tol=0, **init).fit(x)
+        gaps.append(np.abs(gm.means_ - ref.means_).max())
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-6, gaps
+
+
+def test_bic_with_a_prior_is_mclusts_loglik_at_the_map_estimate():
+    x = blobs(2)
+    gm = dask_em.GaussianMixture(3, covariance_type="diag", prior="default", tol=1e-10, random_state=0).fit(x)
+    loglik = float(np.sum(np.log(sum(
+        w * multivariate_normal(m, np.diag(v)).pdf(x) for w, m, v in zip(gm.weights_, gm.means_, gm.covariances_)
+    ))))
+    p = 3 * 3 + 3 * 3 + 2
+    np.testing.assert_allclose(gm.bic(x), -2 * loglik + p * np.log(len(x)), rtol=1e-10)
+    # The penalized bound is another number: the log prior is not in the BIC.
+    assert abs(gm.lower_bound_ * len(x) - loglik) > 1.0
+
+
+def test_prior_in_select_model_store_and_checkpoint(tmp_path):
+    x = blobs(3)
+    sel = dask_em.select_model(x, n_components=[2, 3], covariance_types=["full", "spherical"], prior="default",
+                               random_state=0)
+    assert all(est.prior == "default" for est in sel.estimators_.values())
+    best = sel.best_estimator_
+    assert best.prior == "default" and "prior_" in vars(best)
+    np.testing.assert_allclose(sel.criteria["log_likelihood"].sel(
+        n_components=best.n_components, covariance_type=best.covariance_type).item(),
+        best.score(x) * len(x), rtol=1e-9)
+
+    gm = dask_em.GaussianMixture(3, prior={"shrinkage": 0.1}, random_state=0).fit(x)
+    dask_em.save(gm, tmp_path / "m.zarr")
+    loaded = dask_em.load(tmp_path / "m.zarr")
+    assert loaded.prior == {"shrinkage": 0.1}
+    np.testing.assert_array_equal(loaded.prior_["scale"], gm.prior_["scale"])
+    assert loaded.prior_["shrinkage"] == 0.1
+    np.testing.assert_array_equal(loaded.predict_proba(x), gm.predict_proba(x))
+
+    path = str(tmp_path / "fit.ckpt.npz")
+    kw = dict(random_state=0, max_iter=3, tol=0)
+    first = dask_em.GaussianMixture(3, prior="default", **kw).fit(x, checkpoint=path)
+    resumed = dask_em.GaussianMixture(3, prior="default", **dict(kw, max_iter=6)).fit(x, checkpoint=path, resume=True)
+    whole = dask_em.GaussianMixture(3, prior="default", **dict(kw, max_iter=6)).fit(x)
+    np.testing.assert_array_equal(resumed.means_, whole.means_)
+    assert resumed.lower_bounds_ == whole.lower_bounds_ and first.n_iter_ == 3
+    with pytest.raises(ckpt.CheckpointError, match="prior"):
+        dask_em.GaussianMixture(3, **dict(kw, max_iter=6)).fit(x, checkpoint=path, resume=True)
+
+
+def test_bad_prior_settings_of_the_estimator_say_what_is_expected():
+    x = blobs(0)
+    with pytest.raises(ValueError, match=r"prior='mclust'; expected None, 'default'"):
+        dask_em.GaussianMixture(2, prior="mclust").fit(x)
+    with pytest.raises(ValueError, match=r"prior has unknown keys \['strength'\]"):
+        dask_em.GaussianMixture(2, prior={"strength": 1.0}).fit(x)
+    with pytest.raises(ValueError, match=r"prior mean has shape \(2,\); expected \(3,\)"):
+        dask_em.GaussianMixture(2, prior={"mean": [0.0, 0.0]}).fit(x)
+    with pytest.raises(ValueError, match="reg_covar=0.01 is not used with prior='default'"):
+        dask_em.GaussianMixture(2, prior="default", reg_covar=1e-2).fit(x)

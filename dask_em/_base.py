@@ -33,7 +33,7 @@ from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
-from .accelerate import ACCELERATIONS, STOPPING_RULES
+from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from .engine import StepResult, infer_block
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
@@ -73,7 +73,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self,
         n_components: int = 1,
         *,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -152,8 +152,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if not is_int(self.n_components) or self.n_components < 1:
             raise fail("n_components", self.n_components, "an int >= 1")
         self._check_family_params()
-        if not is_real(self.tol) or self.tol < 0:
-            raise fail("tol", self.tol, "a finite float >= 0")
+        if self.tol is not None and (not is_real(self.tol) or self.tol < 0):
+            raise fail("tol", self.tol, "a finite float >= 0 (or None: the stopping rule's default)")
         if not is_int(self.max_iter) or self.max_iter < 1:
             raise fail("max_iter", self.max_iter, "an int >= 1")
         if not is_int(self.n_init) or self.n_init < 1:
@@ -200,9 +200,9 @@ class BaseMixture(DensityMixin, BaseEstimator):
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),
         )
 
-    def _schedule(self) -> Schedule:
+    def _schedule(self, n_samples: int) -> Schedule:
         return Schedule(
-            tol=self.tol, max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
+            tol=self.tol_in_force(n_samples), max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
             short_iter=self.short_iter, prune_margin=self.prune_margin, accelerate=self.accelerate,
             stopping=self.stopping_rule(),
         )
@@ -212,6 +212,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if self.stopping != "auto":
             return self.stopping
         return "aitken" if self.accelerate is not None else self._plain_stopping
+
+    def tol_in_force(self, n_samples: int) -> float:
+        """``tol``, or for None the rule's default (:func:`dask_em.accelerate.default_tol`)."""
+        return default_tol(self.stopping_rule(), n_samples) if self.tol is None else float(self.tol)
 
     # -- fit ------------------------------------------------------------------
 
@@ -315,7 +319,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             last = abs(best.history[-1] - best.history[-2]) if len(best.history) > 1 else float("nan")
             warnings.warn(
                 f"the best restart did not converge in max_iter={self.max_iter} iterations "
-                f"(last change of the lower bound {last:.3g} >= tol={self.tol}). Raise max_iter or tol.",
+                f"(last change of the lower bound {last:.3g} >= tol={self.tol_in_force(prep.data.shape[0]):.3g}). Raise max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
@@ -569,7 +573,7 @@ def fit_models(
         data = data.map_blocks(transform, dtype=bool)
     plans = [model._start_plan(n, d) for model in models]
     w = prepare_weights(sample_weight, data)
-    schedule = lead._schedule()
+    schedule = lead._schedule(n)
     fp = fingerprint(prep, X)
 
     saved = None

@@ -27,8 +27,12 @@ class GaussianMixture(BaseMixture):
     n_components : int, default=1
         Number of mixture components K.
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float, default=1e-3
-        Convergence threshold on the change of the mean per-row log-likelihood.
+    tol : float or None, default=None
+        Convergence threshold, in nats per row, of the stopping rule in force
+        (``stopping``). None: scikit-learn's 1e-3 for the change rule (so
+        ``GaussianMixture()`` equals scikit-learn's), and for Aitken's rule
+        ``1 / n_samples`` clipped to [1e-6, 1e-3] (a remaining gain of about
+        one nat in all; :func:`dask_em.accelerate.default_tol`).
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance (scikit-learn's ridge). Not
         used with a ``prior``, which regularises instead (leave it at its
@@ -80,8 +84,9 @@ class GaussianMixture(BaseMixture):
     stopping : {"auto", "change", "aitken"}, default="auto"
         "change": stop when the bound changes by less than ``tol`` per row
         (scikit-learn's rule). "aitken": stop when Aitken's estimate of the
-        bound's remaining gain per row is below ``tol`` (distance to the
-        optimum, not the last step). "auto": "change" for plain EM (so that
+        bound's remaining gain per row is below ``tol`` for three consecutive
+        estimates (two cycles when accelerated): distance to the optimum, not
+        the last step. "auto": "change" for plain EM (so that
         ``GaussianMixture()`` equals scikit-learn's), "aitken" with
         ``accelerate``; the discrete families' "auto" is always "aitken".
     prior : None, "default" or dict, default=None
@@ -130,7 +135,7 @@ class GaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float = 1e-3,
+        tol: float | None = None,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,

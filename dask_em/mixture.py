@@ -36,7 +36,7 @@ class Mixture(BaseMixture):
         family: Family | None = None,
         n_components: int = 1,
         *,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",

@@ -34,7 +34,8 @@ from sklearn.utils.validation import _check_feature_names, check_is_fitted
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
-from .engine import StepResult, infer_block
+from . import stepwise
+from .engine import RoundState, StepResult, compute_round, infer_block, round_graph
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
@@ -87,6 +88,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         self.n_components = n_components
@@ -103,6 +105,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self.prune_margin = prune_margin
         self.accelerate = accelerate
         self.stopping = stopping
+        self.stepwise_passes = stepwise_passes
         self.verbose = verbose
         self.missing = missing
 
@@ -184,6 +187,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
         if self.stopping not in ("auto",) + STOPPING_RULES:
             raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
+        if not is_int(self.stepwise_passes) or not 0 <= self.stepwise_passes < self.max_iter:
+            raise fail("stepwise_passes", self.stepwise_passes, f"an int >= 0 and below max_iter={self.max_iter}")
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
         seed_sequence(self.random_state)
@@ -204,7 +209,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return Schedule(
             tol=self.tol_in_force(n_samples), max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
             short_iter=self.short_iter, prune_margin=self.prune_margin, accelerate=self.accelerate,
-            stopping=self.stopping_rule(),
+            stopping=self.stopping_rule(), stepwise_passes=self.stepwise_passes,
         )
 
     def stopping_rule(self) -> str:
@@ -273,6 +278,79 @@ class BaseMixture(DensityMixin, BaseEstimator):
             chunk_rows=chunk_rows, checkpoint=checkpoint, resume=resume, checkpoint_options=checkpoint_options,
             callback=callback, read_retries=read_retries,
         )
+        return self
+
+    def partial_fit(self, X, y=None, *, sample_weight=None, chunk_rows=None):
+        """One stepwise EM update with the rows of ``X`` (a mini-batch of a stream).
+
+        Semantics (Cappé & Moulines 2009, :mod:`dask_em.stepwise`): the
+        estimator keeps, per restart, a running estimate ``s`` of the sufficient
+        statistics of a batch. A call reads ``X`` once, computes its statistics
+        under the current parameters, sets ``s <- (1 - g_t) s + g_t s_X`` with
+        ``g_t = (t + 2) ** -0.6`` (``g = 1`` on the first call: ``s = s_X``)
+        and takes one M-step. ``s`` holds sums over a batch, so batches of
+        about the same size keep the recursion's meaning. The first call on an
+        unfitted estimator draws its starts from ``X`` (``n_init``,
+        ``init_params``, ``random_state``); the first call after :meth:`fit`
+        continues from the fitted parameters; :meth:`fit` starts afresh and
+        forgets the stream. ``lower_bound_`` is the mean log-likelihood of the
+        latest batch under the parameters it was read with; ``n_iter_`` counts
+        calls; ``converged_`` is False (a stream has no end). There is no
+        ``warm_start``: repeated calls are the warm start.
+
+        Returns
+        -------
+        self
+        """
+        self.check_params()
+        prep = as_dask_array(X, chunk_rows=chunk_rows)
+        data = prep.data
+        n, d = data.shape
+        stream = getattr(self, "_stream", None)
+        family = stream["family"] if stream else self.make_family()
+        family.check_dtype(data.dtype, d)
+        transform = stream["transform"] if stream else self._input_transform()
+        if transform is not None:
+            data = data.map_blocks(transform, dtype=bool)
+        w = prepare_weights(sample_weight, data)
+        with Runner() as runner:
+            if stream is not None:
+                context, restarts = stream["context"], stream["restarts"]
+            elif hasattr(self, "_params"):  # after fit: one restart from the fitted parameters
+                context = self._context
+                restarts = [Restart(0, 0, dict(self._params), self._variant(), start="fit")]
+            else:
+                if n < self.n_components:
+                    raise ValueError(
+                        f"the first batch has {n} rows, fewer than n_components={self.n_components}; "
+                        "pass a larger first batch."
+                    )
+                context, (restarts,) = _start([self._start_plan(n, d)], data, w, family, runner)
+            running = [r for r in restarts if r.error is None and r.params is not None]
+            entering = [r.estep_params() for r in running]
+            state = RoundState(family, context, entering, keep_stats=True)
+            results = compute_round(
+                runner, data, round_graph(data, w, state, split_every=self.split_every, salt=runner.salt())
+            )
+        for r, params, result in zip(running, entering, results):
+            r.n_iter += 1
+            r.history.append(result.lower_bound)
+            if result.error is None and result.dropped:
+                result.error = f"component(s) {result.dropped} received no mass from this batch"
+            if result.error is None:
+                new = stepwise.update(r.stepwise, result.record, params, family=family, scale=1.0)
+                result = stepwise.m_step(new, family, n, result.wsum)
+                r.stepwise = new
+            if result.error is not None:
+                r.error = f"partial_fit call {r.n_iter}: {result.error}"
+                continue
+            r.params = result.params
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self._keep_best(restarts, context, d, prep)
+        self.converged_ = False
+        self.restarts_ = [r.summary() for r in restarts]
+        self._stream = {"family": family, "transform": transform, "context": context, "restarts": restarts}
         return self
 
     def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
@@ -642,6 +720,7 @@ def fit_models(
                 best.append(None)  # every restart failed: the grid's table says so
                 continue
             model.training_data_ = fp
+            model._stream = None  # fit starts afresh: partial_fit's stream is forgotten
             model.n_passes_ = (0 if saved is not None else 1) + rounds
         scores: list[StepResult | None] = [None] * len(models)
         if score:

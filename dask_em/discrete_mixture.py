@@ -75,13 +75,14 @@ class _DiscreteMixture(BaseMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.pseudo_count = pseudo_count
 
@@ -136,13 +137,14 @@ class BernoulliMixture(_DiscreteMixture):
         missing: str = "error",
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
             short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate,
-            stopping=stopping,
+            stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.binarize = binarize
 
@@ -221,13 +223,14 @@ class CategoricalMixture(_DiscreteMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
-            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.n_categories = n_categories
 

@@ -89,6 +89,14 @@ class GaussianMixture(BaseMixture):
         the last step. "auto": "change" for plain EM (so that
         ``GaussianMixture()`` equals scikit-learn's), "aitken" with
         ``accelerate``; the discrete families' "auto" is always "aitken".
+    stepwise_passes : int, default=0
+        Passes of stepwise (online) EM before batch EM (Cappé & Moulines
+        2009): the chunks in a random order, in mini-batches of about an
+        eighth of them, the statistics updated as ``s <- (1 - g) s + g
+        s_batch`` with ``g = (t + 2) ** -0.6`` and an M-step after each
+        mini-batch. Batch EM (``accelerate``) then runs to convergence, so the
+        answer is an EM fixed point. Each stepwise pass counts in ``n_iter_``.
+        See :mod:`dask_em.stepwise`.
     prior : None, "default" or dict, default=None
         None: maximum likelihood, as scikit-learn. "default": mclust's
         conjugate prior (``priorControl()``, Fraley & Raftery 2007) with its
@@ -153,6 +161,7 @@ class GaussianMixture(BaseMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
         prior=None,
     ):
@@ -160,7 +169,7 @@ class GaussianMixture(BaseMixture):
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar

@@ -307,6 +307,11 @@ class BaseMixture(DensityMixin, BaseEstimator):
         data = prep.data
         n, d = data.shape
         stream = getattr(self, "_stream", None)
+        if (stream is not None or hasattr(self, "_params")) and d != self.n_features_in_:
+            raise ValueError(
+                f"X has {d} features, but {type(self).__name__} is expecting {self.n_features_in_} features "
+                "as input; pass batches with the columns of the first one (or call fit to start afresh)."
+            )
         family = stream["family"] if stream else self.make_family()
         family.check_dtype(data.dtype, d)
         transform = stream["transform"] if stream else self._input_transform()

@@ -33,8 +33,9 @@ from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
-from .accelerate import ACCELERATIONS, STOPPING_RULES
-from .engine import StepResult, infer_block
+from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
+from . import stepwise
+from .engine import RoundState, StepResult, compute_round, infer_block, round_graph
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
@@ -73,7 +74,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self,
         n_components: int = 1,
         *,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -87,6 +88,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         self.n_components = n_components
@@ -103,6 +105,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self.prune_margin = prune_margin
         self.accelerate = accelerate
         self.stopping = stopping
+        self.stepwise_passes = stepwise_passes
         self.verbose = verbose
         self.missing = missing
 
@@ -152,8 +155,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if not is_int(self.n_components) or self.n_components < 1:
             raise fail("n_components", self.n_components, "an int >= 1")
         self._check_family_params()
-        if not is_real(self.tol) or self.tol < 0:
-            raise fail("tol", self.tol, "a finite float >= 0")
+        if self.tol is not None and (not is_real(self.tol) or self.tol < 0):
+            raise fail("tol", self.tol, "a finite float >= 0 (or None: the stopping rule's default)")
         if not is_int(self.max_iter) or self.max_iter < 1:
             raise fail("max_iter", self.max_iter, "an int >= 1")
         if not is_int(self.n_init) or self.n_init < 1:
@@ -184,6 +187,8 @@ class BaseMixture(DensityMixin, BaseEstimator):
             raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
         if self.stopping not in ("auto",) + STOPPING_RULES:
             raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
+        if not is_int(self.stepwise_passes) or not 0 <= self.stepwise_passes < self.max_iter:
+            raise fail("stepwise_passes", self.stepwise_passes, f"an int >= 0 and below max_iter={self.max_iter}")
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
         seed_sequence(self.random_state)
@@ -200,11 +205,11 @@ class BaseMixture(DensityMixin, BaseEstimator):
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),
         )
 
-    def _schedule(self) -> Schedule:
+    def _schedule(self, n_samples: int) -> Schedule:
         return Schedule(
-            tol=self.tol, max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
+            tol=self.tol_in_force(n_samples), max_iter=self.max_iter, n_init=self.n_init, init_strategy=self.init_strategy,
             short_iter=self.short_iter, prune_margin=self.prune_margin, accelerate=self.accelerate,
-            stopping=self.stopping_rule(),
+            stopping=self.stopping_rule(), stepwise_passes=self.stepwise_passes,
         )
 
     def stopping_rule(self) -> str:
@@ -212,6 +217,10 @@ class BaseMixture(DensityMixin, BaseEstimator):
         if self.stopping != "auto":
             return self.stopping
         return "aitken" if self.accelerate is not None else self._plain_stopping
+
+    def tol_in_force(self, n_samples: int) -> float:
+        """``tol``, or for None the rule's default (:func:`dask_em.accelerate.default_tol`)."""
+        return default_tol(self.stopping_rule(), n_samples) if self.tol is None else float(self.tol)
 
     # -- fit ------------------------------------------------------------------
 
@@ -271,6 +280,84 @@ class BaseMixture(DensityMixin, BaseEstimator):
         )
         return self
 
+    def partial_fit(self, X, y=None, *, sample_weight=None, chunk_rows=None):
+        """One stepwise EM update with the rows of ``X`` (a mini-batch of a stream).
+
+        Semantics (Cappé & Moulines 2009, :mod:`dask_em.stepwise`): the
+        estimator keeps, per restart, a running estimate ``s`` of the sufficient
+        statistics of a batch. A call reads ``X`` once, computes its statistics
+        under the current parameters, sets ``s <- (1 - g_t) s + g_t s_X`` with
+        ``g_t = (t + 2) ** -0.6`` (``g = 1`` on the first call: ``s = s_X``)
+        and takes one M-step. ``s`` holds sums over a batch, so batches of
+        about the same size keep the recursion's meaning. The first call on an
+        unfitted estimator draws its starts from ``X`` (``n_init``,
+        ``init_params``, ``random_state``); the first call after :meth:`fit`
+        continues from the fitted parameters; :meth:`fit` starts afresh and
+        forgets the stream. ``lower_bound_`` is the mean log-likelihood of the
+        latest batch under the parameters it was read with; ``n_iter_`` counts
+        calls; ``converged_`` is False (a stream has no end). There is no
+        ``warm_start``: repeated calls are the warm start.
+
+        Returns
+        -------
+        self
+        """
+        self.check_params()
+        prep = as_dask_array(X, chunk_rows=chunk_rows)
+        data = prep.data
+        n, d = data.shape
+        stream = getattr(self, "_stream", None)
+        if (stream is not None or hasattr(self, "_params")) and d != self.n_features_in_:
+            raise ValueError(
+                f"X has {d} features, but {type(self).__name__} is expecting {self.n_features_in_} features "
+                "as input; pass batches with the columns of the first one (or call fit to start afresh)."
+            )
+        family = stream["family"] if stream else self.make_family()
+        family.check_dtype(data.dtype, d)
+        transform = stream["transform"] if stream else self._input_transform()
+        if transform is not None:
+            data = data.map_blocks(transform, dtype=bool)
+        w = prepare_weights(sample_weight, data)
+        with Runner() as runner:
+            if stream is not None:
+                context, restarts = stream["context"], stream["restarts"]
+            elif hasattr(self, "_params"):  # after fit: one restart from the fitted parameters
+                context = self._context
+                restarts = [Restart(0, 0, dict(self._params), self._variant(), start="fit")]
+            else:
+                if n < self.n_components:
+                    raise ValueError(
+                        f"the first batch has {n} rows, fewer than n_components={self.n_components}; "
+                        "pass a larger first batch."
+                    )
+                context, (restarts,) = _start([self._start_plan(n, d)], data, w, family, runner)
+            running = [r for r in restarts if r.error is None and r.params is not None]
+            entering = [r.estep_params() for r in running]
+            state = RoundState(family, context, entering, keep_stats=True)
+            results = compute_round(
+                runner, data, round_graph(data, w, state, split_every=self.split_every, salt=runner.salt())
+            )
+        for r, params, result in zip(running, entering, results):
+            r.n_iter += 1
+            r.history.append(result.lower_bound)
+            if result.error is None and result.dropped:
+                result.error = f"component(s) {result.dropped} received no mass from this batch"
+            if result.error is None:
+                new = stepwise.update(r.stepwise, result.record, params, family=family, scale=1.0)
+                result = stepwise.m_step(new, family, n, result.wsum)
+                r.stepwise = new
+            if result.error is not None:
+                r.error = f"partial_fit call {r.n_iter}: {result.error}"
+                continue
+            r.params = result.params
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self._keep_best(restarts, context, d, prep)
+        self.converged_ = False
+        self.restarts_ = [r.summary() for r in restarts]
+        self._stream = {"family": family, "transform": transform, "context": context, "restarts": restarts}
+        return self
+
     def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
         """Fit, then return the labels of ``X`` (lazy for lazy input)."""
         self.fit(X, sample_weight=sample_weight, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
@@ -315,7 +402,7 @@ class BaseMixture(DensityMixin, BaseEstimator):
             last = abs(best.history[-1] - best.history[-2]) if len(best.history) > 1 else float("nan")
             warnings.warn(
                 f"the best restart did not converge in max_iter={self.max_iter} iterations "
-                f"(last change of the lower bound {last:.3g} >= tol={self.tol}). Raise max_iter or tol.",
+                f"(last change of the lower bound {last:.3g} >= tol={self.tol_in_force(prep.data.shape[0]):.3g}). Raise max_iter or tol.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
@@ -569,7 +656,7 @@ def fit_models(
         data = data.map_blocks(transform, dtype=bool)
     plans = [model._start_plan(n, d) for model in models]
     w = prepare_weights(sample_weight, data)
-    schedule = lead._schedule()
+    schedule = lead._schedule(n)
     fp = fingerprint(prep, X)
 
     saved = None
@@ -638,6 +725,7 @@ def fit_models(
                 best.append(None)  # every restart failed: the grid's table says so
                 continue
             model.training_data_ = fp
+            model._stream = None  # fit starts afresh: partial_fit's stream is forgotten
             model.n_passes_ = (0 if saved is not None else 1) + rounds
         scores: list[StepResult | None] = [None] * len(models)
         if score:

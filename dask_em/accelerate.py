@@ -8,7 +8,21 @@ iterates (``L_0, L_1, ...``, each the mean log-likelihood per row):
 * ``"aitken"`` (Böhning et al. 1994; McNicholas et al. 2010): EM converges
   linearly, ``L_inf - L_k ~ a (L_k - L_{k-1}) / (1 - a)`` with the rate
   ``a = (L_k - L_{k-1}) / (L_{k-1} - L_{k-2})``; stop when that estimated
-  *remaining gain per row* is below ``tol`` (:func:`remaining_gain`).
+  *remaining gain per row* is below ``tol`` (:func:`remaining_gain`) for
+  :data:`AITKEN_RUN` consecutive estimates. Early in a fit the rate still
+  grows, and one estimate made with a rate that is too small under-estimates
+  the remaining gain (a Bernoulli fit stopped after 4 passes, its parameters
+  0.10 from the converged ones); a growing rate moves the next estimates up,
+  so a run of estimates below ``tol`` is the evidence that the linear regime
+  has been reached.
+
+The default ``tol`` (``tol=None``, :func:`default_tol`) is scikit-learn's 1e-3
+for the change rule, and for Aitken's ``1 / n_samples`` clipped to
+``[1e-6, 1e-3]``: a remaining gain of about one nat of total log-likelihood,
+below which the optimisation error is smaller than the sampling error of the
+parameters (a likelihood-ratio difference of a few nats is noise), and no
+looser than scikit-learn's rule on small data nor tighter than 1e-6 per row on
+very large data, where each pass is expensive.
 
 **SQUAREM** (Varadhan & Roland 2008, the SqS3 step) extrapolates the EM map.
 Here the map is taken on the expected sufficient statistics ``s`` (the M-step's
@@ -50,6 +64,13 @@ from .engine import RoundState, mstep_round
 from .family import Family
 
 ACCELERATIONS = (None, "squarem")
+# Aitken's rule stops after this many consecutive estimates below tol (one per plain EM
+# iterate; one per cycle of an accelerated restart, whose runs of plain iterates are short).
+AITKEN_RUN = 3
+ACCEL_AITKEN_RUN = 2
+# The default tol of Aitken's rule: 1 / n_samples within these bounds (nats per row).
+AITKEN_TOL_BOUNDS = (1e-6, 1e-3)
+CHANGE_TOL = 1e-3  # scikit-learn's default, for the change rule
 STOPPING_RULES = ("change", "aitken")
 # The largest extrapolation step: past it a step only re-walks the same line.
 MAX_STEP = 256.0
@@ -85,10 +106,22 @@ def remaining_gain(bounds: list[float]) -> float:
     return abs(last) * rate / (1.0 - rate)
 
 
+def default_tol(rule: str, n_samples: int) -> float:
+    """``tol=None`` resolved: 1e-3 for the change rule, ``1 / n_samples`` in [1e-6, 1e-3] for Aitken's."""
+    if rule != "aitken":
+        return CHANGE_TOL
+    low, high = AITKEN_TOL_BOUNDS
+    return min(high, max(low, 1.0 / max(n_samples, 1)))
+
+
 def has_converged(bounds: list[float], tol: float, rule: str) -> bool:
-    """Whether a run of plain EM bounds has converged by ``rule`` ("change" or "aitken")."""
+    """Whether a run of plain EM bounds has converged by ``rule`` ("change" or "aitken").
+
+    Aitken's rule needs its last :data:`AITKEN_RUN` estimates of the remaining gain below ``tol``.
+    """
     if rule == "aitken":
-        return remaining_gain(bounds) < tol
+        n = len(bounds)
+        return n >= AITKEN_RUN + 2 and all(remaining_gain(bounds[: n - j]) < tol for j in range(AITKEN_RUN))
     if len(bounds) < 2 or not math.isfinite(bounds[-2]):
         return False
     return abs(bounds[-1] - bounds[-2]) < tol
@@ -117,6 +150,7 @@ class Squarem:
     n_extrapolated: int = 0
     n_rejected: int = 0  # extrapolated points whose bound fell below the plain EM iterate's
     n_invalid: int = 0  # extrapolated statistics outside the valid set (or an M-step that failed)
+    below: int = 0  # consecutive Aitken estimates below tol (ACCEL_AITKEN_RUN of them stop the restart)
 
     def summary(self) -> dict:
         return {
@@ -130,6 +164,7 @@ class Squarem:
         return {
             "step_max": self.step_max, "seen": [[p, rec] for p, rec in self.seen], "run": list(self.run),
             "pending": self.pending, "counters": [self.n_extrapolated, self.n_rejected, self.n_invalid],
+            "below": self.below,
         }
 
     @classmethod
@@ -137,6 +172,7 @@ class Squarem:
         out = cls(step_max=float(state["step_max"]), seen=[(p, rec) for p, rec in state["seen"]],
                   run=[float(b) for b in state["run"]], pending=state["pending"])
         out.n_extrapolated, out.n_rejected, out.n_invalid = (int(c) for c in state["counters"])
+        out.below = int(state.get("below", 0))
         if out.pending is not None:
             out.pending["run"] = [float(b) for b in out.pending["run"]]
             out.pending["seen"] = [(p, rec) for p, rec in out.pending["seen"]]
@@ -236,7 +272,7 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
             if pending["alpha"] <= -acc.step_max:
                 acc.step_max = max(1.0, acc.step_max / 4.0)
             restart.params = pending["fallback"]
-            acc.seen, acc.run = pending["seen"], pending["run"]
+            acc.seen, acc.run, acc.below = pending["seen"], pending["run"], int(pending.get("below", 0))
             return
         if pending["alpha"] <= -acc.step_max:
             acc.step_max = min(MAX_STEP, acc.step_max * 4.0)
@@ -251,7 +287,7 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     for k in result.dropped:
         restart.dropped.append((restart.n_iter, k))
     restart.params = result.params
-    if has_converged(acc.run, tol, rule):
+    if _converged(acc, tol, rule):
         restart.converged = True
         return
     acc.seen = [] if result.dropped else acc.seen[-2:] + [(_estep_params(entering), result.record)]
@@ -273,7 +309,7 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     acc.n_extrapolated += 1
     acc.pending = {
         "bound": result.lower_bound, "alpha": alpha, "fallback": result.params,
-        "seen": [last], "run": list(acc.run),
+        "seen": [last], "run": list(acc.run), "below": acc.below,
     }
     # The statistics of the pass at theta' start the next cycle (Varadhan & Roland's
     # stabilisation): its passes are consecutive plain EM iterates, whose bounds the
@@ -281,6 +317,20 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     # passes on wine, but leaves two plain iterates per cycle, too few for Aitken.)
     acc.seen = []
     restart.params = params
+
+
+def _converged(acc: Squarem, tol: float, rule: str) -> bool:
+    """The stopping rule on an accelerated restart's current run of plain EM iterates.
+
+    Aitken's rule counts the consecutive estimates below ``tol`` across cycles (a
+    cycle's run holds three plain iterates: one estimate).
+    """
+    if rule != "aitken":
+        return has_converged(acc.run, tol, rule)
+    if len(acc.run) < 3:
+        return False
+    acc.below = acc.below + 1 if remaining_gain(acc.run) < tol else 0
+    return acc.below >= ACCEL_AITKEN_RUN
 
 
 def describe(acc: Squarem | None) -> dict[str, Any] | None:

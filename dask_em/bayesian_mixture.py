@@ -29,9 +29,10 @@ class BayesianGaussianMixture(BaseMixture):
         Upper bound on the number of components; superfluous ones get weights
         near zero (they are kept, as in scikit-learn).
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float, default=1e-3
+    tol : float or None, default=None
         Convergence threshold on the change of the lower bound (a total over
-        rows, as scikit-learn's).
+        rows, as scikit-learn's). None: 1e-3 (scikit-learn's default) under the change
+        rule; see :func:`dask_em.accelerate.default_tol` for Aitken's.
     reg_covar : float, default=1e-6
     max_iter : int, default=100
     n_init : int, default=1
@@ -86,7 +87,7 @@ class BayesianGaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float = 1e-3,
+        tol: float | None = None,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -108,12 +109,13 @@ class BayesianGaussianMixture(BaseMixture):
         missing: str = "error",
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar

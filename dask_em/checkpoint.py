@@ -153,6 +153,8 @@ def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> 
             # The SQUAREM cycle (statistics seen, the point being checked): a resume
             # mid-cycle continues bitwise as if never stopped.
             entry["accel"] = _pack(r.accel.to_state(), f"a{r.index}", arrays)
+        if r.stepwise is not None:  # stepwise EM's running statistics and position: resumed mid-pass
+            entry["stepwise"] = _pack(r.stepwise, f"s{r.index}", arrays)
         entries.append(entry)
     meta = {"fingerprint": fingerprint, "params": matching_params(params), "restarts": json_safe(entries)}
     return meta, arrays
@@ -183,6 +185,7 @@ def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
                 start=e.get("start", ""),
                 short_iter=e.get("short_iter", 0),
                 accel=Squarem.from_state(_unpack(e["accel"], arrays)) if e.get("accel") else None,
+                stepwise=_unpack(e["stepwise"], arrays) if e.get("stepwise") else None,
             )
         )
     return arrays.get("context"), restarts

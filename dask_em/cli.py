@@ -228,7 +228,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--missing", type=click.Choice(["error", "marginalize"]), default="error", show_default=True,
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
-@click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--tol", type=float, default=None,
+              help="default: 1e-3 for the change rule; 1/n_samples in [1e-6, 1e-3] for aitken.")
 @click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
               help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
@@ -411,7 +412,8 @@ def _parse_components(text: str) -> list[int]:
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--n-init", type=int, default=1, show_default=True)
 @click.option("--max-iter", type=int, default=100, show_default=True)
-@click.option("--tol", type=float, default=1e-3, show_default=True)
+@click.option("--tol", type=float, default=None,
+              help="default: 1e-3 for the change rule; 1/n_samples in [1e-6, 1e-3] for aitken.")
 @click.option("--seed", type=int, default=None)
 @click.option("--variable")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")

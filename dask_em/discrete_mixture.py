@@ -61,7 +61,7 @@ class _DiscreteMixture(BaseMixture):
         n_components: int = 1,
         *,
         pseudo_count: float = 1e-3,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -75,13 +75,14 @@ class _DiscreteMixture(BaseMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.pseudo_count = pseudo_count
 
@@ -121,7 +122,7 @@ class BernoulliMixture(_DiscreteMixture):
         *,
         binarize: float | None = None,
         pseudo_count: float = 1e-3,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -136,13 +137,14 @@ class BernoulliMixture(_DiscreteMixture):
         missing: str = "error",
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
             short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate,
-            stopping=stopping,
+            stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.binarize = binarize
 
@@ -207,7 +209,7 @@ class CategoricalMixture(_DiscreteMixture):
         *,
         n_categories=None,
         pseudo_count: float = 1e-3,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -221,13 +223,14 @@ class CategoricalMixture(_DiscreteMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
             split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
-            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.n_categories = n_categories
 

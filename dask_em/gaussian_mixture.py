@@ -27,8 +27,12 @@ class GaussianMixture(BaseMixture):
     n_components : int, default=1
         Number of mixture components K.
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float, default=1e-3
-        Convergence threshold on the change of the mean per-row log-likelihood.
+    tol : float or None, default=None
+        Convergence threshold, in nats per row, of the stopping rule in force
+        (``stopping``). None: scikit-learn's 1e-3 for the change rule (so
+        ``GaussianMixture()`` equals scikit-learn's), and for Aitken's rule
+        ``1 / n_samples`` clipped to [1e-6, 1e-3] (a remaining gain of about
+        one nat in all; :func:`dask_em.accelerate.default_tol`).
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance (scikit-learn's ridge). Not
         used with a ``prior``, which regularises instead (leave it at its
@@ -80,10 +84,19 @@ class GaussianMixture(BaseMixture):
     stopping : {"auto", "change", "aitken"}, default="auto"
         "change": stop when the bound changes by less than ``tol`` per row
         (scikit-learn's rule). "aitken": stop when Aitken's estimate of the
-        bound's remaining gain per row is below ``tol`` (distance to the
-        optimum, not the last step). "auto": "change" for plain EM (so that
+        bound's remaining gain per row is below ``tol`` for three consecutive
+        estimates (two cycles when accelerated): distance to the optimum, not
+        the last step. "auto": "change" for plain EM (so that
         ``GaussianMixture()`` equals scikit-learn's), "aitken" with
         ``accelerate``; the discrete families' "auto" is always "aitken".
+    stepwise_passes : int, default=0
+        Passes of stepwise (online) EM before batch EM (Cappé & Moulines
+        2009): the chunks in a random order, in mini-batches of about an
+        eighth of them, the statistics updated as ``s <- (1 - g) s + g
+        s_batch`` with ``g = (t + 2) ** -0.6`` and an M-step after each
+        mini-batch. Batch EM (``accelerate``) then runs to convergence, so the
+        answer is an EM fixed point. Each stepwise pass counts in ``n_iter_``.
+        See :mod:`dask_em.stepwise`.
     prior : None, "default" or dict, default=None
         None: maximum likelihood, as scikit-learn. "default": mclust's
         conjugate prior (``priorControl()``, Fraley & Raftery 2007) with its
@@ -130,7 +143,7 @@ class GaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float = 1e-3,
+        tol: float | None = None,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -148,6 +161,7 @@ class GaussianMixture(BaseMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
         prior=None,
     ):
@@ -155,7 +169,7 @@ class GaussianMixture(BaseMixture):
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
         self.reg_covar = reg_covar

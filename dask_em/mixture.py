@@ -36,7 +36,7 @@ class Mixture(BaseMixture):
         family: Family | None = None,
         n_components: int = 1,
         *,
-        tol: float = 1e-3,
+        tol: float | None = None,
         max_iter: int = 100,
         n_init: int = 1,
         init_params: str = "kmeans",
@@ -50,13 +50,14 @@ class Mixture(BaseMixture):
         prune_margin: float | None = 0.01,
         accelerate: str | None = None,
         stopping: str = "auto",
+        stepwise_passes: int = 0,
         missing: str = "error",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
             verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
-            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping,
+            prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.family = family
 

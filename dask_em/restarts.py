@@ -28,7 +28,7 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
-from . import accelerate
+from . import accelerate, stepwise
 from .engine import RoundState, StepResult, compute_round, round_graph
 from .family import Family
 from .starts import StartPlan
@@ -54,6 +54,7 @@ class Restart:
     start: str = ""  # how it started (k-means, k-means++, ...)
     short_iter: int = 0  # iterations of emEM's short phase (0: none)
     accel: Any = None  # accelerate.Squarem: the SQUAREM cycle of an accelerated restart
+    stepwise: dict | None = None  # stepwise EM's progress (dask_em.stepwise); {"done": True} after it
 
     @property
     def lower_bound(self) -> float:
@@ -252,6 +253,7 @@ class Schedule:
     prune_margin: float | None = 0.01
     accelerate: str | None = None  # None (plain EM) or "squarem"
     stopping: str = "change"  # "change" (scikit-learn's) or "aitken"
+    stepwise_passes: int = 0  # passes of stepwise EM before batch EM (dask_em.stepwise)
 
     @property
     def emem(self) -> bool:
@@ -327,7 +329,19 @@ def run_schedule(
         family=family, context=context, tol=schedule.tol, split_every=split_every, runner=runner,
         on_iteration=on_iteration, on_round=on_round, stopping=schedule.stopping,
     )
+    def on_batch(_restarts: list[Restart]) -> None:
+        if save is not None:
+            save(everything)
+        if STOP_REQUESTED.is_set():
+            raise Preempted("stopped mid-way through stepwise EM on request")
+
     rounds = 0
+    if schedule.stepwise_passes:
+        rounds += stepwise.run_stepwise(
+            X, w, everything, passes=schedule.stepwise_passes, family=family, context=context,
+            split_every=split_every, runner=runner, on_iteration=on_iteration,
+            on_batch=on_batch,
+        )
     if schedule.emem and not any(r.short_iter for r in everything):
         rounds += run_rounds(X, w, everything, max_iter=min(schedule.short_iter, schedule.max_iter), **common)
         for group in groups:

@@ -59,8 +59,27 @@ def test_aitken_is_exact_on_a_geometric_sequence():
     limit, c, a = -3.0, 0.5, 0.8
     bounds = [limit - c * a**k for k in range(12)]
     assert accelerate.remaining_gain(bounds) == pytest.approx(c * a**11, rel=1e-9)
-    assert accelerate.has_converged(bounds, 1.1 * c * a**11, "aitken")
-    assert not accelerate.has_converged(bounds, 0.9 * c * a**11, "aitken")
+    # The rule waits for AITKEN_RUN consecutive estimates below tol: the oldest of them is c a^(12 - run).
+    oldest = c * a ** (12 - accelerate.AITKEN_RUN)
+    assert accelerate.has_converged(bounds, 1.1 * oldest, "aitken")
+    assert not accelerate.has_converged(bounds, 0.9 * oldest, "aitken")
+
+
+def test_aitken_waits_while_the_rate_still_grows():
+    # Early in a fit the rate grows (0.14, 0.37, 0.64, 0.77: the first changes of a Bernoulli fit):
+    # the estimate made with the rate 0.37 is below tol, the next ones are not, so the rule goes on.
+    changes = [1.80e-2, 2.49e-3, 9.17e-4, 5.91e-4, 4.58e-4]
+    bounds = list(np.cumsum([-8.0] + changes))
+    assert accelerate.remaining_gain(bounds[:4]) < 1e-3  # one estimate alone would stop here
+    assert accelerate.remaining_gain(bounds[:5]) > 1e-3
+    assert not any(accelerate.has_converged(bounds[:k], 1e-3, "aitken") for k in range(1, 7))
+
+
+def test_default_tol_is_one_nat_in_all_within_bounds():
+    assert accelerate.default_tol("change", 10) == 1e-3  # scikit-learn's
+    assert accelerate.default_tol("aitken", 100) == 1e-3
+    assert accelerate.default_tol("aitken", 30_000) == pytest.approx(1 / 30_000)
+    assert accelerate.default_tol("aitken", 10**9) == 1e-6
 
 
 def test_aitken_refuses_to_stop_on_a_small_change_far_from_the_optimum():

@@ -21,14 +21,14 @@ LAYERS = [
     ("families", ["_covariance", "_incomplete", "prior", "gaussian", "bayesian", "discrete", "datasets"]),
     ("starts", ["hierarchical", "starts"]),
     ("engine and runner", ["engine", "runner"]),
-    ("restarts", ["progress", "accelerate", "restarts", "checkpoint"]),
+    ("restarts", ["progress", "accelerate", "stepwise", "restarts", "checkpoint"]),
     ("estimators", ["_base", "gaussian_mixture", "bayesian_mixture", "discrete_mixture", "mixture", "registry"]),
     ("users of fitted estimators", ["selection", "store", "plot", "output"]),
     ("command line and package", ["cli", "__main__", "__init__"]),
 ]
 ORDER = [module for _, modules in LAYERS for module in modules]
 FAMILY_MODULES = {"_covariance", "_incomplete", "prior", "gaussian", "bayesian", "discrete", "datasets"}
-GENERIC = {"starts", "engine", "runner", "progress", "accelerate", "restarts", "checkpoint"}
+GENERIC = {"starts", "engine", "runner", "progress", "accelerate", "stepwise", "restarts", "checkpoint"}
 
 
 def package_imports(module: str) -> set[str]:

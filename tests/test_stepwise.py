@@ -1,6 +1,5 @@
 """Stepwise (online) EM: one update with g = 1 is one EM step; partial_fit; stepwise passes inside fit."""
 
-import threading
 import warnings
 
 import dask.array as da

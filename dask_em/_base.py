@@ -1,7 +1,7 @@
 """The estimator layer's base: what every dask-em mixture shares, and the one fit path.
 
 ``BaseMixture`` is scikit-learn's face (parameters, validation of settings,
-fitted attributes, inference, reprs). Every fit, of one estimator or of a
+fitted attributes; inference and reprs come from :class:`dask_em._fitted.FittedMixture`). Every fit, of one estimator or of a
 whole model-selection grid, goes through :func:`fit_models`::
 
     X --io.as_dask_array--> row-chunked dask array (+ weights, fingerprint)
@@ -16,26 +16,19 @@ needs them, the settings its start takes (``_start_settings``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
-import dask.array as da
-import numpy as np
-from dask.base import tokenize
-from dask.delayed import delayed
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from . import checkpoint as ckpt
 from ._validation import fail, is_int, is_real, seed_sequence
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from . import stepwise
-from .engine import RoundState, StepResult, compute_round, infer_block, round_graph
+from ._fitted import FittedMixture
+from .engine import RoundState, StepResult, compute_round, round_graph
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
@@ -45,25 +38,7 @@ from .starts import INIT_METHODS, StartPlan, emem_methods
 logger = logging.getLogger("dask_em")
 
 
-def information_criteria(mean_log_likelihood: float, n_samples: int, n_parameters: int) -> dict[str, float]:
-    """BIC and AIC with scikit-learn's sign (lower is better): ``-2 log L + p log n`` and ``-2 log L + 2 p``."""
-    log_likelihood = mean_log_likelihood * n_samples
-    return {
-        "bic": -2 * log_likelihood + n_parameters * math.log(n_samples),
-        "aic": -2 * log_likelihood + 2 * n_parameters,
-    }
-
-
-@dataclass
-class FittedState:
-    """What inference and the model store need of a fitted model: its family, context and parameters."""
-
-    family: Family
-    context: Any
-    params: dict
-
-
-class BaseMixture(DensityMixin, BaseEstimator):
+class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
     """What every dask-em mixture shares: restarts of EM on one family, out-of-core.
 
     Parameters common to every subclass are documented on
@@ -415,192 +390,6 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self.weights_ = self._params["weights"]
         for name, value in self._family.to_public(self._params, self._context).items():
             setattr(self, name, value)
-
-    def fitted_state(self) -> FittedState:
-        """The fitted model's family, context and internal parameters (for inference and the model store)."""
-        check_is_fitted(self, "weights_")
-        return FittedState(self._family, self._context, self._params)
-
-    def n_parameters(self) -> int:
-        """Free parameters of the fitted model: the family's plus the K - 1 of the weights."""
-        state = self.fitted_state()
-        return int(state.family.n_parameters(state.params)) + self.n_components_ - 1
-
-    # -- inference --------------------------------------------------------------
-
-    def _prepare_inference(self, X, kwargs: dict) -> Prepared:
-        """``X`` checked as fit checks it, from metadata only: shape, feature count and names, dtype.
-
-        Its rows (NaN, inf, a family's invalid values) are checked by the pass that computes
-        the result (``engine.infer_block``), not by another one.
-        """
-        state = self.fitted_state()
-        prep = as_dask_array(X, **kwargs)
-        d = prep.data.shape[1]
-        if d != self.n_features_in_:
-            name = type(self).__name__
-            raise ValueError(  # scikit-learn's sentence first (its checks look for it), then ours
-                f"X has {d} features, but {name} is expecting {self.n_features_in_} features as input: "
-                f"X has {d} features, but {name} was fitted with {self.n_features_in_} features. "
-                "Pass the columns it was fitted on."
-            )
-        _check_feature_names(self, _names_frame(prep.feature_names), reset=False)
-        state.family.check_dtype(prep.data.dtype, d)
-        transform = getattr(self, "_transform", None)
-        if transform is not None:
-            prep = dataclasses.replace(prep, data=prep.data.map_blocks(transform, dtype=bool))
-        return prep
-
-    def _apply(self, X, what: str, kwargs: dict):
-        state = self.fitted_state()
-        block_state = {"family": state.family, "context": state.context, "params": state.params}
-        prep = self._prepare_inference(X, kwargs)
-        if not prep.lazy:
-            out = infer_block(prep.data.compute(scheduler="sync"), block_state, what)
-        else:
-            token = tokenize(prep.data, block_state, what)
-            key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)
-            drop = {"labels": 1, "score_samples": 1}.get(what)
-            chunks = {"proba": (prep.data.chunks[0], (self.n_components_,)), "impute": prep.data.chunks}.get(what)
-            out = da.map_blocks(
-                infer_block,
-                prep.data,
-                key,
-                what,
-                dtype=np.int64 if what == "labels" else np.float64,
-                drop_axis=drop,
-                chunks=chunks,
-                name=f"em-{'predict' if what == 'labels' else what.replace('_', '-')}-{token}",
-                meta=np.empty((0,) * (1 if drop else 2), dtype=np.int64 if what == "labels" else np.float64),
-            )
-        return _wrap(out, prep, what)
-
-    def predict(self, X, **kwargs):
-        """Component labels, shape (n_samples,). Lazy for dask/xarray/Zarr input."""
-        return self._apply(X, "labels", kwargs)
-
-    def predict_proba(self, X, **kwargs):
-        """Responsibilities, shape (n_samples, n_components_)."""
-        return self._apply(X, "proba", kwargs)
-
-    def impute(self, X, **kwargs):
-        """``X`` with each missing value (NaN) replaced by its conditional expectation under the fitted mixture.
-
-        E[x_m | x_o] = sum_k P(k | x_o) E_k[x_m | x_o] (for a categorical
-        mixture, the most probable code). Observed values are returned as
-        they are. Shape (n_samples, n_features); lazy for dask/xarray/Zarr input.
-        Needs ``missing="marginalize"`` (with ``"error"`` a NaN is refused).
-        """
-        if self.missing == "error":
-            raise ValueError(
-                "impute needs a model fitted with missing='marginalize'; this one has missing='error', "
-                "which refuses NaN. Set model.missing = 'marginalize' (the fitted parameters stay valid)."
-            )
-        return self._apply(X, "impute", kwargs)
-
-    def score_samples(self, X, **kwargs):
-        """Per-row log-likelihood, shape (n_samples,)."""
-        return self._apply(X, "score_samples", kwargs)
-
-    def score(self, X, y=None, **kwargs) -> float:
-        """Mean per-row log-likelihood of ``X`` (computed)."""
-        values = self.score_samples(X, **kwargs)
-        if type(values).__module__.split(".")[0] == "xarray":
-            values = values.data
-        if isinstance(values, da.Array):
-            with Runner() as runner:
-                return float(runner.compute(values.mean()))
-        return float(np.mean(values))
-
-    def _criteria(self, X, kwargs) -> dict[str, float]:
-        n = as_dask_array(X, **kwargs).data.shape[0]
-        return information_criteria(self.score(X, **kwargs), n, self.n_parameters())
-
-    def bic(self, X, **kwargs) -> float:
-        """Bayesian information criterion on ``X`` (lower is better)."""
-        return self._criteria(X, kwargs)["bic"]
-
-    def aic(self, X, **kwargs) -> float:
-        """Akaike information criterion on ``X`` (lower is better)."""
-        return self._criteria(X, kwargs)["aic"]
-
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows from the fitted mixture, with their labels."""
-        check_is_fitted(self, "weights_")
-        if not is_int(n_samples) or n_samples < 1:
-            raise fail("n_samples", n_samples, "an int >= 1")
-        rng = np.random.default_rng(seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
-        counts = rng.multinomial(n_samples, self.weights_)
-        labels = np.repeat(np.arange(len(counts)), counts)
-        state = self.fitted_state()
-        return state.family.sample(state.params, labels, state.context, rng), labels
-
-    # -- reprs --------------------------------------------------------------------
-
-    def _summary_rows(self) -> list[tuple[str, str]]:
-        weights = " ".join(f"{w:.3f}" for w in self.weights_)
-        return [
-            ("components", f"{self.n_components_} ({self._describe()}, {self.n_features_in_} features)"),
-            ("converged", f"{self.converged_} after {self.n_iter_} iterations"),
-            ("lower bound", f"{self.lower_bound_:.6f} (mean log-likelihood per row)"),
-            ("restarts", f"{len(self.restarts_)}, best: {self.best_restart_}"),
-            ("weights", weights),
-        ]
-
-    def summary(self) -> str:
-        """A few lines on the fitted model: K, covariance, convergence, bound, weights."""
-        check_is_fitted(self, "weights_")
-        return "\n".join(f"{name:>12}: {value}" for name, value in self._summary_rows())
-
-    def _html_repr(self) -> str:
-        html = super()._html_repr()
-        if not hasattr(self, "weights_"):
-            return html
-        from html import escape
-
-        rows = "".join(
-            f"<tr><th style='text-align:right;padding-right:1em'>{escape(n)}</th><td style='text-align:left'>{escape(v)}</td></tr>"
-            for n, v in self._summary_rows()
-        )
-        return f"{html}<table class='dask-em-summary'>{rows}</table>"
-
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = super()._repr_mimebundle_(**kwargs)
-        if hasattr(self, "weights_"):
-            bundle["text/plain"] = f"{bundle['text/plain']}\n{self.summary()}"
-        return bundle
-
-
-def _names_frame(names):
-    """Feature names as scikit-learn's ``_check_feature_names`` reads them (a frame's columns), or None."""
-    if names is None:
-        return None
-    import pandas as pd  # installed with xarray
-
-    return pd.DataFrame(columns=list(names))
-
-
-def _wrap(out, prep: Prepared, what: str):
-    """Results shaped like the input: an xarray DataArray for xarray input."""
-    if prep.kind != "xarray":
-        return out
-    import xarray as xr
-
-    dims = (prep.sample_dim,) if out.ndim == 1 else (prep.sample_dim, "feature" if what == "impute" else "component")
-    coords = {prep.sample_dim: prep.sample_coord} if prep.sample_coord is not None else {}
-    return xr.DataArray(out, dims=dims, coords=coords, name=what)
-
-
-def restore_fitted(model: BaseMixture, state: FittedState, fitted: dict) -> BaseMixture:
-    """Make ``model`` the fitted model ``state`` and the scalar fitted attributes ``fitted`` describe."""
-    model._params = state.params
-    model._context = state.context
-    model._family = state.family
-    model._transform = model._input_transform()
-    model._set_public()
-    for name, value in fitted.items():
-        setattr(model, name, value)
-    return model
 
 
 # ---------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any
 
 import click
 
-from ._base import information_criteria
+from ._fitted import information_criteria
 from ._covariance import COVARIANCE_TYPES
 from ._json import json_safe
 from .output import CODECS, atomic_output, exists, remove

@@ -27,7 +27,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ._base import BaseMixture, fit_models, information_criteria
+from ._base import BaseMixture, fit_models
+from ._fitted import information_criteria
 from ._covariance import COVARIANCE_TYPES
 from .family import Family
 from .mixture import Mixture

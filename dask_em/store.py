@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._base import FittedState, restore_fitted
+from ._fitted import FittedState, restore_fitted
 from ._json import json_safe
 from ._version import __version__
 from .registry import estimator_class

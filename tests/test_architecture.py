@@ -22,7 +22,7 @@ LAYERS = [
     ("starts", ["hierarchical", "starts"]),
     ("engine and runner", ["engine", "runner"]),
     ("restarts", ["progress", "accelerate", "stepwise", "restarts", "checkpoint"]),
-    ("estimators", ["_base", "gaussian_mixture", "bayesian_mixture", "discrete_mixture", "mixture", "registry"]),
+    ("estimators", ["_fitted", "_base", "gaussian_mixture", "bayesian_mixture", "discrete_mixture", "mixture", "registry"]),
     ("users of fitted estimators", ["selection", "store", "plot", "output"]),
     ("command line and package", ["cli", "__main__", "__init__"]),
 ]

@@ -61,12 +61,16 @@ def not_positive_definite(component: int | None) -> NotPositiveDefiniteError:
 
 
 def _chol_precision_from_cov(cov: np.ndarray, component: int | None) -> np.ndarray:
+    # The finiteness check once, here: scipy's own (check_finite) on both calls cost
+    # half of a small fit's M-step (breast_cancer, K=2, n_init=10), with the same LAPACK results.
+    if not np.isfinite(cov).all():
+        raise ValueError("array must not contain infs or NaNs")
     try:
-        cov_chol = linalg.cholesky(cov, lower=True)
+        cov_chol = linalg.cholesky(cov, lower=True, check_finite=False)
     except linalg.LinAlgError:
         raise not_positive_definite(component) from None
     eye = np.eye(cov.shape[0])
-    return linalg.solve_triangular(cov_chol, eye, lower=True).T
+    return linalg.solve_triangular(cov_chol, eye, lower=True, check_finite=False).T
 
 
 def _flip(a: np.ndarray) -> np.ndarray:

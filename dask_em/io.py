@@ -95,6 +95,29 @@ def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int |
     return int(min(rows, n_rows))
 
 
+def split_rows(X: da.Array, w: da.Array | None = None) -> tuple[da.Array, da.Array | None]:
+    """``X`` (and its weights) with every chunk larger than dask-em's own split into equal row blocks.
+
+    The target is :func:`auto_row_chunks`' (about 32 MiB, at least two chunks
+    per local core when the data allow): three chunks of 100,000 rows on two
+    cores left one core idle half of every pass (2.1x scikit-learn's
+    iteration against 3.9x). Chunks are only split, never merged, so a split
+    block is a slice of its chunk: a view, no copy, for in-memory data.
+    """
+    n, d = X.shape
+    target = auto_row_chunks(n, d, 8)
+    rows: list[int] = []
+    for c in X.chunks[0]:
+        parts = max(1, -(-c // target))
+        base, extra = divmod(c, parts)
+        rows.extend([base + 1] * extra + [base] * (parts - extra))
+    if len(rows) == len(X.chunks[0]):
+        return X, w
+    rows_t = tuple(rows)
+    X = X.rechunk({0: rows_t, 1: -1})
+    return X, (w.rechunk({0: rows_t}) if w is not None else None)
+
+
 def _from_dask(X: da.Array, what: str) -> da.Array:
     if X.numblocks[1] != 1:
         raise ValueError(

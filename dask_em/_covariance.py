@@ -147,7 +147,13 @@ class FullLayout:
         np.subtract(x.T, shift[:, None], out=out[:d])
         return out
 
-    def prepare(self, params: Params, tile: int) -> dict:
+    def prepare(self, params: Params, tile: int, dtype=np.float64) -> dict:
+        """The view of ``params`` the E-step multiplies panels with, in the compute ``dtype``.
+
+        In float32 the residuals are taken about the means rounded to float32
+        (``view["means"]``); :meth:`shift_stats` moves the statistics back to
+        the float64 means.
+        """
         means = params["means"]
         k, d = means.shape
         pc = self._stacked_factors(params["precisions_cholesky"], k, d)
@@ -159,22 +165,22 @@ class FullLayout:
         collect = np.empty((k, k * d + 1))
         collect[:, : k * d] = -0.5 * np.kron(np.eye(k), np.ones((1, d)))
         collect[:, k * d] = log_const(params, self.log_det(params["precisions_cholesky"], d), d)
-        resid = np.empty((k * d + 1, tile))
+        resid = np.empty((k * d + 1, tile), dtype=dtype)
         resid[k * d] = 1.0
         return {
-            "stacked": stacked,
-            "collect": collect,
-            "means": means,
+            "stacked": stacked.astype(dtype, copy=False),
+            "collect": collect.astype(dtype, copy=False),
+            "means": means.astype(dtype, copy=False),
             "tile": tile,
             # Work matrices reused by every tile.
             "resid": resid,
-            "weighted": np.empty((k, d, tile)),
+            "weighted": np.empty((k, d, tile), dtype=dtype),
         }
 
     def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
         p, t = xa.shape[1], view["tile"]
         k = view["collect"].shape[0]
-        out = np.empty((k, p))
+        out = np.empty((k, p), dtype=view["collect"].dtype)
         for lo in range(0, p, t):
             hi = min(lo + t, p)
             resid = view["resid"][:, : hi - lo]
@@ -193,7 +199,7 @@ class FullLayout:
         k, d = means.shape
         t = view["tile"] if view else p
         work = view["weighted"] if view else np.empty((k, d, t))
-        acc["n"] += rw.sum(1)
+        acc["n"] += rw.sum(1, dtype=np.float64)
         for lo in range(0, p, t):
             hi = min(lo + t, p)
             # r_ik (x_i - m_k) as a (K*d, t) matrix; one GEMM with [x - c, 1]
@@ -210,6 +216,14 @@ class FullLayout:
         stats["a"] = xw[:, d].reshape(k, d)
         stats["b"] = xw[:, :d].reshape(k, d, d) - stats["a"][:, :, None] * means[:, None, :]
         return stats
+
+    def shift_stats(self, stats: Stats, means: np.ndarray, new_means: np.ndarray) -> Stats:
+        """Statistics taken about ``means`` re-expressed about ``new_means`` (exact algebra)."""
+        e = new_means - means
+        a, n = stats["a"], stats["n"]
+        b = stats["b"] - a[:, :, None] * e[:, None, :] - e[:, :, None] * a[:, None, :]
+        b += n[:, None, None] * e[:, :, None] * e[:, None, :]
+        return {**stats, "a": a - n[:, None] * e, "b": b}
 
     def mass(self, stats: Stats) -> np.ndarray:
         return stats["n"]
@@ -340,7 +354,7 @@ class DiagLayout:
         np.square(out[d : 2 * d], out=out[:d])
         return out
 
-    def prepare(self, params, tile):
+    def prepare(self, params, tile, dtype=np.float64):
         means = params["means"]
         k, d = means.shape
         pc = params["precisions_cholesky"]
@@ -349,7 +363,7 @@ class DiagLayout:
         proj[:, :d] = -0.5 * prec
         proj[:, d : 2 * d] = means * prec
         proj[:, 2 * d] = -0.5 * (means**2 * prec).sum(1) + log_const(params, self.log_det(pc, d), d)
-        return {"proj": proj, "means": means, "tile": tile}
+        return {"proj": proj.astype(dtype, copy=False), "means": means, "tile": tile}
 
     def weighted_log_prob(self, xa, view):
         return view["proj"] @ xa
@@ -363,6 +377,9 @@ class DiagLayout:
 
     def finish(self, stats, means):
         return stats
+
+    def shift_stats(self, stats, means, new_means):
+        return stats  # raw moments about the shift: no means involved
 
     def mass(self, stats):
         return stats["moments"][:, -1]

@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
+
+
+COMPUTE_DTYPES = ("float64", "float32")
+
+
+def compute_dtype_name(value) -> str:
+    """``"float64"`` or ``"float32"`` from a name or numpy dtype; anything else refused with the choices."""
+    try:
+        name = None if value is None else np.dtype(value).name
+    except TypeError:
+        name = None
+    if name not in COMPUTE_DTYPES:
+        raise fail("compute_dtype", value, f"one of {COMPUTE_DTYPES} (float64 matches scikit-learn)")
+    return name
 
 
 class GaussianMixture(BaseMixture):
@@ -63,6 +79,13 @@ class GaussianMixture(BaseMixture):
         geometric trend (its last change times rho / (1 - rho), rho the ratio
         of its last two changes) stays more than this many nats per row below
         the best bound. None never prunes.
+    compute_dtype : {"float64", "float32"}, default="float64"
+        Precision of the E-step's log-densities and matrix products.
+        "float64" matches scikit-learn to round-off. "float32" is faster
+        (about twice the BLAS rate, half the memory traffic) and still sums
+        the statistics in float64 per tile and runs the M-step in float64;
+        on well-separated data its parameters agree with float64's to about
+        1e-5 relative (see the test that pins it at 1e-4). Inference stays float64.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -111,6 +134,7 @@ class GaussianMixture(BaseMixture):
         n_short: int = 20,
         short_iter: int = 10,
         prune_margin: float | None = 0.01,
+        compute_dtype: str = "float64",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
@@ -123,15 +147,17 @@ class GaussianMixture(BaseMixture):
         self.weights_init = weights_init
         self.means_init = means_init
         self.precisions_init = precisions_init
+        self.compute_dtype = compute_dtype
 
     def make_family(self) -> Family:
-        return GaussianFamily(reg_covar=float(self.reg_covar))
+        return GaussianFamily(reg_covar=float(self.reg_covar), compute_dtype=compute_dtype_name(self.compute_dtype))
 
     def _check_family_params(self) -> None:
         if self.covariance_type not in COVARIANCE_TYPES:
             raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
         if not is_real(self.reg_covar) or self.reg_covar < 0:
             raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        compute_dtype_name(self.compute_dtype)
 
     def _start_settings(self, d: int) -> dict:
         w, m, p = check_initial_parameters(

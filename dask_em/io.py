@@ -113,9 +113,32 @@ def split_rows(X: da.Array, w: da.Array | None = None) -> tuple[da.Array, da.Arr
         rows.extend([base + 1] * extra + [base] * (parts - extra))
     if len(rows) == len(X.chunks[0]):
         return X, w
-    rows_t = tuple(rows)
-    X = X.rechunk({0: rows_t, 1: -1})
-    return X, (w.rechunk({0: rows_t}) if w is not None else None)
+    return _slice_blocks(X, rows), (_slice_blocks(w, rows) if w is not None else None)
+
+
+def _row_slice(block, lo: int, hi: int):
+    return block[lo:hi]
+
+
+def _slice_blocks(X: da.Array, rows: list[int]) -> da.Array:
+    """``X`` rechunked to ``rows``, each new block a basic slice of one old block.
+
+    Not ``X.rechunk``: dask's rechunk and getitem copy a slice that is a small
+    part of its block (to free the block), which would copy every chunk of
+    in-memory data in every round.
+    """
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = "em-split-rows-" + tokenize(X, tuple(rows))
+    tail = (0,) * (X.ndim - 1)
+    dsk, i, lo, bounds = {}, 0, 0, X.chunks[0]
+    for j, size in enumerate(rows):
+        if lo == bounds[i]:
+            i, lo = i + 1, 0
+        dsk[(name, j) + tail] = (_row_slice, (X.name, i) + tail, lo, lo + size)
+        lo += size
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[X])
+    return da.Array(graph, name, (tuple(rows),) + X.chunks[1:], meta=X._meta)
 
 
 def _from_dask(X: da.Array, what: str) -> da.Array:

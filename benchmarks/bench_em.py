@@ -132,31 +132,43 @@ def small_fits_table(repeats=7):
     """Whole fits on small data, n_init=10, default tol: dask-em against scikit-learn (same run)."""
     from sklearn import datasets
     from sklearn.mixture import GaussianMixture as SkGaussianMixture
+    from threadpoolctl import threadpool_limits
 
     import dask_em
 
     print(f"\n# whole small fits, n_init=10, default tol; ms, {repeats} repeats interleaved")
-    print(f"{'data':>14} {'cov':>5} {'K':>2} {'sklearn min':>11} {'dask-em min':>11} {'ratio':>6} {'ratio range':>12}")
+    # scikit-learn twice: as a user gets it (OpenMP/BLAS on every core) and held to one
+    # thread (its k-means' OpenMP threads spin badly on a loaded machine); the ratio is
+    # against the faster of the two.
+    print(
+        f"{'data':>14} {'cov':>5} {'K':>2} {'sklearn min':>11} {'1 thread':>8} {'dask-em min':>11} {'ratio':>6} "
+        f"{'ratio range':>12}"
+    )
     for name, load, k, cov in (
         ("iris", datasets.load_iris, 3, "full"),
         ("wine", datasets.load_wine, 3, "diag"),
         ("breast_cancer", datasets.load_breast_cancer, 2, "full"),
     ):
         X = load().data
-        sk, ours = [], []
+        sk, sk1, ours = [], [], []
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             for _ in range(repeats):
                 tic = time.perf_counter()
                 SkGaussianMixture(k, covariance_type=cov, n_init=10, random_state=0).fit(X)
                 sk.append(time.perf_counter() - tic)
+                with threadpool_limits(1):
+                    tic = time.perf_counter()
+                    SkGaussianMixture(k, covariance_type=cov, n_init=10, random_state=0).fit(X)
+                    sk1.append(time.perf_counter() - tic)
                 tic = time.perf_counter()
                 dask_em.GaussianMixture(k, covariance_type=cov, n_init=10, random_state=0).fit(X)
                 ours.append(time.perf_counter() - tic)
-        ratios = np.array(ours) / np.array(sk)
+        best = np.minimum(sk, sk1)
+        ratios = np.array(ours) / best
         print(
-            f"{name:>14} {cov:>5} {k:>2} {min(sk) * 1e3:11.1f} {min(ours) * 1e3:11.1f} {min(ours) / min(sk):5.2f}x "
-            f"{ratios.min():5.2f}-{ratios.max():.2f}x"
+            f"{name:>14} {cov:>5} {k:>2} {min(sk) * 1e3:11.1f} {min(sk1) * 1e3:8.1f} {min(ours) * 1e3:11.1f} "
+            f"{min(ours) / best.min():5.2f}x {ratios.min():5.2f}-{ratios.max():.2f}x"
         )
 
 

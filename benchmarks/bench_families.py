@@ -17,6 +17,9 @@ chunk, so the dataset is never whole in memory. Then, in one run:
 * cluster  (with ``--cluster``) the zarr fit on a LocalCluster of 2 worker
            processes with 1 thread each: processes do not share a GIL.
 * peak     the highest resident set size of this process during the zarr fit.
+* 1 thread the in-memory fit on one thread of the threaded scheduler
+           (``num_workers=1``); ``scaling`` is its time over the default
+           (every core): the issue's aim is >= 1.8x on two cores.
 
 Usage::
 
@@ -126,8 +129,9 @@ def main() -> None:
     n, d, k = args.rows, args.features, args.components
     print(f"# {n:,} x {d}, K={k}, {args.iters} iterations, codec {args.codec}, {os.cpu_count()} cores, "
           f"local threads")
+    print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     header = ("family", "dtype", "store MiB", "chunks", "read s", "zarr s/iter", "ratio", "memory s/iter",
-              "cluster s/iter", "peak MiB", "lower bound")
+              "1 thread s/iter", "scaling", "cluster s/iter", "peak MiB", "lower bound")
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     try:
@@ -143,12 +147,15 @@ def main() -> None:
                 with PeakSampler(_rss) as peak:
                     model = estimator(family, k, args.iters).fit(path, chunk_rows=args.chunk_rows)
                 zarr_it = per_iteration(model)
-                memory_it = float("nan")
+                memory_it = single_it = float("nan")
                 if not args.skip_memory:
+                    import dask
                     import zarr
 
                     X = zarr.open_array(path, mode="r")[...]
                     memory_it = per_iteration(estimator(family, k, args.iters).fit(X, chunk_rows=args.chunk_rows))
+                    with dask.config.set(num_workers=1):
+                        single_it = per_iteration(estimator(family, k, args.iters).fit(X, chunk_rows=args.chunk_rows))
                     del X
                 cluster_it = float("nan")
                 if args.cluster:
@@ -165,10 +172,12 @@ def main() -> None:
                         )
             print(
                 f"| {family} | {prepared.dtype} | {size / 2**20:.0f} | {prepared.numblocks[0]} | {read:.3f} | "
-                f"{zarr_it:.3f} | {zarr_it / read:.2f}x | {memory_it:.3f} | {cluster_it:.3f} | {peak.peak / 2**20:.0f} | "
+                f"{zarr_it:.3f} | {zarr_it / read:.2f}x | {memory_it:.3f} | {single_it:.3f} | {single_it / memory_it:.2f}x | "
+                f"{cluster_it:.3f} | {peak.peak / 2**20:.0f} | "
                 f"{model.lower_bound_:.6f} |",
                 flush=True,
             )
+        print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -28,9 +28,9 @@ from ._validation import fail, is_int, is_real, seed_sequence
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from . import stepwise
 from ._fitted import FittedMixture
-from .engine import RoundState, StepResult, compute_round, round_graph
+from .engine import RoundState, StepResult, compute_round, local_rows, round_graph, runs_directly
 from .family import MISSING_MODES, Family
-from .io import Prepared, as_dask_array, fingerprint, prepare_weights
+from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
 from .starts import INIT_METHODS, StartPlan, emem_methods
@@ -458,10 +458,15 @@ def fit_models(
         if checkpoint is not None:
             ckpt.write(checkpoint, *ckpt.state(restarts, context, fp, lead.get_params()), checkpoint_options)
 
+    data, w = split_rows(data, w)  # after the fingerprint: a checkpoint names the chunking as given
     with Runner() as runner:
         if not prep.lazy:
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None
+        # Small in-memory data: rounds run directly on the blocks, without a graph.
+        rows, row_w = data, w
+        if runs_directly(data, not prep.lazy, runner):
+            rows, row_w = local_rows(data), (local_rows(w) if w is not None else None)
         logger.info(
             "fitting %d x %d in %d chunks on %s: %s, %d restart(s)",
             n, d, data.numblocks[0], runner.description,
@@ -496,7 +501,7 @@ def fit_models(
             if bars is not None:
                 stack.callback(bars.close)
             rounds = run_schedule(
-                data, w, groups, schedule, family=family, context=context, split_every=lead.split_every,
+                rows, row_w, groups, schedule, family=family, context=context, split_every=lead.split_every,
                 runner=runner, on_iteration=on_iteration, save=save if checkpoint is not None else None,
             )
         best = []
@@ -520,7 +525,7 @@ def fit_models(
         if score:
             healthy = [r for r in best if r is not None]
             results = iter(
-                score_restarts(data, w, healthy, family=family, context=context, split_every=lead.split_every,
+                score_restarts(rows, row_w, healthy, family=family, context=context, split_every=lead.split_every,
                                runner=runner) if healthy else []
             )
             scores = [next(results) if r is not None else None for r in best]

@@ -194,7 +194,7 @@ def _missing(family, method: str) -> NotImplementedError:
 def add_likelihood(acc: dict, log_norm: np.ndarray, resp: np.ndarray, w: np.ndarray | None, entropy: bool) -> None:
     """Add a panel's (weighted) log-likelihood, weight and, with ``entropy``, sum_k r log r into ``acc``."""
     if w is None:
-        acc["loglik"] += float(log_norm.sum())
+        acc["loglik"] += float(log_norm.sum(dtype=np.float64))
         acc["wsum"] += float(log_norm.shape[0])
     else:
         acc["loglik"] += float(np.dot(w, log_norm))

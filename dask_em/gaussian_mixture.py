@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
@@ -13,6 +15,20 @@ from .starts import StartPlan
 
 # reg_covar's default: with a prior it must stay there (or be 0), since the prior regularises instead.
 _DEFAULT_REG_COVAR = 1e-6
+
+
+COMPUTE_DTYPES = ("float64", "float32")
+
+
+def compute_dtype_name(value) -> str:
+    """``"float64"`` or ``"float32"`` from a name or numpy dtype; anything else refused with the choices."""
+    try:
+        name = None if value is None else np.dtype(value).name
+    except TypeError:
+        name = None
+    if name not in COMPUTE_DTYPES:
+        raise fail("compute_dtype", value, f"one of {COMPUTE_DTYPES} (float64 matches scikit-learn)")
+    return name
 
 
 class GaussianMixture(BaseMixture):
@@ -108,6 +124,13 @@ class GaussianMixture(BaseMixture):
         A dict sets some of ``shrinkage``, ``mean``, ``dof``, ``scale`` (the
         others from ``defaultPrior``); see :mod:`dask_em.prior`. ``bic`` is
         mclust's: the log-likelihood at the MAP estimate, prior not added.
+    compute_dtype : {"float64", "float32"}, default="float64"
+        Precision of the E-step's log-densities and matrix products.
+        "float64" matches scikit-learn to round-off. "float32" is faster
+        (about twice the BLAS rate, half the memory traffic) and still sums
+        the statistics in float64 per tile and runs the M-step in float64;
+        on well-separated data its parameters agree with float64's to about
+        1e-5 relative (see the test that pins it at 1e-4). Inference stays float64.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -164,6 +187,7 @@ class GaussianMixture(BaseMixture):
         stepwise_passes: int = 0,
         missing: str = "error",
         prior=None,
+        compute_dtype: str = "float64",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
@@ -177,14 +201,16 @@ class GaussianMixture(BaseMixture):
         self.means_init = means_init
         self.precisions_init = precisions_init
         self.prior = prior
+        self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule: GaussianMixture() equals scikit-learn's
 
     def make_family(self) -> Family:
         spec = prior_spec(self.prior)
+        dtype = compute_dtype_name(self.compute_dtype)
         if spec is None:
-            return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing)
-        return GaussianFamily(reg_covar=0.0, prior=spec, missing=self.missing)
+            return GaussianFamily(reg_covar=float(self.reg_covar), missing=self.missing, compute_dtype=dtype)
+        return GaussianFamily(reg_covar=0.0, prior=spec, missing=self.missing, compute_dtype=dtype)
 
     def _check_family_params(self) -> None:
         if self.covariance_type not in COVARIANCE_TYPES:
@@ -197,6 +223,7 @@ class GaussianMixture(BaseMixture):
                 "the covariances instead (its scale), and adding a ridge would make EM non-monotone. Leave "
                 "reg_covar at its default, or set the prior's 'scale' to regularise more."
             )
+        compute_dtype_name(self.compute_dtype)
 
     def _start_settings(self, d: int) -> dict:
         w, m, p = check_initial_parameters(

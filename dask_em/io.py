@@ -110,6 +110,52 @@ def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int |
     return int(min(rows, n_rows))
 
 
+def split_rows(X: da.Array, w: da.Array | None = None) -> tuple[da.Array, da.Array | None]:
+    """``X`` (and its weights) with every chunk larger than dask-em's own split into equal row blocks.
+
+    The target is :func:`auto_row_chunks`' (about 32 MiB, at least two chunks
+    per local core when the data allow): three chunks of 100,000 rows on two
+    cores left one core idle half of every pass (2.1x scikit-learn's
+    iteration against 3.9x). Chunks are only split, never merged, so a split
+    block is a slice of its chunk: a view, no copy, for in-memory data.
+    """
+    n, d = X.shape
+    target = auto_row_chunks(n, d, 8)
+    rows: list[int] = []
+    for c in X.chunks[0]:
+        parts = max(1, -(-c // target))
+        base, extra = divmod(c, parts)
+        rows.extend([base + 1] * extra + [base] * (parts - extra))
+    if len(rows) == len(X.chunks[0]):
+        return X, w
+    return _slice_blocks(X, rows), (_slice_blocks(w, rows) if w is not None else None)
+
+
+def _row_slice(block, lo: int, hi: int):
+    return block[lo:hi]
+
+
+def _slice_blocks(X: da.Array, rows: list[int]) -> da.Array:
+    """``X`` rechunked to ``rows``, each new block a basic slice of one old block.
+
+    Not ``X.rechunk``: dask's rechunk and getitem copy a slice that is a small
+    part of its block (to free the block), which would copy every chunk of
+    in-memory data in every round.
+    """
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = "em-split-rows-" + tokenize(X, tuple(rows))
+    tail = (0,) * (X.ndim - 1)
+    dsk, i, lo, bounds = {}, 0, 0, X.chunks[0]
+    for j, size in enumerate(rows):
+        if lo == bounds[i]:
+            i, lo = i + 1, 0
+        dsk[(name, j) + tail] = (_row_slice, (X.name, i) + tail, lo, lo + size)
+        lo += size
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[X])
+    return da.Array(graph, name, (tuple(rows),) + X.chunks[1:], meta=X._meta)
+
+
 def _from_dask(X: da.Array, what: str) -> da.Array:
     if X.numblocks[1] != 1:
         raise ValueError(

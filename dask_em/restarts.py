@@ -29,7 +29,7 @@ import dask.array as da
 import numpy as np
 
 from . import accelerate, stepwise
-from .engine import RoundState, StepResult, compute_round, round_graph
+from .engine import RoundState, StepResult, run_round
 from .family import Family
 from .starts import StartPlan
 
@@ -174,7 +174,7 @@ def run_rounds(
         )
         first = False
         tic = time.perf_counter()
-        results = compute_round(runner, X, round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
+        results = run_round(runner, X, w, state, split_every=split_every, salt=runner.salt())
         rounds += 1
         seconds = time.perf_counter() - tic
         for restart, params, result in zip(running, state.params, results):
@@ -196,7 +196,7 @@ def run_rounds(
 def score_restarts(X, w, restarts: list[Restart], *, family: Family, context, split_every, runner) -> list[StepResult]:
     """One pass giving the log-likelihood (and entropy) of every restart's current parameters."""
     state = RoundState(family, context, [r.estep_params() for r in restarts], entropy=True)
-    return runner.compute(round_graph(X, w, state, split_every=split_every, salt=runner.salt()))
+    return run_round(runner, X, w, state, split_every=split_every, salt=runner.salt())
 
 
 def _log_failure(restart: Restart) -> None:

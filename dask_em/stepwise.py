@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from .engine import RoundState, compute_round, mstep_round, round_graph
+from .engine import RoundState, mstep_round, run_round, take_blocks
 from .family import Family
 
 STEP_EXPONENT = 0.6  # alpha in (0.5, 1]: Liang & Klein's good range for mixtures
@@ -124,11 +124,11 @@ def run_stepwise(X, w, restarts: list, *, passes: int, family: Family, context, 
             return done
         batches = pass_batches(n_chunks, lead.seed, progress["pass"])
         index = batches[progress["batch"]]
-        xb = X.blocks[index]
-        wb = w.blocks[index] if w is not None else None
+        xb = take_blocks(X, index)
+        wb = take_blocks(w, index) if w is not None else None
         entering = [r.estep_params() for r in active]
         state = RoundState(family, context, entering, check_rows=progress["pass"] == 0, keep_stats=True)
-        results = compute_round(runner, xb, round_graph(xb, wb, state, split_every=split_every, salt=runner.salt()))
+        results = run_round(runner, xb, wb, state, split_every=split_every, salt=runner.salt())
         last_batch = progress["batch"] + 1 == len(batches)
         for r, params, result in zip(active, entering, results):
             sw = r.stepwise

@@ -1,0 +1,143 @@
+"""The fast paths of issue 19 pinned for correctness (no wall time here; benchmarks/bench_em.py times them).
+
+* small in-memory data runs its rounds directly (engine.run_round on LocalRows), bitwise as the graph;
+* chunks larger than dask-em's own are split into row blocks (io.split_rows), views of in-memory data,
+  and a fit on split chunks equals scikit-learn and the fit on that finer chunking;
+* compute_dtype="float32" stays within its stated tolerance of float64 (1e-4 relative, labels).
+"""
+
+import warnings
+
+import dask.array as da
+import numpy as np
+import pytest
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+import dask_em
+from dask_em import engine
+from dask_em.io import auto_row_chunks, split_rows
+from conftest import mixture, sklearn_start
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+def fit_quiet(model, X, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit(X, **kw)
+
+
+def rel(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bounds_")
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_direct_rounds_are_bitwise_the_graph_rounds(cov_type, rng, monkeypatch):
+    """The same restarts through the graph (threshold 0) and directly: every bit equal, also over several chunks."""
+    X = mixture(rng, n=900, d=3, k=3)[0]
+    w = rng.uniform(0.5, 2.0, size=len(X))
+    kw = dict(covariance_type=cov_type, n_init=3, max_iter=8, tol=0, random_state=1, split_every=2)
+    direct = fit_quiet(dask_em.GaussianMixture(3, **kw), X, sample_weight=w, chunk_rows=100)
+    monkeypatch.setattr(engine, "DIRECT_MAX_BYTES", 0)
+    graph = fit_quiet(dask_em.GaussianMixture(3, **kw), X, sample_weight=w, chunk_rows=100)
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(direct, name), getattr(graph, name), err_msg=name)
+    assert [r["lower_bound"] for r in direct.restarts_] == [r["lower_bound"] for r in graph.restarts_]
+
+
+def test_direct_path_is_taken_only_for_small_in_memory_data(rng):
+    X = da.from_array(mixture(rng, n=100, d=2, k=2)[0], chunks=50)
+    assert engine.runs_directly(X, True, runner=None)
+    assert not engine.runs_directly(X, False, runner=None)  # lazy data: a graph, reads in tasks
+    big = da.zeros((engine.DIRECT_MAX_BYTES // 8 + 1, 1), chunks=(4096, 1))
+    assert not engine.runs_directly(big, True, runner=None)
+
+
+def test_oversized_chunks_are_split_into_views(rng):
+    n, d = 30_000, 4
+    target = auto_row_chunks(n, d, 8)
+    X = rng.normal(size=(n, d))
+    x = da.from_array(X, chunks=(10_000, d))
+    w = da.from_array(np.ones(n), chunks=(10_000,))
+    split, sw = split_rows(x, w)
+    assert max(split.chunks[0]) <= target and sum(split.chunks[0]) == n
+    assert sw.chunks[0] == split.chunks[0]
+    # Only split, never merged: every block lies inside one of the original chunks.
+    edges = set(np.cumsum(split.chunks[0]))
+    assert {10_000, 20_000, 30_000} <= edges
+    # A view of the chunk dask holds, not a copy (dask's rechunk would copy each slice, every round).
+    chunks = engine.local_rows(x).blocks
+    for block in engine.local_rows(split).blocks:
+        assert any(np.shares_memory(block, chunk) for chunk in chunks)
+    np.testing.assert_array_equal(split.compute(scheduler="sync"), X)
+    small = da.from_array(X, chunks=(target, d))
+    assert split_rows(small)[0] is small  # nothing to split
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_fit_on_split_chunks_matches_sklearn_and_the_finer_chunking(cov_type, rng):
+    n = 3 * auto_row_chunks(24_000, 3, 8)  # three chunks of two targets each: every one is split
+    X = mixture(rng, n=n, d=3, k=3)[0]
+    start = sklearn_start(X, 3, cov_type)
+    ref = fit_quiet(SkGaussianMixture(3, covariance_type=cov_type, tol=0, max_iter=6, **start), X)
+    coarse = da.from_array(X, chunks=(n // 3, -1))
+    split = split_rows(coarse)[0]
+    assert split.numblocks[0] == 6
+    kw = dict(covariance_type=cov_type, tol=0, max_iter=6, **start)
+    ours = fit_quiet(dask_em.GaussianMixture(3, **kw), coarse)
+    finer = fit_quiet(dask_em.GaussianMixture(3, **kw), da.from_array(X, chunks=(split.chunks[0], -1)))
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_bound_"):
+        assert rel(getattr(ours, name), getattr(ref, name)) < 1e-8, name
+        np.testing.assert_array_equal(getattr(ours, name), getattr(finer, name), err_msg=name)
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_float32_compute_within_its_tolerance(cov_type, rng):
+    """float32 E-step: parameters within 1e-4 (relative) of float64's, labels on >= 99.9% of rows."""
+    X = mixture(rng, n=20_000, d=6, k=4, spread=4.0, offset=50.0)[0]  # an offset: centering must hold in float32
+    start = sklearn_start(X, 4, cov_type)
+    kw = dict(covariance_type=cov_type, tol=1e-7, max_iter=200, **start)  # float32 bounds carry ~1e-8 noise
+    f64 = fit_quiet(dask_em.GaussianMixture(4, **kw), X)
+    f32 = fit_quiet(dask_em.GaussianMixture(4, compute_dtype="float32", **kw), X)
+    assert f64.converged_ and f32.converged_
+    for name in ("weights_", "means_", "covariances_"):
+        assert rel(getattr(f32, name), getattr(f64, name)) < 1e-4, name
+    assert abs(f32.lower_bound_ - f64.lower_bound_) < 1e-4 * abs(f64.lower_bound_)
+    assert (f32.predict(X) == f64.predict(X)).mean() >= 0.999
+    # float64 stays scikit-learn's (the default is unchanged).
+    ref = fit_quiet(SkGaussianMixture(4, **kw), X)
+    assert rel(f64.means_, ref.means_) < 1e-8
+
+
+def test_float32_statistics_are_float64_about_the_float64_means(rng):
+    """One float32 E-step against the float64 one: same statistics to float32 round-off, float64 arrays."""
+    from test_engine import round_state
+    import dataclasses
+
+    X = mixture(rng, n=3000, d=5, k=3, offset=20.0)[0]
+    state = round_state(3, 5, rng, cov="full")
+    state.params[0]["means"] = state.params[0]["means"] + 0.123456789  # not representable in float32
+    f64 = engine.estep_block(X, None, state)[0]
+    f32 = engine.estep_block(
+        X, None, dataclasses.replace(state, family=dataclasses.replace(state.family, compute_dtype="float32"))
+    )[0]
+    assert rel(f32["nk"], f64["nk"]) < 1e-5
+    for key in f64["stats"]:
+        assert f32["stats"][key].dtype == np.float64
+        assert rel(f32["stats"][key], f64["stats"][key]) < 1e-5, key
+    assert abs(f32["loglik"] - f64["loglik"]) < 1e-5 * abs(f64["loglik"])
+
+
+@pytest.mark.parametrize("bad", ["float16", "double-ish", None, 3])
+def test_compute_dtype_is_refused_with_the_choices(bad, rng):
+    X = mixture(rng, n=50, d=2, k=2)[0]
+    with pytest.raises(ValueError, match=r"compute_dtype must be one of \('float64', 'float32'\)"):
+        dask_em.GaussianMixture(2, compute_dtype=bad).fit(X)
+
+
+def test_float32_accepts_numpy_dtypes():
+    assert dask_em.GaussianMixture(2, compute_dtype=np.float32).make_family().compute_dtype == "float32"

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ._json import json_safe
+from .io import is_local_filesystem
 from .accelerate import Squarem
 from .restarts import Restart
 
@@ -55,8 +56,7 @@ def write(path: str, meta: dict, arrays: dict[str, np.ndarray], storage_options:
     """Replace the checkpoint at ``path`` with ``meta`` and ``arrays``, atomically."""
     data = _encode({"format_version": FORMAT_VERSION, **meta}, arrays)
     fs, fspath = _fs(path, storage_options)
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    if "file" in protocols or "local" in protocols:
+    if is_local_filesystem(fs):
         directory = os.path.dirname(os.path.abspath(fspath)) or "."
         os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{os.path.basename(fspath)}.tmp-{os.getpid()}")

@@ -478,3 +478,9 @@ def fingerprint(prepared: Prepared, X) -> dict:
         "row_chunks": [int(data.chunks[0][0]), len(data.chunks[0])],
         "source": source,
     }
+
+
+def is_local_filesystem(fs) -> bool:
+    """Whether an fsspec filesystem is this machine's disk (where ``os.replace`` is atomic)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols or "local" in protocols

@@ -7,6 +7,8 @@ import os
 import uuid
 from typing import Iterator
 
+from .io import is_local_filesystem
+
 
 def _zstd():
     from zarr.codecs import ZstdCodec
@@ -51,8 +53,7 @@ def atomic_output(path: str, storage_options: dict | None, overwrite: bool) -> I
     import fsspec
 
     fs, final = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    local = "file" in protocols or "local" in protocols
+    local = is_local_filesystem(fs)
     tmp_final = f"{final.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
     tmp_url = tmp_final if local else fs.unstrip_protocol(tmp_final)
     try:

@@ -48,13 +48,14 @@ DENSE_PATTERN_ROWS = 256
 
 # Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**17
 # values (1 MiB).
-_TILE_CELLS = 2**17
+_TILE_CELLS = 2**16
 
 # Small s x s factorisations are written out over the whole batch (one numpy
 # call per scalar operation, vectorised over patterns and components) when the
 # batch has at least s**3 / 2 matrices; np.linalg pays a few microseconds per
 # matrix (0.15 s for 100k 5 x 5 inverses).
 _VECTOR_BATCH = 0.5
+_SPD_BLOCK = 4096
 
 
 def _precisions(params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -99,6 +100,9 @@ def _spd_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         inv = np.linalg.inv(np.moveaxis(a, -1, 0))
         inv = 0.5 * (inv + np.swapaxes(inv, -1, -2))
         return np.ascontiguousarray(np.moveaxis(inv, 0, -1)), log_det
+    if n > _SPD_BLOCK:  # blocks of the batch: every vector below stays in cache
+        parts = [_spd_inverse(a[:, :, lo : lo + _SPD_BLOCK]) for lo in range(0, n, _SPD_BLOCK)]
+        return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts])
     # Cholesky a = G G^T, then R = G^-1 (lower) and a^-1 = R^T R, each entry a vector over N.
     g = np.empty_like(a)  # only the lower triangles are written and read
     r = np.empty_like(a)
@@ -168,38 +172,37 @@ class _FullWork:
 
     def pattern_factors(self, cols: np.ndarray):
         """Factors of the patterns missing ``cols`` (P, s), one row per pattern (rows gather
-        them whole): the conditional covariances (L_mm)^-1 as (P, s * s * K) and log det L_mm
+        them whole): the conditional covariances (L_mm)^-1 as (P, K * s * s) and log det L_mm
         as (P, K)."""
         k = self.prec.shape[0]
         p, s = cols.shape
         lmm = self.prec[:, cols.T[:, None, :], cols.T[None, :, :]]  # (K, s, s, P)
         inv, log_det = _spd_inverse(np.ascontiguousarray(lmm.transpose(1, 2, 0, 3)).reshape(s, s, k * p))
-        inv = np.ascontiguousarray(inv.reshape(s * s, k, p).transpose(2, 0, 1)).reshape(p, s * s * k)
+        inv = np.ascontiguousarray(inv.reshape(s, s, k, p).transpose(3, 2, 0, 1)).reshape(p, k * s * s)
         return inv, np.ascontiguousarray(log_det.reshape(k, p).T)
 
-    def rows(self, x0t: np.ndarray, obst: np.ndarray, flat: np.ndarray, cond_cov: np.ndarray,
+    def rows(self, x0t: np.ndarray, flat: np.ndarray, cond_cov: np.ndarray,
              log_det_mm: np.ndarray):
         """(K, T) weighted log-densities and (K, d, T) completed residuals ``x^ - mu_k`` of a tile.
 
-        ``x0t``/``obst`` are the tile's zero-filled rows and observed mask, feature-major
-        (d, T); ``flat`` (s * T,) the positions ``j * T + row`` of its missing values in a
-        (d, T) matrix, slot-major; ``cond_cov`` (T, s * s * K) and ``log_det_mm`` (T, K)
+        ``x0t`` are the tile's rows, feature-major (d, T); ``flat`` (s * T,) the positions ``j * T + row`` of its missing values in a
+        (d, T) matrix, slot-major; ``cond_cov`` (T, K * s * s) and ``log_det_mm`` (T, K)
         its rows' pattern factors (:meth:`pattern_factors`' rows).
         """
         k, d = self.means.shape
         t = x0t.shape[1]
         s = flat.shape[0] // max(t, 1)
-        z = x0t[None] - self.means[:, :, None] * obst[None]  # zero at the missing coordinates
+        z = x0t[None] - self.means[:, :, None]
+        z.reshape(k, d * t)[:, flat] = 0.0  # zero at the missing coordinates
         g = np.matmul(self.prec, z)  # L_k z (K, d, T)
         quad = np.einsum("kdt,kdt->kt", z, g)
-        tm = np.take(g.reshape(k, d * t), flat, axis=1).reshape(k, s, t)  # (L z)_m
-        # c = C t, each row with its pattern's C: one broadcast product over the tile
-        cond = np.einsum("tijk,kjt->kit", cond_cov.reshape(t, s, s, k), tm)
-        quad -= np.einsum("kst,kst->kt", tm, cond)
+        tm = np.take(g.reshape(k, d * t), flat, axis=1).reshape(k, s, t).transpose(2, 0, 1)  # (L z)_m as (T, K, s)
+        # c = C t, each row with its pattern's C: one batched product over the tile
+        cond = np.matmul(cond_cov.reshape(t, k, s, s), tm[..., None])[..., 0]
+        quad -= np.einsum("tks,tks->kt", tm, cond)
         wlp = -0.5 * ((d - s) * _LOG_2PI + self.log_det_cov[:, None] + log_det_mm.T + quad)
         wlp += self.log_w[:, None]
-        np.negative(cond, out=cond)
-        z.reshape(k, d * t)[:, flat] = cond.reshape(k, s * t)  # x^_m - mu_m = -C t
+        z.reshape(k, d * t)[:, flat] = -cond.transpose(1, 2, 0).reshape(k, s * t)  # x^_m - mu_m = -C t
         return wlp, z
 
 
@@ -305,9 +308,8 @@ def _sparse_rows(x0, miss, w, rows, works, accs, entropy) -> None:
                 idx = group[lo:hi]
                 tp = pidx[lo:hi]
                 x0t = np.ascontiguousarray(x0[idx].T)
-                obst = (~miss[idx]).T.astype(np.float64)
                 slots = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
-                wlp, xt = work.rows(x0t, obst, slots, np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
+                wlp, xt = work.rows(x0t, slots, np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
                 rw = _likelihood(acc, wlp, None if w is None else w[idx], entropy)
                 acc["n"] += rw.sum(1)
                 weighted = xt * rw[:, None, :]
@@ -315,7 +317,7 @@ def _sparse_rows(x0, miss, w, rows, works, accs, entropy) -> None:
                 acc["b"] += np.matmul(weighted, np.swapaxes(xt, -1, -2))
                 mass += np.bincount((tp[None, :] + offsets).ravel(), rw.ravel(), minlength=k * npat)
             # Each pattern's conditional covariance, once, weighted by its rows' mass.
-            values = mass.reshape(k, npat)[:, :, None] * cond_cov.reshape(npat, s * s, k).transpose(2, 0, 1)
+            values = mass.reshape(k, npat)[:, :, None] * cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
             b_flat = acc["b"].reshape(k, d * d)
             for j in range(k):
                 b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
@@ -415,7 +417,7 @@ def _infer(x, params, shift, complete: bool):
             for lo, hi in _tiles(len(group), k, d):
                 idx, tp = group[lo:hi], pidx[lo:hi]
                 flat = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
-                part, xt = work.rows(np.ascontiguousarray(x0[idx].T), (~miss[idx]).T.astype(np.float64), flat,
+                part, xt = work.rows(np.ascontiguousarray(x0[idx].T), flat,
                                      np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
                 wlp[:, idx] = part
                 if complete:

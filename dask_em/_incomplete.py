@@ -7,16 +7,30 @@ conditional expectations of the missing ones (Ghahramani & Jordan 1994)::
     x^_m = mu_m + S_mo S_oo^-1 (x_o - mu_o)        C = S_mm - S_mo S_oo^-1 S_om
 
 Full / tied. Written with the precision ``L = S^-1``, both need only the
-missing block: ``C = (L_mm)^-1``, ``x^_m - mu_m = -C L_mo (x_o - mu_o)``,
-``log det S_oo = log det S + log det L_mm`` and ``(x_o - mu_o)^T S_oo^-1
-(x_o - mu_o) = z^T L z - t^T C t`` with ``z`` the residual zeroed at the
-missing coordinates and ``t = (L z)_m``. So each (pattern, component) pair
-needs one small |m| x |m| inverse, done once per chunk; patterns with the same
-number of missing values are factorised together in one batched call, and a
-row only gathers its pattern's factors. The statistics are those of
-:class:`dask_em._covariance.FullLayout` (``n``, ``a``, ``b`` about the previous
-means) with ``x^`` in place of ``x`` and ``C`` added to ``b``'s missing block,
-so the M-step is unchanged.
+missing block: ``C = (L_mm)^-1``, ``x^_m - mu_m = B (x_o - mu_o)`` with
+``B = -C L_mo``, and the observed block's precision ``S_oo^-1`` is the Schur
+complement ``L_oo - L_om C L_mo``. Rows are grouped by missingness pattern
+within each chunk, and each pattern takes one of two routes:
+
+* a frequent pattern (``DENSE_PATTERN_ROWS`` rows or more in the chunk) is a
+  Gaussian of its own on the observed coordinates, with the precision above:
+  its rows go through the complete rows' E-step (the layouts' tiled GEMMs,
+  passed in as ``complete_estep``), and the statistics it returns about
+  ``mu_o`` are lifted to all coordinates with ``B`` and ``C``:
+  ``a = A a_o``, ``b = A b_oo A^T + n E C E^T`` where ``A`` stacks the identity
+  (observed rows) and ``B`` (missing rows). One s x s inverse and one q x q
+  Cholesky per (pattern, component) per chunk; the rows cost what complete
+  rows of q = d - s features cost;
+* rare patterns go row by row, in tiles of rows with the same number s of
+  missing values: one batched GEMM gives ``g = L z`` (``z`` the residual
+  zeroed at the missing coordinates), ``(x_o - mu_o)^T S_oo^-1 (x_o - mu_o) =
+  z^T g - t^T C t`` with ``t = g_m``, ``log det S_oo = log det S + log det L_mm``,
+  and each row gathers its pattern's ``C`` (all patterns of a group inverted
+  together, written out over the batch: :func:`_spd_inverse`).
+
+The statistics are those of :class:`dask_em._covariance.FullLayout` (``n``,
+``a``, ``b`` about the previous means) with ``x^`` in place of ``x`` and ``C``
+added to ``b``'s missing block, so the M-step is unchanged.
 
 Diag / spherical. The coordinates are independent within a component: a
 missing one drops out of the product, its expectation is ``mu_kj`` and its
@@ -46,14 +60,15 @@ _LOG_2PI = math.log(2 * math.pi)
 # rows on the row path.
 DENSE_PATTERN_ROWS = 256
 
-# Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**17
-# values (1 MiB).
+# Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**16
+# values (512 KiB). 2**15 to 2**18 measured the same within the noise.
 _TILE_CELLS = 2**16
 
-# Small s x s factorisations are written out over the whole batch (one numpy
-# call per scalar operation, vectorised over patterns and components) when the
-# batch has at least s**3 / 2 matrices; np.linalg pays a few microseconds per
-# matrix (0.15 s for 100k 5 x 5 inverses).
+# Small s x s factorisations are written out over the batch (one numpy call per
+# scalar operation, vectorised over patterns and components, in blocks of
+# _SPD_BLOCK matrices that stay in cache) when the batch has at least s**3 / 2
+# matrices: np.linalg took 49 ms for 35k 5 x 5 inverses, this 8.5 ms (31 ms
+# unblocked).
 _VECTOR_BATCH = 0.5
 _SPD_BLOCK = 4096
 
@@ -274,7 +289,7 @@ def _dense_pattern(x, w, rows, missing_mask, shift, works, accs, entropy, comple
     observed = np.flatnonzero(~missing_mask)
     missing = np.flatnonzero(missing_mask)
     lifts = [work.marginal(observed, missing) for work in works]
-    sub = x[rows][:, observed]
+    sub = x[np.ix_(rows, observed)]
     records = complete_estep(sub, None if w is None else w[rows], [lift[0] for lift in lifts], shift[observed],
                              entropy)
     for rec, (_, lift, cond_cov), acc in zip(records, lifts, accs):

@@ -12,7 +12,8 @@ Each fit starts from the true parameters (no k-means) and runs ``--iters``
 iterations with tol=0; seconds per iteration are the median gap between the
 iteration callbacks (the first round, which also checks the rows, left out).
 ``x complete`` divides by the 0%-error time of the same covariance type.
-``peak`` is the highest resident set size of this process during the fit.
+``peak`` is the highest resident set size of this process during the fit
+above its size when the fit started (the datasets, all held, left out).
 
 On a shared machine wall time swings with the load: ``--repeats R`` runs every
 configuration R times, in rounds (each round visits every configuration once,
@@ -79,11 +80,12 @@ def time_fit(X, chunk_rows: int, ct: str, missing: str, start, iters: int):
                          precisions_init=prec, max_iter=iters, tol=0, missing=missing)
     stamps = []
     data = da.from_array(X, chunks=(chunk_rows, -1))
+    before = _rss()
     with PeakSampler(_rss) as peak, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gm.fit(data, callback=lambda event: stamps.append((time.perf_counter(), time.process_time())))
     gaps = np.diff(np.array(stamps), axis=0)
-    return float(np.median(gaps[:, 0])), float(np.median(gaps[:, 1])), peak.peak
+    return float(np.median(gaps[:, 0])), float(np.median(gaps[:, 1])), peak.peak - before
 
 
 def _spread(values) -> str:
@@ -117,7 +119,7 @@ def main() -> None:
                                                           args.iters))
     wall_w, cpu_w = (16, 12) if args.repeats == 1 else (22, 22)
     print(f"{'covariance':<10} {'pattern':<12} {'missing':<11} {'incomplete':>10} {'s/iter':>{wall_w}} "
-          f"{'x complete':>{cpu_w}} {'cpu s/iter':>{wall_w}} {'cpu x compl.':>{cpu_w}} {'peak MiB':>8}")
+          f"{'x complete':>{cpu_w}} {'cpu s/iter':>{wall_w}} {'cpu x compl.':>{cpu_w}} {'+peak MiB':>9}")
     for ct, pattern, missing in configs:
         runs = results[ct, pattern, missing]
         base = results[ct, "0%", "error"]
@@ -129,7 +131,7 @@ def main() -> None:
         incomplete = float(np.isnan(datasets[pattern]).any(1).mean())
         print(f"{ct:<10} {pattern:<12} {missing:<11} {incomplete:>10.1%} {_spread(wall):>{wall_w}} "
               f"{_spread(ratio):>{cpu_w}} {_spread(cpu):>{wall_w}} {_spread(cpu_ratio):>{cpu_w}} "
-              f"{max(r[2] for r in runs) / 2**20:>8.0f}")
+              f"{max(r[2] for r in runs) / 2**20:>9.0f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

@@ -7,16 +7,30 @@ conditional expectations of the missing ones (Ghahramani & Jordan 1994)::
     x^_m = mu_m + S_mo S_oo^-1 (x_o - mu_o)        C = S_mm - S_mo S_oo^-1 S_om
 
 Full / tied. Written with the precision ``L = S^-1``, both need only the
-missing block: ``C = (L_mm)^-1``, ``x^_m - mu_m = -C L_mo (x_o - mu_o)``,
-``log det S_oo = log det S + log det L_mm`` and ``(x_o - mu_o)^T S_oo^-1
-(x_o - mu_o) = z^T L z - t^T C t`` with ``z`` the residual zeroed at the
-missing coordinates and ``t = (L z)_m``. So each (pattern, component) pair
-needs one small |m| x |m| inverse, done once per chunk; patterns with the same
-number of missing values are factorised together in one batched call, and a
-row only gathers its pattern's factors. The statistics are those of
-:class:`dask_em._covariance.FullLayout` (``n``, ``a``, ``b`` about the previous
-means) with ``x^`` in place of ``x`` and ``C`` added to ``b``'s missing block,
-so the M-step is unchanged.
+missing block: ``C = (L_mm)^-1``, ``x^_m - mu_m = B (x_o - mu_o)`` with
+``B = -C L_mo``, and the observed block's precision ``S_oo^-1`` is the Schur
+complement ``L_oo - L_om C L_mo``. Rows are grouped by missingness pattern
+within each chunk, and each pattern takes one of two routes:
+
+* a frequent pattern (``DENSE_PATTERN_ROWS`` rows or more in the chunk) is a
+  Gaussian of its own on the observed coordinates, with the precision above:
+  its rows go through the complete rows' E-step (the layouts' tiled GEMMs,
+  passed in as ``complete_estep``), and the statistics it returns about
+  ``mu_o`` are lifted to all coordinates with ``B`` and ``C``:
+  ``a = A a_o``, ``b = A b_oo A^T + n E C E^T`` where ``A`` stacks the identity
+  (observed rows) and ``B`` (missing rows). One s x s inverse and one q x q
+  Cholesky per (pattern, component) per chunk; the rows cost what complete
+  rows of q = d - s features cost;
+* rare patterns go row by row, in tiles of rows with the same number s of
+  missing values: one batched GEMM gives ``g = L z`` (``z`` the residual
+  zeroed at the missing coordinates), ``(x_o - mu_o)^T S_oo^-1 (x_o - mu_o) =
+  z^T g - t^T C t`` with ``t = g_m``, ``log det S_oo = log det S + log det L_mm``,
+  and each row gathers its pattern's ``C`` (all patterns of a group inverted
+  together, written out over the batch: :func:`_spd_inverse`).
+
+The statistics are those of :class:`dask_em._covariance.FullLayout` (``n``,
+``a``, ``b`` about the previous means) with ``x^`` in place of ``x`` and ``C``
+added to ``b``'s missing block, so the M-step is unchanged.
 
 Diag / spherical. The coordinates are independent within a component: a
 missing one drops out of the product, its expectation is ``mu_kj`` and its
@@ -39,9 +53,24 @@ from .family import add_likelihood, responsibilities
 
 _LOG_2PI = math.log(2 * math.pi)
 
-# Rows per block of the full-covariance work: the (K, rows, s, s) gathered inverses
-# stay near 2**21 values (16 MiB).
-_BLOCK_CELLS = 2**21
+# A missingness pattern with at least this many rows in a chunk is summed as a
+# Gaussian of its own, on its observed coordinates, by the complete rows' tiled
+# GEMMs (``complete_estep``); rarer patterns take the row-by-row path. Measured
+# on 2 cores (2M x 16, K=8, full): a pattern call costs about the time of 100-200
+# rows on the row path.
+DENSE_PATTERN_ROWS = 256
+
+# Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**16
+# values (512 KiB). 2**15 to 2**18 measured the same within the noise.
+_TILE_CELLS = 2**16
+
+# Small s x s factorisations are written out over the batch (one numpy call per
+# scalar operation, vectorised over patterns and components, in blocks of
+# _SPD_BLOCK matrices that stay in cache) when the batch has at least s**3 / 2
+# matrices: np.linalg took 49 ms for 35k 5 x 5 inverses, this 8.5 ms (31 ms
+# unblocked).
+_VECTOR_BATCH = 0.5
+_SPD_BLOCK = 4096
 
 
 def _precisions(params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -62,66 +91,138 @@ def _diag_variances(params: dict) -> np.ndarray:
     return np.broadcast_to(cov[:, None], (k, d)) if cov.ndim == 1 else cov
 
 
-def _groups(miss: np.ndarray):
-    """Rows grouped by their number of missing values s, then by pattern.
+def _patterns(miss: np.ndarray):
+    """The rows' distinct missingness patterns: (patterns (P, d) bool, inverse (n,), counts (P,))."""
+    n, d = miss.shape
+    packed = np.packbits(miss, axis=1)
+    width = packed.shape[1]
+    if width <= 8:  # one uint64 key per row: a 1-d sort, not a row-wise one
+        keys = np.zeros((n, 8), dtype=np.uint8)
+        keys[:, :width] = packed
+        keys = keys.view(np.uint64).reshape(n)
+    else:
+        keys = np.ascontiguousarray(packed).view(np.dtype((np.void, width))).reshape(n)
+    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
+    return miss[first], inverse.reshape(-1), counts
 
-    Yields ``(s, rows, inverse, patterns)``: the rows (indices into ``miss``)
-    with s missing values, each row's pattern index, and the patterns'
-    missing coordinates (n_patterns, s), sorted.
-    """
-    counts = miss.sum(1)
-    for s in np.unique(counts):
-        s = int(s)
-        if s == 0:
-            continue
-        rows = np.flatnonzero(counts == s)
-        if miss.shape[1] <= 62:  # one int64 key per pattern: a 1-d unique, not a row-wise sort
-            keys = miss[rows].astype(np.int64) @ (np.int64(1) << np.arange(miss.shape[1], dtype=np.int64))
-            _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-            patterns = np.nonzero(miss[rows[first]])[1].reshape(len(first), s)
-        else:
-            cols = np.nonzero(miss[rows])[1].reshape(len(rows), s)
-            patterns, inverse = np.unique(cols, axis=0, return_inverse=True)
-        yield s, rows, inverse.reshape(-1), patterns
+
+def _spd_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverses (s, s, N) and log determinants (N,) of SPD matrices given as (s, s, N)."""
+    s, _, n = a.shape
+    if n < _VECTOR_BATCH * s**3:
+        chol = np.linalg.cholesky(np.moveaxis(a, -1, 0))
+        log_det = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+        inv = np.linalg.inv(np.moveaxis(a, -1, 0))
+        inv = 0.5 * (inv + np.swapaxes(inv, -1, -2))
+        return np.ascontiguousarray(np.moveaxis(inv, 0, -1)), log_det
+    if n > _SPD_BLOCK:  # blocks of the batch: every vector below stays in cache
+        parts = [_spd_inverse(a[:, :, lo : lo + _SPD_BLOCK]) for lo in range(0, n, _SPD_BLOCK)]
+        return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts])
+    # Cholesky a = G G^T, then R = G^-1 (lower) and a^-1 = R^T R, each entry a vector over N.
+    g = np.empty_like(a)  # only the lower triangles are written and read
+    r = np.empty_like(a)
+    for j in range(s):
+        acc = a[j, j].copy()
+        for m in range(j):
+            acc -= g[j, m] * g[j, m]
+        g[j, j] = np.sqrt(acc)
+        r[j, j] = 1.0 / g[j, j]
+        for i in range(j + 1, s):
+            acc = a[i, j].copy()
+            for m in range(j):
+                acc -= g[i, m] * g[j, m]
+            g[i, j] = acc * r[j, j]
+    log_det = 2.0 * np.log(np.stack([g[j, j] for j in range(s)])).sum(0)
+    for j in range(s):  # forward substitution, column j of R
+        for i in range(j + 1, s):
+            acc = g[i, j] * r[j, j]
+            for m in range(j + 1, i):
+                acc += g[i, m] * r[m, j]
+            r[i, j] = -acc * r[i, i]
+    inv = np.empty_like(a)
+    for i in range(s):
+        for j in range(i + 1):
+            acc = r[i, i] * r[i, j]
+            for m in range(i + 1, s):
+                acc += r[m, i] * r[m, j]
+            inv[i, j] = acc
+            inv[j, i] = acc
+    return inv, log_det
 
 
 class _FullWork:
     """One restart's full/tied quantities for incomplete rows (one object per chunk)."""
 
     def __init__(self, params: dict):
+        self.params = params
         self.means = params["means"]
         self.prec, self.log_det_cov = _precisions(params)
         with np.errstate(divide="ignore"):
             self.log_w = np.log(params["weights"])
 
-    def pattern_factors(self, patterns: np.ndarray):
-        """(K, P, s, s) inverses of L_mm (the conditional covariances) and (K, P) log det L_mm."""
-        lmm = self.prec[:, patterns[:, :, None], patterns[:, None, :]]
-        chol = np.linalg.cholesky(lmm)
-        log_det = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+    # -- a frequent pattern: a Gaussian on its observed coordinates --------------
+
+    def marginal(self, observed: np.ndarray, missing: np.ndarray):
+        """The marginal's params on the observed coordinates, and the lift ``(B, C)``.
+
+        With the precision ``L``: ``C = (L_mm)^-1`` (the conditional covariance),
+        ``B = -C L_mo`` (``x^_m - mu_m = B (x_o - mu_o)``) and the observed block's
+        precision is the Schur complement ``L_oo - L_om C L_mo = L_oo + L_om B``.
+        """
+        prec = self.prec
+        lmm = prec[:, missing][:, :, missing]
+        lmo = prec[:, missing][:, :, observed]
         cond_cov = np.linalg.inv(lmm)
         cond_cov = 0.5 * (cond_cov + np.swapaxes(cond_cov, -1, -2))
-        return cond_cov, log_det
+        lift = -np.matmul(cond_cov, lmo)
+        schur = prec[:, observed][:, :, observed] + np.matmul(np.swapaxes(lmo, -1, -2), lift)
+        schur = 0.5 * (schur + np.swapaxes(schur, -1, -2))
+        # Upper U with U U^T = the observed precision, as the layouts hold it.
+        upper = np.linalg.cholesky(schur[:, ::-1, ::-1])[:, ::-1, ::-1]
+        sub = {"weights": self.params["weights"], "means": self.means[:, observed],
+               "precisions_cholesky": np.ascontiguousarray(upper), "covariance_type": "full"}
+        return sub, lift, cond_cov
 
-    def rows(self, x0: np.ndarray, obs: np.ndarray, cols: np.ndarray, cond_cov: np.ndarray,
-             log_det_mm: np.ndarray, inverse: np.ndarray):
-        """(K, n) weighted log-densities and (K, n, d) completed residuals x^ - mu_k of rows with s missing."""
+    # -- rare patterns: row by row --------------------------------------------
+
+    def pattern_factors(self, cols: np.ndarray):
+        """Factors of the patterns missing ``cols`` (P, s), one row per pattern (rows gather
+        them whole): the conditional covariances (L_mm)^-1 as (P, K * s * s) and log det L_mm
+        as (P, K)."""
+        k = self.prec.shape[0]
+        p, s = cols.shape
+        lmm = self.prec[:, cols.T[:, None, :], cols.T[None, :, :]]  # (K, s, s, P)
+        inv, log_det = _spd_inverse(np.ascontiguousarray(lmm.transpose(1, 2, 0, 3)).reshape(s, s, k * p))
+        inv = np.ascontiguousarray(inv.reshape(s, s, k, p).transpose(3, 2, 0, 1)).reshape(p, k * s * s)
+        return inv, np.ascontiguousarray(log_det.reshape(k, p).T)
+
+    def rows(self, x0t: np.ndarray, flat: np.ndarray, cond_cov: np.ndarray,
+             log_det_mm: np.ndarray):
+        """(K, T) weighted log-densities and (K, d, T) completed residuals ``x^ - mu_k`` of a tile.
+
+        ``x0t`` are the tile's rows, feature-major (d, T); ``flat`` (s * T,) the positions ``j * T + row`` of its missing values in a
+        (d, T) matrix, slot-major; ``cond_cov`` (T, K * s * s) and ``log_det_mm`` (T, K)
+        its rows' pattern factors (:meth:`pattern_factors`' rows).
+        """
         k, d = self.means.shape
-        s = cols.shape[1]
-        z = x0[None] - self.means[:, None, :] * obs[None]  # zero at the missing coordinates
-        g = np.matmul(z, self.prec)  # L_k z (L symmetric)
-        quad = np.einsum("knd,knd->kn", z, g)
-        t = np.take_along_axis(g, np.broadcast_to(cols[None], (k,) + cols.shape), axis=2)
-        c = np.einsum("knij,knj->kni", cond_cov[:, inverse], t)
-        quad -= np.einsum("kni,kni->kn", t, c)
-        wlp = -0.5 * ((d - s) * _LOG_2PI + self.log_det_cov[:, None] + log_det_mm[:, inverse] + quad)
+        t = x0t.shape[1]
+        s = flat.shape[0] // max(t, 1)
+        z = x0t[None] - self.means[:, :, None]
+        z.reshape(k, d * t)[:, flat] = 0.0  # zero at the missing coordinates
+        g = np.matmul(self.prec, z)  # L_k z (K, d, T)
+        quad = np.einsum("kdt,kdt->kt", z, g)
+        tm = np.take(g.reshape(k, d * t), flat, axis=1).reshape(k, s, t).transpose(2, 0, 1)  # (L z)_m as (T, K, s)
+        # c = C t, each row with its pattern's C: one batched product over the tile
+        cond = np.matmul(cond_cov.reshape(t, k, s, s), tm[..., None])[..., 0]
+        quad -= np.einsum("tks,tks->kt", tm, cond)
+        wlp = -0.5 * ((d - s) * _LOG_2PI + self.log_det_cov[:, None] + log_det_mm.T + quad)
         wlp += self.log_w[:, None]
-        np.put_along_axis(z, np.broadcast_to(cols[None], (k,) + cols.shape), -c, axis=2)
+        z.reshape(k, d * t)[:, flat] = -cond.transpose(1, 2, 0).reshape(k, s * t)  # x^_m - mu_m = -C t
         return wlp, z
 
 
-def _blocks(n: int, k: int, s: int):
-    step = max(1, _BLOCK_CELLS // max(1, k * (s * s + 4 * s + 8)))
+def _tiles(n: int, k: int, d: int):
+    step = max(64, _TILE_CELLS // max(1, k * d))
     for lo in range(0, n, step):
         yield lo, min(lo + step, n)
 
@@ -133,53 +234,138 @@ def _likelihood(acc: dict, wlp: np.ndarray, w: np.ndarray | None, entropy: bool)
     return resp if w is None else resp * w
 
 
-def estep_incomplete(x: np.ndarray, w: np.ndarray | None, params: dict, shift: np.ndarray,
-                     entropy: bool = False) -> dict:
-    """The E-step record of rows that each miss at least one value (NaN), in the layout's format.
+def _empty_full(k: int, d: int) -> dict:
+    return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "n": np.zeros(k), "a": np.zeros((k, d)),
+            "b": np.zeros((k, d, d))}
+
+
+def estep_incomplete(x: np.ndarray, w: np.ndarray | None, params_list: list, shift: np.ndarray,
+                     entropy: bool = False, complete_estep=None) -> list:
+    """The E-step records of rows that each miss at least one value (NaN), one per restart.
 
     ``{"loglik", "wsum", "entropy", "nk", "stats"}`` as :meth:`GaussianFamily.estep`
     returns; ``stats`` adds to the complete rows' statistics key by key.
+    ``complete_estep(x, w, params_list, shift, entropy)`` is the family's E-step
+    of complete rows: full/tied restarts send each frequent missingness pattern
+    through it, as the Gaussian of its observed coordinates (see
+    :meth:`_FullWork.marginal`); without it every row takes the row-by-row path.
     """
-    ct = params["covariance_type"]
-    k, d = params["means"].shape
+    d = x.shape[1]
     miss = np.isnan(x)
     x0 = np.where(miss, 0.0, x - shift)
-    obs = (~miss).astype(np.float64)
-    acc = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    records: list = [None] * len(params_list)
+    full = [i for i, p in enumerate(params_list) if LAYOUTS[p["covariance_type"]].design != "diag"]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        if LAYOUTS[ct].design == "diag":
-            stats = _diag_stats(x0, obs, w, params, acc, entropy)
-        else:
-            stats = _full_stats(x0, obs, miss, w, params, acc, entropy)
-    return {**acc, "nk": np.array(LAYOUTS[ct].mass(stats)), "stats": stats}
+        for i, params in enumerate(params_list):
+            if i not in full:
+                acc = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+                obs = (~miss).astype(np.float64)
+                stats = _diag_stats(x0, obs, w, params, acc, entropy)
+                records[i] = {**acc, "stats": stats}
+        if full:
+            works = [_FullWork(params_list[i]) for i in full]
+            accs = [_empty_full(len(params_list[i]["weights"]), d) for i in full]
+            patterns, inverse, counts = _patterns(miss)
+            dense = counts >= DENSE_PATTERN_ROWS if complete_estep is not None else np.zeros(len(counts), bool)
+            if dense.any():
+                order = np.argsort(inverse, kind="stable")
+                ends = np.cumsum(counts)
+                for p in np.flatnonzero(dense):
+                    rows = order[ends[p] - counts[p] : ends[p]]
+                    _dense_pattern(x, w, rows, patterns[p], shift, works, accs, entropy, complete_estep)
+            sparse = np.flatnonzero(~dense[inverse])
+            if sparse.size:
+                _sparse_rows(x0, miss, w, sparse, works, accs, entropy)
+        for i, acc in zip(full, accs if full else []):
+            records[i] = {key: acc.pop(key) for key in ("loglik", "wsum", "entropy")}
+            records[i]["stats"] = acc
+    for rec, params in zip(records, params_list):
+        rec["nk"] = np.array(LAYOUTS[params["covariance_type"]].mass(rec["stats"]))
+    return records
 
 
-def _full_stats(x0, obs, miss, w, params, acc, entropy) -> dict:
-    k, d = params["means"].shape
-    work = _FullWork(params)
-    n_k, a, b = np.zeros(k), np.zeros((k, d)), np.zeros((k, d, d))
-    b_flat = b.reshape(k, d * d)
-    for s, rows, inverse, patterns in _groups(miss):
-        cond_cov, log_det_mm = work.pattern_factors(patterns)
-        mass = np.zeros((k, len(patterns)))
-        for lo, hi in _blocks(len(rows), k, s):
-            idx = rows[lo:hi]
-            cols = patterns[inverse[lo:hi]]
-            wlp, xt = work.rows(x0[idx], obs[idx], cols, cond_cov, log_det_mm, inverse[lo:hi])
-            rw = _likelihood(acc, wlp, None if w is None else w[idx], entropy)
-            n_k += rw.sum(1)
-            weighted = xt * rw[:, :, None]
-            a += weighted.sum(1)
-            for j in range(k):  # one BLAS GEMM per component
-                b[j] += weighted[j].T @ xt[j]
+def _dense_pattern(x, w, rows, missing_mask, shift, works, accs, entropy, complete_estep) -> None:
+    """One frequent pattern's rows through the complete rows' E-step on the observed coordinates."""
+    observed = np.flatnonzero(~missing_mask)
+    missing = np.flatnonzero(missing_mask)
+    lifts = [work.marginal(observed, missing) for work in works]
+    sub = x[np.ix_(rows, observed)]
+    records = complete_estep(sub, None if w is None else w[rows], [lift[0] for lift in lifts], shift[observed],
+                             entropy)
+    for rec, (_, lift, cond_cov), acc in zip(records, lifts, accs):
+        for key in ("loglik", "wsum", "entropy"):
+            acc[key] += rec[key]
+        stats = rec["stats"]
+        n, a_o, b_oo = stats["n"], stats["a"], stats["b"]
+        k, q = a_o.shape
+        # x^ - mu = A (x_o - mu_o): identity on the observed rows of A, B on the missing ones.
+        expand = np.zeros((k, acc["a"].shape[1], q))
+        expand[:, observed, np.arange(q)] = 1.0
+        expand[:, missing] = lift
+        acc["n"] += n
+        acc["a"] += np.einsum("kdq,kq->kd", expand, a_o)
+        acc["b"] += np.matmul(np.matmul(expand, b_oo), np.swapaxes(expand, -1, -2))
+        acc["b"][:, missing[:, None], missing[None, :]] += n[:, None, None] * cond_cov
+
+
+def _sparse_rows(x0, miss, w, rows, works, accs, entropy) -> None:
+    """Rows of rare patterns, grouped by their number of missing values s, tile by tile."""
+    d = x0.shape[1]
+    for s, group, cols, pattern_cols, pidx in _by_count(miss, rows):
+        npat = len(pattern_cols)
+        cells = (pattern_cols[:, :, None] * d + pattern_cols[:, None, :]).reshape(npat, s * s)
+        for work, acc in zip(works, accs):
+            k = work.means.shape[0]
+            cond_cov, log_det_mm = work.pattern_factors(pattern_cols)
+            mass = np.zeros(k * npat)
+            offsets = (np.arange(k) * npat)[:, None]
+            for lo, hi in _tiles(len(group), k, d):
+                idx = group[lo:hi]
+                tp = pidx[lo:hi]
+                x0t = np.ascontiguousarray(x0[idx].T)
+                slots = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
+                wlp, xt = work.rows(x0t, slots, np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
+                rw = _likelihood(acc, wlp, None if w is None else w[idx], entropy)
+                acc["n"] += rw.sum(1)
+                weighted = xt * rw[:, None, :]
+                acc["a"] += weighted.sum(2)
+                acc["b"] += np.matmul(weighted, np.swapaxes(xt, -1, -2))
+                mass += np.bincount((tp[None, :] + offsets).ravel(), rw.ravel(), minlength=k * npat)
+            # Each pattern's conditional covariance, once, weighted by its rows' mass.
+            values = mass.reshape(k, npat)[:, :, None] * cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
+            b_flat = acc["b"].reshape(k, d * d)
             for j in range(k):
-                mass[j] += np.bincount(inverse[lo:hi], rw[j], minlength=len(patterns))
-        # Each pattern's conditional covariance, once, weighted by its rows' mass.
-        flat = (patterns[:, :, None] * d + patterns[:, None, :]).ravel()
-        values = mass[:, :, None, None] * cond_cov
-        for j in range(k):
-            b_flat[j] += np.bincount(flat, values[j].ravel(), minlength=d * d)
-    return {"n": n_k, "a": a, "b": b}
+                b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
+
+
+def _by_count(miss: np.ndarray, rows: np.ndarray):
+    """``rows`` grouped by their number of missing values s.
+
+    Yields ``(s, group, cols, pattern_cols, pidx)``: the group's rows, their
+    missing coordinates (n, s), the distinct ones (P, s) and each row's index
+    among them.
+    """
+    counts = miss[rows].sum(1)
+    for s in np.unique(counts):
+        s = int(s)
+        group = rows[counts == s]
+        cols = np.nonzero(miss[group])[1].reshape(len(group), s)
+        pattern_cols, pidx = _unique_rows(cols)
+        yield s, group, cols, pattern_cols, pidx
+
+
+def _unique_rows(cols: np.ndarray):
+    """Distinct rows of a small int array (n, s) and each row's index among them."""
+    n, s = cols.shape
+    d = int(cols.max()) + 1 if n else 1
+    if d ** s < 2**62:
+        keys = np.zeros(n, dtype=np.int64)
+        for j in range(s):
+            keys = keys * d + cols[:, j]
+        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        return cols[first], inverse.reshape(-1)
+    patterns, inverse = np.unique(cols, axis=0, return_inverse=True)
+    return patterns, inverse.reshape(-1)
 
 
 def _diag_parts(x0, obs, params):
@@ -241,15 +427,16 @@ def _infer(x, params, shift, complete: bool):
             wlp[:, full_rows] = -0.5 * (d * _LOG_2PI + work.log_det_cov[:, None] + quad) + work.log_w[:, None]
             if complete:
                 filled[:, full_rows] = x0[full_rows][None]
-        for s, rows, inverse, patterns in _groups(miss):
-            cond_cov, log_det_mm = work.pattern_factors(patterns)
-            for lo, hi in _blocks(len(rows), k, s):
-                idx = rows[lo:hi]
-                part, xt = work.rows(x0[idx], obs[idx], patterns[inverse[lo:hi]], cond_cov, log_det_mm,
-                                     inverse[lo:hi])
+        for _, group, cols, pattern_cols, pidx in _by_count(miss, np.flatnonzero(miss.any(1))):
+            cond_cov, log_det_mm = work.pattern_factors(pattern_cols)
+            for lo, hi in _tiles(len(group), k, d):
+                idx, tp = group[lo:hi], pidx[lo:hi]
+                flat = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
+                part, xt = work.rows(np.ascontiguousarray(x0[idx].T), flat,
+                                     np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
                 wlp[:, idx] = part
                 if complete:
-                    filled[:, idx] = xt + params["means"][:, None, :]
+                    filled[:, idx] = xt.transpose(0, 2, 1) + params["means"][:, None, :]
     return wlp, filled
 
 

@@ -298,8 +298,8 @@ class GaussianFamily(Family):
         part = np.flatnonzero(holes)
         records = self._estep_complete(x[whole], None if w is None else w[whole], params_list, context, entropy)
         xi, wi = x[part], (None if w is None else w[part])
-        for rec, params in zip(records, params_list):
-            extra = _incomplete.estep_incomplete(xi, wi, params, context, entropy)
+        extras = _incomplete.estep_incomplete(xi, wi, params_list, context, entropy, self._estep_complete)
+        for rec, params, extra in zip(records, params_list, extras):
             for key in ("loglik", "wsum", "entropy"):
                 rec[key] += extra[key]
             rec["stats"] = self.merge([rec["stats"], extra["stats"]])

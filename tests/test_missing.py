@@ -127,6 +127,56 @@ def test_one_iteration_matches_direct_reference(ct):
     assert np.isclose(np.mean(ref_rows), bound, rtol=1e-12)
 
 
+@pytest.mark.parametrize("ct", ["full", "tied"])
+@pytest.mark.parametrize("dense_rows, vector_batch", [(1, 0.0), (1, np.inf), (10**9, 0.0), (10**9, np.inf), (4, 0.0)])
+def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, monkeypatch):
+    """Frequent patterns through the complete rows' GEMMs (dense_rows=1), rare ones row by row
+    (10**9), a mix (4); the patterns' small inverses written out over the batch (vector_batch=0)
+    or by np.linalg (inf): each route equals the reference."""
+    from dask_em import _incomplete
+
+    monkeypatch.setattr(_incomplete, "DENSE_PATTERN_ROWS", dense_rows)
+    monkeypatch.setattr(_incomplete, "_VECTOR_BATCH", vector_batch)
+    X, weights, means, covs = problem(ct, seed=12, n=120, d=6, frac=0.35)
+    X[:50, [1, 4]] = np.nan  # one frequent pattern next to many rare ones
+    X[np.isnan(X).all(1), 0] = 1.0
+    w = np.random.default_rng(12).uniform(0.5, 2.0, len(X))
+    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
+    gm = one_step(da.from_array(X, chunks=40), weights, means, covs, ct, missing="marginalize")
+    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=1e-10)
+    # row weights: an integer weight is a repeated row
+    reps = np.array([1, 2, 3] * 40)
+    rep_bound, _, m_rep, c_rep = reference_iteration(np.repeat(X, reps, 0), weights, means, covs, ct, 1e-6)
+    gw = GaussianMixture(len(weights), covariance_type=ct, max_iter=1, tol=0, weights_init=weights,
+                         means_init=means, precisions_init=precisions(covs, ct), reg_covar=1e-6,
+                         missing="marginalize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gw.fit(da.from_array(X, chunks=40), sample_weight=reps.astype(float))
+    np.testing.assert_allclose(gw.means_, m_rep, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gw.covariances_, c_rep, rtol=1e-10, atol=1e-10)
+    # inference: the weighted marginal log-densities of every row
+    from dask_em._covariance import LAYOUTS
+    from dask_em.gaussian import GaussianFamily
+
+    params = {"weights": weights, "means": means, "covariances": covs, "covariance_type": ct,
+              "precisions_cholesky": LAYOUTS[ct].precision_cholesky(covs)}
+    got = GaussianFamily(missing="marginalize").weighted_log_prob(X, params, np.zeros(X.shape[1]))
+    S = full_covs(covs, ct, len(weights), X.shape[1])
+    ref = [[np.log(weights[j]) + _log_normal(row, means[j], S[j]) for j in range(len(weights))] for row in X]
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+def _log_normal(row, mean, cov):
+    o = ~np.isnan(row)
+    r = row[o] - mean[o]
+    soo = cov[np.ix_(o, o)]
+    return -0.5 * (o.sum() * np.log(2 * np.pi) + np.linalg.slogdet(soo)[1] + r @ np.linalg.solve(soo, r))
+
+
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_no_nan_is_bitwise_today(ct):
     rng = np.random.default_rng(1)

@@ -140,7 +140,6 @@ def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, monk
     X, weights, means, covs = problem(ct, seed=12, n=120, d=6, frac=0.35)
     X[:50, [1, 4]] = np.nan  # one frequent pattern next to many rare ones
     X[np.isnan(X).all(1), 0] = 1.0
-    w = np.random.default_rng(12).uniform(0.5, 2.0, len(X))
     bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
     gm = one_step(da.from_array(X, chunks=40), weights, means, covs, ct, missing="marginalize")
     np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)

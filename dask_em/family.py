@@ -67,6 +67,14 @@ and may override (defaults in brackets):
     runs candidates whose samples differ under one context). [unchanged]
 ``init_features(sample, context)``
     Where the k-means of the starts runs. [``sample`` as float64]
+``merge_criterion()``
+    The hierarchical start's criterion (``init_params="hierarchical"``, emEM's
+    tree starts): a function ``term(n, s)`` of a cluster's row count ``n`` (m,)
+    and the sums ``s`` (m, f) of its rows of ``init_features``, returning (m,):
+    the cost of merging two clusters is the term of the union minus theirs
+    (:func:`dask_em.hierarchical.term_merges`); minus the cluster's maximised
+    classification log-likelihood (up to terms additive in rows) is the usual
+    choice. [``None``: mclust's Gaussian ``"VVV"`` tree on ``init_features``]
 ``init_params(x, w, resp, context, settings)``
     Initial parameters from the sample; ``settings`` holds ``n_components``
     and whatever the estimator passes (user-given initial parameters).
@@ -139,7 +147,7 @@ cloudpickle.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from scipy.special import xlogy
@@ -329,6 +337,10 @@ class Family:
 
     def init_features(self, sample: np.ndarray, context: Any) -> np.ndarray:
         return np.asarray(sample, dtype=np.float64)
+
+    def merge_criterion(self) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """The hierarchical start's per-cluster term ``term(n, s)``, or None for the Gaussian tree."""
+        return None
 
     def start_given(self, settings: dict) -> bool:
         """True when user-given initial parameters leave nothing for a start to compute."""

@@ -33,6 +33,11 @@ scatter matrices, so :func:`hc_partition` clusters at most ``max_rows`` rows
 clusters by the E-step of the Gaussian fitted to the partition, as ``Mclust``
 does when it starts from a subset.
 
+The discrete families have no Gaussian scatter: :func:`term_merges` runs the same
+greedy agglomeration on any criterion that is a sum of per-cluster terms of
+additive statistics (row count, row sums), such as a Bernoulli cluster's
+size-weighted entropy; :func:`term_responsibilities` cuts it at K.
+
 Merges are reported as pairs ``(a, b)`` with ``a < b``: the cluster whose
 smallest row index is ``a`` absorbs the one whose smallest row index is ``b``.
 That names clusters independently of the order of the search, so two
@@ -42,6 +47,7 @@ implementations can be compared merge by merge.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 from scipy import linalg
@@ -241,6 +247,50 @@ def _initial_costs(z: np.ndarray, clusters: _Clusters) -> np.ndarray:
     return cost
 
 
+def _agglomerate(clusters, cost: np.ndarray, n: int, min_clusters: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy merges by ``cost`` ((n, n), diagonal inf, overwritten); ``clusters`` keeps the terms.
+
+    Each step merges the cheapest pair, the lexicographically first (a, b) among equal
+    costs; each row caches its cheapest partner, so a step costs O(n) union terms.
+    """
+    active = np.ones(n, dtype=bool)
+    best = cost.argmin(1) if n > 1 else np.zeros(1, dtype=np.intp)
+    best_cost = cost[np.arange(n), best]
+    pairs = np.empty((n - min_clusters, 2), dtype=np.intp)
+    costs = np.empty(n - min_clusters)
+    for step in range(n - min_clusters):
+        i = int(np.argmin(best_cost))
+        j = int(best[i])
+        a, b = (i, j) if i < j else (j, i)
+        pairs[step] = a, b
+        costs[step] = cost[a, b]
+        clusters.merge(a, b, cost[a, b] + clusters.term[a] + clusters.term[b])
+        active[b] = False
+        cost[b, :] = np.inf
+        cost[:, b] = np.inf
+        best_cost[b] = np.inf
+        others = np.flatnonzero(active)
+        others = others[others != a]
+        if others.size:
+            term, _ = clusters.union_terms(a, others)
+            row = term - clusters.term[a] - clusters.term[others]
+            cost[a, others] = row
+            cost[others, a] = row
+        # Rows whose best partner was a or b look again; the others only compare with a.
+        stale = np.flatnonzero(active & ((best == a) | (best == b)))
+        stale = np.union1d(stale, [a])
+        if stale.size:
+            best[stale] = cost[stale].argmin(1)
+            best_cost[stale] = cost[stale, best[stale]]
+        if others.size:
+            # Ties go to the lower index, so the merges are those of a search in row order.
+            to_a = cost[others, a]
+            closer = (to_a < best_cost[others]) | ((to_a == best_cost[others]) & (a < best[others]))
+            best[others[closer]] = a
+            best_cost[others[closer]] = cost[others[closer], a]
+    return pairs, costs
+
+
 def hc_merges(
     x: np.ndarray,
     model: str = "VVV",
@@ -278,41 +328,85 @@ def hc_merges(
     if not 1 <= min_clusters <= n:
         raise ValueError(f"min_clusters={min_clusters} must be between 1 and the {n} rows.")
     clusters = _Clusters(z, model, alpha * hc_alpha(z), beta)
-    cost = _initial_costs(z, clusters)
-    active = np.ones(n, dtype=bool)
-    best = cost.argmin(1) if n > 1 else np.zeros(1, dtype=np.intp)
-    best_cost = cost[np.arange(n), best]
-    pairs = np.empty((n - min_clusters, 2), dtype=np.intp)
-    costs = np.empty(n - min_clusters)
-    for step in range(n - min_clusters):
-        i = int(np.argmin(best_cost))
-        j = int(best[i])
-        a, b = (i, j) if i < j else (j, i)
-        pairs[step] = a, b
-        costs[step] = cost[a, b]
-        clusters.merge(a, b, cost[a, b] + clusters.term[a] + clusters.term[b])
-        active[b] = False
-        cost[b, :] = np.inf
-        cost[:, b] = np.inf
-        best_cost[b] = np.inf
-        others = np.flatnonzero(active)
-        others = others[others != a]
-        if others.size:
-            term, _ = clusters.union_terms(a, others)
-            row = term - clusters.term[a] - clusters.term[others]
-            cost[a, others] = row
-            cost[others, a] = row
-        # Rows whose best partner was a or b look again; the others only compare with a.
-        stale = np.flatnonzero(active & ((best == a) | (best == b)))
-        stale = np.union1d(stale, [a])
-        if stale.size:
-            best[stale] = cost[stale].argmin(1)
-            best_cost[stale] = cost[stale, best[stale]]
-        if others.size:
-            closer = cost[others, a] < best_cost[others]
-            best[others[closer]] = a
-            best_cost[others[closer]] = cost[others[closer], a]
-    return pairs, costs
+    return _agglomerate(clusters, _initial_costs(z, clusters), n, min_clusters)
+
+
+class _TermClusters:
+    """Clusters whose criterion term is a function of additive statistics: the row count and the row sums."""
+
+    def __init__(self, z: np.ndarray, term: Callable[[np.ndarray, np.ndarray], np.ndarray]):
+        self.count = np.ones(z.shape[0])
+        self.sums = z.copy()
+        self.term_of = term
+        self.term = np.asarray(term(self.count, self.sums), dtype=np.float64)
+
+    def union_terms(self, i: int, others: np.ndarray):
+        return self.term_of(self.count[i] + self.count[others], self.sums[i] + self.sums[others]), None
+
+    def merge(self, i: int, j: int, term: float) -> None:
+        self.count[i] += self.count[j]
+        self.sums[i] += self.sums[j]
+        self.term[i] = term
+
+
+def term_merges(
+    x: np.ndarray, term: Callable[[np.ndarray, np.ndarray], np.ndarray], *, min_clusters: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Agglomerative merges of the rows of ``x`` by a criterion of additive statistics.
+
+    A cluster of ``n`` rows summing to ``s`` contributes ``term(n, s)`` (vectorised:
+    ``n`` of shape (m,), ``s`` of shape (m, n_features), returning (m,)); the cost of
+    merging ``A`` and ``B`` is ``term(n_A + n_B, s_A + s_B) - term(A) - term(B)``. A
+    discrete family gives its term (:meth:`dask_em.family.Family.merge_criterion`):
+    for Bernoulli rows ``n sum_j H(s_j / n)``, the cluster's entropy weighted by its
+    size, i.e. minus its classification log-likelihood at the maximum. Returns
+    ``(pairs, costs)`` as :func:`hc_merges`, ties to the lexicographically first pair.
+    """
+    z = np.asarray(x, dtype=np.float64)
+    if z.ndim != 2:
+        raise ValueError(f"x has shape {z.shape}; expected (n_samples, n_features).")
+    n = z.shape[0]
+    if not 1 <= min_clusters <= n:
+        raise ValueError(f"min_clusters={min_clusters} must be between 1 and the {n} rows.")
+    clusters = _TermClusters(z, term)
+    cost = np.full((n, n), np.inf)
+    two = np.full(n, 2.0)
+    for i in range(n - 1):  # one row of pair costs at a time: O(n) memory beyond the matrix
+        rest = np.arange(i + 1, n)
+        row = term(two[rest], z[i] + z[rest]) - clusters.term[i] - clusters.term[rest]
+        cost[i, rest] = row
+        cost[rest, i] = row
+    return _agglomerate(clusters, cost, n, min_clusters)
+
+
+def term_responsibilities(
+    x: np.ndarray,
+    n_components: int,
+    term: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    rng: np.random.Generator | int | None = None,
+) -> np.ndarray:
+    """Start responsibilities (n_samples, n_components) from the tree of :func:`term_merges`.
+
+    At most ``max_rows`` rows (drawn with ``rng`` when there are more) are
+    clustered and cut at ``n_components``; they get their cluster (one-hot), the
+    other rows zeros, so the start's M-step sees the clustered rows only, as
+    ``Mclust``'s M-step on its ``hc`` subset (EM's first E-step then covers all rows).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    if n_components > n:
+        raise ValueError(f"n_components={n_components} is more than the {n} rows to cluster.")
+    if max_rows < n_components:
+        raise ValueError(f"max_rows={max_rows} must be at least n_components={n_components}.")
+    rows = np.arange(n)
+    if n > max_rows:
+        rows = np.sort(np.random.default_rng(rng).choice(n, size=max_rows, replace=False))
+    labels = cut_tree(term_merges(x[rows], term, min_clusters=n_components)[0], len(rows), n_components)
+    resp = np.zeros((n, n_components))
+    resp[rows, labels] = 1.0
+    return resp
 
 
 def cut_tree(pairs: np.ndarray, n_samples: int, n_clusters: int) -> np.ndarray:

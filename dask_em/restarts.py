@@ -9,7 +9,8 @@ been stopped, or reached ``max_iter``. :func:`run_schedule` adds the policy:
 * ``init_strategy="emEM"`` (Biernacki, Celeux & Govaert 2003): a short phase of
   ``short_iter`` rounds for every start, then the best ``n_init`` of each group
   go on (:func:`keep_best`), and a continuing restart whose projected bound
-  cannot catch up is stopped (:func:`prune`).
+  cannot catch up is stopped (:func:`prune`); a restart from mclust's hierarchical
+  start (``starts.PROTECTED_STARTS``) is neither dropped nor pruned.
 
 A *group* is the restarts of one model (one estimator, or one candidate of a
 model-selection grid): emEM keeps the best of each group, and all groups share
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import dask.array as da
 import numpy as np
 
-from . import accelerate, stepwise
+from . import accelerate, starts, stepwise
 from .engine import RoundState, StepResult, run_round
 from .family import Family
 from .starts import StartPlan
@@ -260,19 +261,32 @@ class Schedule:
         return self.init_strategy == "emEM"
 
 
-def keep_best(restarts: list[Restart], n_keep: int) -> None:
-    """End emEM's short phase: the best ``n_keep`` healthy restarts go on, the rest stop."""
+def protected(restart: Restart, protect: tuple[str, ...] | None = None) -> bool:
+    """True for a restart emEM never stops: its ``start`` kind is in ``protect`` [starts.PROTECTED_STARTS]."""
+    return restart.start in (starts.PROTECTED_STARTS if protect is None else protect)
+
+
+def keep_best(restarts: list[Restart], n_keep: int, protect: tuple[str, ...] | None = None) -> None:
+    """End emEM's short phase: the best ``n_keep`` healthy restarts go on, the rest stop.
+
+    A restart of a protected start kind (:func:`protected`: mclust's hierarchical start)
+    goes on whatever its short-phase bound, in addition to the best ``n_keep`` when it
+    is not among them.
+    """
     for r in restarts:
         r.short_iter = max(r.n_iter, 1)
     alive = sorted((r for r in restarts if r.error is None and r.params is not None),
                    key=lambda r: r.lower_bound, reverse=True)
     for r in alive[n_keep:]:
-        if not r.converged:
+        if not r.converged and not protected(r, protect):
             r.stopped = f"not among the best {n_keep} after {r.n_iter} short iterations"
 
 
-def prune(restarts: list[Restart], margin: float | None) -> None:
-    """Stop long-phase restarts whose projected bound stays below the best by ``margin``."""
+def prune(restarts: list[Restart], margin: float | None, protect: tuple[str, ...] | None = None) -> None:
+    """Stop long-phase restarts whose projected bound stays below the best by ``margin``.
+
+    A protected restart (:func:`protected`) is never pruned; it still sets the best.
+    """
     if margin is None:
         return
     healthy = [r for r in restarts if r.error is None and r.history and math.isfinite(r.lower_bound)]
@@ -281,7 +295,7 @@ def prune(restarts: list[Restart], margin: float | None) -> None:
     best = max(r.lower_bound for r in healthy)
     for r in healthy:
         h = r.history
-        if not r.running or r.n_iter - r.short_iter < 2 or len(h) < 3:
+        if not r.running or r.n_iter - r.short_iter < 2 or len(h) < 3 or protected(r, protect):
             continue
         last, before = h[-1] - h[-2], h[-2] - h[-3]
         rho = min(max(last / before, 0.0), 0.99) if before > 0 else 0.99

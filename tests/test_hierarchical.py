@@ -137,3 +137,120 @@ def test_start_responsibilities_and_the_estimator_accept_hierarchical():
     gm = GaussianMixture(3, init_params="hierarchical", random_state=0).fit(x)
     assert gm.converged_
     np.testing.assert_allclose(np.sort(gm.weights_), [1 / 3] * 3, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The discrete families' criteria (Family.merge_criterion) against a brute-force greedy merge
+# ---------------------------------------------------------------------------
+
+
+def _neg_loglik(rows: np.ndarray, family: str, n_categories: int = 0) -> float:
+    """Minus the maximised log-likelihood of one cluster's rows, from scipy's distributions."""
+    from scipy import stats
+
+    if family == "bernoulli":
+        return -float(stats.bernoulli.logpmf(rows, rows.mean(0)).sum())
+    if family == "poisson":
+        return -float(stats.poisson.logpmf(rows, rows.mean(0)).sum())
+    total = 0.0
+    for column in rows.T:  # categorical codes: the multinomial of one draw per row and feature
+        p = np.bincount(column, minlength=n_categories) / len(column)
+        total -= float(np.log(p[column]).sum())
+    return total
+
+
+def _discrete_data(family: str, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if family == "bernoulli":
+        p = np.array([[0.9, 0.8, 0.1, 0.2, 0.5, 0.3], [0.1, 0.2, 0.9, 0.7, 0.5, 0.6], [0.5, 0.9, 0.9, 0.1, 0.1, 0.9]])
+        return (rng.random((18, 6)) < np.repeat(p, 6, axis=0)).astype(np.uint8)
+    if family == "poisson":
+        rates = np.array([[1.0, 8.0, 3.0], [6.0, 1.0, 0.5], [12.0, 4.0, 9.0]])
+        return rng.poisson(np.repeat(rates, 6, axis=0))
+    p = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.4, 0.3]])
+    return np.stack([np.stack([rng.choice(3, p=p[(c + j) % 3]) for j in range(4)]) for c in np.repeat([0, 1, 2], 6)])
+
+
+def _family(name: str):
+    from dask_em.discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
+
+    return {"bernoulli": BernoulliFamily(), "poisson": PoissonFamily(), "categorical": CategoricalFamily(3)}[name]
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical", "poisson"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_discrete_merges_equal_the_brute_force_greedy_merge_of_the_criterion(family, seed):
+    """Every step: the cost of every pair recomputed from its member rows by scipy's log-pmfs.
+
+    Discrete rows tie often (two singletons one bit apart cost 2 log 2, whatever bits), and the
+    two computations round differently, so the reference takes every pair within 1e-9 of its
+    minimum as tied: the pair merged must be the first of those in row order.
+    """
+    from dask_em.hierarchical import term_merges
+
+    x = _discrete_data(family, seed)
+    fam = _family(family)
+    features = fam.init_features(x, None)
+    pairs, costs = term_merges(features, fam.merge_criterion())
+    clusters = [[i] for i in range(len(x))]
+    unique = 0
+    for step, (a, b) in enumerate(pairs):
+        candidates = {}
+        for i in range(len(clusters)):
+            for j in range(i + 1, len(clusters)):
+                ci, cj = clusters[i], clusters[j]
+                candidates[(ci[0], cj[0])] = (
+                    _neg_loglik(x[ci + cj], family, 3) - _neg_loglik(x[ci], family, 3) - _neg_loglik(x[cj], family, 3)
+                )
+        least = min(candidates.values())
+        near = {pair for pair, cost in candidates.items() if cost <= least + 1e-9 * max(1.0, abs(least))}
+        assert (a, b) in near, (step, (a, b), sorted(near))
+        assert costs[step] == pytest.approx(least, rel=1e-9, abs=1e-9)
+        assert costs[step] >= -1e-9  # merging never raises the likelihood at the maximum
+        if len(near) == 1:
+            unique += 1
+        assert (a, b) == min(near)  # ties go to the first pair in row order
+        ia = next(t for t, c in enumerate(clusters) if c[0] == a)
+        ib = next(t for t, c in enumerate(clusters) if c[0] == b)
+        merged = sorted(clusters[ia] + clusters[ib])
+        clusters = sorted([c for t, c in enumerate(clusters) if t not in (ia, ib)] + [merged])
+    assert len(clusters) == 1
+    assert unique >= 5, unique  # the data leave most late merges unambiguous
+
+
+@pytest.mark.parametrize("family", ["bernoulli", "categorical", "poisson"])
+def test_discrete_hierarchical_start_recovers_separated_clusters(family):
+    from dask_em import BernoulliMixture, CategoricalMixture, PoissonMixture
+    from dask_em.hierarchical import term_responsibilities
+
+    rng = np.random.default_rng(3)
+    truth = np.repeat([0, 1, 2], 80)
+    if family == "bernoulli":
+        p = np.array([[0.95] * 4 + [0.05] * 8, [0.05] * 4 + [0.95] * 4 + [0.05] * 4, [0.05] * 8 + [0.95] * 4])
+        x = (rng.random((240, 12)) < p[truth]).astype(np.uint8)
+        estimator = BernoulliMixture
+    elif family == "poisson":
+        x = rng.poisson(np.array([[1.0, 20.0], [20.0, 1.0], [20.0, 20.0]])[truth])
+        estimator = PoissonMixture
+    else:
+        x = np.where(rng.random((240, 6)) < 0.9, truth[:, None], rng.integers(0, 3, (240, 6)))
+        estimator = lambda k, **kw: CategoricalMixture(k, n_categories=3, **kw)  # noqa: E731
+    fam = _family(family)
+    resp = term_responsibilities(fam.init_features(x, None), 3, fam.merge_criterion(), max_rows=120, rng=0)
+    clustered = resp.sum(1) == 1
+    assert clustered.sum() == 120 and not resp[~clustered].any()  # the others wait for EM's first E-step
+    table = np.zeros((3, 3), dtype=int)
+    np.add.at(table, (truth[clustered], resp[clustered].argmax(1)), 1)
+    assert (table > 0).sum() == 3  # each cluster is one true group
+    fitted = estimator(3, init_params="hierarchical", random_state=0).fit(x)
+    assert fitted.restarts_[0]["start"] == "hierarchical"
+    labels = fitted.predict(x)
+    assert len({(t, l) for t, l in zip(truth, labels)}) == 3
+
+
+def test_the_gaussian_family_keeps_the_vvv_tree():
+    from dask_em.family import Family
+    from dask_em.gaussian import GaussianFamily
+
+    assert Family().merge_criterion() is None
+    assert GaussianFamily.merge_criterion is Family.merge_criterion

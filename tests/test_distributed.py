@@ -70,3 +70,33 @@ def test_scheduler_address_from_environment(cluster, store, monkeypatch):
     fit(path)
     prefix = cluster.scheduler.task_prefixes.get("em-mstep")
     assert prefix is not None and sum(prefix.state_counts.values()) > before
+
+
+def test_accelerated_cluster_fit_reaches_the_threaded_fixed_point(cluster, tmp_path):
+    """SQUAREM on worker processes: the same extrapolations, so the same fixed point and pass count."""
+    rng = np.random.default_rng(5)
+    X = mixture(rng, n=1500, d=3, k=3, spread=1.5)[0]  # overlapping: the extrapolation has work to do
+    path = str(tmp_path / "overlap.zarr")
+    zarr.create_array(path, shape=X.shape, chunks=(250, 3), dtype="f8")[:] = X
+
+    def accelerated():
+        gm = dask_em.GaussianMixture(3, covariance_type="full", n_init=2, random_state=0, max_iter=300,
+                                     tol=1e-8, accelerate="squarem")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return gm.fit(path, chunk_rows=250)
+
+    threaded = accelerated()
+    with Client(cluster) as client:
+        with get_task_stream(client) as stream:
+            on_cluster = accelerated()
+        workers = {t["worker"] for t in stream.data}
+    assert len(workers) == 2
+    assert any(r["acceleration"]["extrapolated"] > 0 for r in threaded.restarts_), threaded.restarts_
+    assert on_cluster.n_passes_ == threaded.n_passes_ and on_cluster.n_iter_ == threaded.n_iter_
+    assert [r["acceleration"] for r in on_cluster.restarts_] == [r["acceleration"] for r in threaded.restarts_]
+    # Bitwise: the reduction tree is fixed by the chunking, not by where the tasks run.
+    np.testing.assert_array_equal(on_cluster.means_, threaded.means_)
+    np.testing.assert_array_equal(on_cluster.covariances_, threaded.covariances_)
+    np.testing.assert_array_equal(on_cluster.weights_, threaded.weights_)
+    assert on_cluster.lower_bound_ == threaded.lower_bound_

@@ -121,6 +121,7 @@ def main() -> None:
 
 _FIT_CONFIG_KEYS = {
     "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol", "accelerate", "stopping",
+    "stepwise_passes",
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
@@ -235,6 +236,9 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
               help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")
+@click.option("--stepwise-passes", type=int, default=0, show_default=True,
+              help="Passes of stepwise (online) EM over random mini-batches of chunks before batch EM; "
+                   "the answer is still batch EM's fixed point. Below --max-iter.")
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
 @click.option("--prior", type=click.Choice(("none", "default")), default="none", show_default=True,
               help="gaussian only: 'default' fits by MAP-EM under mclust's conjugate prior (defaultPrior from the "
@@ -256,7 +260,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, accelerate, stopping, reg_covar, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, stepwise_passes, reg_covar, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -277,6 +281,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
         n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
         accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
+        stepwise_passes=stepwise_passes,
     )
 
     def progress(event: dict) -> None:

@@ -108,6 +108,8 @@ def bad_cases(points, a_model, tmp_path):
         (["fit", group, "-o", out, "--variable", "nope"], "variable 'nope' not found"),
         (["fit", group, "-o", out], "is a Zarr group, not an array"),
         (["fit", points, "-o", out, "-k", 0], "n_components must be an int >= 1"),
+        (["fit", points, "-o", out, "-k", 2, "--stepwise-passes", -1],
+         "stepwise_passes must be an int >= 0 and below max_iter=100; received -1"),
         (["fit", points, "-o", a_model, "-k", 2], "exists; pass --overwrite"),
         (["fit", points], "no --output"),
         (["predict", points, points, "-o", out], "not a dask-em model store"),
@@ -132,6 +134,34 @@ def test_bad_input_one_line_no_traceback_nothing_written(points, a_model, tmp_pa
         lines = [line for line in result.stderr.splitlines() if line.startswith("dask-em: error:")]
         assert len(lines) == 1, result.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == before, args
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_fit_stepwise_passes_is_the_librarys_fit(tmp_path, how):
+    X = np.random.default_rng(4).normal(size=(3000, 3)) + np.repeat(np.eye(3) * 4, 1000, axis=0)
+    data = tmp_path / "x.zarr"
+    zarr.create_array(data, shape=X.shape, chunks=(250, 3), dtype="f8")[:] = X
+    settings = dict(covariance_type="diag", random_state=2, max_iter=200, accelerate="squarem", stepwise_passes=2)
+    model = tmp_path / "m.zarr"
+    args = ["fit", data, "-o", model, "-k", 3, "--covariance-type", "diag", "--seed", 2, "--max-iter", 200,
+            "--accelerate", "squarem", "--chunk-rows", 250, "-q"]
+    if how == "flag":
+        args += ["--stepwise-passes", 2]
+    else:
+        config = tmp_path / "job.yaml"
+        config.write_text("stepwise-passes: 2\n")
+        args += ["--config", config]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    reference = dask_em.GaussianMixture(3, **settings).fit(str(data), chunk_rows=250)
+    loaded = dask_em.load(model)
+    assert loaded.stepwise_passes == 2 and loaded.n_iter_ == reference.n_iter_
+    for name in ("weights_", "means_", "covariances_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(reference, name))
+    assert loaded.lower_bound_ == reference.lower_bound_
+    # Stepwise passes change the path: the plain fit from the same seed is not this one.
+    plain = dask_em.GaussianMixture(3, **{**settings, "stepwise_passes": 0}).fit(str(data), chunk_rows=250)
+    assert plain.n_passes_ != reference.n_passes_ or not np.array_equal(plain.means_, reference.means_)
 
 
 def test_bad_config(points, tmp_path):

@@ -27,6 +27,7 @@ import time
 import warnings
 
 import numpy as np
+from _cases import hard_cases
 
 TARGET = 1e-6
 
@@ -44,19 +45,7 @@ def gaussian_data():
         "digits-pca10": PCA(10, random_state=0).fit_transform(load_digits().data),
     }
 
-    def draw(means, covs, weights, n):
-        labels = rng.choice(len(weights), size=n, p=weights)
-        return np.vstack([rng.multivariate_normal(means[k], covs[k], (labels == k).sum()) for k in range(len(weights))])
-
-    d = 3
-    out["overlapping"] = draw(rng.normal(scale=1.2, size=(5, d)), [np.eye(d)] * 5, np.full(5, 0.2), 3000)
-    out["unequal-weights"] = draw(rng.normal(scale=4, size=(5, d)), [np.eye(d) * s for s in (1, 0.5, 2, 1, 0.3)],
-                                  np.array([0.8, 0.1, 0.05, 0.03, 0.02]), 3000)
-    ill = []
-    for _ in range(4):
-        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-        ill.append(q @ np.diag([10.0, 0.3, 0.01]) @ q.T)
-    out["ill-conditioned"] = draw(rng.normal(scale=2, size=(4, d)), ill, np.full(4, 0.25), 3000)
+    out.update(hard_cases(rng, "ill-conditioned", 0.01))
     return out
 
 

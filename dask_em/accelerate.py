@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -332,6 +331,3 @@ def _converged(acc: Squarem, tol: float, rule: str) -> bool:
     acc.below = acc.below + 1 if remaining_gain(acc.run) < tol else 0
     return acc.below >= ACCEL_AITKEN_RUN
 
-
-def describe(acc: Squarem | None) -> dict[str, Any] | None:
-    return None if acc is None else acc.summary()

@@ -10,7 +10,8 @@ import numpy as np
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
-from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, data_moments_graph
+from .bayesian import PRIOR_TYPES, BayesianGaussianFamily
+from .starts import data_moments_graph
 from .family import Family
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
-from .bayesian import data_moments_graph
+from .starts import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
 from .prior import check_spec, needs_moments, prior_spec

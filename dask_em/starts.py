@@ -279,3 +279,69 @@ class StartPlan:
             X, w, family=self.family, settings=settings, method=self.methods, seeds=self.seeds,
             sample_rows=self.sample_rows, salt=salt,
         )
+
+
+# ---------------------------------------------------------------------------
+# The moments of all rows (data-dependent priors), read in the start's compute
+# ---------------------------------------------------------------------------
+
+
+def chunk_moments(x, w=None, full: bool = True) -> dict:
+    """Weight, mean and scatter about the mean of one chunk (scatter (d, d) or its diagonal (d,))."""
+    x = np.asarray(x, dtype=np.float64)
+    if w is None:
+        n = float(x.shape[0])
+        mean = x.mean(0) if x.shape[0] else np.zeros(x.shape[1])
+        centered = x - mean
+        wc = centered
+    else:
+        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        n = float(w.sum())
+        mean = (w @ x) / n if n > 0 else np.zeros(x.shape[1])
+        centered = x - mean
+        wc = centered * w[:, None]
+    scatter = wc.T @ centered if full else np.einsum("ij,ij->j", wc, centered)
+    return {"n": n, "mean": mean, "scatter": scatter}
+
+
+def merge_moments(parts: list[dict]) -> dict:
+    """Chan et al.'s pairwise update: exact merging of centered moments."""
+    out = parts[0]
+    for part in parts[1:]:
+        n = out["n"] + part["n"]
+        if part["n"] == 0:
+            continue
+        if out["n"] == 0:
+            out = part
+            continue
+        delta = part["mean"] - out["mean"]
+        mean = out["mean"] + delta * (part["n"] / n)
+        cross = np.outer(delta, delta) if out["scatter"].ndim == 2 else delta**2
+        scatter = out["scatter"] + part["scatter"] + cross * (out["n"] * part["n"] / n)
+        out = {"n": n, "mean": mean, "scatter": scatter}
+    return out
+
+
+def data_moments_graph(X, w, covariance_type: str, split_every: int = 8):
+    """Delayed moments of all rows of the dask array ``X``: a tree of merges over its chunks.
+
+    Computed with the initialisation sample, it shares each chunk read with it.
+    """
+    full = covariance_type in ("full", "tied")
+    token = tokenize(X, w, full)
+    blocks = X.to_delayed().ravel()
+    wblocks = w.to_delayed().ravel() if w is not None else [None] * len(blocks)
+    level = [
+        delayed(chunk_moments, pure=True)(b, wb, full, dask_key_name=(f"em-prior-moments-{token}", i))
+        for i, (b, wb) in enumerate(zip(blocks, wblocks))
+    ]
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        level = [
+            delayed(merge_moments, pure=True)(
+                level[i : i + split_every], dask_key_name=(f"em-prior-merge-{token}-{depth}", i)
+            )
+            for i in range(0, len(level), split_every)
+        ]
+    return level[0]

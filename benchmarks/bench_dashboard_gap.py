@@ -58,7 +58,8 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     import dask_em
-    import dask_em._engine as engine
+    import dask_em.engine as engine
+    from dask_em.runner import Runner
     from dask_em.cli import _generate
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-gap-")
@@ -69,7 +70,7 @@ def main() -> None:
 
     # Client-side marks, on the clock the workers' task stream uses (time.time).
     marks: list[tuple[str, float]] = []
-    round_graph, compute = engine.round_graph, engine.Runner.compute
+    round_graph, compute = engine.round_graph, Runner.compute
 
     def timed_round_graph(*a, **k):
         marks.append(("graph-start", time.time()))
@@ -82,7 +83,7 @@ def main() -> None:
         marks.append(("returned", time.time()))
         return value
 
-    engine.round_graph, engine.Runner.compute = timed_round_graph, timed_compute
+    engine.round_graph, Runner.compute = timed_round_graph, timed_compute
     config = {} if args.trim else {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
     try:
         with dask.config.set(config), LocalCluster(n_workers=2, threads_per_worker=1) as cluster, \
@@ -97,7 +98,7 @@ def main() -> None:
                 seconds = time.perf_counter() - tic
             tasks = client.get_task_stream(start=start)
     finally:
-        engine.round_graph, engine.Runner.compute = round_graph, compute
+        engine.round_graph, Runner.compute = round_graph, compute
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
 

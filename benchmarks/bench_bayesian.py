@@ -9,6 +9,15 @@ the table prints both. scikit-learn's time is its own loop body
 without its start; dask-em's is the rounds' wall time (restart ``seconds``
 over ``n_iter``) on the same numpy array, threaded scheduler.
 
+Also in the same run, so the ratios can be compared on one machine at one load:
+
+* ``float32``: dask-em with ``compute_dtype="float32"``;
+* ``zarr``: dask-em reading the same rows from a zstd Zarr store on disk
+  (~32 MiB chunks, written once before the timings);
+* ``GMM ratio``: scikit-learn's ``GaussianMixture`` loop body against dask-em's
+  ``GaussianMixture`` on the same array (same ``random_from_data`` start), the
+  ratio the issue asks the variational estimator to match.
+
 Usage::
 
     python benchmarks/bench_bayesian.py            # 2M x 16 and 500k x 64, K=8 (minutes)
@@ -21,7 +30,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 
@@ -51,17 +62,42 @@ def sklearn_per_iter(X, kw, seed, iters):
     return (time.perf_counter() - tic) / iters, float(np.ravel(bound)[0])
 
 
-def dask_em_per_iter(X, kw, iters):
+def dask_em_per_iter(X, kw, iters, n_rows=None, estimator="BayesianGaussianMixture", **extra):
     import dask_em
 
-    m = dask_em.BayesianGaussianMixture(
-        random_state=0, tol=0, max_iter=iters, init_params="random_from_data", init_sample_size=len(X), **kw
+    n_rows = len(X) if n_rows is None else n_rows
+    m = getattr(dask_em, estimator)(
+        random_state=0, tol=0, max_iter=iters, init_params="random_from_data", init_sample_size=n_rows, **kw, **extra
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(X)
     r = m.restarts_[0]
     return r["seconds"] / r["n_iter"], m.lower_bound_, r["seed"]
+
+
+def sklearn_gmm_per_iter(X, kw, seed, iters):
+    from sklearn.mixture import GaussianMixture
+
+    m = GaussianMixture(random_state=seed, tol=0, max_iter=iters, init_params="random_from_data", **kw)
+    m._check_parameters(X)
+    m._initialize_parameters(X, np.random.RandomState(seed))
+    tic = time.perf_counter()
+    for _ in range(iters):
+        _, log_resp = m._e_step(X)
+        m._m_step(X, log_resp)
+    return (time.perf_counter() - tic) / iters
+
+
+def write_store(X, path):
+    import zarr
+
+    chunk_rows = max(1024, (32 * 2**20) // (8 * X.shape[1]))
+    z = zarr.create_array(path, shape=X.shape, chunks=(chunk_rows, X.shape[1]), dtype=X.dtype,
+                          compressors=zarr.codecs.ZstdCodec(level=3), overwrite=True)
+    for lo in range(0, len(X), chunk_rows):
+        z[lo : lo + chunk_rows] = X[lo : lo + chunk_rows]
+    return path
 
 
 def cpu_name() -> str:
@@ -117,19 +153,30 @@ def main(argv=None):
         else [(2_000_000, 16, "full"), (2_000_000, 16, "diag"), (500_000, 64, "full"), (500_000, 64, "diag")]
     )
     k = 8
-    print(f"# {cpu_name()}, {os.cpu_count()} cores; K={k}, {args.iters} iterations, tol=0, dirichlet_process prior")
-    print(f"{'n x d':>12} {'cov':>5} {'sklearn s/it':>13} {'dask-em s/it':>13} {'ratio':>6}  "
-          f"{'sklearn bound':>18} {'dask-em bound':>18} {'rel. diff':>9}")
-    for n, d, ct in cases:
-        X = make_data(n, d, k)
-        kw = dict(n_components=k, covariance_type=ct)
-        ours, our_bound, seed = dask_em_per_iter(X, kw, args.iters)
-        theirs, their_bound = sklearn_per_iter(X, kw, seed, args.iters)
-        rel = abs(our_bound - their_bound) / abs(their_bound)
-        print(f"{n:>9}x{d:<3} {ct:>5} {theirs:13.3f} {ours:13.3f} {theirs / ours:6.2f}  "
-              f"{their_bound:18.8g} {our_bound:18.8g} {rel:9.1e}", flush=True)
-        del X
-
+    print(f"# {cpu_name()}, {os.cpu_count()} cores; K={k}, {args.iters} iterations, tol=0, dirichlet_process prior; "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"{'n x d':>12} {'cov':>5} {'sklearn s/it':>13} {'dask-em s/it':>13} {'ratio':>6} {'float32':>8} {'ratio':>6} "
+          f"{'zarr s/it':>9} {'GMM ratio':>9}  {'sklearn bound':>18} {'dask-em bound':>18} {'rel. diff':>9}")
+    workdir = tempfile.mkdtemp(prefix="dask-em-bench-bgm-")
+    try:
+        for n, d, ct in cases:
+            X = make_data(n, d, k)
+            path = write_store(X, os.path.join(workdir, f"x-{n}x{d}.zarr"))
+            kw = dict(n_components=k, covariance_type=ct)
+            ours, our_bound, seed = dask_em_per_iter(X, kw, args.iters)
+            theirs, their_bound = sklearn_per_iter(X, kw, seed, args.iters)
+            f32, _, _ = dask_em_per_iter(X, kw, args.iters, compute_dtype="float32")
+            from_store, store_bound, _ = dask_em_per_iter(path, kw, args.iters, n_rows=n)
+            gmm_ours, _, gmm_seed = dask_em_per_iter(X, kw, args.iters, estimator="GaussianMixture")
+            gmm_theirs = sklearn_gmm_per_iter(X, kw, gmm_seed, args.iters)
+            rel = abs(our_bound - their_bound) / abs(their_bound)
+            assert abs(store_bound - our_bound) <= 1e-9 * abs(our_bound), (store_bound, our_bound)
+            print(f"{n:>9}x{d:<3} {ct:>5} {theirs:13.3f} {ours:13.3f} {theirs / ours:6.2f} {f32:8.3f} "
+                  f"{theirs / f32:6.2f} {from_store:9.3f} {gmm_theirs / gmm_ours:9.2f}  "
+                  f"{their_bound:18.8g} {our_bound:18.8g} {rel:9.1e}", flush=True)
+            del X
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 if __name__ == "__main__":
     main()

@@ -11,6 +11,7 @@ from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
 from .bayesian import PRIOR_TYPES, BayesianGaussianFamily
+from .gaussian_mixture import compute_dtype_name
 from .starts import data_moments_graph
 from .family import Family
 
@@ -61,6 +62,11 @@ class BayesianGaussianMixture(BaseMixture):
     prune_margin : float or None, default=None
         As for :class:`dask_em.GaussianMixture`, in units of this bound (a
         total over rows, not a per-row mean); None never prunes.
+    compute_dtype : {"float64", "float32"}, default="float64"
+        As for :class:`dask_em.GaussianMixture`: "float32" computes the
+        E-step's log-densities and matrix products in float32 (statistics
+        summed in float64, the variational updates in float64); "float64"
+        matches scikit-learn to round-off.
 
     Attributes
     ----------
@@ -111,6 +117,7 @@ class BayesianGaussianMixture(BaseMixture):
         accelerate: str | None = None,
         stopping: str = "auto",
         stepwise_passes: int = 0,
+        compute_dtype: str = "float64",
     ):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
@@ -126,11 +133,12 @@ class BayesianGaussianMixture(BaseMixture):
         self.mean_prior = mean_prior
         self.degrees_of_freedom_prior = degrees_of_freedom_prior
         self.covariance_prior = covariance_prior
+        self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule on the ELBO: equal to scikit-learn's estimator
 
     def make_family(self) -> Family:
-        return BayesianGaussianFamily(reg_covar=float(self.reg_covar))
+        return BayesianGaussianFamily(reg_covar=float(self.reg_covar), compute_dtype=compute_dtype_name(self.compute_dtype))
 
     def _check_family_params(self) -> None:
         if self.missing != "error":
@@ -143,6 +151,7 @@ class BayesianGaussianMixture(BaseMixture):
             raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
         if not is_real(self.reg_covar) or self.reg_covar < 0:
             raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        compute_dtype_name(self.compute_dtype)
         if self.weight_concentration_prior_type not in PRIOR_TYPES:
             raise fail("weight_concentration_prior_type", self.weight_concentration_prior_type, f"one of {PRIOR_TYPES}")
         for name in ("weight_concentration_prior", "mean_precision_prior"):

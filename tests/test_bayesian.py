@@ -89,6 +89,29 @@ def test_the_bound_never_falls(data, cov_type):
     assert (np.diff(bounds) >= -1e-9 * np.abs(bounds[1:])).all()
 
 
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_float32_compute_stays_within_its_tolerance(cov_type):
+    """compute_dtype="float32" (as GaussianMixture's): the variational fit within 1e-4 of float64's."""
+    X, _, _ = mixture(np.random.default_rng(11), n=20_000, d=6, k=4, spread=4.0, offset=50.0)
+    # tol is on the total bound (scikit-learn's), whose float32 round-off is ~1e-3 at 20,000 rows.
+    kw = dict(n_components=4, covariance_type=cov_type, tol=1e-2, max_iter=300, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        f64 = dask_em.BayesianGaussianMixture(**kw).fit(X)
+        f32 = dask_em.BayesianGaussianMixture(compute_dtype="float32", **kw).fit(X)
+    assert f64.converged_ and f32.converged_
+    for name in ("weights_", "means_", "covariances_", "mean_precision_", "degrees_of_freedom_"):
+        a, b = np.asarray(getattr(f32, name)), np.asarray(getattr(f64, name))
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max(), name
+    assert abs(f32.lower_bound_ - f64.lower_bound_) <= 1e-4 * abs(f64.lower_bound_)
+    assert (f32.predict(X) == f64.predict(X)).mean() >= 0.999
+
+
+def test_float32_compute_is_refused_when_misspelt(data):
+    with pytest.raises(ValueError, match=r"compute_dtype must be one of \('float64', 'float32'\)"):
+        dask_em.BayesianGaussianMixture(2, compute_dtype="float16").fit(data)
+
+
 @pytest.mark.parametrize("prior_type", PRIOR_TYPES)
 def test_twelve_components_on_four_leave_four(prior_type):
     rng = np.random.default_rng(3)

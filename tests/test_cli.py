@@ -367,6 +367,7 @@ def test_family_input_errors_exit_2(tmp_path):
         (["--family", "bernoulli"], r"Bernoulli mixture takes only 0 and 1, but X holds 7 \(feature 1\) in rows"),
         (["--family", "poisson", "--covariance-type", "diag"], "--covariance-type applies to --family gaussian"),
         (["--family", "gaussian", "--pseudo-count", "1"], "--pseudo-count applies to the discrete families"),
+        (["--family", "bernoulli", "--compute-dtype", "float32"], "--compute-dtype applies to --family gaussian"),
         (["--family", "bernoulli", "--n-categories", "3"], "--n-categories applies to --family categorical"),
         (["--family", "categorical"], "--family categorical needs --n-categories"),
         (["--family", "categorical", "--n-categories", "2,x"], "--n-categories takes an int or a list"),
@@ -438,3 +439,16 @@ def test_fit_with_the_prior_and_the_hierarchical_start(points, tmp_path):
     np.testing.assert_array_equal(loaded.prior_["scale"], reference.prior_["scale"])
     refused = run("fit", points, "-o", tmp_path / "b.zarr", "--family", "poisson", "--prior", "default")
     assert refused.exit_code != 0 and "--prior applies to --family gaussian" in refused.output
+
+
+def test_fit_in_float32_is_the_librarys_float32_fit(points, tmp_path):
+    model = tmp_path / "m.zarr"
+    result = run("fit", points, "-o", model, "-k", 4, "--compute-dtype", "float32", "--max-iter", 20,
+                 "--seed", 1, "--chunk-rows", 5000, "--quiet")
+    assert result.exit_code == 0, result.output
+    loaded = dask_em.load(model)
+    assert loaded.compute_dtype == "float32"
+    reference = dask_em.GaussianMixture(4, compute_dtype="float32", max_iter=20, random_state=1).fit(
+        str(points), chunk_rows=5000
+    )
+    np.testing.assert_array_equal(loaded.means_, reference.means_)

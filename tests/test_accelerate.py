@@ -169,17 +169,21 @@ def _params(p):
     return {"probabilities": np.asarray(p, dtype=np.float64).reshape(2, 1), "weights": np.array([0.5, 0.5])}
 
 
-def test_extrapolation_waits_for_plain_ems_rate_to_settle():
-    # L_k = L* - c a^k: every rate estimate is exactly a, settled from the fourth bound on.
+def test_extrapolation_waits_for_plain_em_to_decelerate():
+    # L_k = L* - c a^k: every change a times the one before, decelerating from the fourth bound on.
     geometric = [-3.0 - 0.5 * 0.8**k for k in range(6)]
     assert not accelerate._rate_settled(geometric[:3]) and accelerate._rate_settled(geometric[:4])
-    # Changes that grow (rate > 1: EM leaving a plateau) or rates that still move by more than
-    # RATE_SETTLED: not yet.
+    # Changes that grow (rate > 1: EM leaving a plateau), or grow once among the last three: not yet.
     assert not accelerate._rate_settled([-3.0, -2.9, -2.7, -2.3])
-    changes = np.cumsum([0.1, 0.09, 0.06, 0.03])  # rates 0.9, 0.667, 0.5
-    assert not accelerate._rate_settled(list(-3.0 + changes))
+    assert not accelerate._rate_settled(list(-3.0 + np.cumsum([0.1, 0.05, 0.06])))
+    assert accelerate._rate_settled(list(-3.0 + np.cumsum([0.0, 0.1, 0.09, 0.06])))
     # A bound that falls (reg_covar near the optimum) never opens the gate: plain EM goes on.
     assert not accelerate._rate_settled([-3.0, -2.9, -2.85, -2.8500001])
+
+
+def test_a_refused_step_at_the_cap_shrinks_it_to_no_less_than_four():
+    # squarem1's net effect: 4x shorter, but its cap, once grown, never stays at 1.
+    assert accelerate._shrunk(64.0) == 16.0 and accelerate._shrunk(16.0) == 4.0 and accelerate._shrunk(4.0) == 4.0
 
 
 def test_an_invalid_extrapolation_is_backtracked_toward_the_em_step_without_a_pass():
@@ -233,14 +237,14 @@ def test_an_extrapolated_point_that_lowers_the_bound_is_refused():
     family = BernoulliFamily(pseudo_count=0.0)
     fallback = _params([0.49, 0.51])
     restart = Restart(0, 0, _params([0.6, 0.4]), history=[-1.0, -0.9, -0.85], n_iter=3,
-                      accel=accelerate.Squarem(step_max=4.0))
-    restart.accel.pending = {"bound": -0.85, "alpha": -4.0, "fallback": fallback,
+                      accel=accelerate.Squarem(step_max=16.0))
+    restart.accel.pending = {"bound": -0.85, "alpha": -16.0, "fallback": fallback,
                              "seen": [(_params([0.45, 0.55]), _bernoulli_record([4.9, 5.1]))],
                              "run": [-1.0, -0.9, -0.85]}
     lower = StepResult(-0.86, _params([0.5, 0.5]), wsum=20.0, record=_bernoulli_record([5, 5]))
     accelerate.step(restart, lower, _params([0.6, 0.4]), tol=0.0, rule="change", family=family, n_rows=20, warn=print)
     assert restart.params is fallback and restart.history == [-1.0, -0.9, -0.85] and restart.n_iter == 4
-    assert restart.accel.n_rejected == 1 and restart.accel.step_max == 1.0
+    assert restart.accel.n_rejected == 1 and restart.accel.step_max == 4.0  # refused at the cap: 4x shorter
     assert len(restart.accel.seen) == 1 and restart.accel.run == [-1.0, -0.9, -0.85]
     # A point at least as good is kept, and starts a new run of plain EM iterates.
     restart.accel.pending = {"bound": -0.85, "alpha": -4.0, "fallback": fallback, "seen": [], "run": [-0.85]}
@@ -272,9 +276,9 @@ def test_gaussian_statistics_are_aligned_exactly_between_centres():
 # ---------------------------------------------------------------------------
 
 
-# 4-6: during the warm-up (plain EM until its rate settles); 14: an extrapolated point pending;
-# 15: just accepted (s' is the cycle's first point); 21: after a refused point.
-@pytest.mark.parametrize("stop_at", [4, 5, 6, 14, 15, 21])
+# 3: during the warm-up (plain EM until it decelerates); 4-5: the first cycle; 6: an extrapolated
+# point pending; 7: just accepted (s' is the cycle's first point); 29: after a refused point.
+@pytest.mark.parametrize("stop_at", [3, 4, 5, 6, 7, 29])
 def test_resume_mid_acceleration_is_bitwise(tmp_path, stop_at):
     X = overlapping_gaussians(n=900)
     settings = dict(covariance_type="diag", random_state=0, accelerate="squarem", tol=1e-9)

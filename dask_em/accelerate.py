@@ -41,8 +41,9 @@ set real data can produce (``Family.invalid_stats``); the M-step itself refuses
 a covariance that is not positive definite.
 
 Safeguards: ``alpha`` is capped in ``[-step_max, -1]``; ``step_max`` starts at 1,
-grows 4x when a step at the cap is accepted and shrinks 4x when one is refused
-(the ``squarem`` package's policy), up to :data:`MAX_STEP`. Extrapolated
+grows 4x when a step at the cap is accepted, up to :data:`MAX_STEP`, and shrinks
+4x when one at the cap is refused or invalid, to no less than :data:`SHRINK_FLOOR`
+(the ``squarem`` package's policy in effect: see :func:`_shrunk`). Extrapolated
 statistics outside the valid set (or whose M-step fails) are known to be so
 without a pass: the step is backtracked toward plain EM's,
 ``alpha <- (alpha - 1) / 2``, up to :data:`BACKTRACKS` times (M-steps only);
@@ -72,9 +73,10 @@ EM's, one that 1,500 plain EM passes do not leave (a local maximum, not a
 stall); with it the first extrapolation comes one pass later and the fit
 reaches plain EM's fixed point. That is luck, not a guarantee: starting the
 cap at 4 instead of 1 moves the first extrapolation back one pass and the fit
-ends in the lower basin again. Which fixed point an extrapolated path reaches
-is not controlled by any rule on the bounds (elsewhere it ends higher than
-plain EM's).
+ends in the lower basin again, and from ``random_state`` 0-7 one start still
+ends lower (2.2e-3 nats/row), two higher, as before the gate
+(``benchmarks/bench_basins.py``). Which fixed point an extrapolated path
+reaches is not controlled by any rule on the bounds.
 
 Each pass counts as one iteration (``n_iter``), refused ones included.
 """
@@ -433,7 +435,8 @@ def _converged(acc: Squarem, tol: float, rule: str) -> bool:
     """The stopping rule on an accelerated restart's current run of plain EM iterates.
 
     Aitken's rule counts the consecutive estimates below ``tol`` across cycles (a
-    cycle's run holds three plain iterates: one estimate).
+    cycle's run holds two plain iterates, three when the cycle waits a pass near
+    the end: one estimate).
     """
     if rule != "aitken":
         return has_converged(acc.run, tol, rule)

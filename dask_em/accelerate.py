@@ -200,8 +200,8 @@ class Squarem:
     def to_state(self) -> dict:
         return {
             "step_max": self.step_max, "seen": [[p, rec] for p, rec in self.seen], "run": list(self.run),
-            "pending": self.pending, "counters": [self.n_extrapolated, self.n_rejected, self.n_invalid, self.n_backtracked],
-            "below": self.below, "warm": self.warm,
+            "pending": self.pending, "below": self.below, "warm": self.warm,
+            "counters": [self.n_extrapolated, self.n_rejected, self.n_invalid, self.n_backtracked],
         }
 
     @classmethod

@@ -41,15 +41,44 @@ set real data can produce (``Family.invalid_stats``); the M-step itself refuses
 a covariance that is not positive definite.
 
 Safeguards: ``alpha`` is capped in ``[-step_max, -1]``; ``step_max`` starts at 1,
-grows 4x when a step at the cap is accepted and shrinks 4x when one is refused
-(the ``squarem`` package's policy), up to :data:`MAX_STEP`. An extrapolated
-point is used only if its M-step succeeds, its statistics are valid, and its
-bound (computed by the next pass) is not below the bound of the plain EM
-iterate it replaces; otherwise the fit falls back to that plain EM iterate
-(``M(s2)``), so a refused step costs one pass and loses nothing. Accepted bounds
-never fall (beyond round-off), as in plain EM. Each pass counts as one
-iteration (``n_iter``): an accelerated cycle is two passes plus the pass that
-checks the extrapolated point, which is also the first pass of the next cycle.
+grows 4x when a step at the cap is accepted, up to :data:`MAX_STEP`, and shrinks
+4x when one at the cap is refused or invalid, to no less than :data:`SHRINK_FLOOR`
+(the ``squarem`` package's policy in effect: see :func:`_shrunk`). Extrapolated
+statistics outside the valid set (or whose M-step fails) are known to be so
+without a pass: the step is backtracked toward plain EM's,
+``alpha <- (alpha - 1) / 2``, up to :data:`BACKTRACKS` times (M-steps only);
+only if none is valid does the fit take the plain EM iterate ``M(s2)``. A valid
+point is used only if its bound (computed by the next pass) is not below the
+bound of the last plain EM iterate; otherwise the fit falls back to ``M(s2)``,
+so a refused step costs one pass and loses nothing. Accepted bounds never fall
+(beyond round-off), as in plain EM.
+
+The cycle: once the point ``theta' = M(s')`` is accepted, ``s'`` itself is the
+first of the next three statistics, the pass at ``theta'`` (which also checked
+it) gives the second and one plain EM pass the third: two passes per cycle.
+(Varadhan & Roland's stabilisation, starting the next cycle from the statistics
+of the pass at ``theta'``, costs a third pass per cycle: measured on
+``benchmarks/bench_passes.py`` it took 1.86x fewer passes than plain EM at the
+median against 2.09x without it, with the backtracking above.) Aitken's rule
+needs a run of three plain iterates, which a two-pass cycle does not give:
+when the last plain change is below ``tol`` the cycle waits one plain pass.
+
+Extrapolation starts only once plain EM decelerates (:func:`_rate_settled`: its
+last three changes positive and decreasing, i.e. two consecutive rate
+estimates ``dL_k / dL_{k-1}`` in (0, 1)), the contracting regime SqS3's secant
+model assumes; on ``benchmarks/bench_passes.py`` this gate is worth 2.09x ->
+2.11x at the median. On breast_cancer (tied, K=6), without it the fit ended at
+another fixed point, 2.8e-2 nats/row (1.0e-1 with two-pass cycles) below plain
+EM's, one that 1,500 plain EM passes do not leave (a local maximum, not a
+stall); with it the first extrapolation comes one pass later and the fit
+reaches plain EM's fixed point. That is luck, not a guarantee: starting the
+cap at 4 instead of 1 moves the first extrapolation back one pass and the fit
+ends in the lower basin again, and from ``random_state`` 0-7 one start still
+ends lower (2.2e-3 nats/row), two higher, as before the gate
+(``benchmarks/bench_basins.py``). Which fixed point an extrapolated path
+reaches is not controlled by any rule on the bounds.
+
+Each pass counts as one iteration (``n_iter``), refused ones included.
 """
 
 from __future__ import annotations
@@ -76,6 +105,13 @@ MAX_STEP = 256.0
 # An extrapolated point whose bound is below the plain EM iterate's by more than this
 # (relative) is refused; round-off at a fixed point must not count as a fall.
 BOUND_SLACK = 1e-13
+# An invalid extrapolated point is backtracked, alpha <- (alpha - 1) / 2, at most this many
+# times (no pass: validity is known from the statistics); a step within BACKTRACK_FLOOR of
+# -1 is plain EM's.
+BACKTRACKS = 5
+# A refused or invalid step at the cap shrinks it 4x, to no less than this (squarem1's net effect).
+SHRINK_FLOOR = 4.0
+BACKTRACK_FLOOR = 1e-2
 
 
 # ---------------------------------------------------------------------------
@@ -149,12 +185,14 @@ class Squarem:
     n_extrapolated: int = 0
     n_rejected: int = 0  # extrapolated points whose bound fell below the plain EM iterate's
     n_invalid: int = 0  # extrapolated statistics outside the valid set (or an M-step that failed)
+    n_backtracked: int = 0  # invalid extrapolations rescued by a shorter step
+    warm: bool = False  # plain EM's rate has settled: extrapolation may start (see _rate_settled)
     below: int = 0  # consecutive Aitken estimates below tol (ACCEL_AITKEN_RUN of them stop the restart)
 
     def summary(self) -> dict:
         return {
             "extrapolated": self.n_extrapolated, "rejected": self.n_rejected, "invalid": self.n_invalid,
-            "step_max": self.step_max,
+            "backtracked": self.n_backtracked, "step_max": self.step_max,
         }
 
     # -- checkpoint form: nested dicts of arrays and JSON scalars --------------
@@ -162,19 +200,23 @@ class Squarem:
     def to_state(self) -> dict:
         return {
             "step_max": self.step_max, "seen": [[p, rec] for p, rec in self.seen], "run": list(self.run),
-            "pending": self.pending, "counters": [self.n_extrapolated, self.n_rejected, self.n_invalid],
-            "below": self.below,
+            "pending": self.pending, "below": self.below, "warm": self.warm,
+            "counters": [self.n_extrapolated, self.n_rejected, self.n_invalid, self.n_backtracked],
         }
 
     @classmethod
     def from_state(cls, state: dict) -> "Squarem":
         out = cls(step_max=float(state["step_max"]), seen=[(p, rec) for p, rec in state["seen"]],
                   run=[float(b) for b in state["run"]], pending=state["pending"])
-        out.n_extrapolated, out.n_rejected, out.n_invalid = (int(c) for c in state["counters"])
+        counters = [int(c) for c in state["counters"]] + [0]  # a checkpoint before backtracking had three
+        out.n_extrapolated, out.n_rejected, out.n_invalid, out.n_backtracked = counters[:4]
         out.below = int(state.get("below", 0))
+        out.warm = bool(state.get("warm", True))  # a checkpoint from before the warm-up rule
         if out.pending is not None:
             out.pending["run"] = [float(b) for b in out.pending["run"]]
             out.pending["seen"] = [(p, rec) for p, rec in out.pending["seen"]]
+            if out.pending.get("extrap") is not None:
+                out.pending["extrap"] = list(out.pending["extrap"])
         return out
 
 
@@ -200,14 +242,24 @@ def _dot(a: dict, b: dict) -> float:
     return math.fsum(float(np.vdot(x, y)) for x, y in zip(_arrays(a), _arrays(b)))
 
 
-def sqs3_step(s0: dict, s1: dict, s2: dict, step_max: float) -> tuple[float, dict]:
-    """SqS3's step length, capped in [-step_max, -1], and the extrapolated statistics."""
+def sqs3_alpha(s0: dict, s1: dict, s2: dict, step_max: float) -> tuple[float, dict, dict]:
+    """SqS3's step length capped in [-step_max, -1], with ``r = s1 - s0`` and ``v = s2 - 2 s1 + s0``."""
     r = _combine([s1, s0], [1.0, -1.0])
     v = _combine([s2, s1, s0], [1.0, -2.0, 1.0])
     rr, vv = _dot(r, r), _dot(v, v)
     alpha = -math.sqrt(rr / vv) if vv > 0 and math.isfinite(rr / vv) else -1.0
-    alpha = min(-1.0, max(alpha, -step_max))
-    return alpha, _combine([s0, r, v], [1.0, -2.0 * alpha, alpha * alpha])
+    return min(-1.0, max(alpha, -step_max)), r, v
+
+
+def sqs3_point(s0: dict, r: dict, v: dict, alpha: float) -> dict:
+    """The extrapolated statistics ``s0 - 2 alpha r + alpha^2 v``."""
+    return _combine([s0, r, v], [1.0, -2.0 * alpha, alpha * alpha])
+
+
+def sqs3_step(s0: dict, s1: dict, s2: dict, step_max: float) -> tuple[float, dict]:
+    """SqS3's step length, capped in [-step_max, -1], and the extrapolated statistics."""
+    alpha, r, v = sqs3_alpha(s0, s1, s2, step_max)
+    return alpha, sqs3_point(s0, r, v, alpha)
 
 
 def _same_shapes(records: list[dict]) -> bool:
@@ -219,29 +271,57 @@ def _same_shapes(records: list[dict]) -> bool:
     )
 
 
+def _checked(s_new: dict, family: Family, n_rows: int, wsum: float, frame: dict) -> tuple[dict | None, str | None]:
+    """theta' = M(s') if s' is in the valid set and its M-step succeeds: (parameters, None) or (None, why not)."""
+    nk = s_new["nk"]
+    if not (np.all(np.isfinite(nk)) and np.all(nk > 1e-6 * wsum / max(n_rows, 1))):
+        return None, "a component's extrapolated mass is not positive"
+    bad = family.invalid_stats(s_new["stats"], nk)
+    if bad is not None:
+        return None, bad
+    record = {"loglik": 0.0, "wsum": wsum, "entropy": 0.0, "nk": nk, "stats": s_new["stats"]}
+    result = mstep_round([record], RoundState(family, None, [frame]), n_rows)[0]
+    if result.error is not None or result.dropped:
+        return None, result.error or "a component emptied"
+    if not all(np.all(np.isfinite(v)) for v in result.params.values() if isinstance(v, np.ndarray)):
+        return None, "the extrapolated parameters are not finite"
+    return result.params, None
+
+
 def extrapolate(
     acc: Squarem, family: Family, n_rows: int, wsum: float
-) -> tuple[float, dict | None, str | None]:
-    """SQUAREM's point from ``acc.seen`` (three passes): (alpha, new parameters or None, why not)."""
+) -> tuple[float, dict | None, str | dict | None]:
+    """SQUAREM's point from ``acc.seen`` (three passes): (alpha, new parameters or None, statistics or why not).
+
+    An extrapolated point outside the valid set (or whose M-step fails) is known
+    without a pass, so the step is backtracked toward plain EM's,
+    ``alpha <- (alpha - 1) / 2``, up to :data:`BACKTRACKS` times (each costs an
+    M-step, no pass); ``acc.n_invalid`` counts the extrapolations whose first
+    step was invalid, ``acc.n_backtracked`` those a shorter step rescued. The
+    returned ``alpha`` is the first step's when none is valid (its reason is
+    the third item), else the step taken.
+    """
     (p0, s0), (p1, s1), (p2, s2) = acc.seen
     s0 = {"nk": s0["nk"], "stats": family.align_stats(s0["stats"], p0, p2)}
     s1 = {"nk": s1["nk"], "stats": family.align_stats(s1["stats"], p1, p2)}
-    alpha, s_new = sqs3_step(s0, s1, s2, acc.step_max)
-    if alpha == -1.0:
-        return alpha, None, None  # plain EM's own next point
-    nk = s_new["nk"]
-    if not (np.all(np.isfinite(nk)) and np.all(nk > 1e-6 * wsum / max(n_rows, 1))):
-        return alpha, None, "a component's extrapolated mass is not positive"
-    bad = family.invalid_stats(s_new["stats"], nk)
-    if bad is not None:
-        return alpha, None, bad
-    record = {"loglik": 0.0, "wsum": wsum, "entropy": 0.0, "nk": nk, "stats": s_new["stats"]}
-    result = mstep_round([record], RoundState(family, None, [p2]), n_rows)[0]
-    if result.error is not None or result.dropped:
-        return alpha, None, result.error or "a component emptied"
-    if not all(np.all(np.isfinite(v)) for v in result.params.values() if isinstance(v, np.ndarray)):
-        return alpha, None, "the extrapolated parameters are not finite"
-    return alpha, result.params, s_new
+    first, r, v = sqs3_alpha(s0, s1, s2, acc.step_max)
+    alpha, why = first, None
+    for attempt in range(BACKTRACKS + 1):
+        if alpha >= -1.0 - BACKTRACK_FLOOR:
+            return first, None, why  # plain EM's own next point (or nothing valid beyond it)
+        s_new = sqs3_point(s0, r, v, alpha)
+        params, reason = _checked(s_new, family, n_rows, wsum, p2)
+        if params is not None:
+            if attempt:  # the first step was invalid: counted, and the cap shrinks if it was at the cap
+                acc.n_invalid += 1
+                acc.n_backtracked += 1
+                if first <= -acc.step_max:
+                    acc.step_max = _shrunk(acc.step_max)
+            return alpha, params, s_new
+        if attempt == 0:
+            why = reason
+        alpha = (alpha - 1.0) / 2.0
+    return first, None, why
 
 
 def _estep_params(params: dict) -> dict:
@@ -269,13 +349,16 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
             else:
                 acc.n_invalid += 1
             if pending["alpha"] <= -acc.step_max:
-                acc.step_max = max(1.0, acc.step_max / 4.0)
+                acc.step_max = _shrunk(acc.step_max)
             restart.params = pending["fallback"]
             acc.seen, acc.run, acc.below = pending["seen"], pending["run"], int(pending.get("below", 0))
             return
         if pending["alpha"] <= -acc.step_max:
             acc.step_max = min(MAX_STEP, acc.step_max * 4.0)
         acc.run = []  # the extrapolated point starts a new run of plain EM iterates
+        if pending.get("extrap") is not None:
+            # s' itself is the first point of the next cycle (no stabilisation pass)
+            acc.seen = [tuple(pending["extrap"])]
     if result.error is not None:
         restart.history.append(result.lower_bound)
         restart.error = f"iteration {restart.n_iter}: {result.error}"
@@ -293,14 +376,22 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     if len(acc.seen) < 3 or not _same_shapes([rec for _, rec in acc.seen]):
         acc.seen = acc.seen[-1:] if len(acc.seen) == 3 else acc.seen
         return
+    if not acc.warm:
+        if not _rate_settled(acc.run):
+            acc.seen = acc.seen[1:]  # slide the window: plain EM until its rate has settled
+            return
+        acc.warm = True
+    if rule == "aitken" and len(acc.run) == 2 and abs(acc.run[-1] - acc.run[-2]) < tol:
+        # Near the end: one more plain pass gives a run of three, which Aitken's rule reads.
+        acc.seen = acc.seen[1:]
+        return
     alpha, params, why = extrapolate(acc, family, n_rows, result.wsum)
     last = acc.seen[-1]
     if params is None:
-        why = why if isinstance(why, str) else None
         if why is not None:
             acc.n_invalid += 1
             if alpha <= -acc.step_max:
-                acc.step_max = max(1.0, acc.step_max / 4.0)
+                acc.step_max = _shrunk(acc.step_max)
         elif alpha <= -acc.step_max:  # plain EM's step, held back by the cap: allow a longer one
             acc.step_max = min(MAX_STEP, acc.step_max * 4.0)
         acc.seen = [last]
@@ -309,20 +400,43 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     acc.pending = {
         "bound": result.lower_bound, "alpha": alpha, "fallback": result.params,
         "seen": [last], "run": list(acc.run), "below": acc.below,
+        "extrap": [acc.seen[-1][0], why],
     }
-    # The statistics of the pass at theta' start the next cycle (Varadhan & Roland's
-    # stabilisation): its passes are consecutive plain EM iterates, whose bounds the
-    # Aitken rule reads. (Starting from s' itself saves a pass per cycle, 5-10% of
-    # passes on wine, but leaves two plain iterates per cycle, too few for Aitken.)
+    # s' itself starts the next cycle once theta' is accepted (no stabilisation pass): a
+    # cycle is two passes, the pass at theta' (which checks it) and one plain EM step.
     acc.seen = []
     restart.params = params
+
+
+def _shrunk(step_max: float) -> float:
+    """The cap after a refused or invalid step at the cap: 4x shorter, but not below SHRINK_FLOOR.
+
+    squarem1 (R package SQUAREM) shrinks ``step.max`` 4x to at least ``step.max0 = 1``
+    and then, the fallback's ``alpha = 1`` being at that cap, grows it back to 4 in the
+    same cycle: its cap never stays at 1 once it has grown.
+    """
+    return max(SHRINK_FLOOR, step_max / 4.0)
+
+
+def _rate_settled(run: list[float]) -> bool:
+    """Whether plain EM is decelerating: its last three changes positive and each smaller than the one before.
+
+    That is, two consecutive rate estimates ``a_k = dL_k / dL_{k-1}`` in (0, 1): the
+    contracting regime SqS3's secant model assumes. Changes that grow (EM leaving a
+    plateau) or a bound that falls (``reg_covar`` near a fixed point) keep plain EM on.
+    """
+    if len(run) < 4:
+        return False
+    d = np.diff(run[-4:])
+    return bool(np.all(d > 0) and d[1] < d[0] and d[2] < d[1])
 
 
 def _converged(acc: Squarem, tol: float, rule: str) -> bool:
     """The stopping rule on an accelerated restart's current run of plain EM iterates.
 
     Aitken's rule counts the consecutive estimates below ``tol`` across cycles (a
-    cycle's run holds three plain iterates: one estimate).
+    cycle's run holds two plain iterates, three when the cycle waits a pass near
+    the end: one estimate).
     """
     if rule != "aitken":
         return has_converged(acc.run, tol, rule)

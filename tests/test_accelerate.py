@@ -169,24 +169,67 @@ def _params(p):
     return {"probabilities": np.asarray(p, dtype=np.float64).reshape(2, 1), "weights": np.array([0.5, 0.5])}
 
 
-def test_extrapolation_leaving_the_valid_set_falls_back_to_the_em_step():
+def test_extrapolation_waits_for_plain_em_to_decelerate():
+    # L_k = L* - c a^k: every change a times the one before, decelerating from the fourth bound on.
+    geometric = [-3.0 - 0.5 * 0.8**k for k in range(6)]
+    assert not accelerate._rate_settled(geometric[:3]) and accelerate._rate_settled(geometric[:4])
+    # Changes that grow (rate > 1: EM leaving a plateau), or grow once among the last three: not yet.
+    assert not accelerate._rate_settled([-3.0, -2.9, -2.7, -2.3])
+    assert not accelerate._rate_settled(list(-3.0 + np.cumsum([0.1, 0.05, 0.06])))
+    assert accelerate._rate_settled(list(-3.0 + np.cumsum([0.0, 0.1, 0.09, 0.06])))
+    # A bound that falls (reg_covar near the optimum) never opens the gate: plain EM goes on.
+    assert not accelerate._rate_settled([-3.0, -2.9, -2.85, -2.8500001])
+
+
+def test_a_refused_step_at_the_cap_shrinks_it_to_no_less_than_four():
+    # squarem1's net effect: 4x shorter, but its cap, once grown, never stays at 1.
+    assert accelerate._shrunk(64.0) == 16.0 and accelerate._shrunk(16.0) == 4.0 and accelerate._shrunk(4.0) == 4.0
+
+
+def test_an_invalid_extrapolation_is_backtracked_toward_the_em_step_without_a_pass():
     family = BernoulliFamily(pseudo_count=0.0)
-    restart = Restart(0, 0, _params([0.3, 0.7]), accel=accelerate.Squarem(step_max=64.0))
+    restart = Restart(0, 0, _params([0.3, 0.7]), accel=accelerate.Squarem(step_max=64.0, warm=True))
     acc = restart.accel
     acc.seen = [(_params([0.1, 0.9]), _bernoulli_record([1, 9])), (_params([0.3, 0.7]), _bernoulli_record([3, 7]))]
     acc.run = [-1.0, -0.9]
-    # s0 = 1, s1 = 3, s2 = 4.9: SqS3 gives alpha = -20 and s' = 41 ones out of 10 rows.
+    # s0 = 1, s1 = 3, s2 = 4.9 (ones of component 0, out of 10 rows; component 1 mirrors it):
+    # r = 2, v = -0.1, SqS3 gives alpha = -20 and s'(alpha) = 1 - 4 alpha - 0.1 alpha^2 = 41 ones.
+    # Halving toward -1: alpha = -10.5 (32.0 ones), -5.75 (20.7), -3.375 (13.4): outside [0, 10];
+    # alpha = -2.1875 gives 1 + 8.75 - 0.478515625 = 9.271484375 ones, inside.
     plain = _params([0.49, 0.51])
     result = StepResult(-0.85, plain, wsum=20.0, record=_bernoulli_record([4.9, 5.1]))
-    alpha, _, why = accelerate.extrapolate(
-        accelerate.Squarem(step_max=64.0, seen=acc.seen + [(_params([0.45, 0.55]), result.record)]),
-        family, 20, 20.0,
-    )
-    assert alpha == pytest.approx(-20.0) and why == "a probability outside [0, 1]"
+    first, _, _ = accelerate.sqs3_alpha(*[{"nk": r["nk"], "stats": r["stats"]} for r in
+                                          (_bernoulli_record([1, 9]), _bernoulli_record([3, 7]), result.record)], 64.0)
+    assert first == pytest.approx(-20.0)
     accelerate.step(restart, result, _params([0.45, 0.55]), tol=0.0, rule="change", family=family, n_rows=20,
                     warn=print)
+    assert acc.pending is not None and acc.pending["alpha"] == pytest.approx(-2.1875)
+    np.testing.assert_allclose(restart.params["probabilities"][:, 0], [0.9271484375, 0.0728515625], rtol=1e-12)
+    assert acc.n_invalid == 1 and acc.n_backtracked == 1 and acc.n_extrapolated == 1
+    assert restart.n_iter == 1  # backtracking took M-steps, no pass
+    assert acc.step_max == 64.0  # the first step was below the cap: the cap stays
+
+
+def test_extrapolation_leaving_the_valid_set_falls_back_to_the_em_step():
+    family = BernoulliFamily(pseudo_count=0.0)
+    restart = Restart(0, 0, _params([0.5, 0.5]), accel=accelerate.Squarem(step_max=64.0, warm=True))
+    acc = restart.accel
+    acc.seen = [(_params([0.1, 0.9]), _bernoulli_record([1, 9])), (_params([0.5, 0.5]), _bernoulli_record([5, 5]))]
+    acc.run = [-1.0, -0.9]
+    # s0 = 1, s1 = 5, s2 = 9.99: s'(alpha) = 1 - 8 alpha + 0.99 alpha^2 is above 10 for every alpha < -1,
+    # so every backtracked step (the last alpha = -1 - 3.04 / 2^5) leaves [0, 10] too.
+    plain = _params([0.999, 0.001])
+    result = StepResult(-0.85, plain, wsum=20.0, record=_bernoulli_record([9.99, 0.01]))
+    alpha, params, why = accelerate.extrapolate(
+        accelerate.Squarem(step_max=64.0, seen=acc.seen + [(_params([0.9, 0.1]), result.record)]),
+        family, 20, 20.0,
+    )
+    assert alpha == pytest.approx(-math.sqrt(32 / 1.9602)) and params is None
+    assert why == "a probability outside [0, 1]"
+    accelerate.step(restart, result, _params([0.9, 0.1]), tol=0.0, rule="change", family=family, n_rows=20,
+                    warn=print)
     assert restart.params is plain  # the plain EM step
-    assert acc.n_invalid == 1 and acc.pending is None and acc.n_extrapolated == 0
+    assert acc.n_invalid == 1 and acc.n_backtracked == 0 and acc.pending is None and acc.n_extrapolated == 0
     assert acc.step_max == 64.0  # below the cap: the cap stays
 
 
@@ -194,14 +237,14 @@ def test_an_extrapolated_point_that_lowers_the_bound_is_refused():
     family = BernoulliFamily(pseudo_count=0.0)
     fallback = _params([0.49, 0.51])
     restart = Restart(0, 0, _params([0.6, 0.4]), history=[-1.0, -0.9, -0.85], n_iter=3,
-                      accel=accelerate.Squarem(step_max=4.0))
-    restart.accel.pending = {"bound": -0.85, "alpha": -4.0, "fallback": fallback,
+                      accel=accelerate.Squarem(step_max=16.0))
+    restart.accel.pending = {"bound": -0.85, "alpha": -16.0, "fallback": fallback,
                              "seen": [(_params([0.45, 0.55]), _bernoulli_record([4.9, 5.1]))],
                              "run": [-1.0, -0.9, -0.85]}
     lower = StepResult(-0.86, _params([0.5, 0.5]), wsum=20.0, record=_bernoulli_record([5, 5]))
     accelerate.step(restart, lower, _params([0.6, 0.4]), tol=0.0, rule="change", family=family, n_rows=20, warn=print)
     assert restart.params is fallback and restart.history == [-1.0, -0.9, -0.85] and restart.n_iter == 4
-    assert restart.accel.n_rejected == 1 and restart.accel.step_max == 1.0
+    assert restart.accel.n_rejected == 1 and restart.accel.step_max == 4.0  # refused at the cap: 4x shorter
     assert len(restart.accel.seen) == 1 and restart.accel.run == [-1.0, -0.9, -0.85]
     # A point at least as good is kept, and starts a new run of plain EM iterates.
     restart.accel.pending = {"bound": -0.85, "alpha": -4.0, "fallback": fallback, "seen": [], "run": [-0.85]}
@@ -233,7 +276,9 @@ def test_gaussian_statistics_are_aligned_exactly_between_centres():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop_at", [4, 5, 6])
+# 3: during the warm-up (plain EM until it decelerates); 4-5: the first cycle; 6: an extrapolated
+# point pending; 7: just accepted (s' is the cycle's first point); 29: after a refused point.
+@pytest.mark.parametrize("stop_at", [3, 4, 5, 6, 7, 29])
 def test_resume_mid_acceleration_is_bitwise(tmp_path, stop_at):
     X = overlapping_gaussians(n=900)
     settings = dict(covariance_type="diag", random_state=0, accelerate="squarem", tol=1e-9)

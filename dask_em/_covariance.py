@@ -137,6 +137,28 @@ class FullLayout:
 
     # -- E-step -------------------------------------------------------------
 
+    def kernel(self, params: Params, dtype=np.float64) -> FullLayout:
+        """The layout whose design the fused E-step of ``params`` runs on.
+
+        The moment design (:class:`_MomentDesign`) where it is faster (d at most
+        ``MOMENT_MAX_FEATURES``) and its raw moments lose nothing that matters
+        (every mean within ``MOMENT_MAX_DISTANCE2`` of the shift); otherwise this one.
+        """
+        dtype = np.dtype(dtype)
+        d = params["means"].shape[1]
+        if d > MOMENT_MAX_FEATURES.get(dtype, 0):
+            return self
+        dist2 = _mahalanobis2(params, self)
+        if not (dist2.max(initial=0.0) <= MOMENT_MAX_DISTANCE2[dtype]):  # NaN: not safe either
+            return self
+        return MOMENT_LAYOUTS[self.name]
+
+    def panel_rows(self, k: int, d: int, dtype) -> int | None:
+        """Rows per panel where this layout wants its own (None: the family's default)."""
+        return None
+
+    # -- E-step (the residual design) -------------------------------------------------------------
+
     def width(self, d: int) -> int:
         return d + 1
 
@@ -302,6 +324,123 @@ class TiedLayout(FullLayout):
 
 
 # ---------------------------------------------------------------------------
+# full / tied at small d: the moment design
+# ---------------------------------------------------------------------------
+
+# The moment design replaces the residual design of full/tied restarts when d is
+# at most this (per compute dtype) ... (filled in below from measurements).
+MOMENT_MAX_FEATURES = {np.dtype(np.float64): 24, np.dtype(np.float32): 24}
+
+# ... and every component's mean lies within this squared Mahalanobis distance
+# (under its own precision) of the shift: the moments are raw, about the shift,
+# and the covariance of component k carries a relative error of about
+# eps * (1 + D_k**2) (float64: 2**20 -> 2e-10; float32: 64 -> 4e-6).
+MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 64.0}
+
+# Bytes of one moment-design panel: the panel is written once and read by the
+# log-density GEMM and the statistics GEMM, so it should stay in cache between them.
+MOMENT_PANEL_BYTES = 2**22
+
+
+def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:
+    """(K,) squared distances ``|U_k^T m_k|**2`` of the shift (the origin) from each mean."""
+    means = params["means"]
+    k, d = means.shape
+    pc = layout._stacked_factors(params["precisions_cholesky"], k, d)
+    return (np.einsum("kd,kde->ke", means, pc) ** 2).sum(1)
+
+
+class _MomentDesign:
+    """Full/tied E-step on the design ``phi = [vech((x - c)(x - c)^T), x - c, 1]``.
+
+    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design.
+    Every component's log-density is one row of one (K, width) @ (width, P)
+    GEMM (the quadratic form expanded about the shift ``c``, off-diagonal
+    coefficients doubled), and every statistic one (K, P) @ (P, width) GEMM:
+    raw moments about ``c``, which :meth:`finish` turns into the residual
+    design's ``n, a, b`` about the means by exact algebra, so the M-step and
+    everything downstream see the same statistics.
+    """
+
+    design = "moments"
+
+    def width(self, d: int) -> int:
+        return d * (d + 1) // 2 + d + 1
+
+    def panel_rows(self, k: int, d: int, dtype) -> int:
+        return _pow2(MOMENT_PANEL_BYTES // (self.width(d) * np.dtype(dtype).itemsize))
+
+    def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        d, t = shift.shape[0], x.shape[0]
+        q = d * (d + 1) // 2
+        out = out[:, :t]
+        y = out[q : q + d]
+        np.subtract(x.T, shift[:, None], out=y)
+        row = 0
+        for i in range(d):  # vech row-major (np.triu_indices' order): y_i * y_j for j >= i
+            np.multiply(y[i], y[i:], out=out[row : row + d - i])
+            row += d - i
+        return out
+
+    def prepare(self, params: Params, tile: int, dtype=np.float64) -> dict:
+        means = params["means"]
+        k, d = means.shape
+        q = d * (d + 1) // 2
+        pc = self._stacked_factors(params["precisions_cholesky"], k, d)
+        prec = np.matmul(pc, pc.transpose(0, 2, 1))
+        rows, cols = np.triu_indices(d)
+        coef = np.empty((k, self.width(d)))
+        # -1/2 y^T P y: -1/2 P_ii on the squares, -P_ij on each product i < j.
+        coef[:, :q] = -prec[:, rows, cols]
+        coef[:, :q][:, rows == cols] *= 0.5
+        coef[:, q : q + d] = np.einsum("kij,kj->ki", prec, means)
+        coef[:, -1] = log_const(params, self.log_det(params["precisions_cholesky"], d), d) - 0.5 * _mahalanobis2(
+            params, self
+        )
+        # The statistics are float64 moments about the shift: "means" stay float64 (nothing to shift back).
+        return {"coef": coef.astype(dtype, copy=False), "means": means, "tile": tile}
+
+    def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
+        return view["coef"] @ xa
+
+    def empty_stats(self, k: int, d: int) -> Stats:
+        return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, self.width(d)))}
+
+    def accumulate(self, xa, w, resp, means, acc: Stats, view: dict | None = None) -> None:
+        rw = resp if w is None else np.multiply(resp, w, out=resp)
+        acc["moments"] += rw @ xa.T
+
+    def finish(self, stats: Stats, means: np.ndarray) -> Stats:
+        """Raw moments about the shift -> ``n``, ``a_k = sum r (x - m_k)``, ``b_k = sum r (x - m_k)(x - m_k)^T``."""
+        k, d = means.shape
+        q = d * (d + 1) // 2
+        moments = stats.pop("moments")
+        n, s1 = moments[:, -1].copy(), moments[:, q : q + d]
+        rows, cols = np.triu_indices(d)
+        b = np.empty((k, d, d))
+        b[:, rows, cols] = moments[:, :q]
+        b[:, cols, rows] = moments[:, :q]
+        cross = s1[:, :, None] * means[:, None, :]
+        b -= cross
+        b -= cross.transpose(0, 2, 1)
+        b += n[:, None, None] * means[:, :, None] * means[:, None, :]
+        stats.update(n=n, a=s1 - n[:, None] * means, b=b)
+        return stats
+
+
+class FullMomentLayout(_MomentDesign, FullLayout):
+    """``full`` on the moment design (small d)."""
+
+
+class TiedMomentLayout(_MomentDesign, TiedLayout):
+    """``tied`` on the moment design (small d)."""
+
+
+def _pow2(value: float) -> int:
+    return 1 << max(0, int(value).bit_length() - 1)
+
+
+# ---------------------------------------------------------------------------
 # diag / spherical
 # ---------------------------------------------------------------------------
 
@@ -345,6 +484,12 @@ class DiagLayout:
         return prec_chol**2
 
     # -- E-step -------------------------------------------------------------
+
+    def kernel(self, params, dtype=np.float64):
+        return self
+
+    def panel_rows(self, k, d, dtype):
+        return None
 
     def width(self, d):
         return 2 * d + 1
@@ -427,3 +572,5 @@ LAYOUTS: dict[str, FullLayout | DiagLayout] = {
     layout.name: layout for layout in (FullLayout(), TiedLayout(), DiagLayout(), SphericalLayout())
 }
 COVARIANCE_TYPES = tuple(LAYOUTS)
+# The E-step's alternative layouts for small d (see FullLayout.kernel); same statistics after finish.
+MOMENT_LAYOUTS: dict[str, FullLayout] = {layout.name: layout for layout in (FullMomentLayout(), TiedMomentLayout())}

@@ -144,12 +144,11 @@ class FullLayout:
         ``MOMENT_MAX_FEATURES``) and its raw moments lose nothing that matters
         (every mean within ``MOMENT_MAX_DISTANCE2`` of the shift); otherwise this one.
         """
-        dtype = np.dtype(dtype)
-        d = params["means"].shape[1]
-        if d > MOMENT_MAX_FEATURES.get(dtype, 0):
+        k, d = params["means"].shape
+        if d > moment_max_features(k):
             return self
         dist2 = _mahalanobis2(params, self)
-        if not (dist2.max(initial=0.0) <= MOMENT_MAX_DISTANCE2[dtype]):  # NaN: not safe either
+        if not (dist2.max(initial=0.0) <= MOMENT_MAX_DISTANCE2[np.dtype(dtype)]):  # NaN: not safe either
             return self
         return MOMENT_LAYOUTS[self.name]
 
@@ -327,9 +326,18 @@ class TiedLayout(FullLayout):
 # full / tied at small d: the moment design
 # ---------------------------------------------------------------------------
 
-# The moment design replaces the residual design of full/tied restarts when d is
-# at most this (per compute dtype) ... (filled in below from measurements).
-MOMENT_MAX_FEATURES = {np.dtype(np.float64): 24, np.dtype(np.float32): 24}
+# The moment design replaces the residual design of full/tied restarts with K
+# components when d is at most MOMENT_MAX_FEATURES[i] for the last i with
+# MOMENT_MIN_COMPONENTS[i] <= K ... Its cost hardly depends on K below 8 (building
+# the design, d(d+1)/2 products a row, and GEMMs of K rows that BLAS runs at a
+# fraction of its peak: 10-20 GFLOP/s for K < 8, 36 at K = 8, one thread), the
+# residual design's grows with K: measured crossovers (thread CPU time,
+# benchmarks/bench_kernel.py --components, float64; float32 gains more):
+# K=2 none at d >= 16 (d=8: 0.91x), K=3-4 about d=8-16, K=6 d=16, K=8 d=32-48 (0.75x at
+# d=28, 0.96-0.98x at 32-40, 1.13x at 48),
+# K=16 above 56 (0.77x at d=56), K=32 0.47x at d=32.
+MOMENT_MIN_COMPONENTS = (3, 5, 8, 16)
+MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 
 # ... and every component's mean lies within this squared Mahalanobis distance
 # (under its own precision) of the shift: the moments are raw, about the shift,
@@ -340,6 +348,12 @@ MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 64.
 # Bytes of one moment-design panel: the panel is written once and read by the
 # log-density GEMM and the statistics GEMM, so it should stay in cache between them.
 MOMENT_PANEL_BYTES = 2**22
+
+
+def moment_max_features(k: int) -> int:
+    """The largest d at which a K-component full/tied E-step runs on the moment design (0: never)."""
+    i = int(np.searchsorted(MOMENT_MIN_COMPONENTS, k, side="right"))
+    return MOMENT_MAX_FEATURES[i - 1] if i else 0
 
 
 def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:

@@ -9,7 +9,8 @@ Usage::
 
     python benchmarks/bench_kernel.py              # d = 16 and 64, K = 8
     python benchmarks/bench_kernel.py --dims 16 --repeats 3
-    python benchmarks/bench_kernel.py --design residual   # the residual design at every d (the comparison)
+    python benchmarks/bench_kernel.py --design residual   # the residual design at every d
+    python benchmarks/bench_kernel.py --design moments --components 4 --dims 8,16   # the moment design
 
 The "design" column names what ``FullLayout.kernel`` picked for float64
 (``moments`` at small d, ``full``: the residual design ``[x - c, 1]``).
@@ -65,12 +66,13 @@ def main() -> None:
     parser.add_argument("--dims", default="16,64")
     parser.add_argument("--components", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2, help="whole measurements per d (their spread is printed)")
-    parser.add_argument("--design", choices=["auto", "residual"], default="auto",
-                        help="auto: the library's choice per d; residual: never the moment design")
+    parser.add_argument("--design", choices=["auto", "residual", "moments"], default="auto",
+                        help="auto: the library's choice per d and K; residual / moments: that design at every d "
+                             "(moments: unless a mean is too far from the shift)")
     args = parser.parse_args()
     k = args.components
-    if args.design == "residual":
-        _covariance.moment_max_features = lambda k: 0
+    if args.design != "auto":
+        _covariance.moment_max_features = (lambda k: 0) if args.design == "residual" else (lambda k: 10**9)
     print(f"# one thread, K={k}, thread CPU s per 2M rows; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print("| d | design | float64 s | float32 s | 1-thread DGEMM GFLOP/s | floor s | float64 of floor | float32 of floor |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -31,7 +31,7 @@ Design matrices (one column per data row, so elementwise work runs over long row
   statistic, as raw moments about ``c``; ``finish`` turns them into the
   residual design's ``n, a, b`` by exact algebra, so nothing downstream changes.
   Half the GEMM flops and no (K·d, P) elementwise passes: 0.44-0.47 s per 2M
-  rows at d=16, K=8 (one thread) against 0.74-0.78 s. Raw moments carry the
+  rows at d=16, K=8 (one thread's CPU time) against 0.70-0.78 s. Raw moments carry the
   covariance error ``eps * (1 + D_k**2)``, ``D_k`` the Mahalanobis distance of
   ``c`` from mean k: a restart with any ``D_k**2`` above
   ``MOMENT_MAX_DISTANCE2`` (2**20 in float64, 64 in float32), or d above the
@@ -156,7 +156,7 @@ class FullLayout:
         """The layout whose design the fused E-step of ``params`` runs on.
 
         The moment design (:class:`_MomentDesign`) where it is faster (d at most
-        ``MOMENT_MAX_FEATURES``) and its raw moments lose nothing that matters
+        ``moment_max_features(K)``) and its raw moments lose nothing that matters
         (every mean within ``MOMENT_MAX_DISTANCE2`` of the shift); otherwise this one.
         """
         k, d = params["means"].shape
@@ -171,7 +171,7 @@ class FullLayout:
         """Rows per panel where this layout wants its own (None: the family's default)."""
         return None
 
-    # -- E-step (the residual design) -------------------------------------------------------------
+    # -- E-step on the residual design ---------------------------------------
 
     def width(self, d: int) -> int:
         return d + 1

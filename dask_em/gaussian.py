@@ -3,7 +3,8 @@
 :class:`GaussianFamily` puts the covariance layouts of :mod:`dask_em._covariance`
 behind the family protocol of :mod:`dask_em.family`. Its fused ``estep`` walks a
 chunk in panels of rows shared by every restart of a round; for each restart it
-calls its layout's ``prepare`` (once per chunk), ``weighted_log_prob``, the
+asks its layout for the ``kernel`` it runs on (full/tied at small d: the moment
+design), then calls its ``prepare`` (once per chunk), ``weighted_log_prob``, the
 shared in-place log-sum-exp, ``accumulate`` and, at the end, ``finish``.
 
 All coordinates are *centered*: the family's context is one shift ``c`` (the

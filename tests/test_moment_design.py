@@ -111,3 +111,19 @@ def test_the_rule_picks_by_components_features_and_distance(rng):
     assert not isinstance(LAYOUTS["full"].kernel(params, "float64"), _MomentDesign)
     for ct in ("diag", "spherical"):
         assert LAYOUTS[ct].kernel(params) is LAYOUTS[ct]
+
+
+def test_a_restart_sums_the_same_beside_restarts_with_longer_panels(rng):
+    """A moment-design restart (2048-row panels at d=16) beside a diag one (8192): bitwise its sums alone."""
+    k, d = 8, 16
+    full = make_params(rng, "full", k, d, mean_scale=0.3)
+    diag = {"means": rng.standard_normal((k, d)), "precisions_cholesky": rng.uniform(0.5, 1.5, (k, d)),
+            "weights": np.full(k, 1.0 / k), "covariance_type": "diag"}
+    X = rng.standard_normal((20_000, d))
+    family = gaussian.GaussianFamily()
+    assert isinstance(LAYOUTS["full"].kernel(full), _MomentDesign)
+    together = engine.estep_block(X, None, engine.RoundState(family, np.zeros(d), [diag, full], check_rows=False))
+    alone = engine.estep_block(X, None, engine.RoundState(family, np.zeros(d), [full], check_rows=False))
+    assert together[1]["loglik"] == alone[0]["loglik"]
+    for key in ("n", "a", "b"):
+        np.testing.assert_array_equal(together[1]["stats"][key], alone[0]["stats"][key], err_msg=key)

@@ -3,10 +3,12 @@
 The fused E-step of a full/tied restart with few features runs on the design
 [vech((x-c)(x-c)^T), x-c, 1]: one GEMM for every log-density, one for every
 statistic, as raw moments about the shift, turned into the residual design's
-n, a, b about the means. Checked here against log-densities from
-scipy.stats.multivariate_normal and statistics summed directly with numpy;
-the fallback to the residual design (a mean far from the shift in its own
-spread, or d above the crossover) is checked to be taken and to stay accurate.
+n, a, b about the means; above the crossover d the residual design's
+statistics are raw moments about the shift too (_covariance._RawStatistics).
+Checked here against log-densities from scipy.stats.multivariate_normal and
+statistics summed directly with numpy; the fallback to statistics about the
+means (a mean far from the shift in its own spread) is checked to be taken
+and to stay accurate.
 """
 
 import numpy as np
@@ -15,7 +17,7 @@ from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
 from dask_em import engine, gaussian
-from dask_em._covariance import LAYOUTS, MOMENT_MAX_DISTANCE2, _MomentDesign, moment_max_features
+from dask_em._covariance import LAYOUTS, MOMENT_MAX_DISTANCE2, _MomentDesign, _RawStatistics, moment_max_features
 
 
 def make_params(rng, ct, k, d, mean_scale=1.0):
@@ -56,14 +58,16 @@ def rel(a, b):
 
 @pytest.mark.parametrize("ct", ["full", "tied"])
 @pytest.mark.parametrize("dtype, tol", [("float64", 1e-11), ("float32", 2e-5)])
-@pytest.mark.parametrize("k", [4, 6])  # 6: the GEMMs run on 8 rows, two of them zero (_covariance._gemm_rows)
+# k=6: the GEMMs run on 8 rows, two of them zero (_covariance._gemm_rows); k=2: above the moment design's d,
+# the residual design with raw-moment statistics (_covariance._RawStatistics).
+@pytest.mark.parametrize("k", [2, 4, 6])
 def test_moment_design_equals_direct_sums(ct, dtype, tol, k, rng):
     d = 6
     params = make_params(rng, ct, k, d)
     shift = rng.standard_normal(d)
     X = shift + rng.standard_normal((7000, d)) * 1.3  # 7000 rows: several panels, a partial last one
     w = rng.uniform(0.2, 2.0, len(X))
-    assert isinstance(LAYOUTS[ct].kernel(params, dtype), _MomentDesign)
+    assert isinstance(LAYOUTS[ct].kernel(params, dtype), _MomentDesign if k > 2 else _RawStatistics)
     rec = estep(X, w, params, shift, dtype)
     loglik, n, a, b = direct(X, w, params, shift)
     assert abs(rec["loglik"] - loglik) <= tol * abs(loglik)
@@ -75,22 +79,23 @@ def test_moment_design_equals_direct_sums(ct, dtype, tol, k, rng):
 
 
 @pytest.mark.parametrize("ct", ["full", "tied"])
-def test_mean_far_from_the_shift_takes_the_residual_design(ct, rng):
+@pytest.mark.parametrize("k", [2, 4])
+def test_mean_far_from_the_shift_takes_the_residual_design(ct, k, rng):
     """A component 1e4 of its spreads from the shift: raw moments would lose ~eps * 1e8; the guard keeps them out."""
-    k, d = 4, 5
+    d = 5
     params = make_params(rng, ct, k, d)
     params["means"][0] += 1e4
     shift = np.zeros(d)
     labels = rng.integers(0, k, 4000)
     X = params["means"][labels] + rng.standard_normal((4000, d)) * 0.8
-    assert not isinstance(LAYOUTS[ct].kernel(params), _MomentDesign)
+    assert LAYOUTS[ct].kernel(params) is LAYOUTS[ct]
     rec = estep(X, np.ones(len(X)), params, shift)
     _, n, a, b = direct(X, np.ones(len(X)), params, shift)
     for key, ref in (("n", n), ("a", a), ("b", b)):
         assert rel(rec["stats"][key], ref) < 1e-10, key
     # The same components with every mean within a few spreads of the shift: the moment design.
     near = dict(params, means=params["means"] * 1e-4)
-    assert isinstance(LAYOUTS[ct].kernel(near), _MomentDesign)
+    assert isinstance(LAYOUTS[ct].kernel(near), _MomentDesign if k > 2 else _RawStatistics)
 
 
 def test_the_rule_picks_by_components_features_and_distance(rng):
@@ -98,7 +103,8 @@ def test_the_rule_picks_by_components_features_and_distance(rng):
         limit = moment_max_features(k)
         for d in {1, 4, limit, limit + 1} - {0}:
             params = make_params(rng, "full", k, d, mean_scale=0.0)
-            assert isinstance(LAYOUTS["full"].kernel(params), _MomentDesign) == (d <= limit), (k, d)
+            chosen = LAYOUTS["full"].kernel(params)
+            assert isinstance(chosen, _MomentDesign if d <= limit else _RawStatistics), (k, d)
     assert moment_max_features(2) == 0  # two components: the residual design was faster at every d measured
     # Squared Mahalanobis distance of the shift from a mean of 100 (float32's limit is below, float64's above).
     params = make_params(rng, "full", 4, 4, mean_scale=0.0)
@@ -107,8 +113,9 @@ def test_the_rule_picks_by_components_features_and_distance(rng):
     assert MOMENT_MAX_DISTANCE2[np.dtype("float32")] < 100 < MOMENT_MAX_DISTANCE2[np.dtype("float64")]
     assert isinstance(LAYOUTS["full"].kernel(params, "float64"), _MomentDesign)
     assert not isinstance(LAYOUTS["full"].kernel(params, "float32"), _MomentDesign)
+    assert LAYOUTS["full"].kernel(params, "float32") is LAYOUTS["full"]
     params["means"][2, 0] = np.nan
-    assert not isinstance(LAYOUTS["full"].kernel(params, "float64"), _MomentDesign)
+    assert LAYOUTS["full"].kernel(params, "float64") is LAYOUTS["full"]
     for ct in ("diag", "spherical"):
         assert LAYOUTS[ct].kernel(params) is LAYOUTS[ct]
 

@@ -7,6 +7,7 @@ matrices the E-step multiplies it with, the statistics it accumulates, the
 M-step, the Cholesky algebra of its precisions and its shapes. Pure numpy;
 nothing here knows about Dask or mixtures of restarts::
 
+    LAYOUTS[covariance_type].kernel(params, dtype)           the layout the fused E-step runs on
     LAYOUTS[covariance_type].augment(x, shift, buf)          rows -> design matrix (width, P)
     LAYOUTS[...].prepare(params, tile)                       params -> view (once per chunk)
     LAYOUTS[...].weighted_log_prob(xa, view)                 (K, P) log(w_k) + log N(x | k)
@@ -19,9 +20,27 @@ Design matrices (one column per data row, so elementwise work runs over long row
 * ``full``/``tied``: ``xa = [x - c, 1]^T`` of shape (d + 1, P). One GEMM against
   the stacked factors ``[U_k^T, -U_k^T m_k]`` gives every whitened residual of a
   tile; their squares are summed per component (a reduction over d rows) and
-  the log-normalisers added once per panel. Second moments are accumulated about the
-  previous means, ``b_k = sum_i r_ik (x_i - m_k)(x_i - m_k)^T``, so a component
-  far from the data's center loses nothing to cancellation.
+  the log-normalisers added once per panel. Second moments are accumulated
+  as raw moments about ``c`` (:class:`_RawStatistics`: ``r_ik (x_i - c)``
+  times the design, one elementwise pass) and turned into ``b_k = sum_i r_ik
+  (x_i - m_k)(x_i - m_k)^T`` by ``finish``; where a mean lies far from ``c``
+  (see below) about the previous means instead (``r_ik (x_i - m_k)``, two
+  passes), so such a component loses nothing to cancellation.
+* ``full``/``tied`` at small d (the *moment design*, :class:`_MomentDesign`,
+  picked per restart by :meth:`FullLayout.kernel`): ``phi = [vech((x - c)(x -
+  c)^T), x - c, 1]^T`` of shape (d(d+1)/2 + d + 1, P), built once per panel and
+  shared by every restart on it. One (K, width) GEMM gives every log-density (the
+  quadratic forms expanded about ``c``), one GEMM of the responsibilities every
+  statistic, as raw moments about ``c``; ``finish`` turns them into the
+  residual design's ``n, a, b`` by exact algebra, so nothing downstream changes.
+  Half the GEMM flops and no (K·d, P) elementwise passes: 0.44-0.47 s per 2M
+  rows at d=16, K=8 (one thread's CPU time) against 0.70-0.78 s. Raw moments carry the
+  covariance error ``eps * (1 + D_k**2)``, ``D_k`` the Mahalanobis distance of
+  ``c`` from mean k: a restart with any ``D_k**2`` above
+  ``MOMENT_MAX_DISTANCE2`` (2**20 in float64, 64 in float32) stays on the
+  residual design with statistics about the means; d above the measured
+  crossover for its K (``moment_max_features``) takes the residual design with
+  raw statistics.
 * ``diag``/``spherical``: ``xa = [(x - c)**2, x - c, 1]^T`` of shape (2d + 1, P);
   one GEMM against a (K, 2d + 1) matrix gives every log-density of the panel,
   and one GEMM of the weighted responsibilities against ``xa`` all statistics.
@@ -136,6 +155,27 @@ class FullLayout:
         return prec_chol
 
     # -- E-step -------------------------------------------------------------
+
+    def kernel(self, params: Params, dtype=np.float64) -> FullLayout:
+        """The layout whose design the fused E-step of ``params`` runs on.
+
+        Where raw moments about the shift lose nothing that matters (every
+        mean within ``MOMENT_MAX_DISTANCE2`` of it): the moment design
+        (:class:`_MomentDesign`) where it is faster (d at most
+        ``moment_max_features(K)``), else this design with raw-moment
+        statistics (:class:`_RawStatistics`). Otherwise this layout itself.
+        """
+        k, d = params["means"].shape
+        dist2 = _mahalanobis2(params, self)
+        if not (dist2.max(initial=0.0) <= MOMENT_MAX_DISTANCE2[np.dtype(dtype)]):  # NaN: not safe either
+            return self
+        return MOMENT_LAYOUTS[self.name] if d <= moment_max_features(k) else RAW_LAYOUTS[self.name]
+
+    def panel_rows(self, k: int, d: int, dtype) -> int | None:
+        """Rows per panel where this layout wants its own (None: the family's default)."""
+        return None
+
+    # -- E-step on the residual design ---------------------------------------
 
     def width(self, d: int) -> int:
         return d + 1
@@ -302,6 +342,208 @@ class TiedLayout(FullLayout):
 
 
 # ---------------------------------------------------------------------------
+# full / tied at small d: the moment design
+# ---------------------------------------------------------------------------
+
+# The moment design replaces the residual design of full/tied restarts with K
+# components when d is at most MOMENT_MAX_FEATURES[i] for the last i with
+# MOMENT_MIN_COMPONENTS[i] <= K ... Its cost hardly depends on K below 8 (building
+# the design, d(d+1)/2 products a row, and GEMMs of K rows that BLAS runs at a
+# fraction of its peak: 10-20 GFLOP/s for K < 8, 36 at K = 8, one thread), the
+# residual design's grows with K: measured crossovers (thread CPU time,
+# benchmarks/bench_kernel.py --components, float64; float32 gains more):
+# K=2 none at d >= 16 (d=8: 0.91x), K=3-4 about d=8-16, K=6 d=16, K=8 d=32-48 (0.75x at
+# d=28, 0.96-0.98x at 32-40, 1.13x at 48),
+# K=16 above 56 (0.77x at d=56), K=32 0.47x at d=32.
+MOMENT_MIN_COMPONENTS = (3, 5, 8, 16)
+MOMENT_MAX_FEATURES = (8, 16, 32, 56)
+
+# ... and every component's mean lies within this squared Mahalanobis distance
+# (under its own precision) of the shift: the moments are raw, about the shift,
+# and the covariance of component k carries a relative error of about
+# eps * (1 + D_k**2) (float64: 2**20 -> 2e-10; float32: 64 -> 4e-6).
+MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 64.0}
+
+# Bytes of one moment-design panel: the panel is written once and read by the
+# log-density GEMM and the statistics GEMM, so it should stay in cache between them.
+MOMENT_PANEL_BYTES = 2**22
+
+
+def moment_max_features(k: int) -> int:
+    """The largest d at which a K-component full/tied E-step runs on the moment design (0: never)."""
+    i = int(np.searchsorted(MOMENT_MIN_COMPONENTS, k, side="right"))
+    return MOMENT_MAX_FEATURES[i - 1] if i else 0
+
+
+def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:
+    """(K,) squared distances ``|U_k^T m_k|**2`` of the shift (the origin) from each mean."""
+    means = params["means"]
+    k, d = means.shape
+    pc = layout._stacked_factors(params["precisions_cholesky"], k, d)
+    return (np.einsum("kd,kde->ke", means, pc) ** 2).sum(1)
+
+
+class _MomentDesign:
+    """Full/tied E-step on the design ``phi = [vech((x - c)(x - c)^T), x - c, 1]``.
+
+    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design.
+    Every component's log-density is one row of one (K, width) @ (width, P)
+    GEMM (the quadratic form expanded about the shift ``c``, off-diagonal
+    coefficients doubled), and every statistic one (K, P) @ (P, width) GEMM:
+    raw moments about ``c``, which :meth:`finish` turns into the residual
+    design's ``n, a, b`` about the means by exact algebra, so the M-step and
+    everything downstream see the same statistics.
+    """
+
+    design = "moments"
+
+    def width(self, d: int) -> int:
+        return d * (d + 1) // 2 + d + 1
+
+    def panel_rows(self, k: int, d: int, dtype) -> int:
+        return _pow2(MOMENT_PANEL_BYTES // (self.width(d) * np.dtype(dtype).itemsize))
+
+    def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        d, t = shift.shape[0], x.shape[0]
+        q = d * (d + 1) // 2
+        out = out[:, :t]
+        y = out[q : q + d]
+        np.subtract(x.T, shift[:, None], out=y)
+        row = 0
+        for i in range(d):  # vech row-major (np.triu_indices' order): y_i * y_j for j >= i
+            np.multiply(y[i], y[i:], out=out[row : row + d - i])
+            row += d - i
+        return out
+
+    def prepare(self, params: Params, tile: int, dtype=np.float64) -> dict:
+        means = params["means"]
+        k, d = means.shape
+        q = d * (d + 1) // 2
+        pc = self._stacked_factors(params["precisions_cholesky"], k, d)
+        prec = np.matmul(pc, pc.transpose(0, 2, 1))
+        rows, cols = np.triu_indices(d)
+        coef = np.empty((k, self.width(d)))
+        # -1/2 y^T P y: -1/2 P_ii on the squares, -P_ij on each product i < j.
+        coef[:, :q] = -prec[:, rows, cols]
+        coef[:, :q][:, rows == cols] *= 0.5
+        coef[:, q : q + d] = np.einsum("kij,kj->ki", prec, means)
+        coef[:, -1] = log_const(params, self.log_det(params["precisions_cholesky"], d), d) - 0.5 * _mahalanobis2(
+            params, self
+        )
+        padded = np.zeros((_gemm_rows(k), coef.shape[1]), dtype=dtype)
+        padded[:k] = coef
+        # The statistics are float64 moments about the shift: "means" stay float64 (nothing to shift back).
+        return {"coef": padded, "k": k, "means": means, "tile": tile, "out": None}
+
+    def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
+        """(K, P) log-densities: the first K rows of ``view["out"]``, whose padding rows stay 0 (or NaN)."""
+        coef, k, t = view["coef"], view["k"], xa.shape[1]
+        if coef.shape[0] == k:
+            return coef @ xa
+        if view["out"] is None or view["out"].shape[1] < t:
+            view["out"] = np.empty((coef.shape[0], t), dtype=coef.dtype)
+        out = view["out"][:, :t]
+        np.matmul(coef, xa, out=out)
+        return out[:k]
+
+    def empty_stats(self, k: int, d: int) -> Stats:
+        return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, self.width(d)))}
+
+    def accumulate(self, xa, w, resp, means, acc: Stats, view: dict | None = None) -> None:
+        rw = resp if w is None else np.multiply(resp, w, out=resp)
+        out = view["out"] if view else None
+        if out is not None and rw.base is out:  # the responsibilities in their padded rows: the faster GEMM
+            acc["moments"] += (out[:, : xa.shape[1]] @ xa.T)[: rw.shape[0]]
+        else:
+            acc["moments"] += rw @ xa.T
+
+    def finish(self, stats: Stats, means: np.ndarray) -> Stats:
+        """Raw moments about the shift -> ``n``, ``a_k = sum r (x - m_k)``, ``b_k = sum r (x - m_k)(x - m_k)^T``."""
+        k, d = means.shape
+        q = d * (d + 1) // 2
+        moments = stats.pop("moments")
+        n, s1 = moments[:, -1].copy(), moments[:, q : q + d]
+        rows, cols = np.triu_indices(d)
+        b = np.empty((k, d, d))
+        b[:, rows, cols] = moments[:, :q]
+        b[:, cols, rows] = moments[:, :q]
+        cross = s1[:, :, None] * means[:, None, :]
+        b -= cross
+        b -= cross.transpose(0, 2, 1)
+        b += n[:, None, None] * means[:, :, None] * means[:, None, :]
+        stats.update(n=n, a=s1 - n[:, None] * means, b=b)
+        return stats
+
+
+class FullMomentLayout(_MomentDesign, FullLayout):
+    """``full`` on the moment design (small d)."""
+
+
+class TiedMomentLayout(_MomentDesign, TiedLayout):
+    """``tied`` on the moment design (small d)."""
+
+
+class _RawStatistics:
+    """The residual design's E-step, its statistics as raw moments about the shift.
+
+    ``accumulate`` weights ``x - c`` by each component's responsibilities (one
+    elementwise pass over the (K*d, tile) matrix instead of two: no
+    subtraction of the means) and multiplies with the design: ``sum_i r_ik
+    (x_i - c)(x_i - c)^T`` and, in the last column, ``sum_i r_ik (x_i - c)``;
+    ``finish`` turns them into ``n, a, b`` about the means as the moment
+    design's does. Same error bound (``MOMENT_MAX_DISTANCE2``). At d=64, K=8
+    (one thread): 6.07-6.21 s per 2M rows against 6.52-6.53 s.
+    """
+
+    def accumulate(self, xa, w, resp, means, acc: Stats, view: dict | None = None) -> None:
+        rw = resp if w is None else np.multiply(resp, w, out=resp)
+        p = xa.shape[1]
+        k, d = means.shape
+        t = view["tile"] if view else p
+        work = view["weighted"] if view else np.empty((k, d, t))
+        acc["n"] += rw.sum(1, dtype=np.float64)
+        for lo in range(0, p, t):
+            hi = min(lo + t, p)
+            weighted = work[:, :, : hi - lo]
+            np.multiply(xa[None, :d, lo:hi], rw[:, None, lo:hi], out=weighted)
+            acc["xw"] += weighted.reshape(k * d, hi - lo) @ xa[:, lo:hi].T
+
+    def finish(self, stats: Stats, means: np.ndarray) -> Stats:
+        k, d = means.shape
+        xw = stats.pop("xw")
+        n, s1 = stats["n"], xw[:, d].reshape(k, d)
+        b = xw[:, :d].reshape(k, d, d).copy()
+        cross = s1[:, :, None] * means[:, None, :]
+        b -= cross
+        b -= cross.transpose(0, 2, 1)
+        b += n[:, None, None] * means[:, :, None] * means[:, None, :]
+        stats.update(a=s1 - n[:, None] * means, b=b)
+        return stats
+
+
+class FullRawLayout(_RawStatistics, FullLayout):
+    """``full``: the residual design, raw-moment statistics (above the moment design's d)."""
+
+
+class TiedRawLayout(_RawStatistics, TiedLayout):
+    """``tied``: the residual design, raw-moment statistics."""
+
+
+def _gemm_rows(k: int) -> int:
+    """Rows the moment design's GEMMs run with for K components (zero rows added).
+
+    One thread, the 153-wide design of d=16, both GEMMs per 2M rows: K=3 0.28 s,
+    K=4 0.24 s; K=5-7 0.28-0.43 s, K=8 0.27 s (OpenBLAS' kernels favour 4 and 8
+    rows); above 8 no padding gained.
+    """
+    return 4 if k == 3 else 8 if 4 < k < 8 else k
+
+
+def _pow2(value: float) -> int:
+    return 1 << max(0, int(value).bit_length() - 1)
+
+
+# ---------------------------------------------------------------------------
 # diag / spherical
 # ---------------------------------------------------------------------------
 
@@ -345,6 +587,12 @@ class DiagLayout:
         return prec_chol**2
 
     # -- E-step -------------------------------------------------------------
+
+    def kernel(self, params, dtype=np.float64):
+        return self
+
+    def panel_rows(self, k, d, dtype):
+        return None
 
     def width(self, d):
         return 2 * d + 1
@@ -427,3 +675,6 @@ LAYOUTS: dict[str, FullLayout | DiagLayout] = {
     layout.name: layout for layout in (FullLayout(), TiedLayout(), DiagLayout(), SphericalLayout())
 }
 COVARIANCE_TYPES = tuple(LAYOUTS)
+# The E-step's alternative layouts for small d (see FullLayout.kernel); same statistics after finish.
+MOMENT_LAYOUTS: dict[str, FullLayout] = {layout.name: layout for layout in (FullMomentLayout(), TiedMomentLayout())}
+RAW_LAYOUTS: dict[str, FullLayout] = {layout.name: layout for layout in (FullRawLayout(), TiedRawLayout())}

@@ -3,7 +3,8 @@
 :class:`GaussianFamily` puts the covariance layouts of :mod:`dask_em._covariance`
 behind the family protocol of :mod:`dask_em.family`. Its fused ``estep`` walks a
 chunk in panels of rows shared by every restart of a round; for each restart it
-calls its layout's ``prepare`` (once per chunk), ``weighted_log_prob``, the
+asks its layout for the ``kernel`` it runs on (full/tied at small d: the moment
+design), then calls its ``prepare`` (once per chunk), ``weighted_log_prob``, the
 shared in-place log-sum-exp, ``accumulate`` and, at the end, ``finish``.
 
 All coordinates are *centered*: the family's context is one shift ``c`` (the
@@ -74,9 +75,13 @@ def panel_rows(n_components: int, n_features: int) -> int:
     return max(tile_rows(n_components, n_features), _pow2_floor(rows))
 
 
-def design_buffer(covariance_type: str, n_features: int, rows: int, dtype=np.float64) -> np.ndarray:
-    """An empty design matrix for panels of up to ``rows`` rows (its ones row set)."""
-    buf = np.empty((LAYOUTS[covariance_type].width(n_features), rows), dtype=dtype)
+def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64) -> np.ndarray:
+    """An empty design matrix for panels of up to ``rows`` rows (its ones row set).
+
+    ``covariance_type``: a name, or the layout object whose design it is.
+    """
+    layout = LAYOUTS[covariance_type] if isinstance(covariance_type, str) else covariance_type
+    buf = np.empty((layout.width(n_features), rows), dtype=dtype)
     buf[-1] = 1.0
     return buf
 
@@ -309,15 +314,20 @@ class GaussianFamily(Family):
     def _estep_complete(self, x, w, params_list, context, entropy=False):
         shift = context
         n, d = x.shape[0], shift.shape[0]
-        layouts = [LAYOUTS[p["covariance_type"]] for p in params_list]
-        sizes = [(tile_rows(len(p["weights"]), d), panel_rows(len(p["weights"]), d)) for p in params_list]
         dtype = np.dtype(self.compute_dtype)
+        # Each restart's kernel: full/tied at small d run on the moment design (_covariance.FullLayout.kernel).
+        layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dtype) for p in params_list]
+        sizes = [
+            (tile_rows(len(p["weights"]), d),
+             lay.panel_rows(len(p["weights"]), d, dtype) or panel_rows(len(p["weights"]), d))
+            for lay, p in zip(layouts, params_list)
+        ]
         views = [lay.prepare(p, min(t, n), dtype) for lay, p, (t, _) in zip(layouts, params_list, sizes)]
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
         shared = max(1, min(max(panel for _, panel in sizes), n))
         # One design matrix per design in use, shared by the restarts that read it.
         designs = {lay.design: lay for lay in layouts}
-        bufs = {name: design_buffer(lay.name, d, shared, dtype) for name, lay in designs.items()}
+        bufs = {name: design_buffer(lay, d, shared, dtype) for name, lay in designs.items()}
         with np.errstate(invalid="ignore", over="ignore"):
             for lo in range(0, n, shared):
                 hi = min(lo + shared, n)

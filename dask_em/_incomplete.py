@@ -59,6 +59,7 @@ _LOG_2PI = math.log(2 * math.pi)
 # on 2 cores (2M x 16, K=8, full): a pattern call costs about the time of 100-200
 # rows on the row path.
 DENSE_PATTERN_ROWS = 256
+DENSE_PATTERN_MISSING = 3
 
 # Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**16
 # values (512 KiB). 2**15 to 2**18 measured the same within the noise.
@@ -71,6 +72,10 @@ _TILE_CELLS = 2**16
 # unblocked).
 _VECTOR_BATCH = 0.5
 _SPD_BLOCK = 4096
+
+# Patterns missing up to this many values have their rows' conditional covariances
+# gathered entry by entry (see _conditional_step).
+_ROW_GATHER_S = 4
 
 
 def _precisions(params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -196,33 +201,86 @@ class _FullWork:
         inv = np.ascontiguousarray(inv.reshape(s, s, k, p).transpose(3, 2, 0, 1)).reshape(p, k * s * s)
         return inv, np.ascontiguousarray(log_det.reshape(k, p).T)
 
-    def rows(self, x0t: np.ndarray, flat: np.ndarray, cond_cov: np.ndarray,
-             log_det_mm: np.ndarray):
-        """(K, T) weighted log-densities and (K, d, T) completed residuals ``x^ - mu_k`` of a tile.
-
-        ``x0t`` are the tile's rows, feature-major (d, T); ``flat`` (s * T,) the positions ``j * T + row`` of its missing values in a
-        (d, T) matrix, slot-major; ``cond_cov`` (T, K * s * s) and ``log_det_mm`` (T, K)
-        its rows' pattern factors (:meth:`pattern_factors`' rows).
-        """
+    def stacked(self) -> np.ndarray:
+        """``[L_k, -L_k mu_k]`` stacked as (K*d, d+1): one GEMM with a tile's design ``[x; 1]``
+        gives ``L_k (x - mu_k)`` for every component."""
         k, d = self.means.shape
-        t = x0t.shape[1]
-        s = flat.shape[0] // max(t, 1)
-        z = x0t[None] - self.means[:, :, None]
-        z.reshape(k, d * t)[:, flat] = 0.0  # zero at the missing coordinates
-        g = np.matmul(self.prec, z)  # L_k z (K, d, T)
-        quad = np.einsum("kdt,kdt->kt", z, g)
-        tm = np.take(g.reshape(k, d * t), flat, axis=1).reshape(k, s, t).transpose(2, 0, 1)  # (L z)_m as (T, K, s)
-        # c = C t, each row with its pattern's C: one batched product over the tile
-        cond = np.matmul(cond_cov.reshape(t, k, s, s), tm[..., None])[..., 0]
-        quad -= np.einsum("tks,tks->kt", tm, cond)
-        wlp = -0.5 * ((d - s) * _LOG_2PI + self.log_det_cov[:, None] + log_det_mm.T + quad)
+        out = np.empty((k * d, d + 1))
+        out[:, :d] = self.prec.reshape(k * d, d)
+        out[:, d] = -np.einsum("kde,ke->kd", self.prec, self.means).reshape(k * d)
+        return out
+
+    def profile(self, xa: np.ndarray, slots: np.ndarray, factors: tuple, rows: np.ndarray,
+                stacked: np.ndarray, g: np.ndarray, e: np.ndarray) -> np.ndarray:
+        """(K, T) weighted log-densities of a tile of T rows that each miss s values.
+
+        ``xa`` (d+1, T) is the tile's design ``[x; 1]``, with any finite value (zero)
+        at the missing coordinates; ``slots`` (s * T,) the positions ``j * T + row`` of
+        the missing values in a (d, T) matrix, slot-major; ``factors`` the patterns'
+        (:meth:`profile_factors`) and ``rows`` (T,) each row's pattern;
+        ``stacked`` is :meth:`stacked`. Work arrays: ``g`` (K, d, T) is overwritten,
+        ``e`` (K, d+1, T) receives the completed residuals ``x^ - mu_k`` over a row of ones.
+
+        The missing coordinates are profiled out of the full quadratic form: with
+        ``w = x - mu`` (filled), ``g = L w``, ``h = g_m`` and ``C = (L_mm)^-1``, the
+        conditional mean minimises ``w^T L w`` over ``w_m``, at
+        ``x^_m - mu_m = w_m - C h``, where the form is
+        ``(x_o - mu_o)^T S_oo^-1 (x_o - mu_o) = w^T g - h^T C h``. One missing value j:
+        ``C = 1 / L_jj``, a rank-one correction. The tile costs the complete rows'
+        passes (one GEMM for every component) plus O(s^2) per row and component.
+        """
+        k, d, t = g.shape
+        s = slots.shape[0] // max(t, 1)
+        np.matmul(stacked, xa, out=g.reshape(k * d, t))
+        resid = e[:, :d]
+        np.subtract(xa[None, :d], self.means[:, :, None], out=resid)
+        h = np.take(g.reshape(k, d * t), slots, axis=1).reshape(k, s, t)
+        np.multiply(resid, g, out=g)
+        quad = np.add.reduce(g, axis=1)
+        step = _conditional_step(factors[0], rows, h)  # C h
+        quad -= np.einsum("kat,kat->kt", h, step)
+        quad += np.take(factors[1], rows, axis=1)  # log det L_mm
+        wlp = -0.5 * ((d - s) * _LOG_2PI + self.log_det_cov[:, None] + quad)
         wlp += self.log_w[:, None]
-        z.reshape(k, d * t)[:, flat] = -cond.transpose(1, 2, 0).reshape(k, s * t)  # x^_m - mu_m = -C t
-        return wlp, z
+        # x^_m - mu_m = w_m - C h, at the slots of e's flat (K, d+1, T) buffer
+        at = (np.arange(k)[:, None] * ((d + 1) * t) + slots).ravel()
+        flat = e.reshape(k * (d + 1) * t)
+        flat[at] -= step.ravel()
+        return wlp
+
+    def profile_factors(self, cols: np.ndarray):
+        """:meth:`pattern_factors` laid out for :func:`_conditional_step`'s gathers by row:
+        the conditional covariances as (s * s * K, P) for s <= _ROW_GATHER_S, else
+        (P, K * s * s), and log det L_mm as (K, P)."""
+        k = self.prec.shape[0]
+        p, s = cols.shape
+        cond_cov, log_det_mm = self.pattern_factors(cols)
+        if s <= _ROW_GATHER_S:
+            cond_cov = np.ascontiguousarray(cond_cov.reshape(p, k, s, s).transpose(2, 3, 1, 0)).reshape(s * s * k, p)
+        return cond_cov, np.ascontiguousarray(log_det_mm.T)
+
+
+def _conditional_step(cond_cov: np.ndarray, rows: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """``C h`` (K, s, T) for each row, with its pattern's C (:meth:`_FullWork.profile_factors`,
+    ``rows`` (T,) the pattern of each row) and ``h`` (K, s, T).
+
+    Small s gathers C entry-major and multiplies with vectors over the rows; larger s
+    gathers each pattern's C whole (contiguous reads): at s=8, K=8, 1024 rows,
+    3.7 ms against 0.6 ms; at s=3, 0.06 ms against 0.15 ms.
+    """
+    k, s, t = h.shape
+    if s <= _ROW_GATHER_S:
+        return np.einsum("abkt,kbt->kat", np.take(cond_cov, rows, axis=1).reshape(s, s, k, t), h)
+    cond = np.take(cond_cov, rows, axis=0).reshape(t, k, s, s)
+    return np.einsum("tkab,tkb->tka", cond, np.ascontiguousarray(h.transpose(2, 0, 1))).transpose(1, 2, 0)
+
+
+def _tile_rows(k: int, d: int) -> int:
+    return max(64, _TILE_CELLS // max(1, k * d))
 
 
 def _tiles(n: int, k: int, d: int):
-    step = max(64, _TILE_CELLS // max(1, k * d))
+    step = _tile_rows(k, d)
     for lo in range(0, n, step):
         yield lo, min(lo + step, n)
 
@@ -252,30 +310,32 @@ def estep_incomplete(x: np.ndarray, w: np.ndarray | None, params_list: list, shi
     """
     d = x.shape[1]
     miss = np.isnan(x)
-    x0 = np.where(miss, 0.0, x - shift)
     records: list = [None] * len(params_list)
     full = [i for i, p in enumerate(params_list) if LAYOUTS[p["covariance_type"]].design != "diag"]
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        if len(full) < len(params_list):
+            x0 = np.where(miss, 0.0, x - shift)
+            obs = (~miss).astype(np.float64)
         for i, params in enumerate(params_list):
             if i not in full:
                 acc = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
-                obs = (~miss).astype(np.float64)
                 stats = _diag_stats(x0, obs, w, params, acc, entropy)
                 records[i] = {**acc, "stats": stats}
         if full:
             works = [_FullWork(params_list[i]) for i in full]
             accs = [_empty_full(len(params_list[i]["weights"]), d) for i in full]
-            patterns, inverse, counts = _patterns(miss)
-            dense = counts >= DENSE_PATTERN_ROWS if complete_estep is not None else np.zeros(len(counts), bool)
-            if dense.any():
-                order = np.argsort(inverse, kind="stable")
-                ends = np.cumsum(counts)
-                for p in np.flatnonzero(dense):
-                    rows = order[ends[p] - counts[p] : ends[p]]
-                    _dense_pattern(x, w, rows, patterns[p], shift, works, accs, entropy, complete_estep)
-            sparse = np.flatnonzero(~dense[inverse])
-            if sparse.size:
-                _sparse_rows(x0, miss, w, sparse, works, accs, entropy)
+            for s, group, cols, pattern_cols, pidx in _by_count(miss):
+                if complete_estep is not None and s >= DENSE_PATTERN_MISSING:
+                    frequent = np.bincount(pidx, minlength=len(pattern_cols)) >= DENSE_PATTERN_ROWS
+                    for p in np.flatnonzero(frequent):
+                        mask = np.zeros(d, bool)
+                        mask[pattern_cols[p]] = True
+                        _dense_pattern(x, w, group[pidx == p], mask, shift, works, accs, entropy, complete_estep)
+                    if frequent.any():
+                        keep = ~frequent[pidx]
+                        group, cols, pidx = group[keep], cols[keep], pidx[keep]
+                if len(group):
+                    _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, entropy)
         for i, acc in zip(full, accs if full else []):
             records[i] = {key: acc.pop(key) for key in ("loglik", "wsum", "entropy")}
             records[i]["stats"] = acc
@@ -308,57 +368,108 @@ def _dense_pattern(x, w, rows, missing_mask, shift, works, accs, entropy, comple
         acc["b"][:, missing[:, None], missing[None, :]] += n[:, None, None] * cond_cov
 
 
-def _sparse_rows(x0, miss, w, rows, works, accs, entropy) -> None:
-    """Rows of rare patterns, grouped by their number of missing values s, tile by tile."""
-    d = x0.shape[1]
-    for s, group, cols, pattern_cols, pidx in _by_count(miss, rows):
-        npat = len(pattern_cols)
-        cells = (pattern_cols[:, :, None] * d + pattern_cols[:, None, :]).reshape(npat, s * s)
-        for work, acc in zip(works, accs):
-            k = work.means.shape[0]
-            cond_cov, log_det_mm = work.pattern_factors(pattern_cols)
-            mass = np.zeros(k * npat)
-            offsets = (np.arange(k) * npat)[:, None]
-            for lo, hi in _tiles(len(group), k, d):
-                idx = group[lo:hi]
-                tp = pidx[lo:hi]
-                x0t = np.ascontiguousarray(x0[idx].T)
-                slots = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
-                wlp, xt = work.rows(x0t, slots, np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
-                rw = _likelihood(acc, wlp, None if w is None else w[idx], entropy)
-                acc["n"] += rw.sum(1)
-                weighted = xt * rw[:, None, :]
-                acc["a"] += weighted.sum(2)
-                acc["b"] += np.matmul(weighted, np.swapaxes(xt, -1, -2))
-                mass += np.bincount((tp[None, :] + offsets).ravel(), rw.ravel(), minlength=k * npat)
-            # Each pattern's conditional covariance, once, weighted by its rows' mass.
-            values = mass.reshape(k, npat)[:, :, None] * cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
-            b_flat = acc["b"].reshape(k, d * d)
-            for j in range(k):
-                b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
+def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, entropy) -> None:
+    """Rows that each miss s values (``cols`` (n, s), of the patterns ``pattern_cols``
+    (P, s), ``pidx`` (n,)) through :meth:`_FullWork.profile`, tile by tile, every restart
+    reading the same tile's design."""
+    d = x.shape[1]
+    npat, s = pattern_cols.shape
+    cells = (pattern_cols[:, :, None] * d + pattern_cols[:, None, :]).reshape(npat, s * s)
+    ks = [work.means.shape[0] for work in works]
+    factors = [work.profile_factors(pattern_cols) for work in works]
+    stacked = [work.stacked() for work in works]
+    masses = [np.zeros(k * npat) for k in ks]
+    offsets = [(np.arange(k) * npat)[:, None] for k in ks]
+    tiles = _ProfileTiles(x, shift, group, cols, max(ks))
+    bufs = [tiles.buffers(k) for k in ks]
+    for lo, hi, xa, slots in tiles:
+        t, tp = hi - lo, pidx[lo:hi]
+        wt = None if w is None else w[group[lo:hi]]
+        for work, acc, factor, st, mass, off, (g, e), k in zip(
+                works, accs, factors, stacked, masses, offsets, bufs, ks):
+            g, e = g[: k * d * t].reshape(k, d, t), e[: k * (d + 1) * t].reshape(k, d + 1, t)
+            e[:, d] = 1.0
+            wlp = work.profile(xa, slots, factor, tp, st, g, e)
+            rw = _likelihood(acc, wlp, wt, entropy)
+            acc["n"] += rw.sum(1)
+            weighted = np.multiply(e[:, :d], rw[:, None, :], out=g)
+            ab = np.matmul(weighted, np.swapaxes(e, -1, -2))  # (K, d, d+1): [b | a]
+            acc["b"] += ab[:, :, :d]
+            acc["a"] += ab[:, :, d]
+            mass += np.bincount((tp[None, :] + off).ravel(), rw.ravel(), minlength=k * npat)
+    # Each pattern's conditional covariance, once, weighted by its rows' mass.
+    for acc, (cond_cov, _), mass, k in zip(accs, factors, masses, ks):
+        if s <= _ROW_GATHER_S:
+            cond_cov = cond_cov.reshape(s * s, k, npat).transpose(1, 2, 0)
+        else:
+            cond_cov = cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
+        values = mass.reshape(k, npat)[:, :, None] * cond_cov
+        b_flat = acc["b"].reshape(k, d * d)
+        for j in range(k):
+            b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
 
 
-def _by_count(miss: np.ndarray, rows: np.ndarray):
-    """``rows`` grouped by their number of missing values s.
+class _ProfileTiles:
+    """The tiles of rows that each miss s values: iterating yields ``(lo, hi, xa, slots)``,
+    the design ``[x - c; 1]`` (d+1, T) with zeros at the missing coordinates and their
+    positions ``j * T + row`` (slot-major), in one buffer reused by every tile."""
+
+    def __init__(self, x, shift, group, cols, k: int):
+        self.x, self.shift, self.group, self.cols = x, shift, group, cols
+        d = x.shape[1]
+        self.step = min(len(group), _tile_rows(k, d))
+        self.xa = np.empty((d + 1) * self.step)
+
+    def buffers(self, k: int):
+        """Work arrays for a restart of k components: ``g`` (K*d*T,) and ``e`` (K*(d+1)*T,)."""
+        d = self.x.shape[1]
+        return np.empty(k * d * self.step), np.empty(k * (d + 1) * self.step)
+
+    def __iter__(self):
+        n, d = len(self.group), self.x.shape[1]
+        for lo in range(0, n, self.step):
+            hi = min(lo + self.step, n)
+            t = hi - lo
+            xa = self.xa[: (d + 1) * t].reshape(d + 1, t)
+            np.subtract(self.x[self.group[lo:hi]].T, self.shift[:, None], out=xa[:d])
+            xa[d] = 1.0
+            slots = (self.cols[lo:hi].T * t + np.arange(t)).ravel()
+            self.xa[slots] = 0.0  # the NaN, in xa's first d * t values
+            yield lo, hi, xa, slots
+
+
+def _by_count(miss: np.ndarray):
+    """The rows of ``miss`` (n, d) that miss at least one value, grouped by their number s of missing values.
 
     Yields ``(s, group, cols, pattern_cols, pidx)``: the group's rows, their
     missing coordinates (n, s), the distinct ones (P, s) and each row's index
     among them.
     """
-    counts = miss[rows].sum(1)
-    for s in np.unique(counts):
+    n, d = miss.shape
+    if d < 256:  # a byte per count: einsum sums the bytes in one pass
+        counts = np.einsum("ij->i", miss.view(np.uint8))
+    else:
+        counts = miss.sum(1)
+    for s in np.flatnonzero(np.bincount(counts, minlength=d + 1)[1:]) + 1:
         s = int(s)
-        group = rows[counts == s]
-        cols = np.nonzero(miss[group])[1].reshape(len(group), s)
-        pattern_cols, pidx = _unique_rows(cols)
+        group = np.flatnonzero(counts == s)
+        cols = (np.flatnonzero(miss[group]) % d).reshape(len(group), s)
+        pattern_cols, pidx = _unique_rows(cols, d)
         yield s, group, cols, pattern_cols, pidx
 
 
-def _unique_rows(cols: np.ndarray):
-    """Distinct rows of a small int array (n, s) and each row's index among them."""
+def _unique_rows(cols: np.ndarray, d: int):
+    """Distinct rows of an int array (n, s) of values below d, and each row's index among them."""
     n, s = cols.shape
-    d = int(cols.max()) + 1 if n else 1
-    if d ** s < 2**62:
+    if d**s <= max(2**16, 4 * n):  # a table over every possible row, indexed by its key
+        keys = np.zeros(n, dtype=np.intp)
+        for j in range(s):
+            keys = keys * d + cols[:, j]
+        present = np.bincount(keys, minlength=d**s) > 0
+        index = np.cumsum(present) - 1
+        first = np.flatnonzero(present)
+        return np.stack([(first // d ** (s - 1 - j)) % d for j in range(s)], axis=1), index[keys]
+    if d**s < 2**62:
         keys = np.zeros(n, dtype=np.int64)
         for j in range(s):
             keys = keys * d + cols[:, j]
@@ -427,16 +538,17 @@ def _infer(x, params, shift, complete: bool):
             wlp[:, full_rows] = -0.5 * (d * _LOG_2PI + work.log_det_cov[:, None] + quad) + work.log_w[:, None]
             if complete:
                 filled[:, full_rows] = x0[full_rows][None]
-        for _, group, cols, pattern_cols, pidx in _by_count(miss, np.flatnonzero(miss.any(1))):
-            cond_cov, log_det_mm = work.pattern_factors(pattern_cols)
-            for lo, hi in _tiles(len(group), k, d):
-                idx, tp = group[lo:hi], pidx[lo:hi]
-                flat = (cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
-                part, xt = work.rows(np.ascontiguousarray(x0[idx].T), flat,
-                                     np.take(cond_cov, tp, axis=0), np.take(log_det_mm, tp, axis=0))
-                wlp[:, idx] = part
+        stacked = work.stacked()
+        for s, group, cols, pattern_cols, pidx in _by_count(miss):
+            factors = work.profile_factors(pattern_cols)
+            tiles = _ProfileTiles(x, shift, group, cols, k)
+            g, e = tiles.buffers(k)
+            for lo, hi, xa, slots in tiles:
+                idx, tp, t = group[lo:hi], pidx[lo:hi], hi - lo
+                et = e[: k * (d + 1) * t].reshape(k, d + 1, t)
+                wlp[:, idx] = work.profile(xa, slots, factors, tp, stacked, g[: k * d * t].reshape(k, d, t), et)
                 if complete:
-                    filled[:, idx] = xt.transpose(0, 2, 1) + params["means"][:, None, :]
+                    filled[:, idx] = et[:, :d].transpose(0, 2, 1) + params["means"][:, None, :]
     return wlp, filled
 
 

@@ -58,12 +58,11 @@ _LOG_2PI = math.log(2 * math.pi)
 # GEMMs (``complete_estep``); rarer patterns take the row-by-row path. Measured
 # on 2 cores (2M x 16, K=8, full): a pattern call costs about the time of 100-200
 # rows on the row path.
-DENSE_PATTERN_ROWS = 256
-DENSE_PATTERN_MISSING = 3
+DENSE_PATTERN_ROWS = 2048
 
 # Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**16
 # values (512 KiB). 2**15 to 2**18 measured the same within the noise.
-_TILE_CELLS = 2**16
+_TILE_CELLS = 2**18
 
 # Small s x s factorisations are written out over the batch (one numpy call per
 # scalar operation, vectorised over patterns and components, in blocks of
@@ -325,15 +324,18 @@ def estep_incomplete(x: np.ndarray, w: np.ndarray | None, params_list: list, shi
             works = [_FullWork(params_list[i]) for i in full]
             accs = [_empty_full(len(params_list[i]["weights"]), d) for i in full]
             for s, group, cols, pattern_cols, pidx in _by_count(miss):
-                if complete_estep is not None and s >= DENSE_PATTERN_MISSING:
-                    frequent = np.bincount(pidx, minlength=len(pattern_cols)) >= DENSE_PATTERN_ROWS
+                counts = np.bincount(pidx, minlength=len(pattern_cols))
+                frequent = counts >= DENSE_PATTERN_ROWS
+                if complete_estep is not None and frequent.any():
+                    order = np.argsort(pidx, kind="stable")
+                    ends = np.cumsum(counts)
                     for p in np.flatnonzero(frequent):
                         mask = np.zeros(d, bool)
                         mask[pattern_cols[p]] = True
-                        _dense_pattern(x, w, group[pidx == p], mask, shift, works, accs, entropy, complete_estep)
-                    if frequent.any():
-                        keep = ~frequent[pidx]
-                        group, cols, pidx = group[keep], cols[keep], pidx[keep]
+                        rows = group[order[ends[p] - counts[p] : ends[p]]]
+                        _dense_pattern(x, w, rows, mask, shift, works, accs, entropy, complete_estep)
+                    keep = ~frequent[pidx]
+                    group, cols, pidx = group[keep], cols[keep], pidx[keep]
                 if len(group):
                     _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, entropy)
         for i, acc in zip(full, accs if full else []):

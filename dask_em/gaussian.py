@@ -293,12 +293,10 @@ class GaussianFamily(Family):
         return self._estep_complete(x, w, params_list, context, entropy)
 
     def _estep_with_missing(self, x, w, params_list, context, entropy):
-        holes = np.isnan(x).any(1)
-        whole = np.flatnonzero(~holes)
-        part = np.flatnonzero(holes)
+        holes = _incomplete.missing_counts(x)
+        whole = np.flatnonzero(holes[1] == 0)
         records = self._estep_complete(x[whole], None if w is None else w[whole], params_list, context, entropy)
-        xi, wi = x[part], (None if w is None else w[part])
-        extras = _incomplete.estep_incomplete(xi, wi, params_list, context, entropy, self._estep_complete)
+        extras = _incomplete.estep_incomplete(x, w, params_list, context, entropy, self._estep_complete, holes)
         for rec, params, extra in zip(records, params_list, extras):
             for key in ("loglik", "wsum", "entropy"):
                 rec[key] += extra[key]

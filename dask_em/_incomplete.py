@@ -9,8 +9,9 @@ conditional expectations of the missing ones (Ghahramani & Jordan 1994)::
 Full / tied. Written with the precision ``L = S^-1``, both need only the
 missing block: ``C = (L_mm)^-1``, ``x^_m - mu_m = B (x_o - mu_o)`` with
 ``B = -C L_mo``, and the observed block's precision ``S_oo^-1`` is the Schur
-complement ``L_oo - L_om C L_mo``. Rows are grouped by missingness pattern
-within each chunk, and each pattern takes one of two routes:
+complement ``L_oo - L_om C L_mo``. Rows are grouped by their number s of
+missing values and by missingness pattern within each chunk, and each pattern
+takes one of two routes:
 
 * a frequent pattern (``DENSE_PATTERN_ROWS`` rows or more in the chunk) is a
   Gaussian of its own on the observed coordinates, with the precision above:
@@ -21,12 +22,18 @@ within each chunk, and each pattern takes one of two routes:
   (observed rows) and ``B`` (missing rows). One s x s inverse and one q x q
   Cholesky per (pattern, component) per chunk; the rows cost what complete
   rows of q = d - s features cost;
-* rare patterns go row by row, in tiles of rows with the same number s of
-  missing values: one batched GEMM gives ``g = L z`` (``z`` the residual
-  zeroed at the missing coordinates), ``(x_o - mu_o)^T S_oo^-1 (x_o - mu_o) =
-  z^T g - t^T C t`` with ``t = g_m``, ``log det S_oo = log det S + log det L_mm``,
-  and each row gathers its pattern's ``C`` (all patterns of a group inverted
-  together, written out over the batch: :func:`_spd_inverse`).
+* the other rows have the missing coordinates profiled out of the full
+  quadratic form (:meth:`_FullWork.profile`), in tiles of rows with the same
+  s: fill the missing values (with zero), ``w = x - mu``; one GEMM of the
+  tile's design ``[x; 1]`` with ``[L_k, -L_k mu_k]`` stacked over the
+  components gives ``g = L w``; with ``h = g_m``,
+  ``(x_o - mu_o)^T S_oo^-1 (x_o - mu_o) = w^T g - h^T C h`` (the minimum of
+  ``w^T L w`` over ``w_m``, reached at the conditional mean
+  ``x^_m - mu_m = w_m - C h``) and ``log det S_oo = log det S + log det L_mm``.
+  One missing value j: ``C = 1 / L_jj`` and the correction is ``h^2 / L_jj``,
+  rank one. The rows cost a complete row's passes plus O(s^2) each; each row
+  gathers its pattern's ``C`` (all patterns of a group inverted together,
+  written out over the batch: :func:`_spd_inverse`).
 
 The statistics are those of :class:`dask_em._covariance.FullLayout` (``n``,
 ``a``, ``b`` about the previous means) with ``x^`` in place of ``x`` and ``C``
@@ -34,9 +41,10 @@ added to ``b``'s missing block, so the M-step is unchanged.
 
 Diag / spherical. The coordinates are independent within a component: a
 missing one drops out of the product, its expectation is ``mu_kj`` and its
-second moment ``mu_kj**2 + s_kj**2``. No grouping is needed; three GEMMs
-against the zero-filled rows and the missingness mask give the log-densities
-and the ``moments`` statistics of :class:`dask_em._covariance.DiagLayout`.
+second moment ``mu_kj**2 + s_kj**2``. No grouping is needed; panel by panel,
+one GEMM with the design ``[x0^2, x0, m]`` (zero-filled rows, missingness
+indicators) gives the log-densities and one the ``moments`` statistics of
+:class:`dask_em._covariance.DiagLayout`.
 
 Everything here is centered as in :mod:`dask_em.gaussian`: rows arrive as
 ``x - c`` with NaN kept, and ``params["means"]`` are ``mu - c``.
@@ -55,13 +63,17 @@ _LOG_2PI = math.log(2 * math.pi)
 
 # A missingness pattern with at least this many rows in a chunk is summed as a
 # Gaussian of its own, on its observed coordinates, by the complete rows' tiled
-# GEMMs (``complete_estep``); rarer patterns take the row-by-row path. Measured
-# on 2 cores (2M x 16, K=8, full): a pattern call costs about the time of 100-200
-# rows on the row path.
+# GEMMs (``complete_estep``); rarer patterns are profiled out row by row. Measured
+# on 2 cores (250k x 16 chunk, K=8, full, 10% MCAR: 16 one-missing patterns of
+# ~5000 rows, 120 two-missing ones of ~570; thread time under load): 206 ms with
+# the patterns of 1024 / s rows or more dense, 184 ms with every row profiled,
+# 179 ms at 2048; a single 5-missing pattern of 50k rows took 19 ms dense
+# against 53 ms profiled.
 DENSE_PATTERN_ROWS = 2048
 
-# Rows per tile of the row-by-row path: the (K, d, rows) work arrays hold 2**16
-# values (512 KiB). 2**15 to 2**18 measured the same within the noise.
+# Rows per tile of the profile route: each (K, d, rows) work array holds 2**18
+# values (2 MiB). The 10% MCAR chunk above: 176 ms at 2**16, 174 at 2**17, 169 at
+# 2**18, 170 at 2**19.
 _TILE_CELLS = 2**18
 
 # Small s x s factorisations are written out over the batch (one numpy call per

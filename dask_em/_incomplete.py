@@ -518,24 +518,26 @@ def _diag_coefficients(params):
 
 
 def _diag_design(x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Rows (T, d) with NaN as the design ``[x0^2, x0, m]`` (T, 3d) in ``out[:T]``:
-    ``x0`` the centered rows with zeros at the missing values, ``m`` 1 there."""
+    """Rows (T, d) with NaN as the design ``[x0^2, x0, m]``, feature-major (3d, T), in
+    ``out`` (3d * T values or more): ``x0`` the centered rows with zeros at the missing
+    values, ``m`` 1 there. (Feature-major: 0.11 ms per 5461 x 16 rows against 0.24 ms
+    for the row-major (T, 3d) design, whose column blocks are strided.)"""
     t, d = x.shape
-    out = out[:t]
-    x0, m = out[:, d : 2 * d], out[:, 2 * d :]
-    np.subtract(x, shift, out=x0)
+    out = out[: 3 * d * t].reshape(3 * d, t)
+    x0, m = out[d : 2 * d], out[2 * d :]
+    np.subtract(x.T, shift[:, None], out=x0)
     nan = np.isnan(x0)
     m[...] = nan
     np.copyto(x0, 0.0, where=nan)
-    np.multiply(x0, x0, out=out[:, :d])
+    np.multiply(x0, x0, out=out[:d])
     return out
 
 
 def _diag_parts(x, shift, params):
     """(K, n) weighted log-densities of the observed coordinates; diag/spherical."""
     coef, const, _ = _diag_coefficients(params)
-    z = _diag_design(x, shift, np.empty((x.shape[0], 3 * x.shape[1])))
-    wlp = coef @ z.T
+    z = _diag_design(x, shift, np.empty(3 * x.size))
+    wlp = coef @ z
     wlp += const[:, None]
     return wlp
 
@@ -546,7 +548,7 @@ def _diag_estep(x, w, rows, params_list, shift, entropy) -> list:
     statistics of :class:`dask_em._covariance.DiagLayout`."""
     n, d = len(rows), x.shape[1]
     step = max(256, _TILE_CELLS // (3 * d))
-    z_buf = np.empty((min(n, step), 3 * d))
+    z_buf = np.empty(min(n, step) * 3 * d)
     parts = [_diag_coefficients(params) for params in params_list]
     accs = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "sums": np.zeros((len(p["weights"]), 3 * d)),
              "n": np.zeros(len(p["weights"]))} for p in params_list]
@@ -556,10 +558,10 @@ def _diag_estep(x, w, rows, params_list, shift, entropy) -> list:
         z = _diag_design(x[idx], shift, z_buf)
         wp = None if w is None else w[idx]
         for (coef, const, _), acc in zip(parts, accs):
-            wlp = coef @ z.T
+            wlp = coef @ z
             wlp += const[:, None]
             rw = _likelihood(acc, wlp, wp, entropy)
-            acc["sums"] += rw @ z  # sum_i r_ik [x0^2, x0, m]
+            acc["sums"] += rw @ z.T  # sum_i r_ik [x0^2, x0, m]
             acc["n"] += rw.sum(1)
     records = []
     for params, (_, _, var), acc in zip(params_list, parts, accs):

@@ -313,9 +313,8 @@ def estep_incomplete(x: np.ndarray, w: np.ndarray | None, params_list: list, shi
 
     ``{"loglik", "wsum", "entropy", "nk", "stats"}`` as :meth:`GaussianFamily.estep`
     returns; ``stats`` adds to the complete rows' statistics key by key. Rows of
-    ``x`` without a NaN are left out (the caller sums them): the incomplete rows are
-    read where they lie, not copied out first. ``holes`` is :func:`missing_counts`
-    of ``x`` where the caller has it.
+    ``x`` without a NaN are left out (the caller sums them). ``holes`` is
+    :func:`missing_counts` of ``x`` where the caller has it.
     ``complete_estep(x, w, params_list, shift, entropy)`` is the family's E-step
     of complete rows: full/tied restarts send each frequent missingness pattern
     through it, as the Gaussian of its observed coordinates (see

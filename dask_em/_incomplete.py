@@ -286,13 +286,9 @@ def _conditional_step(cond_cov: np.ndarray, rows: np.ndarray, h: np.ndarray) -> 
 
 
 def _tile_rows(k: int, d: int) -> int:
-    return max(64, _TILE_CELLS // max(1, k * d))
-
-
-def _tiles(n: int, k: int, d: int):
-    step = _tile_rows(k, d)
-    for lo in range(0, n, step):
-        yield lo, min(lo + step, n)
+    """Rows per profile tile for a restart of k components: a power of two, so that the
+    tiles of restarts with different k nest (each sums alone what it sums beside others)."""
+    return 1 << max(6, (_TILE_CELLS // max(1, k * d)).bit_length() - 1)
 
 
 def _likelihood(acc: dict, wlp: np.ndarray, w: np.ndarray | None, entropy: bool) -> np.ndarray:
@@ -392,23 +388,27 @@ def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, ent
     stacked = [work.stacked() for work in works]
     masses = [np.zeros(k * npat) for k in ks]
     offsets = [(np.arange(k) * npat)[:, None] for k in ks]
-    tiles = _ProfileTiles(x, shift, group, cols, max(ks))
-    bufs = [tiles.buffers(k) for k in ks]
-    for lo, hi, xa, slots in tiles:
-        t, tp = hi - lo, pidx[lo:hi]
-        wt = None if w is None else w[group[lo:hi]]
-        for work, acc, factor, st, mass, off, (g, e), k in zip(
-                works, accs, factors, stacked, masses, offsets, bufs, ks):
-            g, e = g[: k * d * t].reshape(k, d, t), e[: k * (d + 1) * t].reshape(k, d + 1, t)
-            e[:, d] = 1.0
-            wlp = work.profile(xa, slots, factor, tp, st, g, e)
-            rw = _likelihood(acc, wlp, wt, entropy)
-            acc["n"] += rw.sum(1)
-            weighted = np.multiply(e[:, :d], rw[:, None, :], out=g)
-            ab = np.matmul(weighted, np.swapaxes(e, -1, -2))  # (K, d, d+1): [b | a]
-            acc["b"] += ab[:, :, :d]
-            acc["a"] += ab[:, :, d]
-            mass += np.bincount((tp[None, :] + off).ravel(), rw.ravel(), minlength=k * npat)
+    steps = [_tile_rows(k, d) for k in ks]
+    tiles = _ProfileTiles(x, shift, group, cols, max(steps))
+    bufs = [tiles.buffers(k, step) for k, step in zip(ks, steps)]
+    for lo, hi, xa in tiles:
+        # Each restart walks the shared tile in its own tiles (nested powers of two).
+        for work, acc, factor, st, mass, off, (g, e), k, step in zip(
+                works, accs, factors, stacked, masses, offsets, bufs, ks, steps):
+            for sub in range(0, hi - lo, step):
+                end = min(sub + step, hi - lo)
+                t, tp = end - sub, pidx[lo + sub : lo + end]
+                wt = None if w is None else w[group[lo + sub : lo + end]]
+                gt, et = g[: k * d * t].reshape(k, d, t), e[: k * (d + 1) * t].reshape(k, d + 1, t)
+                et[:, d] = 1.0
+                wlp = work.profile(xa[:, sub:end], tiles.slots(lo + sub, lo + end), factor, tp, st, gt, et)
+                rw = _likelihood(acc, wlp, wt, entropy)
+                acc["n"] += rw.sum(1)
+                weighted = np.multiply(et[:, :d], rw[:, None, :], out=gt)
+                ab = np.matmul(weighted, np.swapaxes(et, -1, -2))  # (K, d, d+1): [b | a]
+                acc["b"] += ab[:, :, :d]
+                acc["a"] += ab[:, :, d]
+                mass += np.bincount((tp[None, :] + off).ravel(), rw.ravel(), minlength=k * npat)
     # Each pattern's conditional covariance, once, weighted by its rows' mass.
     for acc, (cond_cov, _), mass, k in zip(accs, factors, masses, ks):
         if s <= _ROW_GATHER_S:
@@ -422,20 +422,25 @@ def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, ent
 
 
 class _ProfileTiles:
-    """The tiles of rows that each miss s values: iterating yields ``(lo, hi, xa, slots)``,
-    the design ``[x - c; 1]`` (d+1, T) with zeros at the missing coordinates and their
-    positions ``j * T + row`` (slot-major), in one buffer reused by every tile."""
+    """The tiles of ``step`` rows (of ``group``, each missing s values at ``cols``):
+    iterating yields ``(lo, hi, xa)``, the design ``[x - c; 1]`` (d+1, T) with zeros
+    at the missing coordinates, in one buffer reused by every tile."""
 
-    def __init__(self, x, shift, group, cols, k: int):
+    def __init__(self, x, shift, group, cols, step: int):
         self.x, self.shift, self.group, self.cols = x, shift, group, cols
         d = x.shape[1]
-        self.step = min(len(group), _tile_rows(k, d))
+        self.step = min(len(group), step)
         self.xa = np.empty((d + 1) * self.step)
 
-    def buffers(self, k: int):
-        """Work arrays for a restart of k components: ``g`` (K*d*T,) and ``e`` (K*(d+1)*T,)."""
-        d = self.x.shape[1]
-        return np.empty(k * d * self.step), np.empty(k * (d + 1) * self.step)
+    def buffers(self, k: int, step: int):
+        """Work arrays for a restart of k components in tiles of ``step`` rows:
+        ``g`` (K*d*T,) and ``e`` (K*(d+1)*T,)."""
+        d, step = self.x.shape[1], min(step, self.step)
+        return np.empty(k * d * step), np.empty(k * (d + 1) * step)
+
+    def slots(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo:hi's missing values as positions ``j * T + row`` in a (d, T) matrix, slot-major."""
+        return (self.cols[lo:hi].T * (hi - lo) + np.arange(hi - lo)).ravel()
 
     def __iter__(self):
         n, d = len(self.group), self.x.shape[1]
@@ -445,9 +450,8 @@ class _ProfileTiles:
             xa = self.xa[: (d + 1) * t].reshape(d + 1, t)
             np.subtract(self.x[self.group[lo:hi]].T, self.shift[:, None], out=xa[:d])
             xa[d] = 1.0
-            slots = (self.cols[lo:hi].T * t + np.arange(t)).ravel()
-            self.xa[slots] = 0.0  # the NaN, in xa's first d * t values
-            yield lo, hi, xa, slots
+            self.xa[self.slots(lo, hi)] = 0.0  # the NaN, in xa's first d * t values
+            yield lo, hi, xa
 
 
 def missing_counts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -609,12 +613,13 @@ def _infer(x, params, shift, complete: bool):
         stacked = work.stacked()
         for s, group, cols, pattern_cols, pidx in _by_count(*missing_counts(x)):
             factors = work.profile_factors(pattern_cols)
-            tiles = _ProfileTiles(x, shift, group, cols, k)
-            g, e = tiles.buffers(k)
-            for lo, hi, xa, slots in tiles:
+            tiles = _ProfileTiles(x, shift, group, cols, _tile_rows(k, d))
+            g, e = tiles.buffers(k, tiles.step)
+            for lo, hi, xa in tiles:
                 idx, tp, t = group[lo:hi], pidx[lo:hi], hi - lo
                 et = e[: k * (d + 1) * t].reshape(k, d + 1, t)
-                wlp[:, idx] = work.profile(xa, slots, factors, tp, stacked, g[: k * d * t].reshape(k, d, t), et)
+                wlp[:, idx] = work.profile(xa, tiles.slots(lo, hi), factors, tp, stacked,
+                                           g[: k * d * t].reshape(k, d, t), et)
                 if complete:
                     filled[:, idx] = et[:, :d].transpose(0, 2, 1) + params["means"][:, None, :]
     return wlp, filled

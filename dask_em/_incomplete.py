@@ -107,21 +107,6 @@ def _diag_variances(params: dict) -> np.ndarray:
     return np.broadcast_to(cov[:, None], (k, d)) if cov.ndim == 1 else cov
 
 
-def _patterns(miss: np.ndarray):
-    """The rows' distinct missingness patterns: (patterns (P, d) bool, inverse (n,), counts (P,))."""
-    n, d = miss.shape
-    packed = np.packbits(miss, axis=1)
-    width = packed.shape[1]
-    if width <= 8:  # one uint64 key per row: a 1-d sort, not a row-wise one
-        keys = np.zeros((n, 8), dtype=np.uint8)
-        keys[:, :width] = packed
-        keys = keys.view(np.uint64).reshape(n)
-    else:
-        keys = np.ascontiguousarray(packed).view(np.dtype((np.void, width))).reshape(n)
-    _, first, inverse, counts = np.unique(keys, return_index=True, return_inverse=True, return_counts=True)
-    return miss[first], inverse.reshape(-1), counts
-
-
 def _spd_inverse(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Inverses (s, s, N) and log determinants (N,) of SPD matrices given as (s, s, N)."""
     s, _, n = a.shape

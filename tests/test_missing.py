@@ -252,7 +252,8 @@ def test_restarts_side_by_side_sum_bitwise_what_each_sums_alone(dense_rows, monk
     together = fam.estep(X, w, starts, ctx, entropy=True)
     for params, rec in zip(starts, together):
         alone = fam.estep(X, w, [params], ctx, entropy=True)[0]
-        assert [rec[key] for key in ("loglik", "wsum", "entropy")] == [alone[key] for key in ("loglik", "wsum", "entropy")]
+        for key in ("loglik", "wsum", "entropy"):
+            assert rec[key] == alone[key], key
         assert rec["stats"].keys() == alone["stats"].keys()
         for key in rec["stats"]:
             assert np.array_equal(rec["stats"][key], alone["stats"][key]), key

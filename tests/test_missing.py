@@ -128,15 +128,19 @@ def test_one_iteration_matches_direct_reference(ct):
 
 
 @pytest.mark.parametrize("ct", ["full", "tied"])
-@pytest.mark.parametrize("dense_rows, vector_batch", [(1, 0.0), (1, np.inf), (10**9, 0.0), (10**9, np.inf), (4, 0.0)])
-def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, monkeypatch):
+@pytest.mark.parametrize("dense_rows, vector_batch, row_gather_s",
+                         [(1, 0.0, 4), (1, np.inf, 4), (10**9, 0.0, 4), (10**9, np.inf, 4), (4, 0.0, 4),
+                          (10**9, 0.0, 0), (4, np.inf, 99)])
+def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, row_gather_s, monkeypatch):
     """Frequent patterns through the complete rows' GEMMs (dense_rows=1), rare ones row by row
     (10**9), a mix (4); the patterns' small inverses written out over the batch (vector_batch=0)
-    or by np.linalg (inf): each route equals the reference."""
+    or by np.linalg (inf); the rows' conditional covariances gathered whole (row_gather_s=0) or
+    entry by entry (99): each route equals the reference."""
     from dask_em import _incomplete
 
     monkeypatch.setattr(_incomplete, "DENSE_PATTERN_ROWS", dense_rows)
     monkeypatch.setattr(_incomplete, "_VECTOR_BATCH", vector_batch)
+    monkeypatch.setattr(_incomplete, "_ROW_GATHER_S", row_gather_s)
     X, weights, means, covs = problem(ct, seed=12, n=120, d=6, frac=0.35)
     X[:50, [1, 4]] = np.nan  # one frequent pattern next to many rare ones
     X[np.isnan(X).all(1), 0] = 1.0
@@ -167,6 +171,92 @@ def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, monk
     S = full_covs(covs, ct, len(weights), X.shape[1])
     ref = [[np.log(weights[j]) + _log_normal(row, means[j], S[j]) for j in range(len(weights))] for row in X]
     np.testing.assert_allclose(got, ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+@pytest.mark.parametrize("row_gather_s", [0, 4])
+def test_one_or_two_missing_values_profiled_out_match_reference(ct, row_gather_s, monkeypatch):
+    """Rows missing one value (the rank-one correction h^2 / L_jj of the full quadratic form)
+    or two, at every coordinate, far from the origin, through the profile route only:
+    the EM step, the marginal log-densities and the imputed values equal direct numpy."""
+    from dask_em import _incomplete
+    from dask_em._covariance import LAYOUTS
+    from dask_em.gaussian import GaussianFamily
+
+    monkeypatch.setattr(_incomplete, "DENSE_PATTERN_ROWS", 10**9)
+    monkeypatch.setattr(_incomplete, "_ROW_GATHER_S", row_gather_s)
+    rng = np.random.default_rng(7)
+    n, d = 150, 5
+    X, weights, means, covs = problem(ct, seed=7, n=n, d=d, frac=0.0)
+    X += 1e3  # the profile is taken about centered rows: no cancellation
+    means = means + 1e3
+    for i in range(n - 20):  # 20 complete rows stay
+        X[i, rng.choice(d, size=1 + i % 2, replace=False)] = np.nan
+    assert set(np.isnan(X).sum(1)) == {0, 1, 2}
+    assert np.isnan(X[np.isnan(X).sum(1) == 1]).any(0).all()  # every coordinate missing alone
+    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
+    gm = one_step(da.from_array(X, chunks=64), weights, means, covs, ct, missing="marginalize")
+    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=1e-9)
+    params = {"weights": weights, "means": means - 1e3, "covariances": covs, "covariance_type": ct,
+              "precisions_cholesky": LAYOUTS[ct].precision_cholesky(covs)}
+    shift = np.full(d, 1e3)
+    got = GaussianFamily(missing="marginalize").weighted_log_prob(X, params, shift)
+    S = full_covs(covs, ct, len(weights), d)
+    ref = [[np.log(weights[j]) + _log_normal(row, means[j], S[j]) for j in range(len(weights))] for row in X]
+    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    # E[x_m | x_o] = sum_k p(k | x_o) (mu_km + S_mo S_oo^-1 (x_o - mu_ko)), row by row
+    filled = GaussianFamily(missing="marginalize").impute(X, params, shift)
+    post = np.exp(np.array(ref) - logsumexp(ref, axis=1, keepdims=True))
+    for i, row in enumerate(X):
+        m = np.isnan(row)
+        o = ~m
+        expect = sum(post[i, j] * (means[j, m] + S[j][np.ix_(m, o)] @ np.linalg.solve(S[j][np.ix_(o, o)],
+                                                                                       row[o] - means[j, o]))
+                     for j in range(len(weights)))
+        np.testing.assert_allclose(filled[i, m], expect, rtol=1e-9)
+        assert np.array_equal(filled[i, o], row[o])
+
+
+@pytest.mark.parametrize("dense_rows", [10**9, 50])
+def test_restarts_side_by_side_sum_bitwise_what_each_sums_alone(dense_rows, monkeypatch):
+    """Restarts of different K and covariance types in one E-step on rows with NaN (as a
+    select_model grid runs them) sum exactly what each sums alone: their profile tiles nest."""
+    from dask_em import _incomplete
+    from dask_em.gaussian import GaussianFamily
+
+    monkeypatch.setattr(_incomplete, "DENSE_PATTERN_ROWS", dense_rows)
+    monkeypatch.setattr(_incomplete, "_TILE_CELLS", 2**12)  # tiles of 64 to 256 rows by K
+    rng = np.random.default_rng(3)
+    n, d = 3000, 6
+    X = rng.normal(size=(n, d)) * 2 + rng.integers(0, 3, (n, 1)) * 3
+    X[rng.random(X.shape) < 0.25] = np.nan
+    X[np.isnan(X).all(1), 0] = 0.5
+    fam = GaussianFamily(missing="marginalize")
+    ctx = np.nanmean(X, 0)
+
+    def start(ct, k, seed):
+        r = np.random.default_rng(seed)
+        a = r.normal(size=(k, d, d))
+        cov = a @ a.transpose(0, 2, 1) + np.eye(d)
+        prec = {"full": np.linalg.inv(cov), "tied": np.linalg.inv(cov[0]),
+                "diag": 1 / np.stack([np.diag(c) for c in cov])}[ct]
+        settings = dict(covariance_type=ct, n_components=k, weights_init=r.dirichlet(np.ones(k)),
+                        means_init=r.normal(size=(k, d)) + 3, precisions_init=prec)
+        return fam.init_params(X[:10], None, None, ctx, settings)
+
+    starts = [start("full", 3, 1), start("tied", 2, 2), start("diag", 4, 3), start("full", 5, 4)]
+    w = rng.random(n)
+    together = fam.estep(X, w, starts, ctx, entropy=True)
+    for params, rec in zip(starts, together):
+        alone = fam.estep(X, w, [params], ctx, entropy=True)[0]
+        for key in ("loglik", "wsum", "entropy"):
+            assert rec[key] == alone[key], key
+        assert rec["stats"].keys() == alone["stats"].keys()
+        for key in rec["stats"]:
+            assert np.array_equal(rec["stats"][key], alone["stats"][key]), key
 
 
 def _log_normal(row, mean, cov):

@@ -293,9 +293,15 @@ class GaussianFamily(Family):
         path below unchanged (a chunk without NaN is summed bitwise as with
         ``missing="error"``).
         """
-        if self.missing != "error" and _incomplete.any_missing(x):
+        if self.missing == "error":
+            return self._estep_complete(x, w, params_list, context, entropy)
+        # Optimistic: a clean chunk pays no NaN scan (a scan of the rows cost 4% of the diag
+        # E-step); a row holding NaN makes its panel's log-likelihood NaN, which stops the
+        # walk at that panel and sends the chunk to the missing-values route.
+        records = self._estep_complete(x, w, params_list, context, entropy, stop_at_nan=True)
+        if records is None:
             return self._estep_with_missing(x, w, params_list, context, entropy)
-        return self._estep_complete(x, w, params_list, context, entropy)
+        return records
 
     def _estep_with_missing(self, x, w, params_list, context, entropy):
         miss, counts = _incomplete.missing_counts(x)
@@ -316,7 +322,8 @@ class GaussianFamily(Family):
             rec["nk"] = np.array(LAYOUTS[params["covariance_type"]].mass(rec["stats"]))
         return records
 
-    def _estep_complete(self, x, w, params_list, context, entropy=False):
+    def _estep_complete(self, x, w, params_list, context, entropy=False, stop_at_nan=False):
+        """The complete rows' E-step; with ``stop_at_nan``, None as soon as a panel's log-likelihood is NaN."""
         shift = context
         n, d = x.shape[0], shift.shape[0]
         dtype = np.dtype(self.compute_dtype)
@@ -344,6 +351,8 @@ class GaussianFamily(Family):
                         wp = None if w is None else w[lo + sub : lo + end]
                         xp = xa[:, sub:end]
                         log_norm, resp = responsibilities(lay.weighted_log_prob(xp, view))
+                        if stop_at_nan and view is views[0] and np.isnan(log_norm).any():
+                            return None
                         add_likelihood(acc, log_norm, resp, wp, entropy)
                         lay.accumulate(xp, wp, resp, view["means"], acc, view)
         records = []

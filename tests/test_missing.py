@@ -259,6 +259,38 @@ def test_restarts_side_by_side_sum_bitwise_what_each_sums_alone(dense_rows, monk
             assert np.array_equal(rec["stats"][key], alone["stats"][key]), key
 
 
+@pytest.mark.parametrize("where", ["first", "last", "none"])
+def test_a_chunk_is_routed_by_its_nan_wherever_it_lies(where):
+    """A clean chunk takes the complete rows' walk without a scan of its rows; one NaN in any
+    panel (here the chunk's first or last row, many panels apart) stops that walk and the chunk
+    is summed by the missing-values route, exactly as the route alone sums it."""
+    from dask_em.gaussian import GaussianFamily
+
+    rng = np.random.default_rng(5)
+    n, d = 40_000, 5
+    X = rng.normal(size=(n, d)) + rng.integers(0, 3, (n, 1)) * 4
+    if where != "none":
+        X[0 if where == "first" else n - 1, 2] = np.nan
+    fam = GaussianFamily(missing="marginalize")
+    ctx = np.nanmean(X, 0)
+    starts = []
+    for ct, k in (("full", 3), ("diag", 4)):
+        r = np.random.default_rng(k)
+        prec = np.eye(d) if ct == "full" else np.ones(d)
+        settings = dict(covariance_type=ct, n_components=k, weights_init=np.full(k, 1 / k),
+                        means_init=r.normal(size=(k, d)) * 3, precisions_init=np.stack([prec] * k))
+        starts.append(fam.init_params(X[1:11], None, None, ctx, settings))
+    got = fam.estep(X, None, starts, ctx, entropy=True)
+    want = (fam._estep_complete(X, None, starts, ctx, entropy=True) if where == "none"
+            else fam._estep_with_missing(X, None, starts, ctx, entropy=True))
+    for rec, ref in zip(got, want):
+        assert np.isfinite(rec["loglik"])
+        for key in ("loglik", "wsum", "entropy"):
+            assert rec[key] == ref[key], key
+        for key in rec["stats"]:
+            assert np.array_equal(rec["stats"][key], ref["stats"][key]), key
+
+
 def _log_normal(row, mean, cov):
     o = ~np.isnan(row)
     r = row[o] - mean[o]

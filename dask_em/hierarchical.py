@@ -34,7 +34,7 @@ more, as ``Mclust`` does: the tree on the transformation of those rows
 themselves, the start's M-step on them alone, EM's first E-step on all rows
 (``others="subset"``). Built on those rows of the all-row transformation, the
 tree's partition differed from mclust's on 3,000-row data (adjusted Rand 0.45
-to 0.56 against 1.0; benchmarks/bench_optima.py's generated cases).
+to 0.59 against 1.0; benchmarks/bench_optima.py's generated cases).
 
 The discrete families have no Gaussian scatter: :func:`term_merges` runs the same
 greedy agglomeration on any criterion that is a sum of per-cluster terms of

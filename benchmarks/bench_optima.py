@@ -13,7 +13,11 @@ For every dataset, covariance type and K = 2..8:
 * mclust (R, when ``Rscript`` with mclust is installed: ``apt-get install r-base-core
   r-cran-mclust``; for this benchmark only): ``Mclust(X, G = K, modelNames = M)``, its
   default model-based hierarchical start and one EM run, M = VVV/EEE/VVI/VII for
-  full/tied/diag/spherical. Without Rscript the column is skipped with a message.
+  full/tied/diag/spherical. Without Rscript the column is skipped with a message. On data with
+  more than 2,000 rows Mclust's hc start clusters 2,000 rows drawn at random (unseeded in R):
+  ``set.seed(--mclust-seed)`` before each call makes the column reproducible. With --tol both
+  libraries stop by the same rule (mclust's relative tol set to n tol / (1 + |L|) at its optimum L):
+  mclust's tol/100 before was 3 to 20 times tighter than dask-em's per-row tol.
 
 Compared on the final mean log-likelihood of the data (``score(X)``, mclust's total
 log-likelihood divided by the rows): better / equal (within 1e-4 nats per row) / worse.
@@ -58,18 +62,40 @@ MCLUST_MODELS = {"full": "VVV", "tied": "EEE", "diag": "VVI", "spherical": "VII"
 MCLUST_SCRIPT = r"""
 suppressMessages(library(mclust))
 X <- as.matrix(read.csv(file.path(dir, "x.csv"), header = FALSE))
-ctl <- if (is.na(tol)) emControl() else emControl(tol = c(tol, sqrt(.Machine$double.eps)), itmax = c(.Machine$integer.max, .Machine$integer.max))
+n <- nrow(X)
+ctl_at <- function(rel) emControl(tol = c(rel, sqrt(.Machine$double.eps)), itmax = c(.Machine$integer.max, .Machine$integer.max))
+# Mclust's own start, built once: with more rows than mclust.options("subset") (2,000) it draws
+# the rows of its hc start at random (here after set.seed(seed), as Mclust's first draw), then
+# hc(data[subset, ], hcModelName, hcUse). One Mclust(X) call shares one draw and one tree too.
+set.seed(seed)
+subset <- if (n > mclust.options("subset")) sample(seq.int(n), size = mclust.options("subset"), replace = FALSE) else NULL
+init <- list(hcPairs = hc(if (is.null(subset)) X else X[subset, ], modelName = mclust.options("hcModelName"),
+                          use = mclust.options("hcUse")), subset = subset)
+fit_at <- function(m, g, ctl) {
+  tryCatch(Mclust(X, G = g, modelNames = m, verbose = FALSE, control = ctl, initialization = init),
+           error = function(e) NULL)
+}
 out <- list()
 for (m in strsplit(models, ",")[[1]]) for (g in as.integer(strsplit(ks, ",")[[1]])) {
-  fit <- tryCatch(Mclust(X, G = g, modelNames = m, verbose = FALSE, control = ctl), error = function(e) NULL)
+  fit <- fit_at(m, g, if (is.na(tol)) emControl() else ctl_at(tol / 100))
+  if (!is.na(tol) && !is.null(fit)) {
+    # mclust stops when |L - L_old| / (1 + |L|) < tol (L the total log-likelihood), dask-em when
+    # the mean log-likelihood per row changes by less than tol: the same rule at the optimum is
+    # mclust's tol = n tol / (1 + |L|). Rerun from the same start with that.
+    fit <- fit_at(m, g, ctl_at(n * tol / (1 + abs(fit$loglik))))
+  }
   out[[paste(m, g)]] <- if (is.null(fit)) NA else fit$loglik
 }
 cat(jsonlite::toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"), file = file.path(dir, "out.json"))
 """
 
 
-def mclust_logliks(X, ks, covs, tol=None):
-    """{(cov, K): mean log-likelihood per row} from mclust, or None without Rscript."""
+def mclust_logliks(X, ks, covs, tol=None, seed=0):
+    """{(cov, K): mean log-likelihood per row} from mclust, or None without Rscript.
+
+    ``tol`` (dask-em's, per row) is turned into mclust's relative tol at its optimum;
+    ``seed`` is R's seed for Mclust's random hc subset (data with more than 2,000 rows).
+    """
     import json
     import pathlib
     import shutil
@@ -83,7 +109,7 @@ def mclust_logliks(X, ks, covs, tol=None):
         models = ",".join(MCLUST_MODELS[c] for c in covs)
         rtol = "NA" if tol is None else repr(tol)
         subprocess.run(["Rscript", "-e", f"dir <- '{tmp}'; models <- '{models}'; ks <- '{','.join(map(str, ks))}'; "
-                        f"tol <- {rtol}",
+                        f"tol <- {rtol}; seed <- {seed}",
                         "-e", MCLUST_SCRIPT], check=True, capture_output=True)
         raw = json.loads(pathlib.Path(f"{tmp}/out.json").read_text())
     n = len(X)
@@ -125,12 +151,17 @@ def main(argv=None):
     parser.add_argument("--short-iter", type=int, default=10)
     parser.add_argument("--tol", type=float, default=None,
                         help="tol for every dask-em and scikit-learn fit (absolute, per row; their default 1e-3), "
-                             "and tol/100 as mclust's relative tol (its default 1e-5): compare at convergence")
+                             "and the same stopping rule for mclust: its relative tol n tol / (1 + |L|) at its "
+                             "optimum L (its default 1e-5); compare at convergence")
+    parser.add_argument("--mclust-seed", type=int, default=0,
+                        help="R's seed before each Mclust call: its hc start draws 2,000 rows at random "
+                             "when there are more")
     parser.add_argument("--max-iter", type=int, default=None, help="max_iter of every fit [100; 2000 with --tol]")
     parser.add_argument("--mix", default=None,
                         help="emEM's start kinds (an experiment): 'first,...;kind,kind,...' replaces dask_em.starts' "
                              "EMEM_FIRST and MIXED_STARTS")
-    parser.add_argument("--data", default=None, help="only these data sets, comma-separated")
+    parser.add_argument("--data", default=None,
+                        help="only these data sets, comma-separated ('generated': the three generated cases)")
     args = parser.parse_args(argv)
 
     import dask_em
@@ -145,8 +176,14 @@ def main(argv=None):
         fit_opts = {"tol": args.tol, "max_iter": args.max_iter or 2000}
     elif args.max_iter is not None:
         fit_opts = {"max_iter": args.max_iter}
-    mc_tol = None if args.tol is None else args.tol / 100
-    print(f"# fits: {fit_opts or 'defaults'}; mclust tol {mc_tol or 'default'}; emEM starts "
+    mc_tol = args.tol
+    only = None
+    if args.data:
+        only = set(args.data.split(","))
+        if "generated" in only:
+            only |= {"overlapping", "unequal-weights", "elongated"}
+    print(f"# fits: {fit_opts or 'defaults'}; mclust tol "
+          f"{'n tol / (1 + |L|)' if mc_tol else 'default'}, set.seed({args.mclust_seed}); emEM starts "
           f"{dask_em.starts.emem_methods(args.n_short)}")
 
     warnings.simplefilter("ignore")
@@ -161,9 +198,9 @@ def main(argv=None):
           f"{'emEM vs sk':>10} {'single ll':>10} {'passes':>6} {'hier ll':>10} {'mclust ll':>10} {'emEM vs mc':>10}")
     tic = time.perf_counter()
     for name, X in datasets(args.quick).items():
-        if args.data and name not in args.data.split(","):
+        if only and name not in only:
             continue
-        mclust = mclust_logliks(X, list(ks), covs, mc_tol)
+        mclust = mclust_logliks(X, list(ks), covs, mc_tol, args.mclust_seed)
         if mclust is None and not warned:
             warned = True
             print("# Rscript not found: the mclust column is skipped (apt-get install r-base-core r-cran-mclust)")

@@ -159,14 +159,15 @@ def start_responsibilities(
         if merge_term is not None:
             resp = term_responsibilities(xc, n_components, merge_term, rng=seed, max_rows=rows)
         else:
-            resp = hc_responsibilities(xc, n_components, rng=seed, max_rows=rows)
+            resp = hc_responsibilities(xc, n_components, rng=seed, max_rows=rows, others="posterior")
     elif method == "hierarchical" and merge_term is not None:
         # The family's own criterion (a discrete family): at most 2,000 rows clustered,
         # the start's M-step on those.
         resp = term_responsibilities(xc, n_components, merge_term, rng=seed)
     elif method == "hierarchical":
         # mclust's start: the "VVV" model-based tree on the SVD-transformed sample,
-        # at most 2,000 rows clustered (drawn with this restart's seed), the rest by E-step.
+        # at most 2,000 rows clustered (drawn with this restart's seed; transformed by their
+        # own moments, as hc(data[subset, ])); the start's M-step on those rows, as Mclust's.
         resp = hc_responsibilities(xc, n_components, rng=seed)
     else:  # pragma: no cover - validated by the estimator
         raise ValueError(method)

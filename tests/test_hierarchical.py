@@ -118,7 +118,7 @@ def test_separated_blobs_are_recovered_from_a_subsample():
     centers = np.array([[0, 0], [10, 0], [0, 10], [10, 10]])
     truth = rng.integers(0, 4, size=3000)
     x = centers[truth] + rng.normal(size=(3000, 2))
-    resp = hc_responsibilities(x, 4, max_rows=500, rng=1)
+    resp = hc_responsibilities(x, 4, max_rows=500, rng=1, others="posterior")
     np.testing.assert_allclose(resp.sum(1), 1.0)
     labels = resp.argmax(1)
     # Every cluster is one true blob: the contingency table is a permutation.
@@ -126,6 +126,24 @@ def test_separated_blobs_are_recovered_from_a_subsample():
     np.add.at(table, (truth, labels), 1)
     assert (table > 0).sum() == 4
     np.testing.assert_array_equal(hc_partition(x[:400], 4), canonical(truth[:400]))
+
+
+def test_a_subset_start_is_mclusts_tree_on_the_subsets_own_transformation():
+    # Mclust with more rows than its subset runs hc(data[subset, ]): the SVD transformation
+    # of the drawn rows themselves, whose tree (checked against mclust's hc on the fixture
+    # above) is cut at K; the start's M-step then sees those rows only.
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 3)) * [1.0, 4.0, 0.5] + rng.integers(0, 3, size=(300, 1)) * 2.0
+    resp = hc_responsibilities(x, 4, max_rows=120, rng=7)
+    rows = np.sort(np.random.default_rng(7).choice(300, size=120, replace=False))
+    assert resp.sum() == 120 and set(np.unique(resp)) == {0.0, 1.0}
+    np.testing.assert_array_equal(np.flatnonzero(resp.sum(1)), rows)
+    np.testing.assert_array_equal(resp[rows].argmax(1), hc_partition(x[rows], 4))
+    # The tree on those rows of the all-row transformation is another partition here.
+    z_all = hc_transform(x)[rows]
+    assert not np.array_equal(cut_tree(hc_merges(z_all, "VVV", min_clusters=4)[0], 120, 4), resp[rows].argmax(1))
+    with pytest.raises(ValueError, match="others='all'; expected 'subset'"):
+        hc_responsibilities(x, 4, max_rows=120, others="all")
 
 
 def test_start_responsibilities_and_the_estimator_accept_hierarchical():

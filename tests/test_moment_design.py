@@ -106,11 +106,11 @@ def test_the_rule_picks_by_components_features_and_distance(rng):
             chosen = LAYOUTS["full"].kernel(params)
             assert isinstance(chosen, _MomentDesign if d <= limit else _RawStatistics), (k, d)
     assert moment_max_features(2) == 0  # two components: the residual design was faster at every d measured
-    # Squared Mahalanobis distance of the shift from a mean of 100 (float32's limit is below, float64's above).
+    # Squared Mahalanobis distance of the shift from a mean of 1e4 (float32's limit is below, float64's above).
     params = make_params(rng, "full", 4, 4, mean_scale=0.0)
     params["precisions_cholesky"] = np.broadcast_to(np.eye(4), (4, 4, 4)).copy()
-    params["means"][2, 0] = 10.0
-    assert MOMENT_MAX_DISTANCE2[np.dtype("float32")] < 100 < MOMENT_MAX_DISTANCE2[np.dtype("float64")]
+    params["means"][2, 0] = 100.0
+    assert MOMENT_MAX_DISTANCE2[np.dtype("float32")] < 1e4 < MOMENT_MAX_DISTANCE2[np.dtype("float64")]
     assert isinstance(LAYOUTS["full"].kernel(params, "float64"), _MomentDesign)
     assert not isinstance(LAYOUTS["full"].kernel(params, "float32"), _MomentDesign)
     assert LAYOUTS["full"].kernel(params, "float32") is LAYOUTS["full"]

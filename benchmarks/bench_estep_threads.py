@@ -11,6 +11,16 @@ scheduler and with other people's jobs; this measures the kernel alone:
 * scaling    1 thread / 2 threads: 2.0 is perfect on two cores.
 * cpu/block  the CPU time (``time.thread_time``) of one block's E-step,
              run alone: the work, whatever the machine's load.
+* cpu 2 thr  the CPU time of a block while the other thread works on the
+             other block, over ``cpu/block``: what sharing caches and memory
+             bandwidth costs (1.00 when nothing is shared).
+* held       the share of ``cpu/block`` spent in the fixed cost of the
+             numpy calls (argument parsing, dispatch, small arrays), which
+             holds the GIL: the E-step's cost per panel and per block,
+             measured on 16-row panels (where the loops cost nothing), times
+             the block's panels, over ``cpu/block``. Time inside a ufunc's or
+             GEMM's loop releases the GIL (np.bincount's min/max pass, a
+             page fault inside an allocation do not, and are not counted).
 
 Serial and parallel runs alternate and each figure is the best of
 ``--repeats``: a run that another job slowed is discarded, not averaged.
@@ -60,14 +70,56 @@ def block(name: str, rows: int, d: int, k: int, seed: int) -> np.ndarray:
     return rng.integers(0, N_CATEGORIES, (rows, d)).astype(np.int8)
 
 
-def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, float, float]:
+def estep_in_panels(family, x, params, panel: int | None):
+    """The family's E-step on ``x``; with ``panel``, in panels of that many rows. Returns the panel rows used."""
+    try:
+        from dask_em._discrete_kernel import DesignFamily, design_estep, panel_rows
+    except ImportError:  # before the design-matrix E-step: the default one, panel_rows from the family
+        from dask_em.family import PANEL_CELLS
+
+        used = panel or family.panel_rows or PANEL_CELLS // len(params["weights"])
+        object.__setattr__(family, "panel_rows", used)
+        family.estep(x, None, [params], None)
+        return used
+    if not isinstance(family, DesignFamily):
+        raise TypeError(f"{type(family).__name__} does not use the design-matrix E-step")
+    design_estep(family, x, None, [params], panel=panel)
+    return panel or panel_rows(family.design_width(x.shape[1]))
+
+
+def best_cpu(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        tic = time.thread_time()
+        fn()
+        times.append(time.thread_time() - tic)
+    return min(times)
+
+
+def held_share(family, params, x: np.ndarray, cpu: float, repeats: int) -> float:
+    """The fixed (GIL-holding) cost of a block's numpy calls over its CPU time ``cpu`` (see the docstring)."""
+    tiny = 16
+    panel = estep_in_panels(family, x, params, None)
+    one = best_cpu(lambda: estep_in_panels(family, x[:tiny], params, tiny), 5 * repeats)
+    many = best_cpu(lambda: estep_in_panels(family, x[: 64 * tiny], params, tiny), repeats)
+    estep_in_panels(family, x[:1], params, panel)  # the default panels back
+    per_panel = (many - one) / 63
+    return (one - per_panel + per_panel * -(-x.shape[0] // panel)) / cpu
+
+
+def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, ...]:
     family, params = family_and_params(name, k, d)
     blocks = [block(name, rows, d, k, seed) for seed in (1, 2)]
 
     def one(x):
         return family.estep(x, None, [params], None)
 
-    serial, parallel, cpu = [], [], []
+    def timed(x):
+        tic = time.thread_time()
+        one(x)
+        return time.thread_time() - tic
+
+    serial, parallel, cpu, shared = [], [], [], []
     with ThreadPoolExecutor(2) as pool, threadpool_limits(limits=1, user_api="blas"):
         list(pool.map(one, blocks))  # warm both threads and every cache
         for _ in range(repeats):
@@ -76,12 +128,11 @@ def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, 
                 one(x)
             serial.append(time.perf_counter() - tic)
             tic = time.perf_counter()
-            list(pool.map(one, blocks))
+            shared.append(max(pool.map(timed, blocks)))
             parallel.append(time.perf_counter() - tic)
-            tic = time.thread_time()
-            one(blocks[0])
-            cpu.append(time.thread_time() - tic)
-    return min(serial), min(parallel), min(cpu)
+            cpu.append(timed(blocks[0]))
+        held = held_share(family, params, blocks[0], min(cpu), repeats)
+    return min(serial), min(parallel), min(cpu), min(shared) / min(cpu), held
 
 
 def main() -> None:
@@ -96,11 +147,12 @@ def main() -> None:
     print(f"# 2 blocks of {args.rows:,} x {args.features}, K={args.components}, best of {args.repeats}, "
           f"{os.cpu_count()} cores, one BLAS thread per task")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| family | 1 thread s | 2 threads s | scaling | cpu s/block |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| family | 1 thread s | 2 threads s | scaling | cpu s/block | cpu 2 thr | held |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.families.split(","):
-        one, two, cpu = measure(name, args.rows, args.features, args.components, args.repeats)
-        print(f"| {name} | {one:.4f} | {two:.4f} | {one / two:.2f}x | {cpu:.4f} |", flush=True)
+        one, two, cpu, shared, held = measure(name, args.rows, args.features, args.components, args.repeats)
+        print(f"| {name} | {one:.4f} | {two:.4f} | {one / two:.2f}x | {cpu:.4f} | {shared:.2f}x | {100 * held:.1f}% |",
+              flush=True)
     print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

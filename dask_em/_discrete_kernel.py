@@ -171,11 +171,15 @@ def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, recor
 
 def design_estep(
     family: DesignFamily, x: np.ndarray, w: np.ndarray | None, params_list: list[Params], entropy: bool = False,
+    panel: int | None = None,
 ) -> list[dict]:
-    """E-step of several restarts on one chunk of complete rows: one record per restart (see ``Family.estep``)."""
+    """E-step of several restarts on one chunk of complete rows: one record per restart (see ``Family.estep``).
+
+    ``panel`` rows per panel [:func:`panel_rows` of the design's width].
+    """
     n, d = x.shape
     m = family.design_width(d)
-    panel = max(1, min(n, panel_rows(m)))
+    panel = max(1, min(n, panel or panel_rows(m)))
     coefs = []
     for params in params_list:
         a, c = family.coefficients(params)

@@ -144,8 +144,12 @@ def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, recor
     top = buffer("top", (p,))
     total = buffer("total", (p,))
     np.max(lp, axis=0, out=top)
+    # The floor only where some value falls below it: np.maximum costs twice the
+    # np.min that rules it out (55 us against 18 us per 131,072 values).
+    needs_floor = not lp.min() - top.max() >= _LOG_RESP_FLOOR
     np.subtract(lp, top, out=lp)
-    np.maximum(lp, _LOG_RESP_FLOOR, out=lp)
+    if needs_floor:
+        np.maximum(lp, _LOG_RESP_FLOOR, out=lp)
     np.exp(lp, out=lp)
     np.sum(lp, axis=0, out=total)
     if w is None or entropy:

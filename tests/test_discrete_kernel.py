@@ -165,3 +165,15 @@ def test_buffer_grows_and_is_reused():
 def test_panel_rows_depend_on_the_width_only():
     assert panel_rows(16) == 16384 and panel_rows(80) == 4096
     assert panel_rows(10_000) == 1024 and panel_rows(1) == 16384
+
+
+def test_far_components_are_floored_not_nan(rng):
+    """Log-densities 10^4 apart: responsibilities of the far component are ~exp(-600), the record finite."""
+    family = PoissonFamily()
+    x = np.concatenate([rng.poisson(1.0, (300, 4)), rng.poisson(3_000.0, (300, 4))]).astype(np.int64)
+    params = {"rates": np.array([[1.0] * 4, [3_000.0] * 4]), "weights": np.array([0.5, 0.5])}
+    (got,) = design_estep(family, x, None, [params], panel=128)
+    want = reference("poisson", x, None, params, log_pmf("poisson", x, params))
+    want["entropy"] = 0.0
+    assert_record(got, want)
+    np.testing.assert_allclose(got["nk"], [300, 300], rtol=1e-12)

@@ -14,6 +14,18 @@ scheduler and with other people's jobs; this measures the kernel alone:
 * cpu 2 thr  the CPU time of a block while the other thread works on the
              other block, over ``cpu/block``: what sharing caches and memory
              bandwidth costs (1.00 when nothing is shared).
+* waits      how often, per block, a thread went to sleep while the other
+             thread worked on the other block (voluntary context switches:
+             waits for the GIL, or for a lock such as the kernel's address
+             space lock during page faults), median of the repeats. On a
+             loaded machine the two threads seldom run at the same time and
+             the count says little.
+
+The last row, ``gemm (control)``, runs the same measurement on work that
+never holds the GIL (one-thread DGEMMs of about the same duration): the
+scaling the machine allows at that moment. On a shared machine it can fall
+to 1.0x (another job holds the second core); E-step figures taken then say
+nothing about the code. Quote the control with them.
 * held       the share of ``cpu/block`` spent in the fixed cost of the
              numpy calls (argument parsing, dispatch, small arrays), which
              holds the GIL: the E-step's cost per panel and per block,
@@ -107,9 +119,24 @@ def held_share(family, params, x: np.ndarray, cpu: float, repeats: int) -> float
     return (one - per_panel + per_panel * -(-x.shape[0] // panel)) / cpu
 
 
+class GemmControl:
+    """Stands in for a family: an "E-step" of one-thread DGEMMs, which release the GIL throughout."""
+
+    def __init__(self, rows: int):
+        self.a = np.random.default_rng(0).random((384, 384))
+        self.reps = max(1, rows // 32_768)
+
+    def estep(self, x, w, params_list, context, entropy=False):
+        for _ in range(self.reps):
+            self.a @ self.a
+
+
 def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, ...]:
-    family, params = family_and_params(name, k, d)
-    blocks = [block(name, rows, d, k, seed) for seed in (1, 2)]
+    if name == "gemm (control)":
+        family, params, blocks = GemmControl(rows), None, [None, None]
+    else:
+        family, params = family_and_params(name, k, d)
+        blocks = [block(name, rows, d, k, seed) for seed in (1, 2)]
 
     def one(x):
         return family.estep(x, None, [params], None)
@@ -119,7 +146,12 @@ def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, 
         one(x)
         return time.thread_time() - tic
 
-    serial, parallel, cpu, shared = [], [], [], []
+    def timed_waits(x):
+        before = voluntary_switches()
+        cpu = timed(x)
+        return cpu, voluntary_switches() - before
+
+    serial, parallel, cpu, shared, waits = [], [], [], [], []
     with ThreadPoolExecutor(2) as pool, threadpool_limits(limits=1, user_api="blas"):
         list(pool.map(one, blocks))  # warm both threads and every cache
         for _ in range(repeats):
@@ -128,11 +160,25 @@ def measure(name: str, rows: int, d: int, k: int, repeats: int) -> tuple[float, 
                 one(x)
             serial.append(time.perf_counter() - tic)
             tic = time.perf_counter()
-            shared.append(max(pool.map(timed, blocks)))
+            both = list(pool.map(timed_waits, blocks))
             parallel.append(time.perf_counter() - tic)
+            shared.append(max(c for c, _ in both))
+            waits.append(sum(n for _, n in both) / 2)
             cpu.append(timed(blocks[0]))
-        held = held_share(family, params, blocks[0], min(cpu), repeats)
-    return min(serial), min(parallel), min(cpu), min(shared) / min(cpu), held
+        held = 0.0 if params is None else held_share(family, params, blocks[0], min(cpu), repeats)
+    return min(serial), min(parallel), min(cpu), min(shared) / min(cpu), float(np.median(waits)), held
+
+
+def voluntary_switches() -> int:
+    """This thread's voluntary context switches so far (Linux), 0 elsewhere."""
+    try:
+        with open("/proc/thread-self/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def main() -> None:
@@ -147,12 +193,12 @@ def main() -> None:
     print(f"# 2 blocks of {args.rows:,} x {args.features}, K={args.components}, best of {args.repeats}, "
           f"{os.cpu_count()} cores, one BLAS thread per task")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| family | 1 thread s | 2 threads s | scaling | cpu s/block | cpu 2 thr | held |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for name in args.families.split(","):
-        one, two, cpu, shared, held = measure(name, args.rows, args.features, args.components, args.repeats)
-        print(f"| {name} | {one:.4f} | {two:.4f} | {one / two:.2f}x | {cpu:.4f} | {shared:.2f}x | {100 * held:.1f}% |",
-              flush=True)
+    print("| family | 1 thread s | 2 threads s | scaling | cpu s/block | cpu 2 thr | waits | held |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.families.split(",") + ["gemm (control)"]:
+        one, two, cpu, shared, waits, held = measure(name, args.rows, args.features, args.components, args.repeats)
+        print(f"| {name} | {one:.4f} | {two:.4f} | {one / two:.2f}x | {cpu:.4f} | {shared:.2f}x | {waits:.0f} | "
+              f"{100 * held:.1f}% |", flush=True)
     print(f"# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 

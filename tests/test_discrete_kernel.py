@@ -128,6 +128,19 @@ def test_poisson_counts_of_any_dtype_and_size(dtype, rng):
                                -gammaln(small.astype(np.float64) + 1.0).sum(), rtol=1e-13)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, bool])
+@pytest.mark.parametrize("columns", [slice(None), slice(0, 3)])
+def test_poisson_one_byte_counts_in_pairs(dtype, columns, rng):
+    """One-byte counts are looked up two at a time (even width, contiguous), else one at a time."""
+    family = PoissonFamily()
+    x = np.minimum(rng.poisson(30.0, (257, 6)), 127).astype(dtype)[:, columns]
+    z = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    w = rng.uniform(0.5, 2.0, len(x))
+    log_factorials = gammaln(x.astype(np.float64) + 1.0).sum(1)
+    np.testing.assert_allclose(family.design_constant(x, z, None), -log_factorials.sum(), rtol=1e-13)
+    np.testing.assert_allclose(family.design_constant(x, z, w), -w @ log_factorials, rtol=1e-13)
+
+
 def test_empty_chunk(rng):
     family, x, params, _ = draw("categorical", rng, 10, 3)
     (got,) = family.estep(x[:0], None, [params], None)

@@ -37,16 +37,16 @@ from scipy.special import xlogy
 
 from .family import Family, Params
 
-# Values per panel's design matrix: 2**19 (4 MiB), 16384 rows of a 16-feature
-# Bernoulli or Poisson design, 4096 of a 16 x 5-category one-hot design. The rows
-# depend on the design's width alone, not on K: every restart of a round walks the
-# same panels, so it sums exactly what it sums alone (as the Gaussian's nested panels
-# do). Each panel costs about 25-35 us of calls that hold the GIL (measured with
-# 16-row panels): 16 panels per 262,144-row block keep that near 4% of its CPU time.
-# CPU time per 262,144-row block, K=8, d=16, one thread (ms, panels of 2048 / 4096 /
-# 8192 / 16384 / 32768 rows): Bernoulli 13.2 / 12.2 / 10.7 / 10.4 / 10.2, Poisson
-# 19.0 / 16.9 / 15.5 / 15.5 / 15.7, categorical 46.1 / 43.8 / 42.7 / 44.6 / 53.4.
-DESIGN_CELLS = 2**19
+# Values per panel's design matrix: up to 2**20 (8 MiB), which gives 16384 rows (the cap)
+# of a 16-feature Bernoulli or Poisson design and 8192 of a 16 x 5-category one-hot design.
+# The rows depend on the design's width alone, not on K: every restart of a round walks
+# the same panels, so it sums exactly what it sums alone (as the Gaussian's nested panels
+# do). Each panel costs about 25-35 us of calls that hold the GIL (measured on 16-row
+# panels): 16-32 panels per 262,144-row block keep that at 3-5% of its CPU time.
+# CPU time per 262,144-row block, K=8, d=16, one thread (ms; panels of 2048 / 4096 / 8192 /
+# 16384 / 32768 rows): Bernoulli 11.9 / 10.2 / 9.4 / 9.2 / 9.1, Poisson 15.0 / 13.2 / 11.8 /
+# 11.4 / 11.6, categorical 41.2 / 38.0 / 38.2 / 39.5 / 47.2.
+DESIGN_CELLS = 2**20
 
 # exp() of anything below this is floored (see dask_em.family.responsibilities).
 _LOG_RESP_FLOOR = -600.0

@@ -176,8 +176,8 @@ def test_buffer_grows_and_is_reused():
 
 
 def test_panel_rows_depend_on_the_width_only():
-    assert panel_rows(16) == 16384 and panel_rows(80) == 4096
-    assert panel_rows(10_000) == 1024 and panel_rows(1) == 16384
+    assert panel_rows(16) == 16384 and panel_rows(80) == 8192
+    assert panel_rows(100_000) == 1024 and panel_rows(1) == 16384
 
 
 def test_far_components_are_floored_not_nan(rng):

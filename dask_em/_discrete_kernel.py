@@ -105,7 +105,8 @@ class DesignFamily(Family):
         The family's statistics from ``sums`` (K, m) = ``sum_i r_ik z_i``.
     ``design_constant(x, z, w)``
         The (``w``-weighted) total over rows ``x`` of the row constant
-        (:meth:`Family.row_log_constant`); ``z`` their design. [0.0]
+        (:meth:`Family.row_log_constant`); ``z`` their design, as
+        ``fill_design`` left it (the ones column last). [0.0]
 
     Rows with missing values go through the default E-step (the families'
     ``prepare_rows`` / ``log_prob`` / ``chunk_stats``).
@@ -202,7 +203,7 @@ def design_estep(
             xp = x[lo:hi]
             wp = None if w is None else w[lo:hi]
             family.fill_design(xp, z)
-            constant = family.design_constant(xp, z[:, :m], wp)
+            constant = family.design_constant(xp, z, wp)
             for coef, rec, acc, out in zip(coefs, records, sums, part):
                 lp = buffer("logp", (len(coef), hi - lo))
                 np.matmul(coef, z.T, out=lp)

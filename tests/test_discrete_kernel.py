@@ -190,3 +190,17 @@ def test_far_components_are_floored_not_nan(rng):
     want["entropy"] = 0.0
     assert_record(got, want)
     np.testing.assert_allclose(got["nk"], [300, 300], rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_poisson_estep_with_counts_beyond_the_table(weighted, rng):
+    """Counts of 2**16 and more: the log-factorials from gammaln of the design's columns, every one of them."""
+    family = PoissonFamily()
+    x = rng.poisson(70_000.0, (700, 3)).astype(np.int64)
+    x[:, 0] = rng.poisson(2.0, 700)
+    params = {"rates": np.array([[2.0, 7e4, 7e4], [3.0, 6.9e4, 7.1e4]]), "weights": np.array([0.3, 0.7])}
+    w = rng.uniform(0.5, 2.0, len(x)) if weighted else None
+    (got,) = design_estep(family, x, w, [params], panel=256)
+    want = reference("poisson", x, w, params, log_pmf("poisson", x, params))
+    want["entropy"] = 0.0
+    assert_record(got, want)

@@ -31,8 +31,10 @@ nothing about the code. Quote the control with them.
              holds the GIL: the E-step's cost per panel and per block,
              measured on 16-row panels (where the loops cost nothing), times
              the block's panels, over ``cpu/block``. Time inside a ufunc's or
-             GEMM's loop releases the GIL (np.bincount's min/max pass, a
-             page fault inside an allocation do not, and are not counted).
+             GEMM's loop releases the GIL (np.bincount's min/max pass,
+             np.matmul with a small output, a page fault inside an
+             allocation do not, and are not counted: a low share with a
+             low scaling points at one of those).
 
 Serial and parallel runs alternate and each figure is the best of
 ``--repeats``: a run that another job slowed is discarded, not averaged.

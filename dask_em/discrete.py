@@ -36,6 +36,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.special import gammaln, xlogy
 
+from ._discrete_kernel import DesignFamily, buffer, cached, panel_rows
 from .family import MASS_EPS, Family, all_missing_row, fill_columns, responsibilities
 
 # Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
@@ -145,7 +146,7 @@ def _check_numeric(name: str, dtype, fix: str) -> None:
 
 
 @dataclass(frozen=True)
-class BernoulliFamily(Family):
+class BernoulliFamily(DesignFamily):
     """Independent binary features per component; parameters ``probabilities`` (K, d)."""
 
     pseudo_count: float = 1e-3
@@ -200,6 +201,22 @@ class BernoulliFamily(Family):
             ones += (rw.T @ miss) * params["probabilities"]
         return {"ones": ones}
 
+    # The E-step's design (dask_em._discrete_kernel): the row itself; A = log p - log(1 - p),
+    # c = sum_j log(1 - p_j).
+    def design_width(self, n_features):
+        return n_features
+
+    def fill_design(self, x, z):
+        np.copyto(z[:, :-1], x)
+
+    def coefficients(self, params):
+        p = np.clip(params["probabilities"], _TINY, _ONE_MINUS)
+        log_q = np.log1p(-p)
+        return np.log(p) - log_q, log_q.sum(1)
+
+    def stats_from(self, sums, params):
+        return {"ones": sums}
+
     def impute(self, x, params, context):
         resp = _posterior(self, x, params, context)
         return _fill_expected(x, resp.T @ params["probabilities"])
@@ -239,6 +256,13 @@ def _log_factorials(size: int) -> np.ndarray:
     return gammaln(np.arange(size, dtype=np.float64) + 1.0)
 
 
+@lru_cache(maxsize=1)
+def _pair_log_factorials() -> np.ndarray:
+    """log(a!) + log(b!) at index a + 256 b (symmetric: either byte order reads the same)."""
+    one = _log_factorials(256)
+    return (one[:, None] + one[None, :]).reshape(-1)
+
+
 def _small_counts(x: np.ndarray) -> int | None:
     """The size of a log-factorial table covering ``x`` (non-negative ints below 2**16), else None."""
     if x.dtype.kind in "bu" or (x.dtype.kind == "i" and x.size and x.min() >= 0):
@@ -249,7 +273,7 @@ def _small_counts(x: np.ndarray) -> int | None:
 
 
 @dataclass(frozen=True)
-class PoissonFamily(Family):
+class PoissonFamily(DesignFamily):
     """Independent counts per component; parameters ``rates`` (K, d)."""
 
     pseudo_count: float = 1e-3
@@ -298,6 +322,38 @@ class PoissonFamily(Family):
         else:
             out -= rates @ (1.0 - xp["miss"]).T
         return out.T
+
+    # The E-step's design (dask_em._discrete_kernel): the counts; A = log l, c = -sum_j l_j,
+    # and the -log(x!) terms as the design constant.
+    def design_width(self, n_features):
+        return n_features
+
+    def fill_design(self, x, z):
+        np.copyto(z[:, :-1], x)
+
+    def coefficients(self, params):
+        rates = np.maximum(params["rates"], _TINY)
+        return np.log(rates), -rates.sum(1)
+
+    def stats_from(self, sums, params):
+        return {"sums": sums}
+
+    def design_constant(self, x, z, w):
+        size = _small_counts(x)
+        if size is None:
+            rows = gammaln(z[:, :-1] + 1.0).sum(1)
+            return -float(rows.sum() if w is None else np.dot(w, rows))
+        # A table look-up (np.take releases the GIL; np.bincount's min/max pass holds it).
+        if x.dtype.itemsize == 1 and x.shape[1] % 2 == 0 and x.flags.c_contiguous:
+            # Two one-byte counts per look-up, read as one uint16 (2.5x faster per panel).
+            values, table = x.view(np.uint16), _pair_log_factorials()
+        else:
+            values, table = x, _log_factorials(size)
+        counts = buffer("counts", values.shape, np.intp)
+        np.copyto(counts, values)
+        logs = buffer("log_factorials", values.shape)
+        np.take(table, counts, out=logs, mode="clip")  # in range by construction; "clip" skips the check
+        return -float(logs.sum() if w is None else np.dot(w, logs).sum())
 
     def impute(self, x, params, context):
         resp = _posterior(self, x, params, context)
@@ -349,7 +405,7 @@ class PoissonFamily(Family):
 
 
 @dataclass(frozen=True)
-class CategoricalFamily(Family):
+class CategoricalFamily(DesignFamily):
     """Independent categorical codes per component.
 
     ``n_categories`` is one int for every feature or a tuple, one per feature.
@@ -426,6 +482,31 @@ class CategoricalFamily(Family):
                 return {"x": onehot, "miss": miss}
         onehot[np.arange(n)[:, None], x.astype(np.intp) + offsets[:-1]] = 1.0
         return onehot
+
+    # The E-step's design (dask_em._discrete_kernel): the one-hot codes; A = log P, c = 0.
+    def design_width(self, n_features):
+        return int(self.offsets(n_features)[-1])
+
+    def fill_design(self, x, z):
+        """The one-hot codes, scattered into zeros through flat positions (row * stride + column)."""
+        n, d = x.shape
+        z.fill(0.0)  # contiguous: several times faster than zeroing the strided z[:, :-1]
+        z[:, -1] = 1.0
+        stride, offsets = z.shape[1], self.offsets(d)[:-1]
+        rows = max(n, panel_rows(stride - 1))
+        # The flat position of code 0 of each (row, feature), made once per thread and layout.
+        first = cached("onehot_positions", (stride, tuple(offsets), rows),
+                       lambda: (stride * np.arange(rows))[:, None] + offsets)
+        at = buffer("positions", (n, d), np.intp)
+        np.add(first[:n], x, out=at, dtype=np.intp, casting="unsafe")
+        z.reshape(-1)[at.reshape(-1)] = 1.0
+
+    def coefficients(self, params):
+        log_p = np.log(np.maximum(params["probabilities"], _TINY))
+        return log_p, np.zeros(len(log_p))
+
+    def stats_from(self, sums, params):
+        return {"counts": sums}
 
     def fill_for_start(self, sample, weights):
         """Missing codes filled with each column's most frequent observed code, for the start only."""

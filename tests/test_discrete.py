@@ -367,6 +367,12 @@ def test_integer_and_bool_stores_are_read_as_stored(name, dtype, tmp_path, rng):
                 f.write(f"{np.asarray(x).dtype}\n")
             return super().prepare_rows(x)
 
+        def estep(self, x, w, params_list, context, entropy=False):
+            # The E-step builds its own design per panel (fill_design), not through prepare_rows.
+            with open(self.log, "a") as f:
+                f.write(f"{np.asarray(x).dtype}\n")
+            return super().estep(x, w, params_list, context, entropy)
+
         def check_rows(self, x):
             with open(self.log + ".checks", "a") as f:
                 f.write(f"{len(x)}\n")

@@ -294,11 +294,12 @@ def compute_round(runner, X: da.Array, graph):
 # Rounds on small in-memory data, without a graph
 # ---------------------------------------------------------------------------
 
-# In-memory data of at most this many bytes (8 bytes a value) runs its rounds
-# directly: building, optimizing and scheduling a round's graph cost 6-8 ms
-# (profiled on wine, n_init=10: 55% of a whole fit), more than the E-step of
-# every restart on a few thousand rows.
-DIRECT_MAX_BYTES = 16 * 2**20
+# In-memory data on local threads runs its rounds directly: building, optimizing
+# and scheduling a round's graph cost 6-8 ms (profiled on wine, n_init=10: 55% of
+# a whole fit), more than the E-step of every restart on a few thousand rows; on
+# 2M rows it was the serial part that held a Bernoulli fit's two-thread scaling
+# to 1.68x (3.7 ms of a 45 ms round). Larger data gains less, loses nothing: the
+# blocks run on a pool of dask's ``num_workers`` threads (all cores by default).
 
 
 @dataclass(frozen=True)
@@ -335,18 +336,24 @@ def local_rows(X: da.Array) -> LocalRows:
 
 
 def runs_directly(X: da.Array, in_memory: bool, runner) -> bool:
-    """Whether a fit's rounds run directly (:class:`LocalRows`): small, in memory, on local threads."""
-    return in_memory and getattr(runner, "client", None) is None and X.shape[0] * X.shape[1] * 8 <= DIRECT_MAX_BYTES
+    """Whether a fit's rounds run directly (:class:`LocalRows`): in memory, on local threads."""
+    return in_memory and getattr(runner, "client", None) is None
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}
 
 
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="dask-em-direct")
-    return _POOL
+def _workers() -> int:
+    """The threads dask's threaded scheduler would use now (``num_workers``; 1 when set synchronous)."""
+    if dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded"):
+        return 1
+    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    if size not in _POOLS:
+        _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix="dask-em-direct")
+    return _POOLS[size]
 
 
 def _tree_combine(parts: list, family: Family, split_every: int | None) -> list:
@@ -367,8 +374,8 @@ def run_direct(X: LocalRows, w: LocalRows | None, state: RoundState, split_every
         info = {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}}
         return estep_block(X.blocks[i], None if w is None else w.blocks[i], state, block_info=info)
 
-    n = len(X.blocks)
-    parts = [one(0)] if n == 1 else list(_pool().map(one, range(n)))
+    n, workers = len(X.blocks), _workers()
+    parts = [one(i) for i in range(n)] if n == 1 or workers == 1 else list(_pool(workers).map(one, range(n)))
     return mstep_round(_tree_combine(parts, state.family, split_every), state, X.shape[0])
 
 

@@ -37,24 +37,49 @@ FITTED = ("weights_", "means_", "covariances_", "precisions_cholesky_", "lower_b
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 def test_direct_rounds_are_bitwise_the_graph_rounds(cov_type, rng, monkeypatch):
-    """The same restarts through the graph (threshold 0) and directly: every bit equal, also over several chunks."""
+    """The same restarts through the graph and directly: every bit equal, also over several chunks."""
     X = mixture(rng, n=900, d=3, k=3)[0]
     w = rng.uniform(0.5, 2.0, size=len(X))
     kw = dict(covariance_type=cov_type, n_init=3, max_iter=8, tol=0, random_state=1, split_every=2)
     direct = fit_quiet(dask_em.GaussianMixture(3, **kw), X, sample_weight=w, chunk_rows=100)
-    monkeypatch.setattr(engine, "DIRECT_MAX_BYTES", 0)
+    from dask_em import _base
+
+    monkeypatch.setattr(_base, "runs_directly", lambda *args: False)
     graph = fit_quiet(dask_em.GaussianMixture(3, **kw), X, sample_weight=w, chunk_rows=100)
     for name in FITTED:
         np.testing.assert_array_equal(getattr(direct, name), getattr(graph, name), err_msg=name)
     assert [r["lower_bound"] for r in direct.restarts_] == [r["lower_bound"] for r in graph.restarts_]
 
 
-def test_direct_path_is_taken_only_for_small_in_memory_data(rng):
+def test_direct_path_is_taken_for_in_memory_data_on_local_threads(rng):
+    from types import SimpleNamespace
+
     X = da.from_array(mixture(rng, n=100, d=2, k=2)[0], chunks=50)
     assert engine.runs_directly(X, True, runner=None)
     assert not engine.runs_directly(X, False, runner=None)  # lazy data: a graph, reads in tasks
-    big = da.zeros((engine.DIRECT_MAX_BYTES // 8 + 1, 1), chunks=(4096, 1))
-    assert not engine.runs_directly(big, True, runner=None)
+    big = da.zeros((2**22, 1), chunks=(4096, 1))  # 32 MiB in memory: directly too
+    assert engine.runs_directly(big, True, runner=None)
+    # A distributed client: a graph, so the work runs (and shows) on its workers.
+    assert not engine.runs_directly(X, True, runner=SimpleNamespace(client=object()))
+
+
+def test_direct_rounds_use_dasks_thread_count(rng):
+    """The direct rounds' pool follows dask's num_workers (and runs serially when dask is set
+    synchronous): a benchmark's one-thread column is one thread; the results are bitwise the same."""
+    import dask
+
+    assert engine._workers() >= 1
+    with dask.config.set(num_workers=1):
+        assert engine._workers() == 1
+    with dask.config.set(scheduler="synchronous"):
+        assert engine._workers() == 1
+    X = mixture(rng, n=3000, d=3, k=3)[0]
+    kw = dict(n_init=2, max_iter=5, tol=0, random_state=2)
+    many = fit_quiet(dask_em.GaussianMixture(3, **kw), X, chunk_rows=400)
+    with dask.config.set(num_workers=1):
+        one = fit_quiet(dask_em.GaussianMixture(3, **kw), X, chunk_rows=400)
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(many, name), getattr(one, name), err_msg=name)
 
 
 def test_oversized_chunks_are_split_into_views(rng):

@@ -367,8 +367,13 @@ MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 2.0**10}
 
 # Bytes of one moment-design panel: the panel is written once and read by the
-# log-density GEMM and the statistics GEMM, so it should stay in cache between them.
-MOMENT_PANEL_BYTES = 2**22
+# log-density GEMM and the statistics GEMM, so it should stay in cache between them;
+# and each panel costs a dozen numpy calls whose fixed part holds the GIL, so small
+# panels serialise two threads. Measured on 2M x 16, K=8, whole iterations (AMD EPYC,
+# 2 cores, quiet, three interleaved runs): 4 MiB 0.247-0.255 s on two threads (1.74-1.79x
+# one thread), 8 MiB 0.227-0.228 s (1.83-1.89x), 16 MiB 0.260-0.262 s (1.50-1.57x: two
+# threads' panels no longer share the cache), 1 MiB 0.41-0.45 s (1.2-1.3x).
+MOMENT_PANEL_BYTES = 2**23
 
 
 def moment_max_features(k: int) -> int:

@@ -175,7 +175,7 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
         )
     for name in ("covariance_type", "reg_covar", "compute_dtype"):
         if given(name):
-            raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian; received --family {family}.")
+            raise Failure(f"--{name.replace('_', '-')} applies to --family gaussian or bayesian_gaussian; received --family {family}.")
     extra = {} if pseudo_count is None else {"pseudo_count": pseudo_count}
     if family == "categorical":
         if n_categories is None:

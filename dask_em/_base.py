@@ -463,7 +463,7 @@ def fit_models(
         if not prep.lazy:
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None
-        # Small in-memory data: rounds run directly on the blocks, without a graph.
+        # In-memory data on local threads: rounds run directly on the blocks, without a graph.
         rows, row_w = data, w
         if runs_directly(data, not prep.lazy, runner):
             rows, row_w = local_rows(data), (local_rows(w) if w is not None else None)

@@ -291,7 +291,7 @@ def compute_round(runner, X: da.Array, graph):
 
 
 # ---------------------------------------------------------------------------
-# Rounds on small in-memory data, without a graph
+# Rounds on in-memory data, without a graph
 # ---------------------------------------------------------------------------
 
 # In-memory data on local threads runs its rounds directly: building, optimizing

@@ -256,12 +256,6 @@ def sqs3_point(s0: dict, r: dict, v: dict, alpha: float) -> dict:
     return _combine([s0, r, v], [1.0, -2.0 * alpha, alpha * alpha])
 
 
-def sqs3_step(s0: dict, s1: dict, s2: dict, step_max: float) -> tuple[float, dict]:
-    """SqS3's step length, capped in [-step_max, -1], and the extrapolated statistics."""
-    alpha, r, v = sqs3_alpha(s0, s1, s2, step_max)
-    return alpha, sqs3_point(s0, r, v, alpha)
-
-
 def _same_shapes(records: list[dict]) -> bool:
     first = records[0]
     return all(

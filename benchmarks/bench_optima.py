@@ -153,13 +153,17 @@ def main(argv=None):
                         help="tol for every dask-em and scikit-learn fit (absolute, per row; their default 1e-3), "
                              "and the same stopping rule for mclust: its relative tol n tol / (1 + |L|) at its "
                              "optimum L (its default 1e-5); compare at convergence")
-    parser.add_argument("--mclust-seed", type=int, default=0,
+    parser.add_argument("--mclust-seed", default="0",
                         help="R's seed before each Mclust call: its hc start draws 2,000 rows at random "
-                             "when there are more")
+                             "when there are more. Several, comma-separated (0,1,2,3): the table shows the "
+                             "first; the summary compares emEM with mclust under each draw")
     parser.add_argument("--max-iter", type=int, default=None, help="max_iter of every fit [100; 2000 with --tol]")
     parser.add_argument("--mix", default=None,
                         help="emEM's start kinds (an experiment): 'first,...;kind,kind,...' replaces dask_em.starts' "
                              "EMEM_FIRST and MIXED_STARTS")
+    parser.add_argument("--tree-draws", type=int, default=None,
+                        help="emEM's tree starts on a sample of more than 2,000 rows (an experiment; "
+                             "dask_em.starts.TREE_DRAWS)")
     parser.add_argument("--data", default=None,
                         help="only these data sets, comma-separated ('generated': the three generated cases)")
     args = parser.parse_args(argv)
@@ -171,6 +175,8 @@ def main(argv=None):
         first, _, mix = args.mix.rpartition(";")
         dask_em.starts.EMEM_FIRST = tuple(filter(None, first.split(",")))
         dask_em.starts.MIXED_STARTS = tuple(mix.split(","))
+    if args.tree_draws is not None:
+        dask_em.starts.TREE_DRAWS = args.tree_draws
     fit_opts = {}
     if args.tol is not None:
         fit_opts = {"tol": args.tol, "max_iter": args.max_iter or 2000}
@@ -182,9 +188,11 @@ def main(argv=None):
         only = set(args.data.split(","))
         if "generated" in only:
             only |= {"overlapping", "unequal-weights", "elongated"}
+    mc_seeds = [int(s) for s in str(args.mclust_seed).split(",")]
     print(f"# fits: {fit_opts or 'defaults'}; mclust tol "
-          f"{'n tol / (1 + |L|)' if mc_tol else 'default'}, set.seed({args.mclust_seed}); emEM starts "
-          f"{dask_em.starts.emem_methods(args.n_short)}")
+          f"{'n tol / (1 + |L|)' if mc_tol else 'default'}, set.seed({mc_seeds}); emEM starts "
+          f"{dask_em.starts.emem_methods(args.n_short)}, the tree {dask_em.starts.TREE_DRAWS} times on more than "
+          f"2,000 sample rows")
 
     warnings.simplefilter("ignore")
     ks = range(2, 5 if args.quick else args.kmax + 1)
@@ -192,6 +200,8 @@ def main(argv=None):
     single_tally = {"better": 0, "equal": 0, "worse": 0}
     vs_mclust = {name: {"better": 0, "equal": 0, "worse": 0, "n/a": 0} for name in ("emEM", "hier", "sklearn")}
     worse_than_mclust = []
+    # emEM against mclust under each of R's draws (--mclust-seed 0,1,...)
+    per_seed = {s: ({"better": 0, "equal": 0, "worse": 0, "n/a": 0}, []) for s in mc_seeds}
     covs = ("full", "tied", "diag", "spherical")
     warned = False
     print(f"{'data':>16} {'cov':>9} {'K':>2} {'emEM ll':>10} {'passes':>6} {'sklearn ll':>10} {'passes':>6} {'runs':>4} "
@@ -200,7 +210,8 @@ def main(argv=None):
     for name, X in datasets(args.quick).items():
         if only and name not in only:
             continue
-        mclust = mclust_logliks(X, list(ks), covs, mc_tol, args.mclust_seed)
+        by_seed = {s: mclust_logliks(X, list(ks), covs, mc_tol, s) for s in mc_seeds}
+        mclust = by_seed[mc_seeds[0]]
         if mclust is None and not warned:
             warned = True
             print("# Rscript not found: the mclust column is skipped (apt-get install r-base-core r-cran-mclust)")
@@ -225,6 +236,12 @@ def main(argv=None):
                     vs_mclust[key][verdict_of(value, mc_ll)] += 1
                 if verdict_of(ll, mc_ll) == "worse":
                     worse_than_mclust.append(f"{name} {cov} K={k}: {ll:.4f} < {mc_ll:.4f}")
+                for s, fits in by_seed.items():
+                    other = fits[(cov, k)] if fits is not None else np.nan
+                    v = verdict_of(ll, other)
+                    per_seed[s][0][v] += 1
+                    if v == "worse":
+                        per_seed[s][1].append(f"{name} {cov} K={k} ({ll:.4f} < {other:.4f})")
                 print(f"{name:>16} {cov:>9} {k:2d} {ll:10.4f} {passes:6d} {sk_ll:10.4f} {sk_passes:6d} {runs:4d} "
                       f"{verdict:>10} {single_ll:10.4f} {single.n_passes_:6d} {hier_ll:10.4f} {mc_ll:10.4f} "
                       f"{verdict_of(ll, mc_ll):>10}", flush=True)
@@ -235,6 +252,9 @@ def main(argv=None):
         print(f"# {key} vs mclust (Mclust, one run from its hierarchical start): {tally_mc}")
     for line in worse_than_mclust:
         print(f"# emEM worse than mclust: {line}")
+    if len(mc_seeds) > 1 and mclust is not None:
+        for s, (t, worse) in per_seed.items():
+            print(f"# emEM vs mclust after set.seed({s}): {t}; worse: {'; '.join(worse) or 'none'}")
     print(f"# {time.perf_counter() - tic:.0f} s")
 
 

@@ -33,7 +33,7 @@ from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
 from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
-from .starts import INIT_METHODS, StartPlan, emem_methods
+from .starts import INIT_METHODS, StartPlan, default_sample_size, emem_methods
 
 logger = logging.getLogger("dask_em")
 
@@ -174,7 +174,11 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
     def _start_plan(self, n: int, d: int) -> StartPlan:
         emem = self.init_strategy == "emEM"
         n_starts = max(self.n_short, self.n_init) if emem else self.n_init
-        methods = emem_methods(n_starts) if emem else self.init_params
+        if emem:  # more tree draws join the n_short starts on a sample larger than one tree clusters
+            methods = emem_methods(n_starts, min(n, self.init_sample_size or default_sample_size(n, self.n_components)))
+            n_starts = len(methods)
+        else:
+            methods = self.init_params
         return StartPlan.make(
             self.make_family(), self._start_settings(d), n_samples=n, n_starts=n_starts, methods=methods,
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),

@@ -269,16 +269,16 @@ def protected(restart: Restart, protect: tuple[str, ...] | None = None) -> bool:
 def keep_best(restarts: list[Restart], n_keep: int, protect: tuple[str, ...] | None = None) -> None:
     """End emEM's short phase: the best ``n_keep`` healthy restarts go on, the rest stop.
 
-    A restart of a protected start kind (:func:`protected`: mclust's hierarchical start)
-    goes on whatever its short-phase bound, in addition to the best ``n_keep`` when it
-    is not among them.
+    Restarts of a protected start kind (:func:`protected`: mclust's hierarchical start) go on
+    whatever their short-phase bound, and take none of the ``n_keep`` places: those go to the
+    best of the other restarts, so adding a protected start never stops one that went on before.
     """
     for r in restarts:
         r.short_iter = max(r.n_iter, 1)
-    alive = sorted((r for r in restarts if r.error is None and r.params is not None),
-                   key=lambda r: r.lower_bound, reverse=True)
-    for r in alive[n_keep:]:
-        if not r.converged and not protected(r, protect):
+    ranked = sorted((r for r in restarts if r.error is None and r.params is not None and not protected(r, protect)),
+                    key=lambda r: r.lower_bound, reverse=True)
+    for r in ranked[n_keep:]:
+        if not r.converged:
             r.stopped = f"not among the best {n_keep} after {r.n_iter} short iterations"
 
 

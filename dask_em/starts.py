@@ -34,6 +34,12 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchic
 # other wins; a half-sample tree gives the hierarchical kind variety across restarts.
 EMEM_FIRST = ("hierarchical",)
 MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample", "hierarchical-subsample")
+# When the sample holds more rows than one tree clusters (DEFAULT_MAX_ROWS), Mclust's start is a
+# lottery over its random subset: on the generated 3,000-row sets of benchmarks/bench_optima.py,
+# mclust under R seeds 0-3 beat emEM's one tree-started run in 6-8 of 84 cases, each draw in
+# different ones. emEM then starts TREE_DRAWS trees, each on its own draw (the restart's seed),
+# and runs them all to convergence: 6 worse cases became 2 with 3 draws (README, "mclust's answers").
+TREE_DRAWS = 3
 # Start kinds that emEM never stops (restarts.keep_best, restarts.prune): mclust runs EM from its
 # hierarchical start to convergence, so emEM's answer is never worse than that run's. A short
 # phase judges it too early: at tol 1e-6, wine tied K=5 and K=6 lost mclust's optimum when the
@@ -41,10 +47,19 @@ MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample", "hierarchic
 PROTECTED_STARTS = ("hierarchical",)
 
 
-def emem_methods(n_starts: int) -> list[str]:
-    """The start kind of each of emEM's ``n_starts`` short-phase restarts."""
+def emem_methods(n_starts: int, sample_size: int | None = None) -> list[str]:
+    """The start kind of each of emEM's short-phase restarts: ``n_starts`` of them, and more trees.
+
+    ``sample_size``: the rows of the start's sample. With more than one tree clusters, the
+    hierarchical start has :data:`TREE_DRAWS` restarts (each draws its own rows): the first in
+    its place, the others after the ``n_starts``, so the other starts (kinds and seeds, by
+    restart index) are those of a smaller sample. With fewer rows every tree would be the same.
+    """
     first = list(EMEM_FIRST[:n_starts])
-    return first + [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts - len(first))]
+    methods = first + [MIXED_STARTS[i % len(MIXED_STARTS)] for i in range(n_starts - len(first))]
+    if "hierarchical" in first and (sample_size or 0) > DEFAULT_MAX_ROWS:
+        methods += ["hierarchical"] * (TREE_DRAWS - 1)
+    return methods
 
 logger = logging.getLogger("dask_em")
 

@@ -492,7 +492,11 @@ def test_checkpoint_resume_is_bitwise(name, rng, tmp_path):
 def test_emem_and_restarts_run_for_discrete_families(rng):
     X, _, _ = draw("bernoulli", rng, n=3000)
     gm = dask_em.BernoulliMixture(K, n_init=2, init_strategy="emEM", n_short=6, short_iter=3, random_state=0).fit(X)
-    assert len(gm.restarts_) == 6
+    # 3,000 rows: more than one tree clusters, so TREE_DRAWS - 1 more tree draws join the 6.
+    from dask_em.starts import TREE_DRAWS
+
+    assert len(gm.restarts_) == 6 + TREE_DRAWS - 1
+    assert [r["start"] for r in gm.restarts_].count("hierarchical") == TREE_DRAWS
     assert sum(r["stopped"] is None for r in gm.restarts_) >= 2
 
 

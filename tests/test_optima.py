@@ -35,8 +35,9 @@ def test_short_phase_then_the_best_continue(wine):
                                    "hierarchical-subsample"]
     short_bounds = {r["restart"]: r["history"][min(3, len(r["history"]) - 1)] for r in gm.restarts_}
     continued = [r for r in gm.restarts_ if r["n_iter"] > 4]
-    # The best 2, and the hierarchical start (restart 0) whatever its short-phase bound.
-    best_short = sorted(short_bounds, key=short_bounds.get, reverse=True)[:2]
+    # The best 2 of the other starts, and the hierarchical start (restart 0) whatever its
+    # short-phase bound, which takes none of the 2 places.
+    best_short = sorted(set(short_bounds) - {0}, key=short_bounds.get, reverse=True)[:2]
     going_on = set(best_short) | {0}
     assert 1 <= len(continued) <= len(going_on) <= 3
     assert {r["restart"] for r in continued} <= going_on
@@ -99,6 +100,11 @@ def test_keep_best_and_prune_never_stop_the_hierarchical_start():
     assert tree.stopped is None  # the worst of the five after the short phase, and it goes on
     assert [r.stopped is None for r in others] == [True, True, False, False]
     assert "not among the best 2" in others[2].stopped
+    # Trees at the top take none of the 2 places: the best 2 others go on as without them.
+    trees = [restart(i, "hierarchical", [-3.0, -2.0, -0.1 - i / 10]) for i in (5, 6)]
+    others = [restart(i, "k-means++", [-3.0, -2.0, -1.0 - i]) for i in range(1, 5)]
+    keep_best([*trees, *others], 2)
+    assert [r.stopped is None for r in trees + others] == [True, True, True, True, False, False]
     # Explicitly unprotected, the same restart is dropped: the protection is by start kind.
     tree2 = restart(0, "hierarchical", [-9.0, -8.0, -7.5])
     keep_best([tree2, *[restart(i, "k-means++", [-3.0, -2.0, -1.0]) for i in (1, 2)]], 2, protect=())
@@ -124,6 +130,37 @@ def test_emem_is_never_worse_than_its_hierarchical_start_run_alone(wine, k):
     assert emem.restarts_[0]["start"] == "hierarchical" and emem.restarts_[0]["status"] == "ok"
     assert emem.restarts_[0]["lower_bound"] == tree.lower_bound_
     assert emem.score(wine) >= tree.score(wine) - 1e-12
+
+
+def test_emem_methods_repeat_the_tree_only_when_draws_differ():
+    from dask_em.hierarchical import DEFAULT_MAX_ROWS
+    from dask_em.starts import TREE_DRAWS
+
+    # A sample no larger than one tree clusters: every tree would be the same, so one.
+    assert emem_methods(6, DEFAULT_MAX_ROWS) == emem_methods(6) == [
+        "hierarchical", "k-means++", "random_from_data", "kmeans-subsample", "hierarchical-subsample", "k-means++"]
+    # More rows: TREE_DRAWS - 1 more trees (each restart draws its own rows) after the same 6.
+    many = emem_methods(6, DEFAULT_MAX_ROWS + 1)
+    assert TREE_DRAWS >= 2 and many == emem_methods(6) + ["hierarchical"] * (TREE_DRAWS - 1)
+
+
+def test_emem_runs_every_tree_draw_to_convergence():
+    # 2,500 rows: more than one tree clusters, so each tree restart clusters its own 2,000-row
+    # draw (its restart's seed); all of them run to convergence besides the best n_init=1 other.
+    from dask_em.starts import TREE_DRAWS
+
+    X = mixture(np.random.default_rng(3), n=2500, d=2, k=4, spread=2.0)[0]
+    gm = fit(X, n_components=4, init_strategy="emEM", n_short=8, short_iter=2, n_init=1, random_state=0,
+             tol=1e-6, max_iter=500)
+    trees = [r for r in gm.restarts_ if r["start"] == "hierarchical"]
+    assert len(trees) == TREE_DRAWS
+    assert all(r["status"] == "ok" and r["converged"] and r["n_iter"] > r["short_iter"] for r in trees)
+    assert len({r["seed"] for r in trees}) == TREE_DRAWS  # their own draws
+    # Of the other starts only the best n_init=1 went on past the short phase.
+    went_on = [r for r in gm.restarts_ if r["start"] != "hierarchical" and r["n_iter"] > r["short_iter"]]
+    assert len(went_on) <= 1
+    assert len({r["lower_bound"] for r in trees}) > 1  # different draws, different runs
+    assert gm.lower_bound_ == max(r["lower_bound"] for r in gm.restarts_)
 
 
 def test_every_round_reads_each_chunk_once(tmp_path, wine):

@@ -90,18 +90,26 @@ cat(jsonlite::toJSON(out, digits = NA, auto_unbox = TRUE, na = "null"), file = f
 """
 
 
-def mclust_logliks(X, ks, covs, tol=None, seed=0):
+def mclust_logliks(X, ks, covs, tol=None, seed=0, cache=None):
     """{(cov, K): mean log-likelihood per row} from mclust, or None without Rscript.
 
     ``tol`` (dask-em's, per row) is turned into mclust's relative tol at its optimum;
     ``seed`` is R's seed for Mclust's random hc subset (data with more than 2,000 rows).
+    ``cache``: a folder keeping mclust's answers by (data, models, K, tol, seed), for reruns.
     """
+    import hashlib
     import json
     import pathlib
     import shutil
     import subprocess
     import tempfile
 
+    key = hashlib.sha1(np.ascontiguousarray(X, dtype=np.float64).tobytes()
+                       + repr((sorted(covs), list(ks), tol, seed)).encode()).hexdigest()
+    stored = pathlib.Path(cache, f"mclust-{key}.json") if cache else None
+    if stored is not None and stored.exists():
+        raw = json.loads(stored.read_text())
+        return {(c, k): raw[f"{c} {k}"] if raw[f"{c} {k}"] is not None else np.nan for c in covs for k in ks}
     if shutil.which("Rscript") is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,8 +121,12 @@ def mclust_logliks(X, ks, covs, tol=None, seed=0):
                         "-e", MCLUST_SCRIPT], check=True, capture_output=True)
         raw = json.loads(pathlib.Path(f"{tmp}/out.json").read_text())
     n = len(X)
-    return {(c, k): (raw[f"{MCLUST_MODELS[c]} {k}"] / n if raw.get(f"{MCLUST_MODELS[c]} {k}") is not None else np.nan)
-            for c in covs for k in ks}
+    out = {(c, k): (raw[f"{MCLUST_MODELS[c]} {k}"] / n if raw.get(f"{MCLUST_MODELS[c]} {k}") is not None else np.nan)
+           for c in covs for k in ks}
+    if stored is not None:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        stored.write_text(json.dumps({f"{c} {k}": (None if np.isnan(v) else v) for (c, k), v in out.items()}))
+    return out
 
 
 def verdict_of(ours, theirs, tol=1e-4):
@@ -157,6 +169,8 @@ def main(argv=None):
                         help="R's seed before each Mclust call: its hc start draws 2,000 rows at random "
                              "when there are more. Several, comma-separated (0,1,2,3): the table shows the "
                              "first; the summary compares emEM with mclust under each draw")
+    parser.add_argument("--mclust-cache", default=None,
+                        help="a folder keeping mclust's answers (by data, models, K, tol and seed) for reruns")
     parser.add_argument("--max-iter", type=int, default=None, help="max_iter of every fit [100; 2000 with --tol]")
     parser.add_argument("--mix", default=None,
                         help="emEM's start kinds (an experiment): 'first,...;kind,kind,...' replaces dask_em.starts' "
@@ -210,7 +224,7 @@ def main(argv=None):
     for name, X in datasets(args.quick).items():
         if only and name not in only:
             continue
-        by_seed = {s: mclust_logliks(X, list(ks), covs, mc_tol, s) for s in mc_seeds}
+        by_seed = {s: mclust_logliks(X, list(ks), covs, mc_tol, s, args.mclust_cache) for s in mc_seeds}
         mclust = by_seed[mc_seeds[0]]
         if mclust is None and not warned:
             warned = True

@@ -77,13 +77,16 @@ class GaussianMixture(BaseMixture):
     init_strategy : {"single", "emEM"}, default="single"
         "single": ``n_init`` restarts from ``init_params`` starts, each run to
         convergence, as scikit-learn. "emEM" (small-EM, Biernacki, Celeux &
-        Govaert 2003): ``n_short`` starts of mixed kinds (k-means++ seeds,
-        random rows, k-means on different half-samples) run ``short_iter``
-        iterations side by side, sharing every read; the best ``n_init``
-        continue to convergence, and a continuing restart that cannot catch
-        up is pruned (``prune_margin``). Histories record both phases.
+        Govaert 2003): ``n_short`` starts of mixed kinds (mclust's hierarchical
+        tree, k-means++ seeds, random rows, k-means and trees on different
+        half-samples) run ``short_iter`` iterations side by side, sharing every
+        read; the tree's restarts and the best ``n_init`` of the others continue
+        to convergence, and a continuing restart that cannot catch up is pruned
+        (``prune_margin``; never the tree's). Histories record both phases.
     n_short : int, default=20
-        Starts of emEM's short phase.
+        Starts of emEM's short phase. On a start sample of more than 2,000
+        rows (more than one tree clusters), ``starts.TREE_DRAWS - 1`` more
+        tree starts, each on its own 2,000-row draw, join them.
     short_iter : int, default=10
         Iterations of emEM's short phase.
     prune_margin : float or None, default=0.01

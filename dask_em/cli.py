@@ -153,6 +153,11 @@ def _make_estimator(ctx: click.Context, family: str, components: int, covariance
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
+    if common.get("init_strategy") == "emEM" and given("init_params"):
+        raise Failure(
+            f"--init-params {common.get('init_params')} applies to --init-strategy single; emEM mixes its own "
+            "starts (mclust's tree, k-means++, random rows, half-sample k-means and trees). Leave --init-params out."
+        )
     if family != "gaussian" and given("prior"):
         raise Failure(f"--prior applies to --family gaussian; received --family {family}.")
     if family != "bayesian_gaussian":
@@ -248,6 +253,10 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="gaussian only: 'default' fits by MAP-EM under mclust's conjugate prior (defaultPrior from the "
                    "data): a monotone bound and regular components; --reg-covar is then not used.")
 @click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
+@click.option("--init-strategy", type=click.Choice(("single", "emEM")), default="single", show_default=True,
+              help="emEM: 20 short runs from mixed starts (mclust's hierarchical tree among them) side by side, "
+                   "the trees and the best --n-init of the others run to convergence; better optima for more "
+                   "work per pass. --init-params is then not used.")
 @click.option("--seed", type=int, default=None, help="random_state.")
 @click.option("--variable", help="Variable of an xarray-written Zarr group.")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help="fsspec option for remote stores (repeatable; dotted keys nest).")
@@ -264,7 +273,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, accelerate, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, seed, variable, storage_option, scheduler, checkpoint, resume,
+        tol, accelerate, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, init_strategy, seed, variable,
+        storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
@@ -285,7 +295,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
         compute_dtype=compute_dtype, n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
         accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
-        stepwise_passes=stepwise_passes,
+        stepwise_passes=stepwise_passes, init_strategy=init_strategy,
     )
 
     def progress(event: dict) -> None:

@@ -452,3 +452,23 @@ def test_fit_in_float32_is_the_librarys_float32_fit(points, tmp_path):
         str(points), chunk_rows=5000
     )
     np.testing.assert_array_equal(loaded.means_, reference.means_)
+
+
+def test_fit_with_emem_is_the_librarys_emem_fit(points, tmp_path):
+    # The CLI's --init-strategy emEM: the same restarts (the tree draws among them: 60,000 rows) and
+    # the same model as the library's; --init-params with it is refused before anything is read.
+    model = tmp_path / "m.zarr"
+    result = run("fit", points, "-o", model, "-k", 4, "--init-strategy", "emEM", "--max-iter", 30,
+                 "--seed", 2, "--chunk-rows", 5000, "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    reference = dask_em.GaussianMixture(4, init_strategy="emEM", max_iter=30, random_state=2).fit(
+        str(points), chunk_rows=5000
+    )
+    from dask_em.starts import TREE_DRAWS
+
+    assert [r["start"] for r in reference.restarts_].count("hierarchical") == TREE_DRAWS
+    np.testing.assert_array_equal(dask_em.load(model).means_, reference.means_)
+    refused = run("fit", points, "-o", tmp_path / "b.zarr", "-k", 4, "--init-strategy", "emEM",
+                  "--init-params", "random")
+    assert refused.exit_code == 2 and not (tmp_path / "b.zarr").exists()
+    assert "--init-params random applies to --init-strategy single" in refused.stderr

@@ -478,11 +478,8 @@ class _MomentDesign:
         b = np.empty((k, d, d))
         b[:, rows, cols] = moments[:, :q]
         b[:, cols, rows] = moments[:, :q]
-        cross = s1[:, :, None] * means[:, None, :]
-        b -= cross
-        b -= cross.transpose(0, 2, 1)
-        b += n[:, None, None] * means[:, :, None] * means[:, None, :]
-        stats.update(n=n, a=s1 - n[:, None] * means, b=b)
+        a, b = _about_means(n, s1, b, means)
+        stats.update(n=n, a=a, b=b)
         return stats
 
 
@@ -515,12 +512,8 @@ class _RawStatistics:
         k, d = means.shape
         xw = stats.pop("xw")
         n, s1 = stats["n"], xw[:, d].reshape(k, d)
-        b = xw[:, :d].reshape(k, d, d).copy()
-        cross = s1[:, :, None] * means[:, None, :]
-        b -= cross
-        b -= cross.transpose(0, 2, 1)
-        b += n[:, None, None] * means[:, :, None] * means[:, None, :]
-        stats.update(a=s1 - n[:, None] * means, b=b)
+        a, b = _about_means(n, s1, xw[:, :d].reshape(k, d, d).copy(), means)
+        stats.update(a=a, b=b)
         return stats
 
 
@@ -530,6 +523,19 @@ class FullRawLayout(_RawStatistics, FullLayout):
 
 class TiedRawLayout(_RawStatistics, TiedLayout):
     """``tied``: the residual design, raw-moment statistics."""
+
+
+def _about_means(n: np.ndarray, s1: np.ndarray, b: np.ndarray, means: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Raw moments about the shift -> about the means: ``(a, b)``, ``b`` updated in place.
+
+    ``n_k``, ``s1_k = sum_i r_ik y_i`` and ``b_k = sum_i r_ik y_i y_i^T`` (``y = x - c``) give
+    ``a_k = s1_k - n_k m_k`` and ``b_k - s1_k m_k^T - m_k s1_k^T + n_k m_k m_k^T`` (``m_k`` about ``c``).
+    """
+    cross = s1[:, :, None] * means[:, None, :]
+    b -= cross
+    b -= cross.transpose(0, 2, 1)
+    b += n[:, None, None] * means[:, :, None] * means[:, None, :]
+    return s1 - n[:, None] * means, b
 
 
 def _gemm_rows(k: int) -> int:

@@ -103,16 +103,23 @@ def one_step(X, weights, means, covs, ct, **kw):
     return gm
 
 
+def step_matches_reference(X, weights, means, covs, ct, *, chunks, cov_atol):
+    """One marginalising EM step on ``X`` in row chunks of ``chunks``, checked against the numpy reference:
+    (the fitted estimator, the reference bound)."""
+    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
+    gm = one_step(da.from_array(X, chunks=chunks), weights, means, covs, ct, missing="marginalize")
+    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=cov_atol)
+    return gm, bound
+
+
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_one_iteration_matches_direct_reference(ct):
     X, weights, means, covs = problem(ct)
     assert np.isnan(X).any() and (~np.isnan(X).any(1)).any()
-    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
-    gm = one_step(da.from_array(X, chunks=17), weights, means, covs, ct, missing="marginalize")
-    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
-    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=1e-10)
+    gm, bound = step_matches_reference(X, weights, means, covs, ct, chunks=17, cov_atol=1e-10)
     # the observed-data log-likelihood of the starting parameters, row by row
     start = one_step(X, weights, means, covs, ct, missing="marginalize")
     start._params = dict(start._params)
@@ -144,12 +151,7 @@ def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, row_
     X, weights, means, covs = problem(ct, seed=12, n=120, d=6, frac=0.35)
     X[:50, [1, 4]] = np.nan  # one frequent pattern next to many rare ones
     X[np.isnan(X).all(1), 0] = 1.0
-    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
-    gm = one_step(da.from_array(X, chunks=40), weights, means, covs, ct, missing="marginalize")
-    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
-    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=1e-10)
+    gm, _ = step_matches_reference(X, weights, means, covs, ct, chunks=40, cov_atol=1e-10)
     # row weights: an integer weight is a repeated row
     reps = np.array([1, 2, 3] * 40)
     rep_bound, _, m_rep, c_rep = reference_iteration(np.repeat(X, reps, 0), weights, means, covs, ct, 1e-6)
@@ -194,12 +196,7 @@ def test_one_or_two_missing_values_profiled_out_match_reference(ct, row_gather_s
         X[i, rng.choice(d, size=1 + i % 2, replace=False)] = np.nan
     assert set(np.isnan(X).sum(1)) == {0, 1, 2}
     assert np.isnan(X[np.isnan(X).sum(1) == 1]).any(0).all()  # every coordinate missing alone
-    bound, w_ref, m_ref, c_ref = reference_iteration(X, weights, means, covs, ct, 1e-6)
-    gm = one_step(da.from_array(X, chunks=64), weights, means, covs, ct, missing="marginalize")
-    np.testing.assert_allclose(gm.lower_bound_, bound, rtol=1e-10, atol=0)
-    np.testing.assert_allclose(gm.weights_, w_ref, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(gm.means_, m_ref, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gm.covariances_, c_ref, rtol=1e-10, atol=1e-9)
+    gm, _ = step_matches_reference(X, weights, means, covs, ct, chunks=64, cov_atol=1e-9)
     params = {"weights": weights, "means": means - 1e3, "covariances": covs, "covariance_type": ct,
               "precisions_cholesky": LAYOUTS[ct].precision_cholesky(covs)}
     shift = np.full(d, 1e3)

@@ -182,6 +182,8 @@ class _FullWork:
         upper = np.linalg.cholesky(schur[:, ::-1, ::-1])[:, ::-1, ::-1]
         sub = {"weights": self.params["weights"], "means": self.means[:, observed],
                "precisions_cholesky": np.ascontiguousarray(upper), "covariance_type": "full"}
+        if "compute_dtype" in self.params:  # a refined restart's precision (GaussianFamily.bound_resolution)
+            sub["compute_dtype"] = self.params["compute_dtype"]
         return sub, lift, cond_cov
 
     # -- rare patterns: row by row --------------------------------------------

@@ -83,6 +83,7 @@ Each pass counts as one iteration (``n_iter``), refused ones included.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -90,6 +91,8 @@ import numpy as np
 
 from .engine import RoundState, mstep_round
 from .family import Family
+
+logger = logging.getLogger("dask_em")
 
 ACCELERATIONS = (None, "squarem")
 # Aitken's rule stops after this many consecutive estimates below tol (one per plain EM
@@ -160,6 +163,46 @@ def has_converged(bounds: list[float], tol: float, rule: str) -> bool:
     if len(bounds) < 2 or not math.isfinite(bounds[-2]):
         return False
     return abs(bounds[-1] - bounds[-2]) < tol
+
+
+# A reduced-precision E-step (compute_dtype="float32") computes the bound to a
+# resolution (Family.bound_resolution). When ``tol`` asks for less than that, the
+# rule cannot be met on those bounds: once the bound's change has stayed within
+# the resolution for ROUNDOFF_RUN iterations in a row, the restart's further
+# E-steps run in float64 (params["compute_dtype"]), where the rule applies as in
+# any float64 fit. Stopping there instead would leave the parameters as far from
+# the fixed point as a float64 fit stopped at a tol of the resolution's size.
+ROUNDOFF_RUN = 3
+
+
+def fall_slack(bound: float, resolution: float) -> float:
+    """How far a bound may fall below ``bound`` as round-off: float64's, or the E-step's ``resolution``."""
+    return max(1e-9 * max(1.0, abs(bound)), resolution)
+
+
+def refine_below_resolution(restart, family: Family | None, tol: float, previous: float, current: float) -> bool:
+    """Whether ``tol`` is below what this restart's bounds resolve (then no stopping test this round).
+
+    Counts the iterations in a row whose change is within the resolution; at
+    :data:`ROUNDOFF_RUN` the restart is refined: ``restart.refined_at`` is set
+    to the index in ``restart.history`` of its first float64 bound (the next
+    round's), and its E-step parameters carry ``compute_dtype="float64"``.
+    """
+    if family is None or restart.refined_at is not None or tol <= 0:
+        return False  # tol=0 runs max_iter iterations of the E-step's own precision
+    resolution = family.bound_resolution(current, restart.params)
+    if not resolution > tol:
+        return False
+    within = math.isfinite(previous) and abs(current - previous) <= resolution
+    restart.roundoff_run = restart.roundoff_run + 1 if within else 0
+    if restart.roundoff_run >= ROUNDOFF_RUN:
+        restart.refined_at = len(restart.history)
+        logger.info(
+            "restart %d: at iteration %d its bound's change has stayed within the E-step's round-off "
+            "(%.2g) for %d iterations, and tol=%g asks for less: its next iterations compute in float64",
+            restart.index, restart.n_iter, resolution, ROUNDOFF_RUN, tol,
+        )
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -333,9 +376,9 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     restart.n_iter += 1
     pending, acc.pending = acc.pending, None
     if pending is not None:
-        fell = result.error is None and result.lower_bound < pending["bound"] - BOUND_SLACK * max(
-            1.0, abs(pending["bound"])
-        )
+        slack = max(BOUND_SLACK * max(1.0, abs(pending["bound"])),
+                    family.bound_resolution(pending["bound"], restart.params))
+        fell = result.error is None and result.lower_bound < pending["bound"] - slack
         if result.error is not None or fell:
             # Back to the plain EM iterate the extrapolation replaced; nothing of it is kept.
             if fell:
@@ -363,6 +406,12 @@ def step(restart, result, entering: dict, *, tol: float, rule: str, family: Fami
     for k in result.dropped:
         restart.dropped.append((restart.n_iter, k))
     restart.params = result.params
+    previous = acc.run[-2] if len(acc.run) > 1 else math.nan
+    refined = restart.refined_at
+    if refine_below_resolution(restart, family, tol, previous, result.lower_bound):
+        if restart.refined_at != refined:  # float64 from the next pass: a new run, a new cycle
+            acc.run, acc.seen, acc.below = [], [], 0
+        return
     if _converged(acc, tol, rule):
         restart.converged = True
         return

@@ -66,7 +66,8 @@ class BayesianGaussianMixture(BaseMixture):
         As for :class:`dask_em.GaussianMixture`: "float32" computes the
         E-step's log-densities and matrix products in float32 (statistics
         summed in float64, the variational updates in float64); "float64"
-        matches scikit-learn to round-off.
+        matches scikit-learn to round-off. A ``tol`` below float32's
+        resolution of the bound is met by finishing in float64, as there.
 
     Attributes
     ----------

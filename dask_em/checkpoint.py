@@ -153,6 +153,7 @@ def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> 
             # The SQUAREM cycle (statistics seen, the point being checked): a resume
             # mid-cycle continues bitwise as if never stopped.
             entry["accel"] = _pack(r.accel.to_state(), f"a{r.index}", arrays)
+        entry["refined_at"], entry["roundoff_run"] = r.refined_at, r.roundoff_run
         if r.stepwise is not None:  # stepwise EM's running statistics and position: resumed mid-pass
             entry["stepwise"] = _pack(r.stepwise, f"s{r.index}", arrays)
         entries.append(entry)
@@ -186,6 +187,9 @@ def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
                 short_iter=e.get("short_iter", 0),
                 accel=Squarem.from_state(_unpack(e["accel"], arrays)) if e.get("accel") else None,
                 stepwise=_unpack(e["stepwise"], arrays) if e.get("stepwise") else None,
+                refined_at=e.get("refined_at"),
+                roundoff_run=e.get("roundoff_run", 0),
+                falls=e.get("bound_falls", 0),
             )
         )
     return arrays.get("context"), restarts

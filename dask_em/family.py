@@ -121,6 +121,13 @@ and may override (defaults in brackets):
 ``bound_fell_hint(params)``
     Why this family's EM bound can fall beyond round-off (logged with the
     warning when it does). [a generic sentence]
+``bound_resolution(bound, params)``
+    The round-off of a round's bound near ``bound`` (of ``params``), absolute: the size of the
+    changes its arithmetic cannot resolve (a reduced-precision E-step's). A
+    change within it is neither a fall nor progress. A family that returns a
+    positive value must also run a restart's E-step in float64 when its
+    parameters carry ``"compute_dtype": "float64"``: the restart then continues
+    in exact arithmetic (:func:`dask_em.restarts.advance` decides when). [0.0]
 
 Missing values (``missing="marginalize"`` on an estimator). A family opts in
 by setting ``supports_missing = True`` and having a dataclass field
@@ -334,6 +341,9 @@ class Family:
             "EM's bound cannot fall in exact arithmetic when the M-step maximises it; a prior "
             "(pseudo-count) or round-off in near-degenerate components can make it fall"
         )
+
+    def bound_resolution(self, bound: float, params: Params) -> float:
+        return 0.0
 
     def init_features(self, sample: np.ndarray, context: Any) -> np.ndarray:
         return np.asarray(sample, dtype=np.float64)

@@ -78,6 +78,14 @@ def panel_rows(n_components: int, n_features: int) -> int:
     return max(tile_rows(n_components, n_features), _pow2_floor(rows))
 
 
+# float32's round-off in a round's bound, relative to the magnitudes summed (see
+# GaussianFamily.bound_resolution). Measured: on 20,000 x 6 rows at an offset of 50 (K=4),
+# the bound of float32 iterates at float64's fixed point wandered by up to 0.42 eps32 of
+# |bound| (spherical) and 0.19 eps32 (full) from one iteration to the next; four eps32
+# leaves a tenfold margin, so a change within it is round-off, not progress.
+FLOAT32_BOUND_RTOL = 4.0 * float(np.finfo(np.float32).eps)
+
+
 def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64) -> np.ndarray:
     """An empty design matrix for panels of up to ``rows`` rows (its ones row set).
 
@@ -329,26 +337,27 @@ class GaussianFamily(Family):
         """The complete rows' E-step; with ``stop_at_nan``, None as soon as a panel's log-likelihood is NaN."""
         shift = context
         n, d = x.shape[0], shift.shape[0]
-        dtype = np.dtype(self.compute_dtype)
+        # A restart refined past float32's resolution carries "compute_dtype": "float64".
+        dtypes = [np.dtype(p.get("compute_dtype", self.compute_dtype)) for p in params_list]
         # Each restart's kernel: full/tied at small d run on the moment design (_covariance.FullLayout.kernel).
-        layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dtype) for p in params_list]
+        layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
         sizes = [
             (tile_rows(len(p["weights"]), d),
-             lay.panel_rows(len(p["weights"]), d, dtype) or panel_rows(len(p["weights"]), d))
-            for lay, p in zip(layouts, params_list)
+             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d))
+            for lay, p, dt in zip(layouts, params_list, dtypes)
         ]
-        views = [lay.prepare(p, min(t, n), dtype) for lay, p, (t, _) in zip(layouts, params_list, sizes)]
+        views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
         shared = max(1, min(max(panel for _, panel in sizes), n))
         # One design matrix per design in use, shared by the restarts that read it.
-        designs = {lay.design: lay for lay in layouts}
-        bufs = {name: design_buffer(lay, d, shared, dtype) for name, lay in designs.items()}
+        designs = {(lay.design, dt): lay for lay, dt in zip(layouts, dtypes)}
+        bufs = {key: design_buffer(lay, d, shared, key[1]) for key, lay in designs.items()}
         with np.errstate(invalid="ignore", over="ignore"):
             for lo in range(0, n, shared):
                 hi = min(lo + shared, n)
-                xas = {name: designs[name].augment(x[lo:hi], shift, buf) for name, buf in bufs.items()}
-                for lay, (_, panel), view, acc in zip(layouts, sizes, views, accs):
-                    xa = xas[lay.design]
+                xas = {key: designs[key].augment(x[lo:hi], shift, buf) for key, buf in bufs.items()}
+                for lay, dt, (_, panel), view, acc in zip(layouts, dtypes, sizes, views, accs):
+                    xa = xas[(lay.design, dt)]
                     for sub in range(0, hi - lo, panel):
                         end = min(sub + panel, hi - lo)
                         wp = None if w is None else w[lo + sub : lo + end]
@@ -475,12 +484,21 @@ class GaussianFamily(Family):
             out["prior_"] = {**prior, "mean": prior["mean"] + context}
         return out
 
+    def bound_resolution(self, bound, params):
+        """float32's round-off in the bound: :data:`FLOAT32_BOUND_RTOL` of the magnitudes summed.
+
+        A row's log-density sums terms of about ``n_features`` in size (the
+        Mahalanobis distance, the log-determinant, ``d/2 log(2 pi)``), each
+        computed from float32 coefficients: the bound's round-off scales with
+        ``max(|bound|, n_features)``, not with the bound alone, which these
+        terms can cancel to near zero. A restart refined to float64
+        (``params["compute_dtype"]``) resolves to round-off of float64's: 0.
+        """
+        if params.get("compute_dtype", self.compute_dtype) != "float32":
+            return 0.0
+        return FLOAT32_BOUND_RTOL * max(abs(bound), params["means"].shape[1], 1.0)
+
     def bound_fell_hint(self, params):
-        if self.compute_dtype == "float32":
-            return (
-                "compute_dtype='float32' computes the log-densities in float32, whose round-off in the "
-                "bound is about 1e-7 relative: near convergence it can fall by that much"
-            )
         if self.prior is not None:
             if self.reg_covar > 0:
                 return (

@@ -131,9 +131,17 @@ class GaussianMixture(BaseMixture):
         Precision of the E-step's log-densities and matrix products.
         "float64" matches scikit-learn to round-off. "float32" is faster
         (about twice the BLAS rate, half the memory traffic) and still sums
-        the statistics in float64 per tile and runs the M-step in float64;
-        on well-separated data its parameters agree with float64's to about
-        1e-5 relative (see the test that pins it at 1e-4). Inference stays float64.
+        the statistics in float64 per tile and runs the M-step in float64.
+        Its fixed point is within 1e-4 (relative) of float64's; inference
+        stays float64. Its bound is exact to about ``4 * 1.2e-7`` of the
+        terms summed (``max(|lower bound|, n_features)``): changes within
+        that are round-off, never reported as a falling bound. A ``tol``
+        below that resolution cannot be met on float32's bounds, so once a
+        restart's change has stayed within it for three iterations, its
+        further iterations compute in float64 and stop by ``tol`` as a
+        float64 fit does (``restarts_[i]["float64_from"]`` names the first;
+        a fit at the default ``tol`` never gets there). ``tol=0`` keeps every
+        iteration in float32.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.

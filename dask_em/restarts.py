@@ -56,6 +56,11 @@ class Restart:
     short_iter: int = 0  # iterations of emEM's short phase (0: none)
     accel: Any = None  # accelerate.Squarem: the SQUAREM cycle of an accelerated restart
     stepwise: dict | None = None  # stepwise EM's progress (dask_em.stepwise); {"done": True} after it
+    # A reduced-precision E-step's restart whose tol its bounds cannot resolve continues in
+    # float64 from history[refined_at] (accelerate.refine_below_resolution).
+    refined_at: int | None = None
+    roundoff_run: int = 0  # iterations in a row whose change was within the E-step's round-off
+    falls: int = 0  # iterations whose bound fell beyond round-off (the first is warned)
 
     @property
     def lower_bound(self) -> float:
@@ -66,7 +71,10 @@ class Restart:
         return self.error is None and not self.converged and self.params is not None and self.stopped is None
 
     def estep_params(self) -> dict:
-        return {k: v for k, v in self.params.items() if k not in ("dropped", "error")}
+        params = {k: v for k, v in self.params.items() if k not in ("dropped", "error")}
+        if self.refined_at is not None:
+            params["compute_dtype"] = "float64"
+        return params
 
     def summary(self) -> dict:
         return {
@@ -85,6 +93,8 @@ class Restart:
             "dropped_components": list(self.dropped),
             "seconds": self.seconds,
             "acceleration": None if self.accel is None else self.accel.summary(),
+            "float64_from": None if self.refined_at is None else self.refined_at + 1,
+            "bound_falls": self.falls,
         }
 
     def event(self) -> dict:
@@ -216,24 +226,37 @@ def advance(
         logger.warning("restart %d failed at %s", restart.index, restart.error)
         return
     current = result.lower_bound
-    if math.isfinite(previous) and current < previous - 1e-9 * max(1.0, abs(previous)):
+    # A fall within the E-step's round-off is not a fall (float32: Family.bound_resolution);
+    # beyond it, the first of a restart is warned, the others logged at DEBUG.
+    # (The first float64 bound of a refined restart is compared with a float32 one.)
+    first_refined = restart.refined_at == len(restart.history) - 1
+    entering = restart.params if first_refined else restart.estep_params()
+    resolution = 0.0 if family is None else family.bound_resolution(previous, entering)
+    if math.isfinite(previous) and current < previous - accelerate.fall_slack(previous, resolution):
+        restart.falls += 1
         hint = family.bound_fell_hint(restart.params) if family is not None else ""
-        logger.warning(
+        log = logger.warning if restart.falls == 1 else logger.debug
+        log(
             "restart %d: the lower bound fell at iteration %d, from %.12g to %.12g (more than "
-            "round-off)%s",
+            "round-off)%s%s",
             restart.index,
             restart.n_iter,
             previous,
             current,
             f": {hint}" if hint else "",
+            "; its further falls are logged at DEBUG level" if restart.falls == 1 else "",
         )
     for k in result.dropped:
         restart.dropped.append((restart.n_iter, k))
     restart.params = result.params
+    if accelerate.refine_below_resolution(restart, family, tol, previous, current):
+        return
+    # The stopping rule reads the bounds of one precision: after a refinement, float64's only.
+    run = restart.history if restart.refined_at is None else restart.history[restart.refined_at :]
     if stopping == "change":
-        if math.isfinite(previous) and abs(current - previous) < tol:
+        if len(run) > 1 and math.isfinite(run[-2]) and abs(run[-1] - run[-2]) < tol:
             restart.converged = True
-    elif accelerate.has_converged(restart.history, tol, stopping):
+    elif accelerate.has_converged(run, tol, stopping):
         restart.converged = True
 
 

@@ -12,6 +12,21 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def assert_close(actual, desired, rtol, err_msg=""):
+    """``assert_allclose`` relative to the magnitude of the array compared, entry by entry.
+
+    Each entry within ``rtol`` of itself, or within ``rtol`` of the array's largest
+    entry: an entry near zero (a centered mean, a log-density near 0, a small
+    weight) is computed from terms of the array's size that cancelled, so its
+    round-off is absolute, of that size. Different BLAS kernels (OpenBLAS's
+    Haswell, SkylakeX, Zen) move it by that much; a purely relative bound on it
+    measures the kernel, not the computation. A scalar keeps the relative bound.
+    """
+    desired = np.asarray(desired, dtype=float)
+    atol = rtol * float(np.max(np.abs(desired))) if desired.size > 1 else 0.0
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol, err_msg=err_msg)
+
+
 def mixture(rng, n=600, d=3, k=3, spread=6.0, offset=0.0):
     """Rows from k Gaussians with random full covariances, with their labels."""
     means = rng.normal(scale=spread, size=(k, d))

@@ -21,7 +21,7 @@ from sklearn.mixture import BayesianGaussianMixture as SkBGM
 import dask_em
 from dask_em import bayesian
 
-from conftest import mixture
+from conftest import mixture, assert_close
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 PRIOR_TYPES = ["dirichlet_process", "dirichlet_distribution"]
@@ -262,8 +262,8 @@ def test_on_a_distributed_cluster_it_fits_as_on_threads(data):
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
                 Client(cluster):
             remote = dask_em.BayesianGaussianMixture(**kw).fit(X)
-    np.testing.assert_allclose(remote.lower_bounds_, local.lower_bounds_, rtol=1e-12)
-    np.testing.assert_allclose(remote.means_, local.means_, rtol=1e-12)
+    assert_close(remote.lower_bounds_, local.lower_bounds_, rtol=1e-12)
+    assert_close(remote.means_, local.means_, rtol=1e-12)
 
 
 def test_command_line_fits_the_bayesian_family(tmp_path):

@@ -17,7 +17,7 @@ from zarr.storage import LocalStore
 
 import dask_em
 from dask_em import engine, gaussian, restarts, runner
-from conftest import mixture
+from conftest import mixture, assert_close
 
 
 class CountingStore(LocalStore):
@@ -128,7 +128,7 @@ def test_tree_shape_does_not_change_the_result(split_every, rng):
         graph = engine.round_graph(da.from_array(X, chunks=(60, -1)), None, state, split_every=se)
         (res,) = dask.compute(graph, scheduler="sync")
         results.append(res[0])
-    np.testing.assert_allclose(results[0].params["covariances"], results[1].params["covariances"], rtol=1e-12)
+    assert_close(results[0].params["covariances"], results[1].params["covariances"], rtol=1e-12)
     assert results[0].lower_bound == pytest.approx(results[1].lower_bound, rel=1e-13)
 
 
@@ -159,6 +159,29 @@ def test_falling_bound_is_logged_with_the_iteration(caplog):
     with caplog.at_level(logging.WARNING, logger="dask_em"):
         restarts.advance(r, engine.StepResult(-1.5 - 1e-14, params={"weights": np.ones(1)}), tol=1e-3)
     assert caplog.text == ""  # round-off is not a fall
+    # A later fall of the same restart: counted, logged at DEBUG only (one warning per restart).
+    with caplog.at_level(logging.DEBUG, logger="dask_em"):
+        restarts.advance(r, engine.StepResult(-2.0, params={"weights": np.ones(1)}), tol=1e-3)
+    assert [rec.levelno for rec in caplog.records] == [logging.DEBUG] and "fell at iteration 4" in caplog.text
+    assert r.falls == 2 and r.summary()["bound_falls"] == 2
+
+
+def test_float32_falls_within_its_resolution_are_not_falls(caplog):
+    """A float32 bound that falls by less than its stated resolution: no warning, no count."""
+    from dask_em import gaussian
+
+    family = gaussian.GaussianFamily(compute_dtype="float32")
+    params = {"weights": np.ones(1), "means": np.zeros((1, 2))}
+    r = restarts.Restart(0, 0, params)
+    r.history, r.n_iter = [-10.0], 1
+    step = 0.5 * family.bound_resolution(-10.0, params)
+    with caplog.at_level(logging.DEBUG, logger="dask_em"):
+        restarts.advance(r, engine.StepResult(-10.0 - step, params=params), tol=1e-3, family=family)
+    assert "fell" not in caplog.text and r.falls == 0
+    with caplog.at_level(logging.DEBUG, logger="dask_em"):  # the same fall in float64 is one
+        restarts.advance(r, engine.StepResult(-10.0 - 3 * step, params=params), tol=1e-3,
+                         family=gaussian.GaussianFamily())
+    assert "fell at iteration 3" in caplog.text and r.falls == 1
 
 
 def test_verbose_logs_each_iteration(caplog, rng):

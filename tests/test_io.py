@@ -9,6 +9,7 @@ import zarr
 
 import dask_em
 from dask_em.io import as_dask_array
+from conftest import assert_close
 
 
 class _RaiseOnCompute(Callback):
@@ -125,7 +126,7 @@ def test_fit_from_every_kind_gives_one_model(X, tmp_path):
     init = dict(weights_init=start.weights_, means_init=start.means_, precisions_init=start.precisions_)
     models = {k: dask_em.GaussianMixture(**kw, **init).fit(v, chunk_rows=100) for k, v in kinds.items()}
     for name, gm in models.items():
-        np.testing.assert_allclose(gm.means_, models["numpy"].means_, rtol=1e-10, err_msg=name)
+        assert_close(gm.means_, models["numpy"].means_, rtol=1e-10, err_msg=name)
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from scipy.special import gammaln, logsumexp
 
 from dask_em import GaussianMixture
 from dask_em.discrete_mixture import BernoulliMixture, CategoricalMixture, PoissonMixture
+from conftest import assert_close
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -172,7 +173,7 @@ def test_every_route_matches_direct_reference(ct, dense_rows, vector_batch, row_
     got = GaussianFamily(missing="marginalize").weighted_log_prob(X, params, np.zeros(X.shape[1]))
     S = full_covs(covs, ct, len(weights), X.shape[1])
     ref = [[np.log(weights[j]) + _log_normal(row, means[j], S[j]) for j in range(len(weights))] for row in X]
-    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    assert_close(got, ref, rtol=1e-10)
 
 
 @pytest.mark.parametrize("ct", ["full", "tied"])
@@ -203,7 +204,7 @@ def test_one_or_two_missing_values_profiled_out_match_reference(ct, row_gather_s
     got = GaussianFamily(missing="marginalize").weighted_log_prob(X, params, shift)
     S = full_covs(covs, ct, len(weights), d)
     ref = [[np.log(weights[j]) + _log_normal(row, means[j], S[j]) for j in range(len(weights))] for row in X]
-    np.testing.assert_allclose(got, ref, rtol=1e-10)
+    assert_close(got, ref, rtol=1e-10)
     # E[x_m | x_o] = sum_k p(k | x_o) (mu_km + S_mo S_oo^-1 (x_o - mu_ko)), row by row
     filled = GaussianFamily(missing="marginalize").impute(X, params, shift)
     post = np.exp(np.array(ref) - logsumexp(ref, axis=1, keepdims=True))
@@ -213,7 +214,7 @@ def test_one_or_two_missing_values_profiled_out_match_reference(ct, row_gather_s
         expect = sum(post[i, j] * (means[j, m] + S[j][np.ix_(m, o)] @ np.linalg.solve(S[j][np.ix_(o, o)],
                                                                                        row[o] - means[j, o]))
                      for j in range(len(weights)))
-        np.testing.assert_allclose(filled[i, m], expect, rtol=1e-9)
+        assert_close(filled[i, m], expect, rtol=1e-9)
         assert np.array_equal(filled[i, o], row[o])
 
 
@@ -316,7 +317,7 @@ def test_chunk_invariance_with_nan_across_boundaries(ct):
     for other in fits[1:]:
         np.testing.assert_allclose(other.means_, fits[0].means_, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(other.covariances_, fits[0].covariances_, rtol=1e-12, atol=1e-12)
-        np.testing.assert_allclose(other.lower_bound_, fits[0].lower_bound_, rtol=1e-13)
+        assert_close(other.lower_bound_, fits[0].lower_bound_, rtol=1e-13)
 
 
 def test_whole_column_missing_in_some_chunks():
@@ -362,7 +363,7 @@ def test_predict_score_impute_on_incomplete_rows():
     p = gm.predict_proba(X)
     assert np.isfinite(p).all() and np.allclose(p.sum(1), 1)
     lazy = gm.score_samples(da.from_array(X, chunks=13)).compute()
-    np.testing.assert_allclose(lazy, gm.score_samples(X), rtol=1e-12)
+    assert_close(lazy, gm.score_samples(X), rtol=1e-12)
     assert np.isfinite(gm.bic(X))
     imputed = gm.impute(da.from_array(X, chunks=13))
     assert isinstance(imputed, da.Array)
@@ -458,10 +459,10 @@ def test_discrete_iteration_matches_direct_reference(name):
         graph = round_graph(da.from_array(X, chunks=(chunks, -1)), None, RoundState(family, None, [params]),
                             split_every=None)
         (result,) = graph.compute()
-        np.testing.assert_allclose(result.lower_bound, bound, rtol=1e-10)
-        np.testing.assert_allclose(result.params["weights"], w_ref, rtol=1e-10)
+        assert_close(result.lower_bound, bound, rtol=1e-10)
+        assert_close(result.params["weights"], w_ref, rtol=1e-10)
         key = "rates" if name == "poisson" else "probabilities"
-        np.testing.assert_allclose(result.params[key], t_ref, rtol=1e-10)
+        assert_close(result.params[key], t_ref, rtol=1e-10)
 
 
 @pytest.mark.parametrize("cls", [BernoulliMixture, PoissonMixture])
@@ -584,7 +585,7 @@ def test_emem_select_checkpoint_store_roundtrip(tmp_path):
         resumed = GaussianMixture(3, random_state=0, max_iter=8, tol=0, missing="marginalize")
         resumed.fit(X, checkpoint=ck, resume=True)
         whole = GaussianMixture(3, random_state=0, max_iter=8, tol=0, missing="marginalize").fit(X)
-    np.testing.assert_allclose(resumed.means_, whole.means_, rtol=1e-12)
+    assert_close(resumed.means_, whole.means_, rtol=1e-12)
     save(whole, str(tmp_path / "m.zarr"))
     back = load(str(tmp_path / "m.zarr"))
     assert back.missing == "marginalize"

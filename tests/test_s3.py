@@ -9,7 +9,7 @@ s3fs = pytest.importorskip("s3fs")
 moto_server = pytest.importorskip("moto.server")
 
 import dask_em  # noqa: E402
-from conftest import mixture  # noqa: E402
+from conftest import mixture, assert_close  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_fit_and_predict_from_s3(s3_endpoint, tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         remote = dask_em.GaussianMixture(3, random_state=0).fit("s3://points/x.zarr", storage_options=options)
         local = dask_em.GaussianMixture(3, random_state=0).fit(X, chunk_rows=2000)
-    np.testing.assert_allclose(remote.means_, local.means_, rtol=1e-10)
+    assert_close(remote.means_, local.means_, rtol=1e-10)
     labels = remote.predict("s3://points/x.zarr", storage_options=options)
     np.testing.assert_array_equal(labels.compute(), local.predict(X))
     with pytest.raises(FileNotFoundError, match="no Zarr array or group at 's3://points/missing.zarr'"):

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 
 import dask_em
 
-from conftest import mixture
+from conftest import mixture, assert_close
 
 INFERENCE = ["predict", "predict_proba", "score_samples", "score", "bic", "aic"]
 
@@ -82,7 +82,7 @@ def test_sample_weight_as_series_or_list(kind, rng):
         X = dd.from_pandas(df, npartitions=2)
         weights = dd.from_pandas(pd.Series(w), npartitions=2)
     gm = dask_em.GaussianMixture(2, random_state=0).fit(X, sample_weight=weights)
-    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-9)
+    assert_close(gm.means_, ref.means_, rtol=1e-9)
 
 
 def test_array_likes(rng):
@@ -120,7 +120,7 @@ def test_dask_dataframe(rng):
     gm = dask_em.GaussianMixture(2, random_state=0).fit(ddf)
     np.testing.assert_array_equal(gm.feature_names_in_, ["a", "b", "c"])
     ref = dask_em.GaussianMixture(2, random_state=0).fit(df)
-    np.testing.assert_allclose(gm.means_, ref.means_, rtol=1e-9)
+    assert_close(gm.means_, ref.means_, rtol=1e-9)
     labels = gm.predict(ddf)
     assert isinstance(labels, da.Array)
     np.testing.assert_array_equal(labels.compute(), ref.predict(df))
@@ -215,7 +215,7 @@ def test_cross_val_score_and_pipeline_with_dask_input(rng):
     assert scores.shape == (3,) and np.isfinite(scores).all()
     gm = dask_em.GaussianMixture(2, random_state=0).fit(Xd)
     ref = dask_em.GaussianMixture(2, random_state=0).fit(X, chunk_rows=100)
-    np.testing.assert_allclose(gm.score(Xd), ref.score(X), rtol=1e-12)
+    assert_close(gm.score(Xd), ref.score(X), rtol=1e-12)
     pipe = make_pipeline(StandardScaler(), dask_em.GaussianMixture(2, random_state=0)).fit(X)
     np.testing.assert_array_equal(pipe.predict(X), pipe[-1].predict(StandardScaler().fit_transform(X)))
 
@@ -263,8 +263,8 @@ def test_binarize_reads_values_above_the_threshold_as_one(rng):
     X = rng.normal(size=(300, 4))
     a = dask_em.BernoulliMixture(2, binarize=0.0, random_state=0).fit(X)
     b = dask_em.BernoulliMixture(2, random_state=0).fit((X > 0).astype(np.uint8))
-    np.testing.assert_allclose(a.probabilities_, b.probabilities_, rtol=1e-12)
-    np.testing.assert_allclose(a.score_samples(X), b.score_samples((X > 0).astype(np.uint8)), rtol=1e-12)
+    assert_close(a.probabilities_, b.probabilities_, rtol=1e-12)
+    assert_close(a.score_samples(X), b.score_samples((X > 0).astype(np.uint8)), rtol=1e-12)
     with pytest.raises(ValueError, match="binarize must be None or a finite float"):
         dask_em.BernoulliMixture(2, binarize="yes").fit(X)
 

@@ -122,20 +122,71 @@ def test_fit_on_split_chunks_matches_sklearn_and_the_finer_chunking(cov_type, rn
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 def test_float32_compute_within_its_tolerance(cov_type, rng):
-    """float32 E-step: parameters within 1e-4 (relative) of float64's, labels on >= 99.9% of rows."""
+    """float32's fixed point within 1e-4 (relative) of float64's, labels on >= 99.9% of rows.
+
+    Fixed points, not stopping points: float64 converged to tol=1e-12 (its bound's change
+    below 1e-12 per row), float32 run at tol=0 for three times float64's iterations. Two
+    fits stopped by a looser tol differ by where each stopped (tol=1e-7 left float64
+    5e-4 from its fixed point on the spherical case), not by float32's accuracy.
+    """
     X = mixture(rng, n=20_000, d=6, k=4, spread=4.0, offset=50.0)[0]  # an offset: centering must hold in float32
     start = sklearn_start(X, 4, cov_type)
-    kw = dict(covariance_type=cov_type, tol=1e-7, max_iter=200, **start)  # float32 bounds carry ~1e-8 noise
-    f64 = fit_quiet(dask_em.GaussianMixture(4, **kw), X)
-    f32 = fit_quiet(dask_em.GaussianMixture(4, compute_dtype="float32", **kw), X)
-    assert f64.converged_ and f32.converged_
+    f64 = fit_quiet(dask_em.GaussianMixture(4, covariance_type=cov_type, tol=1e-12, max_iter=1000, **start), X)
+    assert f64.converged_
+    f32 = fit_quiet(dask_em.GaussianMixture(4, covariance_type=cov_type, tol=0, max_iter=3 * f64.n_iter_,
+                                            compute_dtype="float32", **start), X)
+    assert f32.restarts_[0]["float64_from"] is None  # tol=0: every iteration in float32
     for name in ("weights_", "means_", "covariances_"):
         assert rel(getattr(f32, name), getattr(f64, name)) < 1e-4, name
     assert abs(f32.lower_bound_ - f64.lower_bound_) < 1e-4 * abs(f64.lower_bound_)
     assert (f32.predict(X) == f64.predict(X)).mean() >= 0.999
-    # float64 stays scikit-learn's (the default is unchanged).
+    # float64 stays scikit-learn's (the default is unchanged): the same iterations, tol=0.
+    kw = dict(covariance_type=cov_type, tol=0, max_iter=10, **start)
+    ours = fit_quiet(dask_em.GaussianMixture(4, **kw), X)
     ref = fit_quiet(SkGaussianMixture(4, **kw), X)
-    assert rel(f64.means_, ref.means_) < 1e-8
+    assert ours.n_iter_ == ref.n_iter_ == 10
+    assert rel(ours.means_, ref.means_) < 1e-8
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_float32_below_its_resolution_continues_in_float64(cov_type, rng, caplog):
+    """A tol float32's bound cannot resolve: the restart goes on in float64 and converges as float64 does.
+
+    float32's bound wanders by about 1e-7 of its size from one iteration to the next near
+    the fixed point; tol=1e-10 asks for 1000x less. The fit converges (never by max_iter),
+    in no more iterations than float64 from the same start needs, without one warning that
+    the bound fell, and ends where float64 ends.
+    """
+    import logging
+
+    X = mixture(rng, n=20_000, d=6, k=4, spread=4.0, offset=50.0)[0]
+    start = sklearn_start(X, 4, cov_type)
+    kw = dict(covariance_type=cov_type, tol=1e-10, max_iter=2000, **start)
+    f64 = fit_quiet(dask_em.GaussianMixture(4, **kw), X)
+    fixed = fit_quiet(dask_em.GaussianMixture(4, **{**kw, "tol": 1e-13}), X)
+    with caplog.at_level(logging.DEBUG, logger="dask_em"):
+        f32 = fit_quiet(dask_em.GaussianMixture(4, compute_dtype="float32", **kw), X)
+    assert f64.converged_ and f32.converged_
+    assert f32.n_iter_ <= f64.n_iter_ + 3  # the switch waits up to 3 iterations of round-off
+    switched = f32.restarts_[0]["float64_from"]
+    assert switched is not None and 1 < switched <= f32.n_iter_
+    assert "its next iterations compute in float64" in caplog.text
+    assert not [r for r in caplog.records if "fell" in r.getMessage()]
+    assert f32.restarts_[0]["bound_falls"] == 0
+    for name in ("weights_", "means_", "covariances_"):
+        # float64 stopped by the same tol: both within float64's own distance of the fixed point.
+        assert rel(getattr(f32, name), getattr(fixed, name)) < max(1e-4, 2 * rel(getattr(f64, name), getattr(fixed, name))), name
+
+
+def test_float32_resolution_scales_with_the_terms_summed():
+    from dask_em.gaussian import FLOAT32_BOUND_RTOL, GaussianFamily
+
+    params = {"means": np.zeros((3, 5))}
+    f32, f64 = GaussianFamily(compute_dtype="float32"), GaussianFamily()
+    assert f64.bound_resolution(-12.0, params) == 0.0
+    assert f32.bound_resolution(-12.0, params) == FLOAT32_BOUND_RTOL * 12.0
+    assert f32.bound_resolution(-0.01, params) == FLOAT32_BOUND_RTOL * 5  # near 0: the d terms' size
+    assert f32.bound_resolution(-12.0, {**params, "compute_dtype": "float64"}) == 0.0  # a refined restart
 
 
 def test_float32_statistics_are_float64_about_the_float64_means(rng):
@@ -166,3 +217,19 @@ def test_compute_dtype_is_refused_with_the_choices(bad, rng):
 
 def test_float32_accepts_numpy_dtypes():
     assert dask_em.GaussianMixture(2, compute_dtype=np.float32).make_family().compute_dtype == "float32"
+
+
+def test_float32_refinement_resumes_bitwise_from_a_checkpoint(rng, tmp_path):
+    """A checkpoint taken after the switch to float64 resumes in float64: bitwise the uninterrupted fit."""
+    X = mixture(rng, n=5000, d=6, k=4, spread=2.5, offset=20.0)[0]  # overlapping: a slow fit
+    start = sklearn_start(X, 4, "spherical")
+    kw = dict(covariance_type="spherical", tol=1e-10, compute_dtype="float32", **start)
+    whole = fit_quiet(dask_em.GaussianMixture(4, max_iter=500, **kw), X)
+    switched = whole.restarts_[0]["float64_from"]
+    assert switched is not None and switched + 2 < whole.n_iter_
+    path = tmp_path / "ck.npz"
+    fit_quiet(dask_em.GaussianMixture(4, max_iter=switched + 1, **kw), X, checkpoint=path)
+    resumed = fit_quiet(dask_em.GaussianMixture(4, max_iter=500, **kw), X, checkpoint=path, resume=True)
+    assert resumed.restarts_[0]["float64_from"] == switched
+    for name in FITTED:
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)

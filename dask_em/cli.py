@@ -240,7 +240,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
               help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
-              help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
+              help="change: the change of the bound below tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")
 @click.option("--stepwise-passes", type=int, default=0, show_default=True,
               help="Passes of stepwise (online) EM over random mini-batches of chunks before batch EM; "

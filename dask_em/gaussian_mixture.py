@@ -134,6 +134,11 @@ class GaussianMixture(BaseMixture):
         the statistics in float64 per tile and runs the M-step in float64;
         on well-separated data its parameters agree with float64's to about
         1e-5 relative (see the test that pins it at 1e-4). Inference stays float64.
+    missing : {"error", "marginalize"}, default="error"
+        "error" refuses NaN, naming its row, as scikit-learn does.
+        "marginalize" fits by EM under missing at random: an incomplete row
+        contributes through the marginal density of its observed values, and
+        its missing values through their conditional expectations.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -141,8 +146,8 @@ class GaussianMixture(BaseMixture):
 
     Attributes
     ----------
-    weights_ : ndarray of shape (n_components_,)
-    means_ : ndarray of shape (n_components_, n_features)
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
     covariances_, precisions_, precisions_cholesky_ : ndarray
         Shapes as in scikit-learn for the covariance type.
     converged_ : bool

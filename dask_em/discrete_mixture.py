@@ -112,6 +112,18 @@ class BernoulliMixture(_DiscreteMixture):
             attrs="probabilities_ : ndarray of shape (n_components, n_features)\n"
                   "        P(x_j = 1) in each component.",
         )
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_em import BernoulliMixture
+    >>> rng = np.random.default_rng(0)
+    >>> p = np.where(np.arange(1000)[:, None] < 500, 0.9, 0.1)   # two groups of rows
+    >>> X = (rng.random((1000, 6)) < p).astype("uint8")
+    >>> bm = BernoulliMixture(n_components=2, random_state=0).fit(X)
+    >>> np.sort(bm.probabilities_[:, 0]).round(1)
+    array([0.1, 0.9])
+"""
     )
     _family_class = BernoulliFamily
 

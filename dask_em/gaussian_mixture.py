@@ -167,6 +167,19 @@ class GaussianMixture(BaseMixture):
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         From the feature coordinate of xarray input, when it has one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> from dask_em import GaussianMixture
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(-3, 1, (500, 2)), rng.normal(3, 1, (500, 2))])
+    >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)
+    >>> np.sort(gm.means_[:, 0]).round(1)
+    array([-3.1,  3. ])
+    >>> gm.predict(da.from_array(X, chunks=250))   # lazy for lazy input
+    dask.array<em-predict, shape=(1000,), dtype=int64, chunksize=(250,), chunktype=numpy.ndarray>
     """
 
     def __init__(

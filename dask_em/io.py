@@ -329,6 +329,14 @@ def as_dask_array(
         ``data``, the row-chunked dask array (the feature axis in one chunk,
         nothing computed), with what is needed to shape results like the
         input (``kind``, the sample coordinate, ``feature_names``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_em import as_dask_array
+    >>> prepared = as_dask_array(np.zeros((1000, 3)), chunk_rows=250)
+    >>> prepared.data.chunks
+    ((250, 250, 250, 250), (3,))
     """
     if isinstance(X, Prepared):
         return X

@@ -123,11 +123,6 @@ class Preempted(RuntimeError):
 
     Raised by ``fit`` after :func:`request_stop`; the command line exits with
     code 75 on it.
-
-    Parameters
-    ----------
-    *args
-        The message, as for any exception.
     """
 
 

@@ -241,6 +241,17 @@ def load(path: str | os.PathLike, *, storage_options: dict | None = None, family
     -------
     model : fitted estimator
         An estimator of the saved class with the saved parameters and fitted attributes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask_em
+    >>> X = np.random.default_rng(0).normal(size=(200, 2))
+    >>> gm = dask_em.GaussianMixture(n_components=2, random_state=0).fit(X)
+    >>> dask_em.save(gm, "model.zarr")
+    >>> loaded = dask_em.load("model.zarr")
+    >>> bool((loaded.predict(X) == gm.predict(X)).all())
+    True
     """
     group, attrs = read_attrs(path, storage_options)
     model = _check_layout(os.fspath(path), group, attrs, family)

@@ -603,7 +603,7 @@ def info(model_path, storage_option, as_json):
               help="bernoulli writes bool, poisson uint16 counts, categorical small-int codes.")
 @click.option("--n-categories", type=int, default=5, show_default=True, help="categorical: categories per feature.")
 @click.option("--codec", type=click.Choice(sorted(CODECS)), default="none", show_default=True,
-              help="Compression of the store (random float64 barely compresses; see the README).")
+              help="Compression of the store (random float64 barely compresses).")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
 @click.option("--scheduler")
 @click.option("--overwrite", is_flag=True)

@@ -141,8 +141,9 @@ class FittedMixture:
 
         Returns
         -------
-        proba : ndarray or dask array of shape (n_samples, n_components_)
-            Rows sum to one; lazy for dask, xarray or Zarr input.
+        proba : ndarray or dask array of shape (n_samples, n_components)
+            Rows sum to one (one column per fitted component, ``n_components_``);
+            lazy for dask, xarray or Zarr input.
         """
         return self._apply(X, "proba", kwargs)
 

@@ -31,7 +31,8 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "gallery/**/*.ipynb", "gallery/**/*.py",
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "_templates", "Thumbs.db", ".DS_Store", "gallery/**/*.ipynb", "gallery/**/*.py",
                     "gallery/**/*.zip", "gallery/**/*.json", "gallery/**/*.md5"]
 # The README and the changelog live at the repository root; pages include them.
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
@@ -40,8 +41,7 @@ myst_heading_anchors = 3
 # numpydoc renders the docstrings; autosummary writes one page per public name.
 autosummary_generate = True
 autodoc_typehints = "none"
-autodoc_default_options = {"inherited-members": False}
-numpydoc_show_class_members = True
+numpydoc_show_class_members = False  # the autosummary templates list the members
 numpydoc_show_inherited_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False

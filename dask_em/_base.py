@@ -91,7 +91,12 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
     # -- what a subclass fills in ---------------------------------------------
 
     def make_family(self) -> Family:
-        """The family object this estimator's settings describe (no data read)."""
+        """The family object this estimator's settings describe (no data read).
+
+        Returns
+        -------
+        Family
+        """
         raise NotImplementedError
 
     def _check_family_params(self) -> None:
@@ -108,7 +113,22 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         return f"{self.make_family().name} components"
 
     def expected_shapes(self, k: int, d: int, values: dict) -> dict:
-        """Shapes of the internal parameter arrays a fitted model holds (besides weights)."""
+        """Shapes of the internal parameter arrays a fitted model holds (besides weights).
+
+        Parameters
+        ----------
+        k : int
+            Number of components.
+        d : int
+            Number of features.
+        values : dict
+            The parameter arrays, by name (some shapes depend on settings stored beside them).
+
+        Returns
+        -------
+        dict
+            Expected shape of each parameter array, by name.
+        """
         return {}
 
     def _input_transform(self):
@@ -192,13 +212,31 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         )
 
     def stopping_rule(self) -> str:
-        """The stopping rule in force: ``stopping``, or for "auto" Aitken's, except plain Gaussian EM's."""
+        """The stopping rule in force: ``stopping``, or for "auto" Aitken's, except plain Gaussian EM's.
+
+        Returns
+        -------
+        str
+            ``"change"`` or ``"aitken"``.
+        """
         if self.stopping != "auto":
             return self.stopping
         return "aitken" if self.accelerate is not None else self._plain_stopping
 
     def tol_in_force(self, n_samples: int) -> float:
-        """``tol``, or for None the rule's default (:func:`dask_em.accelerate.default_tol`)."""
+        """``tol``, or for None the stopping rule's default for data of ``n_samples`` rows.
+
+        Parameters
+        ----------
+        n_samples : int
+            Rows of the data the fit reads.
+
+        Returns
+        -------
+        float
+            1e-3 for the "change" rule; ``1 / n_samples`` clipped to [1e-6, 1e-3]
+            for Aitken's (see :func:`dask_em.accelerate.default_tol`).
+        """
         return default_tol(self.stopping_rule(), n_samples) if self.tol is None else float(self.tol)
 
     # -- fit ------------------------------------------------------------------
@@ -226,6 +264,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             numpy, dask, xarray (DataArray or Dataset with ``variable``),
             ``zarr.Array``, or a Zarr path/URL.
         y : ignored
+            Not used, present for scikit-learn's API.
         sample_weight : array-like of shape (n_samples,), optional
             Non-negative row weights, numpy or dask chunked like ``X``.
         variable : str, optional
@@ -250,7 +289,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
 
         Returns
         -------
-        self
+        self : object
+            The fitted estimator.
         """
         fit_models(
             [self], X, sample_weight=sample_weight, variable=variable, storage_options=storage_options,
@@ -277,9 +317,21 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         calls; ``converged_`` is False (a stream has no end). There is no
         ``warm_start``: repeated calls are the warm start.
 
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            One mini-batch: numpy, dask, xarray or ``zarr.Array``.
+        y : ignored
+            Not used, present for scikit-learn's API.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights.
+        chunk_rows : int, optional
+            Rows per chunk where dask-em chooses the chunking.
+
         Returns
         -------
-        self
+        self : object
+            The estimator, updated.
         """
         self.check_params()
         prep = as_dask_array(X, chunk_rows=chunk_rows)
@@ -338,7 +390,27 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         return self
 
     def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
-        """Fit, then return the labels of ``X`` (lazy for lazy input)."""
+        """Fit, then return the labels of ``X`` (lazy for lazy input).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            As in :meth:`fit`.
+        y : ignored
+            Not used, present for scikit-learn's API.
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights.
+        variable : str, optional
+            Variable of a Zarr group or Dataset.
+        storage_options : dict, optional
+            fsspec options for remote stores.
+        chunk_rows : int, optional
+            Rows per chunk where dask-em chooses the chunking.
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,)
+        """
         self.fit(X, sample_weight=sample_weight, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
         return self.predict(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
 

@@ -108,11 +108,43 @@ class FittedMixture:
         return _wrap(out, prep, what)
 
     def predict(self, X, **kwargs):
-        """Component labels, shape (n_samples,). Lazy for dask/xarray/Zarr input."""
+        """Component labels of the rows of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        labels : ndarray or dask array of shape (n_samples,)
+            The most probable component of each row; lazy (with the input's row
+            chunks) for dask, xarray or Zarr input, numpy otherwise.
+        """
         return self._apply(X, "labels", kwargs)
 
     def predict_proba(self, X, **kwargs):
-        """Responsibilities, shape (n_samples, n_components_)."""
+        """Responsibilities: the posterior probability of each component for each row.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        proba : ndarray or dask array of shape (n_samples, n_components)
+            Rows sum to one (one column per fitted component, ``n_components_``);
+            lazy for dask, xarray or Zarr input.
+        """
         return self._apply(X, "proba", kwargs)
 
     def impute(self, X, **kwargs):
@@ -122,6 +154,20 @@ class FittedMixture:
         mixture, the most probable code). Observed values are returned as
         they are. Shape (n_samples, n_features); lazy for dask/xarray/Zarr input.
         Needs ``missing="marginalize"`` (with ``"error"`` a NaN is refused).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        X_imputed : ndarray or dask array of shape (n_samples, n_features)
+            ``X`` with its NaN filled; lazy for dask, xarray or Zarr input.
         """
         if self.missing == "error":
             raise ValueError(
@@ -131,11 +177,42 @@ class FittedMixture:
         return self._apply(X, "impute", kwargs)
 
     def score_samples(self, X, **kwargs):
-        """Per-row log-likelihood, shape (n_samples,)."""
+        """Log-likelihood of each row under the fitted mixture.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        log_likelihood : ndarray or dask array of shape (n_samples,)
+            Lazy for dask, xarray or Zarr input.
+        """
         return self._apply(X, "score_samples", kwargs)
 
     def score(self, X, y=None, **kwargs) -> float:
-        """Mean per-row log-likelihood of ``X`` (computed)."""
+        """Mean per-row log-likelihood of ``X`` (computed).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        y : ignored
+            Not used, present for scikit-learn's API.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        score : float
+        """
         values = self.score_samples(X, **kwargs)
         if type(values).__module__.split(".")[0] == "xarray":
             values = values.data
@@ -149,15 +226,58 @@ class FittedMixture:
         return information_criteria(self.score(X, **kwargs), n, self.n_parameters())
 
     def bic(self, X, **kwargs) -> float:
-        """Bayesian information criterion on ``X`` (lower is better)."""
+        """Bayesian information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        bic : float
+            ``-2 n score(X) + p log(n)``, with ``p`` free parameters.
+        """
         return self._criteria(X, kwargs)["bic"]
 
     def aic(self, X, **kwargs) -> float:
-        """Akaike information criterion on ``X`` (lower is better)."""
+        """Akaike information criterion on ``X`` (lower is better).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features), zarr.Array, or str
+            numpy, dask, xarray, pandas, ``zarr.Array``, or a Zarr path/URL,
+            with the features the model was fitted on.
+        **kwargs
+            How to read ``X``: ``variable``, ``storage_options``,
+            ``chunk_rows`` (as in :meth:`fit`).
+
+        Returns
+        -------
+        aic : float
+            ``-2 n score(X) + 2 p``, with ``p`` free parameters.
+        """
         return self._criteria(X, kwargs)["aic"]
 
     def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Draw ``n_samples`` rows from the fitted mixture, with their labels."""
+        """Draw ``n_samples`` rows from the fitted mixture, with their labels.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+            Number of rows to draw.
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+            The rows, grouped by component.
+        y : ndarray of shape (n_samples,)
+            The component each row was drawn from.
+        """
         check_is_fitted(self, "weights_")
         if not is_int(n_samples) or n_samples < 1:
             raise fail("n_samples", n_samples, "an int >= 1")
@@ -180,7 +300,12 @@ class FittedMixture:
         ]
 
     def summary(self) -> str:
-        """A few lines on the fitted model: K, covariance, convergence, bound, weights."""
+        """A few lines on the fitted model: K, covariance, convergence, bound, weights.
+
+        Returns
+        -------
+        str
+        """
         check_is_fitted(self, "weights_")
         return "\n".join(f"{name:>12}: {value}" for name, value in self._summary_rows())
 

@@ -276,6 +276,17 @@ class BayesianGaussianFamily(GaussianFamily):
     the mean prior centered like the means) and, as ``weights``, the
     *effective* weights of :func:`effective_log_weights`, which the inherited
     fused E-step, ``predict_proba`` and ``score_samples`` use as they are.
+
+    Parameters
+    ----------
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance.
+    missing : {"error"}, default="error"
+        NaN is refused.
+    prior : None
+        Not used: the variational prior travels in each restart's parameters.
+    compute_dtype : {"float64", "float32"}, default="float64"
+        Precision of the E-step's log-densities and matrix products.
     """
 
     name = "bayesian_gaussian"

@@ -57,8 +57,10 @@ class BayesianGaussianMixture(BaseMixture):
         Shape (d, d) full/tied, (d,) diag, float spherical. Default: the
         covariance of all rows (ddof=1; for diag its diagonal, for spherical
         the mean of that), computed with ``mean_prior``'s pass.
-    random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter
+    random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, accelerate, stopping, stepwise_passes
         As for :class:`dask_em.GaussianMixture`.
+    missing : {"error"}, default="error"
+        NaN is refused; this estimator does not marginalise missing values.
     prune_margin : float or None, default=None
         As for :class:`dask_em.GaussianMixture`, in units of this bound (a
         total over rows, not a per-row mean); None never prunes.
@@ -67,7 +69,10 @@ class BayesianGaussianMixture(BaseMixture):
         E-step's log-densities and matrix products in float32 (statistics
         summed in float64, the variational updates in float64); "float64"
         matches scikit-learn to round-off. A ``tol`` below float32's
-        resolution of the bound is met by finishing in float64, as there.
+        resolution of the bound is met by finishing in float64, as there;
+        this bound is scikit-learn's total over the rows, so from a few
+        hundred rows on, the default ``tol`` is below that resolution and a
+        float32 fit's last iterations run in float64.
 
     Attributes
     ----------
@@ -250,14 +255,40 @@ class BayesianGaussianMixture(BaseMixture):
         ]
 
     def bic(self, X, **kwargs) -> float:
-        """Not defined for a variational model (scikit-learn's has none either)."""
+        """Not defined for a variational model (scikit-learn's has none either).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Ignored.
+        **kwargs
+            Ignored.
+
+        Returns
+        -------
+        float
+            Never: it raises ``TypeError``.
+        """
         raise TypeError(
             "BayesianGaussianMixture has no BIC: its evidence lower bound (lower_bound_) scores the fit, and "
             "its weights_ show the components the data support. For a BIC grid use dask_em.select_model."
         )
 
     def aic(self, X, **kwargs) -> float:
-        """Not defined for a variational model (scikit-learn's has none either)."""
+        """Not defined for a variational model (scikit-learn's has none either).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Ignored.
+        **kwargs
+            Ignored.
+
+        Returns
+        -------
+        float
+            Never: it raises ``TypeError``.
+        """
         raise TypeError(
             "BayesianGaussianMixture has no AIC: its evidence lower bound (lower_bound_) scores the fit. "
             "For an information-criterion grid use dask_em.select_model."

@@ -240,7 +240,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
               help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
-              help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
+              help="change: the change of the bound below tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")
 @click.option("--stepwise-passes", type=int, default=0, show_default=True,
               help="Passes of stepwise (online) EM over random mini-batches of chunks before batch EM; "
@@ -603,7 +603,7 @@ def info(model_path, storage_option, as_json):
               help="bernoulli writes bool, poisson uint16 counts, categorical small-int codes.")
 @click.option("--n-categories", type=int, default=5, show_default=True, help="categorical: categories per feature.")
 @click.option("--codec", type=click.Choice(sorted(CODECS)), default="none", show_default=True,
-              help="Compression of the store (random float64 barely compresses; see the README).")
+              help="Compression of the store (random float64 barely compresses).")
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
 @click.option("--scheduler")
 @click.option("--overwrite", is_flag=True)

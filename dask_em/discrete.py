@@ -147,7 +147,16 @@ def _check_numeric(name: str, dtype, fix: str) -> None:
 
 @dataclass(frozen=True)
 class BernoulliFamily(DesignFamily):
-    """Independent binary features per component; parameters ``probabilities`` (K, d)."""
+    """Independent binary features per component; parameters ``probabilities`` (K, d).
+
+    Parameters
+    ----------
+    pseudo_count : float, default=1e-3
+        Strength of the conjugate prior (Beta, Gamma or Dirichlet) that keeps
+        the probabilities of the M-step off the boundary.
+    missing : {"error", "marginalize"}, default="error"
+        How NaN is treated: refused, or marginalised by EM (missing at random).
+    """
 
     pseudo_count: float = 1e-3
     missing: str = "error"
@@ -274,7 +283,16 @@ def _small_counts(x: np.ndarray) -> int | None:
 
 @dataclass(frozen=True)
 class PoissonFamily(DesignFamily):
-    """Independent counts per component; parameters ``rates`` (K, d)."""
+    """Independent counts per component; parameters ``rates`` (K, d).
+
+    Parameters
+    ----------
+    pseudo_count : float, default=1e-3
+        Strength of the conjugate prior (Beta, Gamma or Dirichlet) that keeps
+        the rates of the M-step off the boundary.
+    missing : {"error", "marginalize"}, default="error"
+        How NaN is treated: refused, or marginalised by EM (missing at random).
+    """
 
     pseudo_count: float = 1e-3
     missing: str = "error"
@@ -411,6 +429,16 @@ class CategoricalFamily(DesignFamily):
     ``n_categories`` is one int for every feature or a tuple, one per feature.
     Parameters: ``probabilities`` (K, sum_j C_j), feature j's categories in
     columns ``offsets[j]:offsets[j + 1]``.
+
+    Parameters
+    ----------
+    n_categories : int or tuple of int, default=2
+        Number of categories of every feature, or of each feature.
+    pseudo_count : float, default=1e-3
+        Strength of the conjugate prior (Beta, Gamma or Dirichlet) that keeps
+        the probabilities of the M-step off the boundary.
+    missing : {"error", "marginalize"}, default="error"
+        How NaN is treated: refused, or marginalised by EM (missing at random).
     """
 
     n_categories: int | tuple[int, ...] = 2

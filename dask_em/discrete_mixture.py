@@ -15,14 +15,13 @@ _COMMON_DOC = """
     n_components : int, default=1
     pseudo_count : float, default=1e-3
         {prior}
-    tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every,
-    verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping
+    tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
         As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
         others) run on {space} of a uniform sample of rows.
 
     Attributes
     ----------
-    weights_ : ndarray of shape (n_components_,)
+    weights_ : ndarray of shape (n_components,)
     {attrs}
     converged_, n_iter_, lower_bound_, lower_bounds_, restarts_, n_components_, n_features_in_
         As for :class:`dask_em.GaussianMixture`.
@@ -110,9 +109,21 @@ class BernoulliMixture(_DiscreteMixture):
         "        None: X must hold 0 and 1." + _COMMON_DOC.format(
             prior="Beta(1 + a, 1 + a) prior: keeps every probability off 0 and 1.",
             space="the 0/1 rows",
-            attrs="probabilities_ : ndarray of shape (n_components_, n_features)\n"
+            attrs="probabilities_ : ndarray of shape (n_components, n_features)\n"
                   "        P(x_j = 1) in each component.",
         )
+        + """
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_em import BernoulliMixture
+    >>> rng = np.random.default_rng(0)
+    >>> p = np.where(np.arange(1000)[:, None] < 500, 0.9, 0.1)   # two groups of rows
+    >>> X = (rng.random((1000, 6)) < p).astype("uint8")
+    >>> bm = BernoulliMixture(n_components=2, random_state=0).fit(X)
+    >>> np.sort(bm.probabilities_[:, 0]).round(1)
+    array([0.1, 0.9])
+"""
     )
     _family_class = BernoulliFamily
 
@@ -171,7 +182,7 @@ class PoissonMixture(_DiscreteMixture):
         "    Parameters\n    ----------" + _COMMON_DOC.format(
             prior="Added to every component's count sums (a Gamma(1 + a, 0) prior): keeps rates positive.",
             space="the counts",
-            attrs="rates_ : ndarray of shape (n_components_, n_features)\n"
+            attrs="rates_ : ndarray of shape (n_components, n_features)\n"
                   "        The Poisson rate of each feature in each component.",
         )
     )
@@ -197,7 +208,7 @@ class CategoricalMixture(_DiscreteMixture):
         + _COMMON_DOC.format(
             prior="Symmetric Dirichlet(1 + a) prior: keeps every category's probability positive.",
             space="one-hot encodings",
-            attrs="probabilities_ : list of ndarray, one of shape (n_components_, n_categories[j]) per feature\n"
+            attrs="probabilities_ : list of ndarray, one of shape (n_components, n_categories[j]) per feature\n"
                   "        Category probabilities of each feature in each component.",
         )
     )

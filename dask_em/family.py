@@ -244,7 +244,12 @@ MISSING_MODES = ("error", "marginalize")
 
 
 class Family:
-    """Base class of the component families; see the module docstring for the protocol."""
+    """Base class of the component families: subclass it to fit a mixture of your own distribution.
+
+    A subclass is a frozen dataclass whose fields are its settings; it implements
+    the protocol of the ``dask_em.family`` module docstring and is fitted by
+    :class:`dask_em.Mixture`.
+    """
 
     name: str = ""
     lazy_row_check: bool = False

@@ -192,6 +192,17 @@ class GaussianFamily(Family):
     ``compute_dtype`` "float32" runs the E-step's log-densities and GEMMs in
     float32 (statistics summed in float64 per tile or panel, the M-step in
     float64); "float64" (the default) matches scikit-learn to round-off.
+
+    Parameters
+    ----------
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance (not used with a prior).
+    missing : {"error", "marginalize"}, default="error"
+        How NaN is treated: refused, or marginalised by EM (missing at random).
+    prior : tuple or None, default=None
+        A conjugate prior spec from :func:`dask_em.prior.prior_spec`.
+    compute_dtype : {"float64", "float32"}, default="float64"
+        Precision of the E-step's log-densities and matrix products.
     """
 
     reg_covar: float = 1e-6

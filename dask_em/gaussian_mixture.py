@@ -140,8 +140,13 @@ class GaussianMixture(BaseMixture):
         restart's change has stayed within it for three iterations, its
         further iterations compute in float64 and stop by ``tol`` as a
         float64 fit does (``restarts_[i]["float64_from"]`` names the first;
-        a fit at the default ``tol`` never gets there). ``tol=0`` keeps every
-        iteration in float32.
+        at the default ``tol=1e-3`` that needs a bound of magnitude above
+        about 2,000 per row). ``tol=0`` keeps every iteration in float32.
+    missing : {"error", "marginalize"}, default="error"
+        "error" refuses NaN, naming its row, as scikit-learn does.
+        "marginalize" fits by EM under missing at random: an incomplete row
+        contributes through the marginal density of its observed values, and
+        its missing values through their conditional expectations.
     verbose : int, default=0
         0: silent. 1: a live progress bar per restart (a widget in Jupyter,
         a text bar on a terminal) with iteration, lower bound and its change.
@@ -149,8 +154,8 @@ class GaussianMixture(BaseMixture):
 
     Attributes
     ----------
-    weights_ : ndarray of shape (n_components_,)
-    means_ : ndarray of shape (n_components_, n_features)
+    weights_ : ndarray of shape (n_components,)
+    means_ : ndarray of shape (n_components, n_features)
     covariances_, precisions_, precisions_cholesky_ : ndarray
         Shapes as in scikit-learn for the covariance type.
     converged_ : bool
@@ -170,6 +175,19 @@ class GaussianMixture(BaseMixture):
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         From the feature coordinate of xarray input, when it has one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask.array as da
+    >>> from dask_em import GaussianMixture
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(-3, 1, (500, 2)), rng.normal(3, 1, (500, 2))])
+    >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)
+    >>> np.sort(gm.means_[:, 0]).round(1)
+    array([-3.1,  3. ])
+    >>> gm.predict(da.from_array(X, chunks=250))   # lazy for lazy input
+    dask.array<em-predict, shape=(1000,), dtype=int64, chunksize=(250,), chunktype=numpy.ndarray>
     """
 
     def __init__(

@@ -194,6 +194,26 @@ def open_zarr(
     ``s3://bucket/key`` with ``storage_options``). A group needs ``variable``.
     A chunk read that fails is retried ``read_retries`` times with backoff
     (0.05 s doubling) before the error, naming the rows, stops the fit.
+
+    Parameters
+    ----------
+    url : str or PathLike
+        A local path or fsspec URL of a Zarr array or group.
+    variable : str, optional
+        The array of a Zarr group to read.
+    storage_options : dict, optional
+        Passed to fsspec for remote stores (credentials, endpoint).
+    chunk_rows : int, optional
+        Rows per chunk; by default a multiple of the store's chunks near 32 MiB.
+    read_retries : int, default=3
+        Attempts beyond the first for a chunk read that fails.
+
+    Returns
+    -------
+    Prepared
+        ``data``, the row-chunked dask array (the feature axis in one chunk,
+        nothing computed), with what is needed to shape results like the
+        input (``kind``, the sample coordinate, ``feature_names``).
     """
     import zarr
 
@@ -298,6 +318,25 @@ def as_dask_array(
         Passed to fsspec for remote stores.
     chunk_rows : int, optional
         Rows per chunk when dask-em chooses the chunking (numpy input, stores).
+    read_retries : int, default=3
+        Attempts beyond the first for a Zarr chunk read that fails.
+    what : str, default="X"
+        The name errors give the input.
+
+    Returns
+    -------
+    Prepared
+        ``data``, the row-chunked dask array (the feature axis in one chunk,
+        nothing computed), with what is needed to shape results like the
+        input (``kind``, the sample coordinate, ``feature_names``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dask_em import as_dask_array
+    >>> prepared = as_dask_array(np.zeros((1000, 3)), chunk_rows=250)
+    >>> prepared.data.chunks
+    ((250, 250, 250, 250), (3,))
     """
     if isinstance(X, Prepared):
         return X

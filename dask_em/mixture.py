@@ -19,13 +19,13 @@ class Mixture(BaseMixture):
     ----------
     family : dask_em.family.Family
         The component distribution.
-    n_components, tol, max_iter, n_init, init_params, random_state, init_sample_size,
-    split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping
-        As for :class:`GaussianMixture`.
+    n_components, tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
+        As for :class:`GaussianMixture` (``missing="marginalize"`` needs a family that
+        supports it).
 
     Attributes
     ----------
-    weights_ : ndarray of shape (n_components_,)
+    weights_ : ndarray of shape (n_components,)
     <name>_ : the family's fitted parameters (``Family.to_public``)
     converged_, n_iter_, lower_bound_, lower_bounds_, restarts_, n_components_, n_features_in_
         As for :class:`GaussianMixture`.

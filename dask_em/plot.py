@@ -32,6 +32,17 @@ def convergence(model, ax=None):
 
     One line per restart (label ``restart i``); the winning restart's final
     bound carries a star marker.
+
+    Parameters
+    ----------
+    model : fitted estimator
+        Any fitted dask-em estimator (it holds ``restarts_``).
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure's axes by default.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -93,6 +104,27 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
     ``X`` is anything ``fit`` takes (Zarr path, dask, xarray, numpy); only a
     uniform sample of ``n`` rows is read. Ellipses are the projections of the
     components' covariances on the two ``dims``, at ``n_std`` standard deviations.
+
+    Parameters
+    ----------
+    model : GaussianMixture or BayesianGaussianMixture
+        A fitted Gaussian model.
+    X : array-like of shape (n_samples, n_features), zarr.Array, or str
+        The data to sample from.
+    dims : tuple of two int, default=(0, 1)
+        The two features drawn.
+    n : int, default=10_000
+        Rows sampled.
+    n_std : float, default=2.0
+        Size of the ellipses, in standard deviations.
+    random_state : int, default=0
+        Seed of the row sample.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure's axes by default.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
     """
     from matplotlib.patches import Ellipse
 
@@ -132,6 +164,19 @@ def weights(model, threshold: float = 1e-2, ax=None):
 
     For a :class:`~dask_em.BayesianGaussianMixture` fitted with a generous
     ``n_components`` this shows how many components the data support.
+
+    Parameters
+    ----------
+    model : fitted estimator
+        Any fitted dask-em estimator.
+    threshold : float, default=1e-2
+        Weights at or above it are drawn as active.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure's axes by default.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -155,6 +200,19 @@ def criterion(result, name: str | None = None, ax=None):
 
     ``result`` is what :func:`dask_em.select_model` returns; ``name`` one of
     bic, aic, icl (default: the criterion the selection used).
+
+    Parameters
+    ----------
+    result : SelectionResult
+        What :func:`dask_em.select_model` returned.
+    name : {"bic", "aic", "icl"}, optional
+        The criterion drawn.
+    ax : matplotlib.axes.Axes, optional
+        Where to draw; a new figure's axes by default.
+
+    Returns
+    -------
+    matplotlib.axes.Axes
     """
     name = name or result.criterion
     ax = _axes(ax)

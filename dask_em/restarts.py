@@ -129,7 +129,11 @@ def restarts_from(plan: StartPlan, starts: list[dict]) -> list[Restart]:
 
 
 class Preempted(RuntimeError):
-    """A stop was requested (SIGTERM): the round in flight finished and was checkpointed."""
+    """A stop was requested (SIGTERM): the round in flight finished and was checkpointed.
+
+    Raised by ``fit`` after :func:`request_stop`; the command line exits with
+    code 75 on it.
+    """
 
 
 # Set by a signal handler (the CLI's, on SIGTERM) to stop after the round in flight.
@@ -137,7 +141,20 @@ STOP_REQUESTED = threading.Event()
 
 
 def request_stop(*_args) -> None:
-    """Ask a running fit to stop after its current round; usable as a signal handler."""
+    """Ask a running fit to stop after its current round; usable as a signal handler.
+
+    The fit finishes the round in flight, writes its checkpoint (when it has
+    one) and raises :class:`Preempted`; rerun it with ``resume=True``.
+
+    Parameters
+    ----------
+    *_args
+        Ignored (a signal handler receives the signal number and the frame).
+
+    Returns
+    -------
+    None
+    """
     STOP_REQUESTED.set()
 
 

@@ -41,7 +41,9 @@ CRITERIA = ("bic", "aic", "icl")
 class SelectionResult:
     """What :func:`select_model` found.
 
-    Attributes
+    Its fields are read as attributes (``result.best_estimator_``).
+
+    Parameters
     ----------
     criteria : xarray.Dataset
         bic, aic, icl, lower_bound, log_likelihood, n_parameters, converged and
@@ -54,7 +56,8 @@ class SelectionResult:
     estimators_ : dict
         Every fitted candidate, keyed by (n_components, covariance_type), or
         by (n_components, family name).
-    criterion : str
+    criterion : {"bic", "aic", "icl"}, default="bic"
+        The criterion that ranked the candidates.
     """
 
     criteria: Any
@@ -64,7 +67,17 @@ class SelectionResult:
     criterion: str = "bic"
 
     def table(self, criterion: str | None = None) -> str:
-        """A plain-text table of one criterion: K down, covariance types across; * marks the best."""
+        """A plain-text table of one criterion: K down, covariance types across; * marks the best.
+
+        Parameters
+        ----------
+        criterion : {"bic", "aic", "icl", "lower_bound", "log_likelihood"}, optional
+            A variable of :attr:`criteria`; by default the ranking criterion.
+
+        Returns
+        -------
+        str
+        """
         name = criterion or self.criterion
         values = self.criteria[name]
         if "covariance_type" not in values.dims:  # one column: the family
@@ -141,8 +154,9 @@ def select_model(
     X : array-like of shape (n_samples, n_features), zarr.Array, or str
         Anything :meth:`GaussianMixture.fit` takes.
     n_components : iterable of int, default=range(1, 11)
+        The candidate numbers of components.
     covariance_types : iterable of str, default all four
-        Gaussian only.
+        The candidate covariance types (Gaussian only).
     criterion : {"bic", "aic", "icl"}, default="bic"
         Which criterion picks ``best_estimator_`` (all three are computed).
     n_init, random_state, **gaussian_mixture_params
@@ -154,10 +168,29 @@ def select_model(
         parameters (``pseudo_count``, ``n_categories``, ...).
     family : {"gaussian", "bernoulli", "poisson", "categorical"} or Family, default="gaussian"
         The component family; a grid over K alone for all but "gaussian".
+    sample_weight : array-like of shape (n_samples,), optional
+        Non-negative row weights.
+    variable : str, optional
+        Variable of a Zarr group or Dataset.
+    storage_options : dict, optional
+        fsspec options for remote stores.
+    chunk_rows : int, optional
+        Rows per chunk where dask-em chooses the chunking.
 
     Returns
     -------
     SelectionResult
+        The criteria of every candidate, the best one and all fitted candidates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dask_em
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(-4, 1, (300, 2)), rng.normal(4, 1, (300, 2))])
+    >>> result = dask_em.select_model(X, n_components=range(1, 5), covariance_types="full", random_state=0)
+    >>> result.best_params_
+    {'n_components': 2, 'covariance_type': 'full'}
     """
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {CRITERIA}; received {criterion!r}.")

@@ -30,7 +30,7 @@ from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibi
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
 # The starts of init_strategy="emEM": EMEM_FIRST (mclust's own start, the hierarchical tree
 # of the sample), then MIXED_STARTS in turn. Measured by benchmarks/bench_optima.py at
-# convergence (README): the tree alone, or k-means-like starts alone, each lose cases the
+# convergence (docs/optima.md): the tree alone, or k-means-like starts alone, each lose cases the
 # other wins; a half-sample tree gives the hierarchical kind variety across restarts.
 EMEM_FIRST = ("hierarchical",)
 MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample", "hierarchical-subsample")
@@ -39,7 +39,7 @@ MIXED_STARTS = ("k-means++", "random_from_data", "kmeans-subsample", "hierarchic
 # (tol 1e-6), mclust under R seeds 0-3 beat emEM with one tree in 6-8 of 84 cases each, in
 # different cases per seed. emEM then starts TREE_DRAWS trees, each on its own draw (the
 # restart's seed), all run to convergence: worse cases per seed 4/4/3/6 with 3 trees, 2/3/3/5
-# with 5 (README, "mclust's answers"). Each costs a tree of 2,000 rows at the start (under a
+# with 5 (docs/optima.md). Each costs a tree of 2,000 rows at the start (under a
 # second) and a restart's E-step work in every round of the long phase (no extra read).
 TREE_DRAWS = 5
 # Start kinds that emEM never stops (restarts.keep_best, restarts.prune): mclust runs EM from its

@@ -10,7 +10,7 @@ import numpy as np
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
-from .bayesian import PRIOR_TYPES, BayesianGaussianFamily
+from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, resolve_prior
 from .gaussian_mixture import compute_dtype_name
 from .starts import data_moments_graph
 from .family import Family
@@ -94,7 +94,7 @@ class BayesianGaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float | None = None,
+        tol: float | None = 1e-3,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -106,9 +106,11 @@ class BayesianGaussianMixture(BaseMixture):
         degrees_of_freedom_prior: float | None = None,
         covariance_prior=None,
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -122,7 +124,7 @@ class BayesianGaussianMixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
@@ -136,6 +138,11 @@ class BayesianGaussianMixture(BaseMixture):
         self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule on the ELBO: equal to scikit-learn's estimator
+    _input_dtype_attributes = ("mean_prior_",)  # scikit-learn's other attributes are float64 whatever X is
+
+    def _refresh_warm_params(self, params: dict, data_settings: dict, context) -> dict:
+        """The prior from this fit's rows, as scikit-learn's warm start recomputes it on every fit."""
+        return {**params, **resolve_prior(data_settings, context)}
 
     def make_family(self) -> Family:
         return BayesianGaussianFamily(reg_covar=float(self.reg_covar), compute_dtype=compute_dtype_name(self.compute_dtype))

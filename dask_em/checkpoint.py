@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from typing import Any
 
@@ -143,6 +144,8 @@ def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> 
         entry["has_params"] = r.params is not None
         entry["dropped_components"] = [list(x) for x in r.dropped]
         entry["param_values"] = {}
+        if math.isfinite(r.entry_bound):
+            entry["entry_bound"] = r.entry_bound
         if r.params is not None:
             for key, value in r.params.items():
                 if isinstance(value, np.ndarray):
@@ -186,6 +189,7 @@ def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
                 short_iter=e.get("short_iter", 0),
                 accel=Squarem.from_state(_unpack(e["accel"], arrays)) if e.get("accel") else None,
                 stepwise=_unpack(e["stepwise"], arrays) if e.get("stepwise") else None,
+                entry_bound=e.get("entry_bound", -math.inf),
             )
         )
     return arrays.get("context"), restarts

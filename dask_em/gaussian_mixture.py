@@ -10,7 +10,7 @@ from ._validation import fail, is_real
 from .starts import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
-from .prior import check_spec, needs_moments, prior_spec
+from .prior import check_spec, needs_moments, prior_spec, resolve_prior
 from .starts import StartPlan
 
 # reg_covar's default: with a prior it must stay there (or be 0), since the prior regularises instead.
@@ -169,7 +169,7 @@ class GaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float | None = None,
+        tol: float | None = 1e-3,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -178,9 +178,11 @@ class GaussianMixture(BaseMixture):
         means_init=None,
         precisions_init=None,
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -195,7 +197,7 @@ class GaussianMixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
@@ -207,6 +209,18 @@ class GaussianMixture(BaseMixture):
         self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule: GaussianMixture() equals scikit-learn's
+    _input_dtype_attributes = (
+        "weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "lower_bound_",
+    )
+
+    def _refresh_warm_params(self, params: dict, data_settings: dict, context) -> dict:
+        """A prior from the moments of all rows is recomputed from the rows of this fit."""
+        spec = prior_spec(self.prior)
+        if spec is None or not needs_moments(spec):
+            return params
+        d = params["means"].shape[1]
+        prior = resolve_prior(spec, self.covariance_type, self.n_components, d, data_settings["prior_moments"], context)
+        return {**params, **prior}
 
     def make_family(self) -> Family:
         spec = prior_spec(self.prior)

@@ -56,6 +56,9 @@ class Restart:
     short_iter: int = 0  # iterations of emEM's short phase (0: none)
     accel: Any = None  # accelerate.Squarem: the SQUAREM cycle of an accelerated restart
     stepwise: dict | None = None  # stepwise EM's progress (dask_em.stepwise); {"done": True} after it
+    # The bound the first iteration's change is measured from: -inf, or a warm start's last bound
+    # (scikit-learn's warm_start compares the first bound with the previous fit's lower_bound_).
+    entry_bound: float = -np.inf
 
     @property
     def lower_bound(self) -> float:
@@ -210,6 +213,7 @@ def advance(
     """Record one round's result: the bound, the new parameters, convergence (by ``stopping``) or failure."""
     restart.n_iter += 1
     previous = restart.lower_bound
+    reference = previous if restart.history else restart.entry_bound
     restart.history.append(result.lower_bound)
     if result.error is not None:
         restart.error = f"iteration {restart.n_iter}: {result.error}"
@@ -231,7 +235,7 @@ def advance(
         restart.dropped.append((restart.n_iter, k))
     restart.params = result.params
     if stopping == "change":
-        if math.isfinite(previous) and abs(current - previous) < tol:
+        if math.isfinite(reference) and abs(current - reference) < tol:
             restart.converged = True
     elif accelerate.has_converged(restart.history, tol, stopping):
         restart.converged = True

@@ -260,7 +260,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 f"estimator now asks for {wanted}. Set warm_start=False to start afresh with the new settings."
             )
         restart = Restart(0, int(best.get("seed", 0)), dict(self._params), self._variant(), start="warm_start")
-        restart.entry_bound = float(self.lower_bound_)
+        # float64 even for float32 input; a store keeps -inf (no iteration yet) as null
+        bound = best.get("lower_bound", self.lower_bound_)
+        restart.entry_bound = -np.inf if bound is None else float(bound)
         return restart
 
 
@@ -423,9 +425,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self.n_iter_ = best.n_iter
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.history)
-        if self._public_dtype is not None and "lower_bound_" in self._input_dtype_attributes:
-            self.lower_bound_ = self._public_dtype.type(self.lower_bound_)
-            self.lower_bounds_ = [self._public_dtype.type(b) for b in self.lower_bounds_]
+        self._cast_bounds()
         self.restarts_ = [r.summary() for r in restarts]
         self.best_restart_ = best.index
         self.n_components_ = len(self.weights_)
@@ -454,6 +454,13 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
 
     # -- the fitted state -------------------------------------------------------
 
+    def _cast_bounds(self) -> None:
+        """``lower_bound_`` and ``lower_bounds_`` in the input's float32, where scikit-learn's are."""
+        dtype = getattr(self, "_public_dtype", None)
+        if dtype is not None and "lower_bound_" in self._input_dtype_attributes:
+            self.lower_bound_ = dtype.type(self.lower_bound_)
+            self.lower_bounds_ = [dtype.type(b) for b in self.lower_bounds_]
+
     def _set_public(self) -> None:
         """The fitted attributes (``weights_`` and the family's) from the internal parameters.
 
@@ -464,8 +471,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         public = {"weights_": self._params["weights"], **self._family.to_public(self._params, self._context)}
         dtype = getattr(self, "_public_dtype", None)
         for name, value in public.items():
-            if dtype is not None and name in self._input_dtype_attributes and isinstance(value, np.ndarray):
-                value = value.astype(dtype)
+            if dtype is not None and name in self._input_dtype_attributes:
+                value = value.astype(dtype) if isinstance(value, np.ndarray) else dtype.type(value)
             setattr(self, name, value)
 
 

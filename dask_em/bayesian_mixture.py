@@ -138,7 +138,11 @@ class BayesianGaussianMixture(BaseMixture):
         self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule on the ELBO: equal to scikit-learn's estimator
-    _input_dtype_attributes = ("mean_prior_",)  # scikit-learn's other attributes are float64 whatever X is
+    @property
+    def _input_dtype_attributes(self) -> tuple[str, ...]:
+        # scikit-learn's other attributes are float64 whatever X is; its covariance prior follows
+        # X where it comes from np.var (diag, spherical), not from np.cov (full, tied).
+        return ("mean_prior_", "covariance_prior_") if self.covariance_type in ("diag", "spherical") else ("mean_prior_",)
 
     def _refresh_warm_params(self, params: dict, data_settings: dict, context) -> dict:
         """The prior from this fit's rows, as scikit-learn's warm start recomputes it on every fit."""

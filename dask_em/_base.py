@@ -337,8 +337,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         continues from the fitted parameters; :meth:`fit` starts afresh and
         forgets the stream. ``lower_bound_`` is the mean log-likelihood of the
         latest batch under the parameters it was read with; ``n_iter_`` counts
-        calls; ``converged_`` is False (a stream has no end). There is no
-        ``warm_start``: repeated calls are the warm start.
+        calls; ``converged_`` is False (a stream has no end). Repeated calls
+        are a stream's warm start; ``warm_start=True`` is :meth:`fit`'s (one
+        batch EM restart from the current parameters, which may be these).
 
         Returns
         -------

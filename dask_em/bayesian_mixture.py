@@ -31,12 +31,14 @@ class BayesianGaussianMixture(BaseMixture):
         Upper bound on the number of components; superfluous ones get weights
         near zero (they are kept, as in scikit-learn).
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float or None, default=None
+    tol : float or None, default=1e-3
         Convergence threshold on the change of the lower bound (a total over
-        rows, as scikit-learn's). None: 1e-3 (scikit-learn's default) under the change
-        rule; see :func:`dask_em.accelerate.default_tol` for Aitken's.
+        rows, as scikit-learn's). Aitken's rule under ``stopping="auto"``
+        stops at ``min(tol, 1 / n_samples)`` (in [1e-6, 1e-3]), as for
+        :class:`dask_em.GaussianMixture`; None: each rule's default.
     reg_covar : float, default=1e-6
     max_iter : int, default=100
+        0 returns the starting parameters, as scikit-learn does.
     n_init : int, default=1
         Restarts, run side by side sharing every read; the highest final
         lower bound wins.
@@ -57,7 +59,14 @@ class BayesianGaussianMixture(BaseMixture):
         Shape (d, d) full/tied, (d,) diag, float spherical. Default: the
         covariance of all rows (ddof=1; for diag its diagonal, for spherical
         the mean of that), computed with ``mean_prior``'s pass.
-    random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter
+    random_state, verbose, verbose_interval
+        As for :class:`dask_em.GaussianMixture`.
+    warm_start : bool, default=False
+        As for :class:`dask_em.GaussianMixture`: one restart from the last
+        fit's variational parameters; the priors from the data's moments
+        (``mean_prior``, ``covariance_prior`` left None) are recomputed from
+        the rows of the new fit, as scikit-learn's are.
+    init_sample_size, split_every, init_strategy, n_short, short_iter
         As for :class:`dask_em.GaussianMixture`.
     prune_margin : float or None, default=None
         As for :class:`dask_em.GaussianMixture`, in units of this bound (a
@@ -79,7 +88,9 @@ class BayesianGaussianMixture(BaseMixture):
     degrees_of_freedom_ : ndarray of shape (n_components,) (a float for tied)
     weight_concentration_prior_, mean_precision_prior_, mean_prior_,
     degrees_of_freedom_prior_, covariance_prior_
-        The prior used.
+        The prior used. For float32 input ``mean_prior_`` (and for diag and
+        spherical ``covariance_prior_``) is float32 and the rest float64,
+        as in scikit-learn.
     converged_, n_iter_, restarts_, n_components_, n_features_in_
         As for :class:`dask_em.GaussianMixture`.
     lower_bound_ : float

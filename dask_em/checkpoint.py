@@ -33,7 +33,7 @@ from .restarts import Restart
 
 FORMAT_VERSION = 1
 # Parameters a resumed fit may change; every other constructor parameter must match.
-FREE_PARAMS = ("max_iter", "tol", "verbose", "split_every", "prune_margin")
+FREE_PARAMS = ("max_iter", "tol", "verbose", "verbose_interval", "split_every", "prune_margin")
 
 
 class CheckpointError(ValueError):

@@ -43,18 +43,26 @@ class GaussianMixture(BaseMixture):
     n_components : int, default=1
         Number of mixture components K.
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float or None, default=None
+    tol : float or None, default=1e-3
         Convergence threshold, in nats per row, of the stopping rule in force
-        (``stopping``). None: scikit-learn's 1e-3 for the change rule (so
-        ``GaussianMixture()`` equals scikit-learn's), and for Aitken's rule
-        ``1 / n_samples`` clipped to [1e-6, 1e-3] (a remaining gain of about
-        one nat in all; :func:`dask_em.accelerate.default_tol`).
+        (``stopping``). For plain EM it is scikit-learn's: stop when the lower
+        bound changes by less than ``tol`` in an iteration. Aitken's rule has
+        a default of its own, ``1 / n_samples`` clipped to [1e-6, 1e-3] (a
+        remaining gain of about one nat in all;
+        :func:`dask_em.accelerate.default_tol`), kept in the rule rather than
+        in ``tol`` so that ``get_params()`` equals scikit-learn's: when
+        ``stopping="auto"`` picks Aitken's rule (``accelerate="squarem"``), it
+        stops at ``min(tol, 1 / n_samples)``, which for the default ``tol`` is
+        the rule's own default. An explicit ``stopping="aitken"`` takes
+        ``tol`` as given; None asks for each rule's default.
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance (scikit-learn's ridge). Not
         used with a ``prior``, which regularises instead (leave it at its
         default or 0 then).
     max_iter : int, default=100
-        EM iterations per restart.
+        EM iterations per restart. 0 returns the starting parameters
+        (``n_iter_=0``, ``lower_bound_=-inf``, no convergence warning), as
+        scikit-learn does.
     n_init : int, default=1
         Restarts; they run side by side, sharing every chunk read, and the one
         with the highest final lower bound wins.
@@ -69,6 +77,22 @@ class GaussianMixture(BaseMixture):
     random_state : int, SeedSequence, Generator, RandomState or None
         Drives the sample, every start and :meth:`sample`. Each restart gets
         its own stream from ``SeedSequence.spawn``.
+    warm_start : bool, default=False
+        As scikit-learn's: each :meth:`fit` of a fitted estimator (by
+        :meth:`fit`, :meth:`partial_fit` or :func:`dask_em.load`) is one
+        restart from its parameters (``n_init`` and the starts unused), the
+        first iteration's change measured from the last ``lower_bound_``; a
+        prior from the data's moments is recomputed from the new rows. Any
+        input ``fit`` takes, e.g. a Zarr store that rows were appended to.
+        The restart is reported as ``start="warm_start"`` in ``restarts_``.
+    verbose : int, default=0
+        0: silent. 1: a live progress bar per restart (a widget in Jupyter,
+        a text bar on a terminal) with iteration, lower bound and its change.
+        2: also an INFO line on the ``dask_em`` logger every
+        ``verbose_interval`` iterations of each restart, and at its last.
+        (scikit-learn prints; dask-em draws bars and logs.)
+    verbose_interval : int, default=10
+        Iterations between the INFO lines of ``verbose=2``.
     init_sample_size : int, optional
         Rows sampled for the starts; default ``max(20_000, 1_000 K)`` capped by
         n_samples.
@@ -134,17 +158,15 @@ class GaussianMixture(BaseMixture):
         the statistics in float64 per tile and runs the M-step in float64;
         on well-separated data its parameters agree with float64's to about
         1e-5 relative (see the test that pins it at 1e-4). Inference stays float64.
-    verbose : int, default=0
-        0: silent. 1: a live progress bar per restart (a widget in Jupyter,
-        a text bar on a terminal) with iteration, lower bound and its change.
-        2: also one INFO line per restart per iteration on the ``dask_em`` logger.
 
     Attributes
     ----------
     weights_ : ndarray of shape (n_components_,)
     means_ : ndarray of shape (n_components_, n_features)
     covariances_, precisions_, precisions_cholesky_ : ndarray
-        Shapes as in scikit-learn for the covariance type.
+        Shapes as in scikit-learn for the covariance type. float32 for
+        float32 input (as are ``weights_``, ``means_`` and the bounds), as
+        scikit-learn's; EM's statistics and parameters stay float64.
     converged_ : bool
     n_iter_ : int
     lower_bound_ : float

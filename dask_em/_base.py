@@ -175,10 +175,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
         if self.stopping not in ("auto",) + STOPPING_RULES:
             raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
-        if not is_int(self.stepwise_passes) or not (
-            self.stepwise_passes == 0 or 0 < self.stepwise_passes < self.max_iter
-        ):
-            raise fail("stepwise_passes", self.stepwise_passes, f"0, or an int >= 1 below max_iter={self.max_iter}")
+        if not is_int(self.stepwise_passes) or not (self.stepwise_passes == 0 or 0 < self.stepwise_passes < self.max_iter):
+            raise fail("stepwise_passes", self.stepwise_passes, f"an int >= 0 and below max_iter={self.max_iter}")
         if not isinstance(self.warm_start, (bool, np.bool_)):
             raise fail("warm_start", self.warm_start, "True or False")
         if not is_int(self.verbose) or self.verbose < 0:
@@ -251,9 +249,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 "Pass the columns of the last fit, or set warm_start=False to start afresh."
             )
         best = self.restarts_[self.best_restart_] if 0 <= self.best_restart_ < len(self.restarts_) else {}
-        fitted_k = self.n_components_ + len(best.get("dropped_components") or [])
-        fitted = (fitted_k, best.get("covariance_type", self._variant()), self._family.name)
-        wanted = (self.n_components, self._variant(), self.make_family().name)
+        fitted, wanted = self._fitted_with, self._settings_shape()
         if fitted != wanted:
             raise ValueError(
                 f"warm_start=True continues the last fit (n_components, variant, family) = {fitted}, but the "
@@ -265,6 +261,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         restart.entry_bound = -np.inf if bound is None else float(bound)
         return restart
 
+    def _settings_shape(self) -> tuple:
+        """What a warm start needs unchanged: (n_components, variant, family name)."""
+        return (self.n_components, self._variant(), self.make_family().name)
 
     def fit(
         self,
@@ -469,6 +468,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         float32 (``_input_dtype_attributes``) are float32 copies; inference
         reads the float64 internal parameters.
         """
+        self._fitted_with = self._settings_shape()  # what this fitted state was made under (warm_start)
         public = {"weights_": self._params["weights"], **self._family.to_public(self._params, self._context)}
         dtype = getattr(self, "_public_dtype", None)
         for name, value in public.items():

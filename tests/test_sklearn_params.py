@@ -322,6 +322,22 @@ def test_warm_start_false_starts_afresh_and_partial_fit_is_a_different_start(row
     assert warm.restarts_[0]["start"] == "fit" and warm.n_iter_ == 1
 
 
+def test_warm_start_after_a_dropped_component_continues_with_the_rest():
+    """GaussianMixture drops an emptied component; a warm start goes on with the others."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 8.0])
+    start = dict(weights_init=[0.4, 0.4, 0.2], means_init=[[0.0, 0.0], [8.0, 8.0], [500.0, 500.0]])
+    gm = dask_em.GaussianMixture(3, warm_start=True, **start)
+    with pytest.warns(UserWarning, match="dropped"):
+        gm.fit(X)
+    assert gm.n_components_ == 2
+    quiet(gm.fit, X[::2])
+    quiet(gm.fit, X)
+    assert gm.n_components_ == 2 and gm.restarts_[0]["start"] == "warm_start"
+    ref = SkGM(2, weights_init=gm.weights_, means_init=gm.means_, precisions_init=gm.precisions_).fit(X)
+    close(gm.means_, ref.means_, "means_", rtol=1e-6)  # ours is already at the fixed point
+
+
 def test_warm_start_refuses_other_features_or_components(rows):
     gm = quiet(dask_em.GaussianMixture(3, warm_start=True, random_state=0).fit, rows)
     with pytest.raises(ValueError, match="had 3 features; X has 2.*warm_start=False"):

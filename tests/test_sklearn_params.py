@@ -361,6 +361,19 @@ def test_a_warm_fit_resumed_from_its_checkpoint_ends_as_uninterrupted(rows, tmp_
     assert_same_model(resumed, whole, "resumed", rtol=1e-12)
 
 
+# -- verbose ------------------------------------------------------------------------------
+
+
+def test_verbose_two_logs_every_verbose_interval_iterations_and_the_last(rows, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dask_em"):
+        gm = quiet(dask_em.GaussianMixture(3, verbose=2, verbose_interval=4, tol=1e-8, random_state=0).fit, rows)
+    logged = [int(i) for i in re.findall(r"restart 0 iteration (\d+)", caplog.text)]
+    assert gm.n_iter_ >= 5 and gm.n_iter_ % 4  # lines at 4, 8, ... and the last, off the interval
+    assert logged == [i for i in range(1, gm.n_iter_ + 1) if i % 4 == 0 or i == gm.n_iter_]
+
+
 # -- the model store ------------------------------------------------------------------------
 
 

@@ -249,7 +249,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 "Pass the columns of the last fit, or set warm_start=False to start afresh."
             )
         best = self.restarts_[self.best_restart_] if 0 <= self.best_restart_ < len(self.restarts_) else {}
-        fitted, wanted = self._fitted_with, self._settings_shape()
+        wanted = self._settings_shape()
+        fitted = getattr(self, "_fitted_with", wanted)  # a model pickled by an older dask-em has none
         if fitted != wanted:
             raise ValueError(
                 f"warm_start=True continues the last fit (n_components, variant, family) = {fitted}, but the "

@@ -278,7 +278,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
                    "from its parameters, e.g. after rows were appended); its settings define the model, and only "
                    f"{', '.join('--' + n.replace('_', '-') for n in _WARM_SETTABLE)} may change them.")
 @click.option("--verbose-interval", type=int, default=10, show_default=True,
-              help="Iterations between progress lines (the last one is always shown).")
+              help="Iterations between text progress lines (the last one always shows; --json shows every "
+                   "iteration); the model's verbose_interval.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
               help="change: |bound change| < tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")

@@ -20,6 +20,7 @@ import logging
 import warnings
 from typing import Any
 
+import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 
@@ -54,9 +55,11 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -72,6 +75,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self.n_init = n_init
         self.init_params = init_params
         self.random_state = random_state
+        self.warm_start = warm_start
+        self.verbose_interval = verbose_interval
         self.init_sample_size = init_sample_size
         self.split_every = split_every
         self.init_strategy = init_strategy
@@ -131,6 +136,14 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         """
         return {}
 
+    # Fitted attributes that follow the input's float dtype, as scikit-learn's do (float32 in,
+    # float32 out); the statistics and the internal parameters stay float64.
+    _input_dtype_attributes: tuple[str, ...] = ()
+
+    def _refresh_warm_params(self, params: dict, data_settings: dict, context: Any) -> dict:
+        """A warm start's parameters with whatever the new data decide (a data-dependent prior)."""
+        return params
+
     def _input_transform(self):
         """A function of one row block applied to the data before the family sees it, or None.
 
@@ -152,8 +165,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._check_family_params()
         if self.tol is not None and (not is_real(self.tol) or self.tol < 0):
             raise fail("tol", self.tol, "a finite float >= 0 (or None: the stopping rule's default)")
-        if not is_int(self.max_iter) or self.max_iter < 1:
-            raise fail("max_iter", self.max_iter, "an int >= 1")
+        if not is_int(self.max_iter) or self.max_iter < 0:
+            raise fail("max_iter", self.max_iter, "an int >= 0 (0: the starting parameters, no EM iteration)")
         if not is_int(self.n_init) or self.n_init < 1:
             raise fail("n_init", self.n_init, "an int >= 1")
         if self.init_params not in INIT_METHODS:
@@ -182,10 +195,14 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
         if self.stopping not in ("auto",) + STOPPING_RULES:
             raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
-        if not is_int(self.stepwise_passes) or not 0 <= self.stepwise_passes < self.max_iter:
+        if not is_int(self.stepwise_passes) or not (self.stepwise_passes == 0 or 0 < self.stepwise_passes < self.max_iter):
             raise fail("stepwise_passes", self.stepwise_passes, f"an int >= 0 and below max_iter={self.max_iter}")
+        if not isinstance(self.warm_start, (bool, np.bool_)):
+            raise fail("warm_start", self.warm_start, "True or False")
         if not is_int(self.verbose) or self.verbose < 0:
             raise fail("verbose", self.verbose, "an int >= 0")
+        if not is_int(self.verbose_interval) or self.verbose_interval < 1:
+            raise fail("verbose_interval", self.verbose_interval, "an int >= 1")
         seed_sequence(self.random_state)
         if self.missing not in MISSING_MODES:
             raise fail("missing", self.missing, f"one of {MISSING_MODES} (NaN refused, or marginalised by EM)")
@@ -224,7 +241,14 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         return "aitken" if self.accelerate is not None else self._plain_stopping
 
     def tol_in_force(self, n_samples: int) -> float:
-        """``tol``, or for None the stopping rule's default for data of ``n_samples`` rows.
+        """The threshold of the stopping rule in force on ``n_samples`` rows.
+
+        ``tol=None``: the rule's default (:func:`dask_em.accelerate.default_tol`).
+        Otherwise ``tol``, except that Aitken's rule picked by ``stopping="auto"``
+        stops at ``min(tol, default_tol("aitken", n_samples))``: it never stops
+        while the estimated remaining gain exceeds about one nat in all, so
+        scikit-learn's ``tol=1e-3`` leaves an accelerated fit where ``tol=None``
+        did. An explicit ``stopping`` uses ``tol`` as given.
 
         Parameters
         ----------
@@ -234,12 +258,49 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         Returns
         -------
         float
-            1e-3 for the "change" rule; ``1 / n_samples`` clipped to [1e-6, 1e-3]
-            for Aitken's (see :func:`dask_em.accelerate.default_tol`).
+            The threshold the stopping rule compares with.
         """
-        return default_tol(self.stopping_rule(), n_samples) if self.tol is None else float(self.tol)
+        rule = self.stopping_rule()
+        if self.tol is None:
+            return default_tol(rule, n_samples)
+        if rule == "aitken" and self.stopping == "auto":
+            return min(float(self.tol), default_tol(rule, n_samples))
+        return float(self.tol)
 
     # -- fit ------------------------------------------------------------------
+
+    def _warm_restart(self, d: int) -> Restart | None:
+        """The one restart of a warm start (the last fit's parameters), or None when fit starts afresh.
+
+        As scikit-learn's: ``warm_start=True`` on a fitted estimator (fitted by
+        :meth:`fit`, :meth:`partial_fit`, or loaded from a model store) skips the
+        starts and ``n_init``, and the first iteration's change is measured from
+        the last fit's ``lower_bound_``.
+        """
+        if not self.warm_start or not hasattr(self, "_params"):
+            return None
+        if d != self.n_features_in_:
+            raise ValueError(
+                f"warm_start=True continues the last fit, which had {self.n_features_in_} features; X has {d}. "
+                "Pass the columns of the last fit, or set warm_start=False to start afresh."
+            )
+        best = self.restarts_[self.best_restart_] if 0 <= self.best_restart_ < len(self.restarts_) else {}
+        wanted = self._settings_shape()
+        fitted = getattr(self, "_fitted_with", wanted)  # a model pickled by an older dask-em has none
+        if fitted != wanted:
+            raise ValueError(
+                f"warm_start=True continues the last fit (n_components, variant, family) = {fitted}, but the "
+                f"estimator now asks for {wanted}. Set warm_start=False to start afresh with the new settings."
+            )
+        restart = Restart(0, int(best.get("seed", 0)), dict(self._params), self._variant(), start="warm_start")
+        # float64 even for float32 input; a store keeps -inf (no iteration yet) as null
+        bound = best.get("lower_bound", self.lower_bound_)
+        restart.entry_bound = -np.inf if bound is None else float(bound)
+        return restart
+
+    def _settings_shape(self) -> tuple:
+        """What a warm start needs unchanged: (n_components, variant, family name)."""
+        return (self.n_components, self._variant(), self.make_family().name)
 
     def fit(
         self,
@@ -314,8 +375,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         continues from the fitted parameters; :meth:`fit` starts afresh and
         forgets the stream. ``lower_bound_`` is the mean log-likelihood of the
         latest batch under the parameters it was read with; ``n_iter_`` counts
-        calls; ``converged_`` is False (a stream has no end). There is no
-        ``warm_start``: repeated calls are the warm start.
+        calls; ``converged_`` is False (a stream has no end). Repeated calls
+        are a stream's warm start; ``warm_start=True`` is :meth:`fit`'s (one
+        batch EM restart from the current parameters, which may be these).
 
         Parameters
         ----------
@@ -428,11 +490,13 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._context = context
         self._family = self.make_family()  # the fit's family: a later set_params does not change it
         self._transform = self._input_transform()
+        self._public_dtype = np.dtype(np.float32) if prep.data.dtype == np.float32 else None
         self._set_public()
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
         self.lower_bound_ = best.lower_bound
         self.lower_bounds_ = list(best.history)
+        self._cast_bounds()
         self.restarts_ = [r.summary() for r in restarts]
         self.best_restart_ = best.index
         self.n_components_ = len(self.weights_)
@@ -449,7 +513,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=4,
             )
-        if not self.converged_:
+        if not self.converged_ and self.max_iter > 0:  # max_iter=0 asks for the start, as scikit-learn
             last = abs(best.history[-1] - best.history[-2]) if len(best.history) > 1 else float("nan")
             warnings.warn(
                 f"the best restart did not converge in max_iter={self.max_iter} iterations "
@@ -461,10 +525,26 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
 
     # -- the fitted state -------------------------------------------------------
 
+    def _cast_bounds(self) -> None:
+        """``lower_bound_`` and ``lower_bounds_`` in the input's float32, where scikit-learn's are."""
+        dtype = getattr(self, "_public_dtype", None)
+        if dtype is not None and "lower_bound_" in self._input_dtype_attributes:
+            self.lower_bound_ = dtype.type(self.lower_bound_)
+            self.lower_bounds_ = [dtype.type(b) for b in self.lower_bounds_]
+
     def _set_public(self) -> None:
-        """The fitted attributes (``weights_`` and the family's) from the internal parameters."""
-        self.weights_ = self._params["weights"]
-        for name, value in self._family.to_public(self._params, self._context).items():
+        """The fitted attributes (``weights_`` and the family's) from the internal parameters.
+
+        With float32 input (``_public_dtype``) the attributes scikit-learn keeps in
+        float32 (``_input_dtype_attributes``) are float32 copies; inference
+        reads the float64 internal parameters.
+        """
+        self._fitted_with = self._settings_shape()  # what this fitted state was made under (warm_start)
+        public = {"weights_": self._params["weights"], **self._family.to_public(self._params, self._context)}
+        dtype = getattr(self, "_public_dtype", None)
+        for name, value in public.items():
+            if dtype is not None and name in self._input_dtype_attributes:
+                value = value.astype(dtype) if isinstance(value, np.ndarray) else dtype.type(value)
             setattr(self, name, value)
 
 
@@ -520,6 +600,7 @@ def fit_models(
     if transform is not None:
         data = data.map_blocks(transform, dtype=bool)
     plans = [model._start_plan(n, d) for model in models]
+    warm = lead._warm_restart(d) if len(models) == 1 else None  # a grid's candidates start afresh
     w = prepare_weights(sample_weight, data)
     schedule = lead._schedule(n)
     fp = fingerprint(prep, X)
@@ -552,6 +633,10 @@ def fit_models(
             context, restarts = ckpt.restore(*saved)
             groups = [restarts]
             logger.info("resuming from %s at iteration %d", checkpoint, max(r.n_iter for r in restarts))
+        elif warm is not None:
+            context, groups = lead._context, [[_warm_start(lead, warm, plans[0], data, w, runner)]]
+            logger.info("warm start from the last fit's parameters")
+            save(groups[0])
         else:
             context, groups = _start(plans, data, w, family, runner)
             save([r for group in groups for r in group])
@@ -568,7 +653,9 @@ def fit_models(
         def on_iteration(r: Restart) -> None:
             if bars is not None:
                 bars.update(r.event())
-            if lead.verbose >= 2:
+            if lead.verbose >= 2 and (
+                r.n_iter % lead.verbose_interval == 0 or not r.running or r.n_iter >= lead.max_iter
+            ):
                 _log_iteration(r)
             if callback is not None:
                 callback(r.event())
@@ -596,7 +683,9 @@ def fit_models(
                 continue
             model.training_data_ = fp
             model._stream = None  # fit starts afresh: partial_fit's stream is forgotten
-            model.n_passes_ = (0 if saved is not None else 1) + rounds
+            # The start reads the data once (a warm start: once if the new data set a prior).
+            started = saved is None and (warm is None or plans[0].data_settings is not None)
+            model.n_passes_ = int(started) + rounds
         scores: list[StepResult | None] = [None] * len(models)
         if score:
             healthy = [r for r in best if r is not None]
@@ -620,6 +709,16 @@ def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
             own_starts = [family.recenter(p, own_context, context) for p in own_starts]
         groups.append(restarts_from(plan, own_starts))
     return context, groups
+
+
+def _warm_start(model: BaseMixture, restart: Restart, plan: StartPlan, data, w, runner: Runner) -> Restart:
+    """The warm restart, its parameters refreshed by the new data's settings (one compute, if any)."""
+    settings = {}
+    if plan.data_settings is not None:
+        wanted = plan.data_settings(data, w)
+        settings = dict(zip(wanted, runner.compute(list(wanted.values()))))
+    restart.params = model._refresh_warm_params(restart.params, {**plan.settings, **settings}, model._context)
+    return restart
 
 
 def _log_iteration(r: Restart) -> None:

@@ -557,6 +557,11 @@ def _pow2(value: float) -> int:
 # ---------------------------------------------------------------------------
 
 
+# A diagonal variance at most this fraction of its raw second moment is round-off (4,000-row
+# tiles summed in BLAS leave a few thousand eps at most): read as zero.
+ROUNDOFF_VARIANCE = 1e-12
+
+
 class DiagLayout:
     """A diagonal covariance per component, (K, d); the design ``[(x - c)**2, x - c, 1]``."""
 
@@ -651,7 +656,13 @@ class DiagLayout:
         s2, s1, n = moments[:, :d], moments[:, d : 2 * d], moments[:, 2 * d]
         nk = n + MASS_EPS
         new_means = s1 / nk[:, None]
-        cov = s2 / nk[:, None] - new_means**2 + reg_covar
+        second = s2 / nk[:, None]
+        var = second - new_means**2
+        # A component collapsed onto a value has variance zero; from raw moments it comes back
+        # as round-off of the second moment (about 1e-16 of it). Read such a variance as the zero
+        # it is, so that with reg_covar=0 the collapse is refused, as scikit-learn refuses it.
+        var[var <= ROUNDOFF_VARIANCE * second] = 0.0
+        cov = var + reg_covar
         return nk, new_means, cov
 
     def draw(self, mean, cov, j, count, rng):

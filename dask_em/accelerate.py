@@ -16,10 +16,11 @@ iterates (``L_0, L_1, ...``, each the mean log-likelihood per row):
   so a run of estimates below ``tol`` is the evidence that the linear regime
   has been reached.
 
-The default ``tol`` (``tol=None``, :func:`default_tol`) is scikit-learn's 1e-3
-for the change rule, and for Aitken's ``1 / n_samples`` clipped to
-``[1e-6, 1e-3]``: a remaining gain of about one nat of total log-likelihood,
-below which the optimisation error is smaller than the sampling error of the
+Each rule's default threshold (:func:`default_tol`; in force for ``tol=None``,
+and for Aitken's rule picked by ``stopping="auto"`` as the cap ``min(tol, ...)``,
+so the estimators' default ``tol=1e-3`` keeps it) is scikit-learn's 1e-3 for the
+change rule, and for Aitken's ``1 / n_samples`` clipped to ``[1e-6, 1e-3]``:
+a remaining gain of about one nat of total log-likelihood, below which the optimisation error is smaller than the sampling error of the
 parameters (a likelihood-ratio difference of a few nats is noise), and no
 looser than scikit-learn's rule on small data nor tighter than 1e-6 per row on
 very large data, where each pass is expensive.

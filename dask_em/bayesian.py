@@ -241,8 +241,10 @@ def m_step(stats: Stats, nk: np.ndarray, means: np.ndarray, prior: Params, covar
     GaussianMixture's M-step of the same statistics gives ``x̄_k`` and ``S_k``
     (:func:`dask_em.gaussian.m_step`), then :func:`posterior`.
     """
-    estimates = gaussian.m_step(stats, means, covariance_type, reg_covar)
-    return posterior(nk + MASS_EPS, estimates["means"], estimates["covariances"], prior, covariance_type)
+    # Only the estimates: their own precision factors are never used (a singular estimate of an
+    # empty component is fine under the prior, as in scikit-learn).
+    _, xk, sk = LAYOUTS[covariance_type].m_step(stats, means, reg_covar)
+    return posterior(nk + MASS_EPS, xk, sk, prior, covariance_type)
 
 
 # ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import numpy as np
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._validation import fail, is_real
-from .bayesian import PRIOR_TYPES, BayesianGaussianFamily
+from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, resolve_prior
 from .gaussian_mixture import compute_dtype_name
 from .starts import data_moments_graph
 from .family import Family
@@ -31,12 +31,14 @@ class BayesianGaussianMixture(BaseMixture):
         Upper bound on the number of components; superfluous ones get weights
         near zero (they are kept, as in scikit-learn).
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float or None, default=None
+    tol : float or None, default=1e-3
         Convergence threshold on the change of the lower bound (a total over
-        rows, as scikit-learn's). None: 1e-3 (scikit-learn's default) under the change
-        rule; see :func:`dask_em.accelerate.default_tol` for Aitken's.
+        rows, as scikit-learn's). Aitken's rule under ``stopping="auto"``
+        stops at ``min(tol, 1 / n_samples)`` (in [1e-6, 1e-3]), as for
+        :class:`dask_em.GaussianMixture`; None: each rule's default.
     reg_covar : float, default=1e-6
     max_iter : int, default=100
+        0 returns the starting parameters, as scikit-learn does.
     n_init : int, default=1
         Restarts, run side by side sharing every read; the highest final
         lower bound wins.
@@ -57,7 +59,14 @@ class BayesianGaussianMixture(BaseMixture):
         Shape (d, d) full/tied, (d,) diag, float spherical. Default: the
         covariance of all rows (ddof=1; for diag its diagonal, for spherical
         the mean of that), computed with ``mean_prior``'s pass.
-    random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, accelerate, stopping, stepwise_passes
+    random_state, verbose, verbose_interval
+        As for :class:`dask_em.GaussianMixture`.
+    warm_start : bool, default=False
+        As for :class:`dask_em.GaussianMixture`: one restart from the last
+        fit's variational parameters; the priors from the data's moments
+        (``mean_prior``, ``covariance_prior`` left None) are recomputed from
+        the rows of the new fit, as scikit-learn's are.
+    init_sample_size, split_every, init_strategy, n_short, short_iter, accelerate, stopping, stepwise_passes
         As for :class:`dask_em.GaussianMixture`.
     missing : {"error"}, default="error"
         NaN is refused; this estimator does not marginalise missing values.
@@ -85,7 +94,9 @@ class BayesianGaussianMixture(BaseMixture):
     degrees_of_freedom_ : ndarray of shape (n_components,) (a float for tied)
     weight_concentration_prior_, mean_precision_prior_, mean_prior_,
     degrees_of_freedom_prior_, covariance_prior_
-        The prior used.
+        The prior used. For float32 input ``mean_prior_`` (and for diag and
+        spherical ``covariance_prior_``) is float32 and the rest float64,
+        as in scikit-learn.
     converged_, n_iter_, restarts_, n_components_, n_features_in_
         As for :class:`dask_em.GaussianMixture`.
     lower_bound_ : float
@@ -100,7 +111,7 @@ class BayesianGaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float | None = None,
+        tol: float | None = 1e-3,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -112,9 +123,11 @@ class BayesianGaussianMixture(BaseMixture):
         degrees_of_freedom_prior: float | None = None,
         covariance_prior=None,
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -128,7 +141,7 @@ class BayesianGaussianMixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
@@ -142,6 +155,15 @@ class BayesianGaussianMixture(BaseMixture):
         self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule on the ELBO: equal to scikit-learn's estimator
+    @property
+    def _input_dtype_attributes(self) -> tuple[str, ...]:
+        # scikit-learn's other attributes are float64 whatever X is; its covariance prior follows
+        # X where it comes from np.var (diag, spherical), not from np.cov (full, tied).
+        return ("mean_prior_", "covariance_prior_") if self.covariance_type in ("diag", "spherical") else ("mean_prior_",)
+
+    def _refresh_warm_params(self, params: dict, data_settings: dict, context) -> dict:
+        """The prior from this fit's rows, as scikit-learn's warm start recomputes it on every fit."""
+        return {**params, **resolve_prior(data_settings, context)}
 
     def make_family(self) -> Family:
         return BayesianGaussianFamily(reg_covar=float(self.reg_covar), compute_dtype=compute_dtype_name(self.compute_dtype))
@@ -221,6 +243,11 @@ class BayesianGaussianMixture(BaseMixture):
 
     def _start_plan(self, n: int, d: int):
         """The start, plus the data-dependent prior's moments in the same compute (one read per chunk)."""
+        if n < 2 and self.covariance_prior is None:
+            raise ValueError(
+                f"X has {n} row (n_samples={n}); the default covariance_prior is the covariance of all rows "
+                "(ddof=1), which needs at least 2. Pass more rows, or give covariance_prior."
+            )
         plan = super()._start_plan(n, d)
         if self.mean_prior is None or self.covariance_prior is None:
             ct = self.covariance_type

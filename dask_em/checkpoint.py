@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from typing import Any
 
@@ -32,7 +33,7 @@ from .restarts import Restart
 
 FORMAT_VERSION = 1
 # Parameters a resumed fit may change; every other constructor parameter must match.
-FREE_PARAMS = ("max_iter", "tol", "verbose", "split_every", "prune_margin")
+FREE_PARAMS = ("max_iter", "tol", "verbose", "verbose_interval", "split_every", "prune_margin")
 
 
 class CheckpointError(ValueError):
@@ -143,6 +144,8 @@ def state(restarts: list[Restart], context, fingerprint: dict, params: dict) -> 
         entry["has_params"] = r.params is not None
         entry["dropped_components"] = [list(x) for x in r.dropped]
         entry["param_values"] = {}
+        if math.isfinite(r.entry_bound):
+            entry["entry_bound"] = r.entry_bound
         if r.params is not None:
             for key, value in r.params.items():
                 if isinstance(value, np.ndarray):
@@ -190,6 +193,7 @@ def restore(meta: dict, arrays: dict) -> tuple[Any, list[Restart]]:
                 refined_at=e.get("refined_at"),
                 roundoff_run=e.get("roundoff_run", 0),
                 falls=e.get("bound_falls", 0),
+                entry_bound=e.get("entry_bound", -math.inf),
             )
         )
     return arrays.get("context"), restarts

@@ -126,7 +126,10 @@ _FIT_CONFIG_KEYS = {
     "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
     "weight_concentration_prior_type", "weight_concentration_prior", "prior", "compute_dtype",
+    "warm_start", "verbose_interval",
 }
+# What --warm-start MODEL may change on the stored estimator; its other settings define the model.
+_WARM_SETTABLE = ("max_iter", "tol", "accelerate", "stopping", "reg_covar", "compute_dtype", "verbose_interval")
 GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
 
 FAMILIES = FAMILY_NAMES
@@ -141,6 +144,36 @@ def _parse_categories(text: str | int | list | None):
     except ValueError:
         raise Failure(f"--n-categories takes an int or a list like 3,5,2; received {text!r}.") from None
     return values[0] if len(values) == 1 else tuple(values)
+
+
+def _warm_estimator(ctx: click.Context, path: str, options: dict, settings: dict):
+    """The stored estimator at ``path`` with ``warm_start=True`` and the settings given on the command line."""
+    from click.core import ParameterSource
+
+    from .store import load
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+    fixed = sorted(
+        name for name in ctx.params
+        if name not in (*_WARM_SETTABLE, "warm_start", "input", "output", "variable", "storage_option", "scheduler",
+                        "checkpoint", "resume", "clear_checkpoint", "kube_cluster", "chunk_rows", "overwrite",
+                        "fail_on_no_converge", "quiet", "as_json")
+        and given(name)
+    )
+    if fixed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+        raise Failure(
+            f"{flags}: --warm-start {path} continues that model, whose settings define it; only "
+            f"{', '.join('--' + n.replace('_', '-') for n in _WARM_SETTABLE)} may change. Leave {flags} out, or fit "
+            "afresh without --warm-start."
+        )
+    with _user_errors():
+        model = load(path, storage_options=options)
+        model.set_params(warm_start=True, **{name: value for name, value in settings.items() if given(name)})
+        model.check_params()
+    return model
 
 
 def _make_estimator(ctx: click.Context, family: str, components: int, covariance_type: str, reg_covar: float,
@@ -236,9 +269,17 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
 @click.option("--max-iter", type=int, default=100, show_default=True)
 @click.option("--tol", type=float, default=None,
-              help="default: 1e-3 for the change rule; 1/n_samples in [1e-6, 1e-3] for aitken.")
+              help="default: the estimator's (1e-3, scikit-learn's, for gaussian and bayesian_gaussian; under "
+                   "--stopping auto Aitken's rule also stops no later than at 1/n_samples in [1e-6, 1e-3]).")
 @click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
               help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
+@click.option("--warm-start", "warm_start", metavar="MODEL",
+              help="Continue the fit of the model store MODEL on INPUT (scikit-learn's warm_start: one restart "
+                   "from its parameters, e.g. after rows were appended); its settings define the model, and only "
+                   f"{', '.join('--' + n.replace('_', '-') for n in _WARM_SETTABLE)} may change them.")
+@click.option("--verbose-interval", type=int, default=10, show_default=True,
+              help="Iterations between text progress lines (the last one always shows; --json shows every "
+                   "iteration); the model's verbose_interval.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
               help="change: the change of the bound below tol; aitken: estimated remaining gain per row < tol; auto: "
                    "change for plain Gaussian EM, else aitken.")
@@ -273,7 +314,7 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.pass_context
 def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n_categories,
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
-        tol, accelerate, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, init_strategy, seed, variable,
+        tol, accelerate, warm_start, verbose_interval, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, init_strategy, seed, variable,
         storage_option, scheduler, checkpoint, resume,
         clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
@@ -290,16 +331,27 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
     _setup_logging(quiet, as_json)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
-    model = _make_estimator(
-        ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
-        weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
-        compute_dtype=compute_dtype, n_init=n_init, max_iter=max_iter, tol=tol, init_params=init_params, random_state=seed, missing=missing,
-        accelerate=None if accelerate == "none" else accelerate, stopping=stopping,
-        stepwise_passes=stepwise_passes, init_strategy=init_strategy,
-    )
+    accelerate = None if accelerate == "none" else accelerate
+    if warm_start:
+        model = _warm_estimator(ctx, warm_start, options, {
+            "max_iter": max_iter, "tol": tol, "accelerate": accelerate, "stopping": stopping, "reg_covar": reg_covar,
+            "compute_dtype": compute_dtype, "verbose_interval": verbose_interval,
+        })
+    else:
+        model = _make_estimator(
+            ctx, family, components, covariance_type, reg_covar, pseudo_count, n_categories,
+            weight_concentration_prior_type, weight_concentration_prior, gaussian_prior=prior,
+            compute_dtype=compute_dtype, n_init=n_init, max_iter=max_iter, init_params=init_params, random_state=seed,
+            missing=missing, accelerate=accelerate, stopping=stopping, verbose_interval=verbose_interval,
+            stepwise_passes=stepwise_passes, init_strategy=init_strategy, **({} if tol is None else {"tol": tol}),
+        )
+    interval = model.verbose_interval
 
     def progress(event: dict) -> None:
         if quiet:
+            return
+        last = event["converged"] or event["failed"] or event["iteration"] >= model.max_iter
+        if not as_json and event["iteration"] % interval and not last:
             return
         if as_json:
             _echo_json({"event": "iteration", **event}, err=True)

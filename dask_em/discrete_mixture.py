@@ -15,7 +15,8 @@ _COMMON_DOC = """
     n_components : int, default=1
     pseudo_count : float, default=1e-3
         {prior}
-    tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
+    tol, max_iter, n_init, init_params, random_state, warm_start, verbose, verbose_interval,
+    init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
         As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
         others) run on {space} of a uniform sample of rows.
 
@@ -65,9 +66,11 @@ class _DiscreteMixture(BaseMixture):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -80,7 +83,7 @@ class _DiscreteMixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.pseudo_count = pseudo_count
@@ -138,9 +141,11 @@ class BernoulliMixture(_DiscreteMixture):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -153,7 +158,7 @@ class BernoulliMixture(_DiscreteMixture):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
-            split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
+            split_every=split_every, warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short,
             short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate,
             stopping=stopping, stepwise_passes=stepwise_passes,
         )
@@ -225,9 +230,11 @@ class CategoricalMixture(_DiscreteMixture):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -240,7 +247,7 @@ class CategoricalMixture(_DiscreteMixture):
         super().__init__(
             n_components, pseudo_count=pseudo_count, tol=tol, max_iter=max_iter, n_init=n_init,
             init_params=init_params, random_state=random_state, init_sample_size=init_sample_size,
-            split_every=split_every, verbose=verbose, init_strategy=init_strategy, n_short=n_short,
+            split_every=split_every, warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short,
             short_iter=short_iter, prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.n_categories = n_categories

@@ -10,7 +10,7 @@ from ._validation import fail, is_real
 from .starts import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
-from .prior import check_spec, needs_moments, prior_spec
+from .prior import check_spec, needs_moments, prior_spec, resolve_prior
 from .starts import StartPlan
 
 # reg_covar's default: with a prior it must stay there (or be 0), since the prior regularises instead.
@@ -43,18 +43,26 @@ class GaussianMixture(BaseMixture):
     n_components : int, default=1
         Number of mixture components K.
     covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
-    tol : float or None, default=None
+    tol : float or None, default=1e-3
         Convergence threshold, in nats per row, of the stopping rule in force
-        (``stopping``). None: scikit-learn's 1e-3 for the change rule (so
-        ``GaussianMixture()`` equals scikit-learn's), and for Aitken's rule
-        ``1 / n_samples`` clipped to [1e-6, 1e-3] (a remaining gain of about
-        one nat in all; :func:`dask_em.accelerate.default_tol`).
+        (``stopping``). For plain EM it is scikit-learn's: stop when the lower
+        bound changes by less than ``tol`` in an iteration. Aitken's rule has
+        a default of its own, ``1 / n_samples`` clipped to [1e-6, 1e-3] (a
+        remaining gain of about one nat in all;
+        :func:`dask_em.accelerate.default_tol`), kept in the rule rather than
+        in ``tol`` so that ``get_params()`` equals scikit-learn's: when
+        ``stopping="auto"`` picks Aitken's rule (``accelerate="squarem"``), it
+        stops at ``min(tol, 1 / n_samples)``, which for the default ``tol`` is
+        the rule's own default. An explicit ``stopping="aitken"`` takes
+        ``tol`` as given; None asks for each rule's default.
     reg_covar : float, default=1e-6
         Added to the diagonal of every covariance (scikit-learn's ridge). Not
         used with a ``prior``, which regularises instead (leave it at its
         default or 0 then).
     max_iter : int, default=100
-        EM iterations per restart.
+        EM iterations per restart. 0 returns the starting parameters
+        (``n_iter_=0``, ``lower_bound_=-inf``, no convergence warning), as
+        scikit-learn does.
     n_init : int, default=1
         Restarts; they run side by side, sharing every chunk read, and the one
         with the highest final lower bound wins.
@@ -69,6 +77,22 @@ class GaussianMixture(BaseMixture):
     random_state : int, SeedSequence, Generator, RandomState or None
         Drives the sample, every start and :meth:`sample`. Each restart gets
         its own stream from ``SeedSequence.spawn``.
+    warm_start : bool, default=False
+        As scikit-learn's: each :meth:`fit` of a fitted estimator (by
+        :meth:`fit`, :meth:`partial_fit` or :func:`dask_em.load`) is one
+        restart from its parameters (``n_init`` and the starts unused), the
+        first iteration's change measured from the last ``lower_bound_``; a
+        prior from the data's moments is recomputed from the new rows. Any
+        input ``fit`` takes, e.g. a Zarr store that rows were appended to.
+        The restart is reported as ``start="warm_start"`` in ``restarts_``.
+    verbose : int, default=0
+        0: silent. 1: a live progress bar per restart (a widget in Jupyter,
+        a text bar on a terminal) with iteration, lower bound and its change.
+        2: also an INFO line on the ``dask_em`` logger every
+        ``verbose_interval`` iterations of each restart, and at its last.
+        (scikit-learn prints; dask-em draws bars and logs.)
+    verbose_interval : int, default=10
+        Iterations between the INFO lines of ``verbose=2``.
     init_sample_size : int, optional
         Rows sampled for the starts; default ``max(20_000, 1_000 K)`` capped by
         n_samples.
@@ -147,17 +171,15 @@ class GaussianMixture(BaseMixture):
         "marginalize" fits by EM under missing at random: an incomplete row
         contributes through the marginal density of its observed values, and
         its missing values through their conditional expectations.
-    verbose : int, default=0
-        0: silent. 1: a live progress bar per restart (a widget in Jupyter,
-        a text bar on a terminal) with iteration, lower bound and its change.
-        2: also one INFO line per restart per iteration on the ``dask_em`` logger.
 
     Attributes
     ----------
     weights_ : ndarray of shape (n_components,)
     means_ : ndarray of shape (n_components, n_features)
     covariances_, precisions_, precisions_cholesky_ : ndarray
-        Shapes as in scikit-learn for the covariance type.
+        Shapes as in scikit-learn for the covariance type. float32 for
+        float32 input (as are ``weights_``, ``means_`` and the bounds), as
+        scikit-learn's; EM's statistics and parameters stay float64.
     converged_ : bool
     n_iter_ : int
     lower_bound_ : float
@@ -195,7 +217,7 @@ class GaussianMixture(BaseMixture):
         n_components: int = 1,
         *,
         covariance_type: str = "full",
-        tol: float | None = None,
+        tol: float | None = 1e-3,
         reg_covar: float = 1e-6,
         max_iter: int = 100,
         n_init: int = 1,
@@ -204,9 +226,11 @@ class GaussianMixture(BaseMixture):
         means_init=None,
         precisions_init=None,
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -221,7 +245,7 @@ class GaussianMixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.covariance_type = covariance_type
@@ -233,6 +257,18 @@ class GaussianMixture(BaseMixture):
         self.compute_dtype = compute_dtype
 
     _plain_stopping = "change"  # scikit-learn's rule: GaussianMixture() equals scikit-learn's
+    _input_dtype_attributes = (
+        "weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_", "lower_bound_",
+    )
+
+    def _refresh_warm_params(self, params: dict, data_settings: dict, context) -> dict:
+        """A prior from the moments of all rows is recomputed from the rows of this fit."""
+        spec = prior_spec(self.prior)
+        if spec is None or not needs_moments(spec):
+            return params
+        d = params["means"].shape[1]
+        prior = resolve_prior(spec, self.covariance_type, self.n_components, d, data_settings["prior_moments"], context)
+        return {**params, **prior}
 
     def make_family(self) -> Family:
         spec = prior_spec(self.prior)

@@ -19,7 +19,8 @@ class Mixture(BaseMixture):
     ----------
     family : dask_em.family.Family
         The component distribution.
-    n_components, tol, max_iter, n_init, init_params, random_state, init_sample_size, split_every, verbose, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
+    n_components, tol, max_iter, n_init, init_params, random_state, warm_start, verbose,
+    verbose_interval, init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
         As for :class:`GaussianMixture` (``missing="marginalize"`` needs a family that
         supports it).
 
@@ -41,9 +42,11 @@ class Mixture(BaseMixture):
         n_init: int = 1,
         init_params: str = "kmeans",
         random_state=None,
+        warm_start: bool = False,
+        verbose: int = 0,
+        verbose_interval: int = 10,
         init_sample_size: int | None = None,
         split_every: int | None = None,
-        verbose: int = 0,
         init_strategy: str = "single",
         n_short: int = 20,
         short_iter: int = 10,
@@ -56,7 +59,7 @@ class Mixture(BaseMixture):
         super().__init__(
             n_components, tol=tol, max_iter=max_iter, n_init=n_init, init_params=init_params,
             random_state=random_state, init_sample_size=init_sample_size, split_every=split_every,
-            verbose=verbose, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
+            warm_start=warm_start, verbose=verbose, verbose_interval=verbose_interval, init_strategy=init_strategy, n_short=n_short, short_iter=short_iter,
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.family = family

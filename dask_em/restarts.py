@@ -61,6 +61,9 @@ class Restart:
     refined_at: int | None = None
     roundoff_run: int = 0  # iterations in a row whose change was within the E-step's round-off
     falls: int = 0  # iterations whose bound fell beyond round-off (the first is warned)
+    # The bound the first iteration's change is measured from: -inf, or a warm start's last bound
+    # (scikit-learn's warm_start compares the first bound with the previous fit's lower_bound_).
+    entry_bound: float = -np.inf
 
     @property
     def lower_bound(self) -> float:
@@ -271,7 +274,8 @@ def advance(
     # The stopping rule reads the bounds of one precision: after a refinement, float64's only.
     run = restart.history if restart.refined_at is None else restart.history[restart.refined_at :]
     if stopping == "change":
-        if len(run) > 1 and math.isfinite(run[-2]) and abs(run[-1] - run[-2]) < tol:
+        reference = run[-2] if len(run) > 1 else (restart.entry_bound if restart.refined_at is None else -math.inf)
+        if math.isfinite(reference) and abs(current - reference) < tol:
             restart.converged = True
     elif accelerate.has_converged(run, tol, stopping):
         restart.converged = True

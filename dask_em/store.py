@@ -123,6 +123,8 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
             "n_components": model.n_components_,
             "n_features_in": model.n_features_in_,
             "best_restart": model.best_restart_,
+            # float32 input gives float32 public attributes (the parameters are stored in float64)
+            "public_dtype": None if getattr(model, "_public_dtype", None) is None else str(model._public_dtype),
             "feature_names_in": list(map(str, getattr(model, "feature_names_in_", []))) or None,
         },
         "restarts": model.restarts_,
@@ -261,17 +263,22 @@ def load(path: str | os.PathLike, *, storage_options: dict | None = None, family
         raise ModelStoreError(f"{os.fspath(path)!r} holds NaN or infinite parameters; it is not a usable model.")
     context = group["context"][...] if "context" in group else None
     fitted = attrs["fitted"]
+    if fitted.get("public_dtype") not in (None, "float32"):
+        raise ModelStoreError(f"{os.fspath(path)!r} names public_dtype {fitted['public_dtype']!r}; expected null or 'float32'.")
+    model._public_dtype = None if fitted.get("public_dtype") is None else np.dtype(fitted["public_dtype"])
     restore_fitted(model, FittedState(model.make_family(), context, params), {
         "lower_bounds_": group["lower_bounds"][...].tolist(),
         "converged_": fitted["converged"],
         "n_iter_": fitted["n_iter"],
-        "lower_bound_": fitted["lower_bound"],
+        # JSON has no -inf: a model of max_iter=0 (no iteration, as scikit-learn's) stores null
+        "lower_bound_": -np.inf if fitted["lower_bound"] is None else fitted["lower_bound"],
         "n_components_": fitted["n_components"],
         "n_features_in_": fitted["n_features_in"],
         "best_restart_": fitted["best_restart"],
         "restarts_": attrs["restarts"],
         "training_data_": attrs.get("training_data"),
     })
+    model._cast_bounds()
     if fitted.get("feature_names_in"):
         model.feature_names_in_ = np.asarray(fitted["feature_names_in"], dtype=object)
     return model

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -472,3 +473,49 @@ def test_fit_with_emem_is_the_librarys_emem_fit(points, tmp_path):
                   "--init-params", "random")
     assert refused.exit_code == 2 and not (tmp_path / "b.zarr").exists()
     assert "--init-params random applies to --init-strategy single" in refused.stderr
+
+
+# -- scikit-learn's warm_start and verbose_interval -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_points(tmp_path_factory):
+    path = tmp_path_factory.mktemp("small") / "points.zarr"
+    result = run("generate", path, "-n", 3000, "-d", 3, "-k", 3, "--seed", 4, "--chunk-rows", 1000)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_fit_warm_start_continues_a_stored_model_as_the_library(small_points, tmp_path):
+    start, model = tmp_path / "start.zarr", tmp_path / "warm.zarr"
+    result = run("fit", small_points, "-o", start, "-k", 3, "--seed", 0, "--max-iter", 2, "--verbose-interval", 5, "-q")
+    assert result.exit_code == 0, result.output
+    stored = dask_em.load(start)
+    assert stored.get_params()["tol"] == 1e-3 == dask_em.GaussianMixture().tol  # the estimator's default
+    assert stored.verbose_interval == 5 and stored.warm_start is False
+
+    result = run("fit", small_points, "-o", model, "--warm-start", start, "--max-iter", 50)
+    assert result.exit_code == 0, result.output
+    # Progress every 5 iterations, and the last one.
+    shown = [int(m) for m in re.findall(r"restart 0 iteration +(\d+)", result.output)]
+    warm = dask_em.load(model)
+    assert shown == [i for i in range(1, warm.n_iter_ + 1) if i % 5 == 0 or i == warm.n_iter_]
+
+    reference = dask_em.load(start).set_params(warm_start=True, max_iter=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference.fit(str(small_points))
+    assert warm.get_params() == reference.get_params() and warm.warm_start is True
+    assert warm.restarts_[0]["start"] == "warm_start"
+    np.testing.assert_array_equal(warm.means_, reference.means_)
+    assert warm.n_iter_ == reference.n_iter_
+
+
+def test_fit_warm_start_refuses_settings_that_define_the_model(small_points, tmp_path):
+    start = tmp_path / "start.zarr"
+    assert run("fit", small_points, "-o", start, "-k", 3, "--seed", 0, "--max-iter", 2, "-q").exit_code == 0
+    result = run("fit", small_points, "-o", tmp_path / "x.zarr", "--warm-start", start, "-k", 4, "--seed", 1)
+    assert result.exit_code == 2
+    assert re.search(r"--components, --seed: --warm-start .* continues that model", result.output)
+    result = run("fit", small_points, "-o", tmp_path / "x.zarr", "--warm-start", tmp_path / "missing.zarr")
+    assert result.exit_code == 2 and "not a dask-em model store" in result.output

@@ -1,8 +1,8 @@
-"""scikit-learn's own conformance suite over the four built-in estimators.
+"""scikit-learn's own conformance suite over the built-in estimators.
 
 ``parametrize_with_checks`` runs every check scikit-learn applies to a density
-estimator. The instances are small (K=2, ``max_iter=20``) so the suite stays
-quick; each expected failure is declared with its reason in
+estimator, over the five built-in estimators. The instances are small (K=2,
+``max_iter=20``) so the suite stays quick; each expected failure is declared with its reason in
 ``EXPECTED_FAILED`` (scikit-learn reports it as xfail and fails if it passes).
 """
 
@@ -27,6 +27,7 @@ FLOAT_CODES = (
 
 EXPECTED_FAILED = {
     "GaussianMixture": {"check_sample_weight_equivalence_on_dense_data": WEIGHT_EQUIVALENCE},
+    "BayesianGaussianMixture": {"check_sample_weight_equivalence_on_dense_data": WEIGHT_EQUIVALENCE},
     "BernoulliMixture": {},
     "PoissonMixture": {
         "check_sample_weight_equivalence_on_dense_data": (
@@ -49,6 +50,7 @@ EXPECTED_FAILED = {
 
 ESTIMATORS = [
     dask_em.GaussianMixture(**SETTINGS),
+    dask_em.BayesianGaussianMixture(**SETTINGS),
     # As scikit-learn's BernoulliNB: the checks' Gaussian data read as x > 0.
     dask_em.BernoulliMixture(binarize=0.0, **SETTINGS),
     dask_em.PoissonMixture(**SETTINGS),

@@ -1,0 +1,523 @@
+"""Every parameter of scikit-learn's two Gaussian mixtures, and the behaviours its users rely on,
+against the installed scikit-learn itself.
+
+The starts agree without private API: dask-em's restart 0 runs k-means with
+``RandomState(seed)`` (``restarts_[0]["seed"]``) on its initialisation sample,
+which is every row here (n <= 20,000), and scikit-learn's estimator with
+``random_state=seed`` runs the same k-means on the same rows.
+
+Run this file as a script (``python tests/test_sklearn_params.py``) to rewrite the
+generated tables of ``docs/compatibility.md``; the test below fails when they drift.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import BayesianGaussianMixture as SkBGM
+from sklearn.mixture import GaussianMixture as SkGM
+
+import dask_em
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import mixture  # noqa: E402
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+PAIRS = [(dask_em.GaussianMixture, SkGM), (dask_em.BayesianGaussianMixture, SkBGM)]
+DOC = Path(__file__).parent.parent / "docs" / "compatibility.md"
+
+
+def quiet(fn, *args, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kw)
+
+
+def close(actual, desired, what, rtol=1e-8):
+    actual, desired = np.asarray(actual, dtype=np.float64), np.asarray(desired, dtype=np.float64)
+    # An absolute floor at rtol of the array's scale: entries near zero come from cancellation.
+    scale = max(1.0, float(np.abs(desired).max()))
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def fitted_arrays(model) -> dict:
+    """The fitted attributes both libraries have, as float arrays (the concentration tuple flattened)."""
+    names = ["weights_", "means_", "covariances_", "precisions_", "precisions_cholesky_"]
+    if hasattr(model, "mean_precision_"):
+        names += ["mean_precision_", "degrees_of_freedom_", "mean_prior_", "covariance_prior_"]
+    out = {name: np.asarray(getattr(model, name), dtype=np.float64) for name in names}
+    if hasattr(model, "weight_concentration_"):
+        out["weight_concentration_"] = np.ravel(np.asarray(model.weight_concentration_, dtype=np.float64))
+    return out
+
+
+def assert_same_model(ours, ref, what, rtol=1e-8):
+    assert ours.n_iter_ == ref.n_iter_, f"{what}: n_iter_ {ours.n_iter_} != {ref.n_iter_}"
+    assert ours.converged_ == ref.converged_, what
+    close(np.ravel(ours.lower_bounds_), np.ravel(ref.lower_bounds_), f"{what}: lower_bounds_", rtol)
+    ref_arrays = fitted_arrays(ref)
+    for name, value in fitted_arrays(ours).items():
+        close(value, ref_arrays[name], f"{what}: {name}", rtol)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    X, _, _ = mixture(np.random.default_rng(5), n=900, d=3, k=3, spread=5.0, offset=20.0)
+    return X
+
+
+# -- parameters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_every_scikit_learn_parameter_with_its_default_first(ours, theirs):
+    """scikit-learn's parameters, in scikit-learn's order and with its defaults; dask-em's own after them."""
+    sk = inspect.signature(theirs).parameters
+    here = inspect.signature(ours).parameters
+    assert list(here)[: len(sk)] == list(sk)
+    for name, parameter in sk.items():
+        assert here[name].default == parameter.default, name
+    defaults = ours().get_params()
+    assert {k: defaults[k] for k in sk} == theirs().get_params()
+
+
+NON_DEFAULT = dict(
+    n_components=3, covariance_type="diag", tol=1e-5, reg_covar=1e-4, max_iter=7, n_init=2,
+    init_params="k-means++", random_state=3, warm_start=True, verbose=0, verbose_interval=4,
+)
+BAYESIAN_NON_DEFAULT = dict(
+    weight_concentration_prior_type="dirichlet_distribution", weight_concentration_prior=0.5,
+    mean_precision_prior=2.0, mean_prior=[0.0, 1.0, 2.0], degrees_of_freedom_prior=4.0,
+    covariance_prior=[1.0, 2.0, 3.0],
+)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_get_params_of_a_non_default_estimator_equal_scikit_learns(ours, theirs):
+    kw = dict(NON_DEFAULT)
+    if theirs is SkBGM:
+        kw.update(BAYESIAN_NON_DEFAULT)
+    else:
+        kw.update(weights_init=[0.2, 0.3, 0.5], means_init=np.zeros((3, 3)), precisions_init=np.ones((3, 3)))
+    here, sk = ours(**kw).get_params(), theirs(**kw).get_params()
+    for name, value in sk.items():
+        np.testing.assert_equal(here[name], value, err_msg=name)
+    ours(**kw).check_params()  # every value scikit-learn takes is taken
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_the_default_tol_is_the_change_rule_at_scikit_learns_threshold(rows, cov_type):
+    """GaussianMixture() stops where scikit-learn's does: same iteration, same model."""
+    ours = quiet(dask_em.GaussianMixture(3, covariance_type=cov_type, random_state=0).fit, rows)
+    ref = quiet(SkGM(3, covariance_type=cov_type, random_state=ours.restarts_[0]["seed"]).fit, rows)
+    assert ours.tol == ref.tol == 1e-3 and ours.stopping_rule() == "change"
+    assert_same_model(ours, ref, cov_type)
+
+
+def test_aitken_under_auto_stops_no_later_than_one_nat_in_all():
+    """tol=1e-3 with acceleration keeps the rule's own threshold: 1/n_samples within [1e-6, 1e-3]."""
+    gm = dask_em.GaussianMixture(accelerate="squarem")
+    assert gm.tol_in_force(100) == 1e-3
+    assert gm.tol_in_force(50_000) == pytest.approx(1 / 50_000)
+    assert gm.tol_in_force(10**9) == 1e-6
+    assert dask_em.GaussianMixture(accelerate="squarem", tol=1e-7).tol_in_force(50_000) == 1e-7
+    # An explicit rule takes tol as given; tol=None is still each rule's default.
+    assert dask_em.GaussianMixture(stopping="aitken").tol_in_force(50_000) == 1e-3
+    assert dask_em.GaussianMixture(stopping="aitken", tol=None).tol_in_force(50_000) == pytest.approx(1 / 50_000)
+
+
+# -- max_iter=0 ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_max_iter_zero_returns_the_start_as_scikit_learn(rows, ours, theirs, cov_type):
+    X = rows[:400]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)  # neither warns: the start was asked for
+        model = ours(3, covariance_type=cov_type, max_iter=0, random_state=0).fit(X)
+        ref = theirs(n_components=3, covariance_type=cov_type, max_iter=0,
+                     random_state=model.restarts_[0]["seed"]).fit(X)
+    assert model.n_iter_ == ref.n_iter_ == 0
+    assert model.converged_ is ref.converged_ is False
+    assert model.lower_bound_ == ref.lower_bound_ == -np.inf
+    assert model.lower_bounds_ == ref.lower_bounds_ == []
+    ref_arrays = fitted_arrays(ref)
+    for name, value in fitted_arrays(model).items():
+        close(value, ref_arrays[name], name)
+    np.testing.assert_array_equal(model.predict(X), ref.predict(X))
+
+
+def test_max_iter_zero_with_given_starting_parameters(rows):
+    start = dict(weights_init=[0.2, 0.3, 0.5], means_init=rows[:3])
+    model = dask_em.GaussianMixture(3, max_iter=0, random_state=0, **start).fit(rows)
+    ref = SkGM(3, max_iter=0, random_state=model.restarts_[0]["seed"], **start).fit(rows)
+    for name, value in fitted_arrays(ref).items():
+        close(getattr(model, name), value, name)
+    close(model.predict_proba(rows), ref.predict_proba(rows), "predict_proba")
+    # With precisions_init too, scikit-learn 1.9 fails (its start has no covariances_ to return);
+    # dask-em returns the given start.
+    precisions = np.stack([np.eye(3) * v for v in (1.0, 2.0, 4.0)])
+    given = dask_em.GaussianMixture(3, max_iter=0, precisions_init=precisions, **start).fit(rows)
+    close(given.precisions_, precisions, "precisions_")
+    close(given.covariances_, np.linalg.inv(precisions), "covariances_")
+    close(given.means_, rows[:3], "means_")
+    close(given.weights_, start["weights_init"], "weights_")
+
+
+# -- float32 ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_float32_in_gives_scikit_learns_dtypes_and_values(rows, ours, theirs, cov_type):
+    X32 = rows[:600].astype(np.float32)
+    kw = dict(n_components=3, covariance_type=cov_type, max_iter=20, tol=0.0)  # every iteration in both
+    model = quiet(ours(random_state=0, **kw).fit, X32)
+    ref = quiet(theirs(random_state=model.restarts_[0]["seed"], **kw).fit, X32)
+    for name, value in vars(ref).items():
+        if name.endswith("_") and not name.startswith("_") and isinstance(value, (np.ndarray, np.floating)):
+            assert np.asarray(getattr(model, name)).dtype == value.dtype, name
+    assert np.asarray(model.lower_bound_).dtype == np.asarray(ref.lower_bound_).dtype
+    # scikit-learn computes in float32 for GaussianMixture; dask-em in float64 and rounds at the end.
+    # Twenty iterations of float32 round-off (1.2e-7 relative a step) stay below 1e-4 relative here.
+    ref_arrays = fitted_arrays(ref)
+    for name, value in fitted_arrays(model).items():
+        close(value, ref_arrays[name], name, rtol=1e-4)
+    # The float32 attributes are the float64 fit of the same values, rounded once.
+    wide = quiet(ours(random_state=0, **kw).fit, X32.astype(np.float64))
+    for name in model._input_dtype_attributes:
+        np.testing.assert_array_equal(getattr(model, name), np.asarray(getattr(wide, name)).astype(np.float32))
+
+
+# -- reg_covar=0: a collapsed component ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_a_collapse_under_reg_covar_zero_as_scikit_learn(ours, theirs, cov_type):
+    """Ten rows at two points, ten components: scikit-learn refuses it with ValueError for every
+    covariance type of GaussianMixture; where its variational model fits it (diag, spherical: the
+    prior keeps every covariance proper), dask-em fits the same numbers."""
+    X = np.repeat(np.array([[0.0, 1.0], [3.0, 5.0]]), 5, axis=0)
+    kw = dict(n_components=10, covariance_type=cov_type, reg_covar=0.0)
+    try:
+        ref = quiet(theirs(random_state=0, **kw).fit, X)
+    except ValueError:
+        ref = None
+    if theirs is SkGM:
+        assert ref is None
+    if ref is None:
+        with pytest.raises(ValueError, match="not positive definite"):
+            quiet(ours(random_state=0, **kw).fit, X)
+    else:
+        model = quiet(ours(random_state=0, init_sample_size=10, **kw).fit, X)
+        ref = quiet(theirs(random_state=model.restarts_[0]["seed"], **kw).fit, X)
+        assert_same_model(model, ref, cov_type, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cov_type", ["diag", "spherical"])
+def test_a_collapse_mid_fit_is_refused_and_reg_covar_keeps_it(rows, cov_type):
+    """A component alone on 30 copies of one point: variance zero, refused at reg_covar=0; with
+    reg_covar it sits on the point with variance reg_covar (a closed form)."""
+    X = np.vstack([rows[:300], np.repeat(rows[:1] + 100.0, 30, axis=0)])
+    with pytest.raises(ValueError, match="not positive definite"):
+        quiet(dask_em.GaussianMixture(3, covariance_type=cov_type, reg_covar=0.0, random_state=0).fit, X)
+    try:
+        ref = quiet(SkGM(3, covariance_type=cov_type, reg_covar=0.0, random_state=0).fit, X)
+    except ValueError:
+        ref = None
+    if cov_type == "diag":
+        assert ref is None
+    else:
+        # scikit-learn takes its spherical variance from moments about zero, and the collapsed
+        # component keeps their round-off (6e-12 here, at values near 120): it misses this collapse.
+        assert ref.covariances_.min() < 1e-10
+    gm = quiet(dask_em.GaussianMixture(3, covariance_type=cov_type, reg_covar=1e-6, random_state=0).fit, X)
+    (alone,) = np.flatnonzero(np.isclose(gm.weights_, 30 / 330))
+    np.testing.assert_allclose(gm.means_[alone], rows[0] + 100.0, rtol=1e-12)
+    np.testing.assert_allclose(gm.covariances_[alone], 1e-6, rtol=1e-6)
+
+
+# -- warm_start ---------------------------------------------------------------------------
+
+
+def warm_sequence(ours, theirs, parts, **kw):
+    """fit, fit, fit with warm_start=True on growing data, in both libraries from the same start."""
+    model = ours(warm_start=True, random_state=0, **kw)
+    fits = []
+    ref = None
+    for i, part in enumerate(parts):
+        quiet(model.fit, part)
+        if ref is None:
+            ref = theirs(warm_start=True, random_state=model.restarts_[0]["seed"], **kw)
+        quiet(ref.fit, np.asarray(part) if not isinstance(part, str) else zarr.open_array(part, mode="r")[...])
+        fits.append((model.n_iter_, model.restarts_[0]["start"]))
+        assert_same_model(model, ref, f"fit {i}")
+    return model, ref, fits
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_warm_start_sequence_equals_scikit_learn(rows, cov_type):
+    parts = [rows[:300], da.from_array(rows[:600], chunks=170), rows]
+    model, ref, fits = warm_sequence(dask_em.GaussianMixture, SkGM, parts, n_components=3, covariance_type=cov_type)
+    assert [start for _, start in fits] == ["kmeans", "warm_start", "warm_start"]
+    assert len(model.restarts_) == 1
+
+
+@pytest.mark.parametrize("prior_type", ["dirichlet_process", "dirichlet_distribution"])
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_bayesian_warm_start_sequence_equals_scikit_learn(rows, cov_type, prior_type):
+    """scikit-learn recomputes the data-dependent prior from each fit's rows; so does dask-em."""
+    parts = [rows[:300], rows[:600], rows]
+    model, ref, _ = warm_sequence(
+        dask_em.BayesianGaussianMixture, SkBGM, parts, n_components=4, covariance_type=cov_type,
+        weight_concentration_prior_type=prior_type, max_iter=40,
+    )
+    close(model.mean_prior_, rows.mean(0), "mean_prior_ from every row of the last fit")
+
+
+def test_warm_start_on_a_zarr_store_appended_to(rows, tmp_path):
+    path = str(tmp_path / "rows.zarr")
+    store = zarr.create_array(path, shape=(300, 3), chunks=(100, 3), dtype="f8")
+    store[:] = rows[:300]
+    appended = []
+
+    def grow(stop):
+        store.resize((stop, 3))
+        store[stop - 300 : stop] = rows[stop - 300 : stop]
+        appended.append(stop)
+        return path
+
+    model = dask_em.GaussianMixture(3, warm_start=True, random_state=0)
+    ref = None
+    for stop in (300, 600, 900):
+        source = path if stop == 300 else grow(stop)
+        quiet(model.fit, source)
+        ref = ref or SkGM(3, warm_start=True, random_state=model.restarts_[0]["seed"])
+        quiet(ref.fit, rows[:stop])
+        assert model.training_data_["shape"] == [stop, 3]
+        assert_same_model(model, ref, f"{stop} rows")
+    assert appended == [600, 900]
+
+
+def test_warm_start_false_starts_afresh_and_partial_fit_is_a_different_start(rows):
+    cold = quiet(dask_em.GaussianMixture(3, random_state=0).fit, rows[:300])
+    quiet(cold.fit, rows)
+    fresh = quiet(dask_em.GaussianMixture(3, random_state=0).fit, rows)
+    assert_same_model(cold, fresh, "warm_start=False refits from the start")
+    warm = quiet(dask_em.GaussianMixture(3, random_state=0, warm_start=True).fit, rows[:300])
+    quiet(warm.fit, rows)
+    assert warm.restarts_[0]["start"] == "warm_start"
+    warm.partial_fit(rows[:100])  # partial_fit continues too, as one stepwise update, its own kind
+    assert warm.restarts_[0]["start"] == "fit" and warm.n_iter_ == 1
+
+
+def test_warm_start_after_a_dropped_component_continues_with_the_rest():
+    """GaussianMixture drops an emptied component; a warm start goes on with the others."""
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(200, 2)), rng.normal(size=(200, 2)) + 8.0])
+    start = dict(weights_init=[0.4, 0.4, 0.2], means_init=[[0.0, 0.0], [8.0, 8.0], [500.0, 500.0]])
+    gm = dask_em.GaussianMixture(3, warm_start=True, **start)
+    with pytest.warns(UserWarning, match="dropped"):
+        gm.fit(X)
+    assert gm.n_components_ == 2
+    quiet(gm.fit, X[::2])
+    quiet(gm.fit, X)
+    assert gm.n_components_ == 2 and gm.restarts_[0]["start"] == "warm_start"
+    ref = SkGM(2, weights_init=gm.weights_, means_init=gm.means_, precisions_init=gm.precisions_).fit(X)
+    close(gm.means_, ref.means_, "means_", rtol=1e-6)  # ours is already at the fixed point
+
+
+def test_warm_start_refuses_other_features_or_components(rows):
+    gm = quiet(dask_em.GaussianMixture(3, warm_start=True, random_state=0).fit, rows)
+    with pytest.raises(ValueError, match="had 3 features; X has 2.*warm_start=False"):
+        gm.fit(rows[:, :2])
+    gm.set_params(n_components=4)
+    with pytest.raises(ValueError, match=r"continues the last fit .*\(3, 'full', 'gaussian'\).*\(4, 'full'"):
+        gm.fit(rows)
+
+
+def test_a_warm_fit_resumed_from_its_checkpoint_ends_as_uninterrupted(rows, tmp_path):
+    first = quiet(dask_em.GaussianMixture(3, warm_start=True, random_state=0).fit, rows[:300])
+    whole = quiet(dask_em.GaussianMixture(3, warm_start=True, random_state=0).fit, rows[:300])
+    quiet(whole.fit, rows)
+    checkpoint = str(tmp_path / "warm.npz")
+    first.set_params(max_iter=1)
+    quiet(first.fit, rows, checkpoint=checkpoint)
+    assert first.n_iter_ == 1 and first.restarts_[0]["start"] == "warm_start"
+    # A new estimator resumes the warm restart (its first change measured from the last fit's bound).
+    resumed = dask_em.GaussianMixture(3, warm_start=True, random_state=0)
+    quiet(resumed.fit, rows, checkpoint=checkpoint, resume=True)
+    assert_same_model(resumed, whole, "resumed", rtol=1e-12)
+
+
+# -- verbose ------------------------------------------------------------------------------
+
+
+def test_verbose_two_logs_every_verbose_interval_iterations_and_the_last(rows, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="dask_em"):
+        gm = quiet(dask_em.GaussianMixture(3, verbose=2, verbose_interval=4, tol=1e-8, random_state=0).fit, rows)
+    logged = [int(i) for i in re.findall(r"restart 0 iteration (\d+)", caplog.text)]
+    assert gm.n_iter_ >= 5 and gm.n_iter_ % 4  # lines at 4, 8, ... and the last, off the interval
+    assert logged == [i for i in range(1, gm.n_iter_ + 1) if i % 4 == 0 or i == gm.n_iter_]
+
+
+# -- the model store ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ours", [dask_em.GaussianMixture, dask_em.BayesianGaussianMixture])
+def test_the_store_round_trips_the_parameters_and_a_warm_start(rows, tmp_path, ours):
+    model = quiet(ours(n_components=3, warm_start=True, verbose_interval=3, tol=1e-4, max_iter=0, random_state=0).fit,
+                  rows[:300].astype(np.float32))
+    dask_em.save(model, tmp_path / "m.zarr")
+    loaded = dask_em.load(tmp_path / "m.zarr")
+    assert loaded.get_params() == model.get_params()
+    for name in model._input_dtype_attributes:
+        value = getattr(model, name)
+        assert np.asarray(getattr(loaded, name)).dtype == np.asarray(value).dtype
+        np.testing.assert_array_equal(getattr(loaded, name), value)
+    # The loaded model continues as the saved one would.
+    for m in (model, loaded):
+        m.set_params(max_iter=100)
+        quiet(m.fit, rows)
+    assert loaded.restarts_[0]["start"] == "warm_start"
+    assert_same_model(loaded, model, "after the store", rtol=0)
+
+
+# -- the generated tables of docs/compatibility.md ------------------------------------------
+
+# What differs, per scikit-learn parameter (the same for both estimators unless keyed by one).
+DIFFERENCES = {
+    "n_components": "none",
+    "covariance_type": "none",
+    "tol": (
+        "none for plain EM (scikit-learn's rule: the bound's change per iteration below `tol`). With "
+        "`accelerate=\"squarem\"` (and for `stopping=\"auto\"`), Aitken's estimate of the remaining gain "
+        "must fall below `min(tol, 1/n_samples)` (1/n clipped to [1e-6, 1e-3]); `stopping=\"aitken\"` "
+        "uses `tol` as given; `tol=None` is each rule's own default"
+    ),
+    "reg_covar": (
+        "none; `reg_covar=0` with a component collapsed onto a point raises `ValueError` for every "
+        "covariance type (a diagonal variance at round-off of its second moment reads as zero)"
+    ),
+    ("BayesianGaussianMixture", "reg_covar"): (
+        "none; with `reg_covar=0` a fit raises `ValueError` where scikit-learn's does, and fits the "
+        "same numbers where the prior keeps every covariance proper"
+    ),
+    "max_iter": "none (`0` returns the start); a SQUAREM or stepwise pass counts as one iteration",
+    "n_init": (
+        "restarts run side by side, sharing every read; each has its own seed from "
+        "`SeedSequence.spawn`, reported in `restarts_`"
+    ),
+    "init_params": (
+        "same names (plus `\"hierarchical\"` for GaussianMixture), computed on a uniform sample of "
+        "`init_sample_size` rows: every row up to 20,000 rows by default, so `restarts_[0][\"seed\"]` "
+        "given to scikit-learn starts it at the same point"
+    ),
+    "weights_init": "none",
+    "means_init": "none",
+    "precisions_init": "none",
+    "weight_concentration_prior_type": "none",
+    "weight_concentration_prior": "none",
+    "mean_precision_prior": "none",
+    "mean_prior": "none (the default's mean of all rows comes from a pass shared with the start's reads)",
+    "degrees_of_freedom_prior": "none",
+    "covariance_prior": "none (the default's covariance of all rows comes from the same pass)",
+    "random_state": "any seed, `SeedSequence`, `Generator` or `RandomState`; it drives the sample, every restart's stream and `sample`",
+    "warm_start": (
+        "none: each `fit` is one restart from the last fit's parameters (fitted by `fit`, `partial_fit` or "
+        "loaded from a model store), its first change measured from the last `lower_bound_`, the "
+        "data-dependent prior recomputed from the new rows; on any input, a Zarr store appended to included"
+    ),
+    "verbose": (
+        "`1` draws a progress bar per restart instead of printing; `2` adds one INFO line on the "
+        "`dask_em` logger every `verbose_interval` iterations (never `print`)"
+    ),
+    "verbose_interval": "none (verbose=2's lines; the last iteration's is always logged)",
+}
+
+BEHAVIOURS = [
+    ("`max_iter=0`", "the start's parameters, `n_iter_=0`, `lower_bound_=-inf`, no warning",
+     "the same", "test_max_iter_zero_returns_the_start_as_scikit_learn"),
+    ("float32 input", "GaussianMixture: float32 `weights_`, `means_`, `covariances_`, `precisions_`, "
+     "`precisions_cholesky_`, `lower_bound_`; BayesianGaussianMixture: float32 `mean_prior_` only",
+     "the same dtypes; statistics and parameters inside stay float64, the attributes are rounded once",
+     "test_float32_in_gives_scikit_learns_dtypes_and_values"),
+    ("`reg_covar=0`, a collapsed component", "GaussianMixture: `ValueError` for every covariance type; "
+     "BayesianGaussianMixture: `ValueError` where its prior leaves a covariance singular",
+     "the same (and the same numbers where the variational fit succeeds)",
+     "test_a_collapse_under_reg_covar_zero_as_scikit_learn"),
+    ("`warm_start=True` on growing data", "one restart from the last fit", "the same numbers to 1e-8",
+     "test_warm_start_sequence_equals_scikit_learn"),
+    ("empty component (`reg_covar>0`)", "kept, weight ~1e-15",
+     "GaussianMixture drops it with a warning (`n_components_` says how many are left)",
+     "tests/test_mixture.py"),
+]
+
+
+def _cell(value) -> str:
+    return f"`{value!r}`"
+
+
+def compatibility_tables() -> str:
+    """The generated part of docs/compatibility.md."""
+    lines = []
+    for ours, theirs in PAIRS:
+        sk = inspect.signature(theirs).parameters
+        here = inspect.signature(ours).parameters
+        lines += [
+            f"### {ours.__name__}",
+            "",
+            "| parameter | scikit-learn's default | dask-em's default | difference |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, parameter in sk.items():
+            difference = DIFFERENCES.get((ours.__name__, name), DIFFERENCES[name])
+            lines.append(f"| `{name}` | {_cell(parameter.default)} | {_cell(here[name].default)} | {difference} |")
+        own = [name for name in here if name not in sk and name != "self"]
+        lines += ["", f"dask-em's own parameters, after scikit-learn's: {', '.join(f'`{n}`' for n in own)}.", ""]
+    lines += [
+        "### Behaviours",
+        "",
+        "| case | scikit-learn | dask-em | checked by |",
+        "| --- | --- | --- | --- |",
+    ]
+    lines += [f"| {case} | {sk} | {here} | `{test}` |" for case, sk, here, test in BEHAVIOURS]
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- generated by tests/test_sklearn_params.py: do not edit below -->\n"
+END = "<!-- end of the generated tables -->\n"
+
+
+def _with_tables(text: str) -> str:
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    return head + BEGIN + compatibility_tables() + END + tail
+
+
+def test_the_compatibility_tables_are_generated_from_the_installed_scikit_learn():
+    text = DOC.read_text()
+    assert BEGIN in text and END in text, f"{DOC} lost its markers"
+    assert text == _with_tables(text), f"{DOC} drifted: run `python tests/test_sklearn_params.py` to regenerate it"
+    for _, _, _, test in BEHAVIOURS:
+        assert test.startswith("tests/") or test in globals(), test
+    names = {n for _, sk in PAIRS for n in inspect.signature(sk).parameters}
+    assert {k for k in DIFFERENCES if isinstance(k, str)} == names
+
+
+if __name__ == "__main__":
+    DOC.write_text(_with_tables(DOC.read_text()))
+    print(f"wrote {DOC}")

@@ -15,8 +15,7 @@ _COMMON_DOC = """
     n_components : int, default=1
     pseudo_count : float, default=1e-3
         {prior}
-    tol, max_iter, n_init, init_params, random_state, warm_start, verbose, verbose_interval,
-    init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
+    tol, max_iter, n_init, init_params, random_state, warm_start, verbose, verbose_interval, init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
         As for :class:`dask_em.GaussianMixture`. The starts (k-means and the
         others) run on {space} of a uniform sample of rows.
 

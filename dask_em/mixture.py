@@ -19,8 +19,7 @@ class Mixture(BaseMixture):
     ----------
     family : dask_em.family.Family
         The component distribution.
-    n_components, tol, max_iter, n_init, init_params, random_state, warm_start, verbose,
-    verbose_interval, init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
+    n_components, tol, max_iter, n_init, init_params, random_state, warm_start, verbose, verbose_interval, init_sample_size, split_every, init_strategy, n_short, short_iter, prune_margin, accelerate, stopping, stepwise_passes, missing
         As for :class:`GaussianMixture` (``missing="marginalize"`` needs a family that
         supports it).
 

@@ -84,8 +84,8 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
     ``covariance_type``: a name, or the layout object whose design it is.
     """
     layout = LAYOUTS[covariance_type] if isinstance(covariance_type, str) else covariance_type
-    buf = np.empty((layout.width(n_features), rows), dtype=dtype)
-    buf[-1] = 1.0
+    buf = np.empty((layout.buffer_rows(n_features), rows), dtype=dtype)
+    buf[layout.width(n_features) - 1] = 1.0
     return buf
 
 

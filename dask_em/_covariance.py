@@ -469,14 +469,6 @@ class _MomentDesign:
         # The statistics are float64 moments about the shift: "means" stay float64 (nothing to shift back).
         return {"coef": padded, "k": k, "means": means, "tile": tile, "out": None}
 
-    def product_pairs(self, d: int) -> tuple[np.ndarray, np.ndarray]:
-        """The design's products as (i, j) index arrays (for the compiled kernel of :mod:`dask_em._nogil`)."""
-        return _vech_pairs(d)
-
-    def product_coef(self, view: dict) -> np.ndarray:
-        """(K, width) coefficients of the design: every log-density of a row is its design times their rows."""
-        return view["coef"][: view["k"]]
-
     def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
         """(K, P) log-densities: the first K rows of ``view["out"]``, whose padding rows stay 0 (or NaN)."""
         coef, k, t = view["coef"], view["k"], xa.shape[1]
@@ -674,14 +666,6 @@ class DiagLayout:
         proj[:, d : 2 * d] = means * prec
         proj[:, 2 * d] = -0.5 * (means**2 * prec).sum(1) + log_const(params, self.log_det(pc, d), d)
         return {"proj": proj.astype(dtype, copy=False), "means": means, "tile": tile}
-
-    def product_pairs(self, d):
-        """The design's products, ``y_i * y_i`` (see :meth:`_MomentDesign.product_pairs`)."""
-        diagonal = np.arange(d)
-        return diagonal, diagonal
-
-    def product_coef(self, view):
-        return view["proj"]
 
     def weighted_log_prob(self, xa, view):
         return view["proj"] @ xa

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _incomplete, _nogil
+from . import _incomplete
 from ._covariance import COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
 from .family import MASS_EPS, Family, add_likelihood, all_missing_row, responsibilities
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
@@ -339,31 +339,22 @@ class GaussianFamily(Family):
         ]
         views = [lay.prepare(p, min(t, n), dtype) for lay, p, (t, _) in zip(layouts, params_list, sizes)]
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
-        # Product designs (moments, diag) run compiled, a chunk per call without the GIL, where numba is installed.
-        compiled = _nogil.enabled()
-        panelled = [i for i, lay in enumerate(layouts) if not (compiled and hasattr(lay, "product_pairs"))]
-        for i in sorted(set(range(len(layouts))) - set(panelled)):
-            lay = layouts[i]
-            if not _nogil.design_estep(x, w, shift, lay.product_pairs(d), lay.product_coef(views[i]), accs[i],
-                                       entropy, stop_at_nan):
-                return None
-        shared = max(1, min(max([sizes[i][1] for i in panelled], default=1), n))
+        shared = max(1, min(max(panel for _, panel in sizes), n))
         # One design matrix per design in use, shared by the restarts that read it.
-        designs = {layouts[i].design: layouts[i] for i in panelled}
+        designs = {lay.design: lay for lay in layouts}
         bufs = {name: design_buffer(lay, d, shared, dtype) for name, lay in designs.items()}
         with np.errstate(invalid="ignore", over="ignore"):
-            for lo in range(0, n if panelled else 0, shared):
+            for lo in range(0, n, shared):
                 hi = min(lo + shared, n)
                 xas = {name: designs[name].augment(x[lo:hi], shift, buf) for name, buf in bufs.items()}
-                for i in panelled:
-                    lay, (_, panel), view, acc = layouts[i], sizes[i], views[i], accs[i]
+                for lay, (_, panel), view, acc in zip(layouts, sizes, views, accs):
                     xa = xas[lay.design]
                     for sub in range(0, hi - lo, panel):
                         end = min(sub + panel, hi - lo)
                         wp = None if w is None else w[lo + sub : lo + end]
                         xp = xa[:, sub:end]
                         log_norm, resp = responsibilities(lay.weighted_log_prob(xp, view))
-                        if stop_at_nan and i == panelled[0] and np.isnan(log_norm).any():
+                        if stop_at_nan and view is views[0] and np.isnan(log_norm).any():
                             return None
                         add_likelihood(acc, log_norm, resp, wp, entropy)
                         lay.accumulate(xp, wp, resp, view["means"], acc, view)

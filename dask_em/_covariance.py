@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
-from .family import MASS_EPS, gemm_nt
+from .family import MASS_EPS, core_caches, gemm_nt
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -381,8 +381,10 @@ MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 2.0
 # panels serialise two threads. Measured on 2M x 16, K=8, whole iterations (AMD EPYC,
 # 2 cores, quiet, three interleaved runs): 4 MiB 0.247-0.255 s on two threads (1.74-1.79x
 # one thread), 8 MiB 0.227-0.228 s (1.83-1.89x), 16 MiB 0.260-0.262 s (1.50-1.57x: two
-# threads' panels no longer share the cache), 1 MiB 0.41-0.45 s (1.2-1.3x).
-MOMENT_PANEL_BYTES = 2**23
+# threads' panels no longer share the cache), 1 MiB 0.41-0.45 s (1.2-1.3x). So a panel
+# fills one core's share of the last-level cache (16 MiB shared by 2 cores there),
+# read from the machine, within 1-32 MiB.
+MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 
 
 def moment_max_features(k: int) -> int:

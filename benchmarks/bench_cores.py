@@ -14,8 +14,8 @@ of ``--repeats``.
                   share of it reached.
 * LocalCluster    the same data from a Zarr store (zarr's default codec, in
                   ``/dev/shm`` where it exists) on ``LocalCluster`` s of 1 x n,
-                  n/4 x 4 and n x 1 (workers x threads), n the cores; the
-                  slowest over the fastest shape is printed per row.
+                  n/4 x 4 and n x 1 (workers x threads), n the cores, and
+                  one worker of n threads over n workers of one thread.
 * GIL             first, the GIL-held share of the kernels measured (see
                   ``bench_gil.py``; needs ``pip install py-spy``) with the
                   Amdahl bound at 16 and 64 threads.
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
         print("\n## direct rounds: in memory, threads of this process")
         print("| data | cov | dtype | threads | s/iter | speedup | DGEMM speedup | of DGEMM's | floor s | of floor |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-        inits = {}
+        inits, direct = {}, {}
         for shape, n, d, X, spec, _ in data:
             for cov in args.types.split(","):
                 inits[shape, cov] = init = initial_parameters(spec, cov, rng)
@@ -176,18 +176,29 @@ def main(argv=None) -> None:
                         with dask.config.set(num_workers=t, scheduler="threads"):
                             sec = seconds_per_iter(X, args.components, cov, init, args.iters, dtype, args.repeats)
                         one = sec if one is None else one
+                        direct[shape, cov, dtype, t] = sec
                         speedup, gemm = one / sec, rates[t] / rates[1]
                         floor = 4 * n * args.components * d * d / rates[t] if cov == "full" else float("nan")
                         print(f"| {shape} | {cov} | {dtype} | {t} | {sec:.3f} | {speedup:.2f}x | {gemm:.2f}x | "
                               f"{speedup / gemm:.0%} | {floor:.3f} | {floor / sec:.0%} |")
                         sys.stdout.flush()
 
+        if {"float64", "float32"} <= set(args.dtypes.split(",")):
+            print("\n## float32's speedup over float64 (direct rounds, s/iter float64 over float32)")
+            print("| data | cov | " + " | ".join(f"{t} threads" for t in counts) + " |")
+            print("| --- | --- | " + " | ".join("---" for _ in counts) + " |")
+            for shape, *_ in data:
+                for cov in args.types.split(","):
+                    print(f"| {shape} | {cov} | " + " | ".join(
+                        f"{direct[shape, cov, 'float64', t] / direct[shape, cov, 'float32', t]:.2f}x" for t in counts)
+                        + " |")
+
         if not args.no_cluster:
             from distributed import Client, LocalCluster
 
             print("\n## LocalCluster (workers x threads), from a Zarr store")
             print("| data | cov | dtype | " + " | ".join(f"{w} x {t}" for w, t in cluster_shapes(n_cores))
-                  + " | slowest / fastest | all-core floor s | best of floor |")
+                  + " | 1 x n over n x 1 | all-core floor s | best of floor |")
             print("| --- | --- | --- | " + " | ".join("---" for _ in cluster_shapes(n_cores)) + " | --- | --- | --- |")
             paths = {shape: write_store(X, os.path.join(workdir, f"{shape}.zarr"), rows)
                      for shape, _, _, X, _, rows in data}
@@ -209,7 +220,7 @@ def main(argv=None) -> None:
                         secs = [table[shape, cov, dtype, w] for w, _ in cluster_shapes(n_cores)]
                         floor = 4 * n * args.components * d * d / rates[counts[-1]] if cov == "full" else float("nan")
                         print(f"| {shape} | {cov} | {dtype} | " + " | ".join(f"{s:.3f}" for s in secs)
-                              + f" | {max(secs) / min(secs):.2f}x | {floor:.3f} | {floor / min(secs):.0%} |")
+                              + f" | {secs[0] / secs[-1]:.2f}x | {floor:.3f} | {floor / min(secs):.0%} |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "

@@ -250,7 +250,7 @@ class FullLayout:
         for lo in range(0, p, t):
             hi = min(lo + t, p)
             weighted = self._weigh(xa[:d, lo:hi], means, rw[:, lo:hi], work[:, :, : hi - lo])
-            acc["xw"] += weighted.reshape(k * d, hi - lo) @ xa[:, lo:hi].T
+            acc["xw"] += gemm_nt(weighted.reshape(k * d, hi - lo), xa[:, lo:hi])
 
     @staticmethod
     def _weigh(x: np.ndarray, means: np.ndarray, rw: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -404,7 +404,8 @@ def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:
 class _MomentDesign:
     """Full/tied E-step on the design ``phi = [vech((x - c)(x - c)^T), x - c, 1]``.
 
-    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design.
+    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design
+    (the products come first, ordered by :func:`_vech_pairs`).
     Every component's log-density is one row of one (K, width) @ (width, P)
     GEMM (the quadratic form expanded about the shift ``c``, off-diagonal
     coefficients doubled), and every statistic one (K, P) @ (P, width) GEMM:
@@ -489,9 +490,9 @@ class _MomentDesign:
         rw = resp if w is None else np.multiply(resp, w, out=resp)
         out = view["out"] if view else None
         if out is not None and rw.base is out:  # the responsibilities in their padded rows: the faster GEMM
-            acc["moments"] += (out[:, : xa.shape[1]] @ xa.T)[: rw.shape[0]]
+            acc["moments"] += gemm_nt(out[:, : xa.shape[1]], xa)[: rw.shape[0]]
         else:
-            acc["moments"] += rw @ xa.T
+            acc["moments"] += gemm_nt(rw, xa)
 
     def finish(self, stats: Stats, means: np.ndarray) -> Stats:
         """Raw moments about the shift -> ``n``, ``a_k = sum r (x - m_k)``, ``b_k = sum r (x - m_k)(x - m_k)^T``."""

@@ -117,7 +117,9 @@ def test_the_engine_modules_know_no_family():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("m, n, p", [(8, 33, 8192), (4, 9, 10007), (2, 7, 1000), (3, 13, 130), (8, 153, 4096), (4, 5, 40)])
+@pytest.mark.parametrize(
+    "m, n, p", [(8, 33, 8192), (4, 9, 10007), (2, 7, 1000), (3, 13, 130), (8, 153, 4096), (4, 5, 40)]
+)
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_nt_is_the_product_of_strided_panels(m, n, p, dtype, rng):
     """``a @ b.T`` on a panel view of a wider buffer, whether split into batches (small outputs) or not."""

@@ -117,6 +117,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster table")
     parser.add_argument("--no-gil", action="store_true", help="skip the GIL-held share table")
     parser.add_argument("--gil-seconds", type=float, default=1.0, help="seconds per kernel and py-spy recording")
+    parser.add_argument("--gil-repeats", type=int, default=1, help="pairs of py-spy recordings (median)")
     parser.add_argument("--quick", action="store_true", help="200k x 16 and 50k x 64, 2 iterations")
     args = parser.parse_args(argv)
     if args.quick:
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
         labels = [f"{ct}_d{d}_{dt}" for d in (16, 64) for ct in ("full", "diag") for dt in ("float64", "float32")]
         print("\n## GIL-held share of one E-step thread (py-spy --gil over active samples)")
         try:
-            print_table(gil_shares(labels, seconds=args.gil_seconds))
+            print_table(gil_shares(labels, seconds=args.gil_seconds, repeats=args.gil_repeats))
         except (FileNotFoundError, OSError) as exc:
             print(f"(skipped: {exc})")
         sys.stdout.flush()

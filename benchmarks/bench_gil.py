@@ -18,7 +18,9 @@ samples. One BLAS thread, as the E-step tasks run (the library's local
 threads and a distributed worker both limit BLAS to one thread per task).
 Sampling pauses the child for a few microseconds each time; at ``--rate``
 samples a second and ``--seconds`` per kernel a share of 3% rests on a few
-dozen samples, so repeat a run before you read the last digit.
+dozen samples; ``--repeats`` takes the median of several pairs of recordings.
+Measure on a quiet machine: under heavy load (other processes on the same
+cores) the share reads higher and moves between runs.
 
 Kernels: ``engine.estep_block`` on one chunk of the size the library picks
 (32 MiB of float64 rows), K=8, one restart, random parameters: Gaussian full,
@@ -31,6 +33,7 @@ Usage::
     python benchmarks/bench_gil.py                    # every kernel, 2 s each per recording
     python benchmarks/bench_gil.py --kernels full_d16_float64,diag_d64_float32 --seconds 4
     python benchmarks/bench_gil.py --top 8            # also the lines that hold the GIL most
+    python benchmarks/bench_gil.py --repeats 3 --seconds 4   # the median of three pairs of recordings
 """
 
 from __future__ import annotations
@@ -157,27 +160,40 @@ def amdahl(share: float, threads: int) -> float:
     return 1.0 / (share + (1.0 - share) / threads)
 
 
-def gil_shares(labels, seconds=2.0, rate=250, pyspy=None) -> dict[str, tuple[float, int, collections.Counter]]:
-    """``{label: (GIL-held share, active samples, Counter of GIL-holding leaf frames)}``."""
+def gil_shares(labels, seconds=2.0, rate=250, pyspy=None, repeats=1) -> dict[str, tuple]:
+    """``{label: (GIL-held share, active samples, Counter of GIL-holding leaf frames, shares of each repeat)}``.
+
+    With ``repeats`` above one the share is the median of the repeats' shares (each a
+    pair of recordings); samples and frames are summed over them.
+    """
     pyspy = pyspy or shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
     if not os.path.exists(pyspy):
         raise FileNotFoundError("py-spy is not installed: pip install py-spy")
-    active = _record(labels, seconds, rate, False, pyspy)
-    held = _record(labels, seconds, rate, True, pyspy)
+    runs = []
+    for _ in range(repeats):
+        active = _record(labels, seconds, rate, False, pyspy)
+        held = _record(labels, seconds, rate, True, pyspy)
+        runs.append((active, held))
     out = {}
     for label in labels:
-        total = sum(active[label].values())
-        out[label] = (sum(held[label].values()) / total if total else float("nan"), total, held[label])
+        shares, total, frames = [], 0, collections.Counter()
+        for active, held in runs:
+            count = sum(active[label].values())
+            shares.append(sum(held[label].values()) / count if count else float("nan"))
+            total += count
+            frames.update(held[label])
+        out[label] = (float(np.median(shares)), total, frames, shares)
     return out
 
 
 def print_table(shares: dict, top: int = 0) -> None:
-    print("| kernel | active samples | GIL held | Amdahl bound at 16 threads | at 64 |")
-    print("| --- | --- | --- | --- | --- |")
-    for label, (share, total, _) in shares.items():
-        print(f"| {label} | {total} | {share:.1%} | {amdahl(share, 16):.1f}x | {amdahl(share, 64):.1f}x |")
+    print("| kernel | active samples | GIL held | of each repeat | Amdahl bound at 16 threads | at 64 |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for label, (share, total, _, each) in shares.items():
+        spread = " ".join(f"{v:.1%}" for v in each)
+        print(f"| {label} | {total} | {share:.1%} | {spread} | {amdahl(share, 16):.1f}x | {amdahl(share, 64):.1f}x |")
     if top:
-        for label, (_, total, frames) in shares.items():
+        for label, (_, total, frames, _) in shares.items():
             print(f"\n# {label}: the lines holding the GIL most (share of active samples)")
             for frame, count in frames.most_common(top):
                 print(f"    {count / total:6.2%}  {frame}")
@@ -189,6 +205,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per kernel and recording")
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of recordings; the share is their median")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -200,7 +217,7 @@ def main() -> None:
         parser.error(f"unknown kernels {unknown}; valid: {', '.join(kernel_labels())}")
     print(f"# GIL-held share of an E-step thread (py-spy --gil over active samples), K={K}, one BLAS thread; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print_table(gil_shares(labels, args.seconds, args.rate), args.top)
+    print_table(gil_shares(labels, args.seconds, args.rate, repeats=args.repeats), args.top)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,8 @@ def gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     Where ``m * n`` is at most 500, the contraction over ``p`` is split into
     batches of one batched matmul (its output, batches x m x n, is large enough)
-    whose partial products are summed: the same sums, grouped differently.
+    whose partial products are summed in float64: the same sums, grouped
+    differently (float64 whatever the inputs; a plain product keeps their dtype).
     """
     m, n, p = a.shape[0], b.shape[0], a.shape[1]
     if m * n > _MATMUL_RELEASES_GIL:
@@ -277,8 +278,8 @@ def gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if step < 64:
         return a @ b.T
     head = parts * step
-    out = np.matmul(a[:, :head].reshape(m, parts, step).transpose(1, 0, 2),
-                    b[:, :head].reshape(n, parts, step).transpose(1, 2, 0)).sum(0)
+    out = np.add.reduce(np.matmul(a[:, :head].reshape(m, parts, step).transpose(1, 0, 2),
+                                  b[:, :head].reshape(n, parts, step).transpose(1, 2, 0)), axis=0, dtype=np.float64)
     if head < p:
         out += a[:, head:] @ b[:, head:].T
     return out

@@ -52,13 +52,14 @@ Design matrices (one column per data row, so elementwise work runs over long row
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 from scipy import linalg
 
-from .family import MASS_EPS
+from .family import MASS_EPS, core_caches, gemm_nt
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -180,6 +181,10 @@ class FullLayout:
     def width(self, d: int) -> int:
         return d + 1
 
+    def buffer_rows(self, d: int) -> int:
+        """Rows of a design buffer (the design's width, plus any scratch rows its ``augment`` uses)."""
+        return self.width(d)
+
     def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Write the design matrix of ``x`` into ``out[:, :len(x)]`` (its last row stays 1)."""
         d, t = shift.shape[0], x.shape[0]
@@ -245,7 +250,7 @@ class FullLayout:
         for lo in range(0, p, t):
             hi = min(lo + t, p)
             weighted = self._weigh(xa[:d, lo:hi], means, rw[:, lo:hi], work[:, :, : hi - lo])
-            acc["xw"] += weighted.reshape(k * d, hi - lo) @ xa[:, lo:hi].T
+            acc["xw"] += gemm_nt(weighted.reshape(k * d, hi - lo), xa[:, lo:hi])
 
     @staticmethod
     def _weigh(x: np.ndarray, means: np.ndarray, rw: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -376,8 +381,10 @@ MOMENT_MAX_DISTANCE2 = {np.dtype(np.float64): 2.0**20, np.dtype(np.float32): 2.0
 # panels serialise two threads. Measured on 2M x 16, K=8, whole iterations (AMD EPYC,
 # 2 cores, quiet, three interleaved runs): 4 MiB 0.247-0.255 s on two threads (1.74-1.79x
 # one thread), 8 MiB 0.227-0.228 s (1.83-1.89x), 16 MiB 0.260-0.262 s (1.50-1.57x: two
-# threads' panels no longer share the cache), 1 MiB 0.41-0.45 s (1.2-1.3x).
-MOMENT_PANEL_BYTES = 2**23
+# threads' panels no longer share the cache), 1 MiB 0.41-0.45 s (1.2-1.3x). So a panel
+# fills one core's share of the last-level cache (16 MiB shared by 2 cores there),
+# read from the machine, within 1-32 MiB.
+MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 
 
 def moment_max_features(k: int) -> int:
@@ -397,7 +404,8 @@ def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:
 class _MomentDesign:
     """Full/tied E-step on the design ``phi = [vech((x - c)(x - c)^T), x - c, 1]``.
 
-    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design.
+    Width ``d(d+1)/2 + d + 1``; the last ``d + 1`` rows are the residual design
+    (the products come first, ordered by :func:`_vech_pairs`).
     Every component's log-density is one row of one (K, width) @ (width, P)
     GEMM (the quadratic form expanded about the shift ``c``, off-diagonal
     coefficients doubled), and every statistic one (K, P) @ (P, width) GEMM:
@@ -414,17 +422,35 @@ class _MomentDesign:
     def panel_rows(self, k: int, d: int, dtype) -> int:
         return _pow2(MOMENT_PANEL_BYTES // (self.width(d) * np.dtype(dtype).itemsize))
 
+    def buffer_rows(self, d: int) -> int:
+        """Rows of a design buffer: the design, then the scratch rows ``[y, y[:offsets - 1]]`` of :meth:`augment`."""
+        return self.width(d) + d + (d + 1) // 2 - 1
+
     def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The design of ``x`` in ``out[:width, :len(x)]`` (see :func:`_vech_pairs` for the order of the products).
+
+        The products of each circular offset ``o < (d + 1) // 2`` are one window
+        ``z[o : o + d]`` of the scratch rows ``z = [y, y[:offsets - 1]]``, so all of
+        them are one broadcast multiply: a handful of numpy calls a panel, not
+        one per feature (each call's fixed cost holds the GIL).
+        """
         d, t = shift.shape[0], x.shape[0]
-        q = d * (d + 1) // 2
-        out = out[:, :t]
-        y = out[q : q + d]
+        q, width, offsets = d * (d + 1) // 2, self.width(d), (d + 1) // 2
+        design = out[:width, :t]
+        y = design[q : q + d]
         np.subtract(x.T, shift[:, None], out=y)
-        row = 0
-        for i in range(d):  # vech row-major (np.triu_indices' order): y_i * y_j for j >= i
-            np.multiply(y[i], y[i:], out=out[row : row + d - i])
-            row += d - i
-        return out
+        z = out[width : width + d + offsets - 1, :t]
+        np.copyto(z[:d], y)
+        np.copyto(z[d:], y[: offsets - 1])
+        step, shape = z.strides[0], (offsets, d, t)
+        if out.flags.c_contiguous:  # a strided view in 2.5 us; as_strided takes 14 us of held GIL
+            windows = np.ndarray(shape, out.dtype, out, width * step, (step, step, z.strides[1]))
+        else:
+            windows = np.lib.stride_tricks.as_strided(z, shape=shape, strides=(step, step, z.strides[1]))
+        np.multiply(z[None, :d], windows, out=design[: offsets * d].reshape(offsets, d, t))
+        if d % 2 == 0:  # offset d/2 pairs row i with row i + d/2: d/2 distinct products
+            np.multiply(y[: d // 2], y[d // 2 :], out=design[offsets * d : q])
+        return design
 
     def prepare(self, params: Params, tile: int, dtype=np.float64) -> dict:
         means = params["means"]
@@ -432,7 +458,7 @@ class _MomentDesign:
         q = d * (d + 1) // 2
         pc = self._stacked_factors(params["precisions_cholesky"], k, d)
         prec = np.matmul(pc, pc.transpose(0, 2, 1))
-        rows, cols = np.triu_indices(d)
+        rows, cols = _vech_pairs(d)
         coef = np.empty((k, self.width(d)))
         # -1/2 y^T P y: -1/2 P_ii on the squares, -P_ij on each product i < j.
         coef[:, :q] = -prec[:, rows, cols]
@@ -464,9 +490,9 @@ class _MomentDesign:
         rw = resp if w is None else np.multiply(resp, w, out=resp)
         out = view["out"] if view else None
         if out is not None and rw.base is out:  # the responsibilities in their padded rows: the faster GEMM
-            acc["moments"] += (out[:, : xa.shape[1]] @ xa.T)[: rw.shape[0]]
+            acc["moments"] += gemm_nt(out[:, : xa.shape[1]], xa)[: rw.shape[0]]
         else:
-            acc["moments"] += rw @ xa.T
+            acc["moments"] += gemm_nt(rw, xa)
 
     def finish(self, stats: Stats, means: np.ndarray) -> Stats:
         """Raw moments about the shift -> ``n``, ``a_k = sum r (x - m_k)``, ``b_k = sum r (x - m_k)(x - m_k)^T``."""
@@ -474,7 +500,7 @@ class _MomentDesign:
         q = d * (d + 1) // 2
         moments = stats.pop("moments")
         n, s1 = moments[:, -1].copy(), moments[:, q : q + d]
-        rows, cols = np.triu_indices(d)
+        rows, cols = _vech_pairs(d)
         b = np.empty((k, d, d))
         b[:, rows, cols] = moments[:, :q]
         b[:, cols, rows] = moments[:, :q]
@@ -536,6 +562,23 @@ def _about_means(n: np.ndarray, s1: np.ndarray, b: np.ndarray, means: np.ndarray
     b -= cross.transpose(0, 2, 1)
     b += n[:, None, None] * means[:, :, None] * means[:, None, :]
     return s1 - n[:, None] * means, b
+
+
+@functools.lru_cache(maxsize=None)
+def _vech_pairs(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) of the moment design's d(d+1)/2 products ``y_i y_j``: each unordered pair once, by circular offset.
+
+    Offsets ``o = 0 .. (d+1)//2 - 1`` give ``d`` products each, ``y_i y_((i + o) mod d)``
+    for ``i = 0 .. d-1``; for even d, offset ``d/2`` adds its ``d/2`` distinct products.
+    """
+    offsets = (d + 1) // 2
+    i = np.tile(np.arange(d), offsets)
+    j = (i + np.repeat(np.arange(offsets), d)) % d
+    if d % 2 == 0:
+        i = np.concatenate([i, np.arange(d // 2)])
+        j = np.concatenate([j, np.arange(d // 2) + d // 2])
+    i.flags.writeable = j.flags.writeable = False
+    return i, j
 
 
 def _gemm_rows(k: int) -> int:
@@ -611,6 +654,9 @@ class DiagLayout:
     def width(self, d):
         return 2 * d + 1
 
+    def buffer_rows(self, d):
+        return self.width(d)
+
     def augment(self, x, shift, out):
         d, t = shift.shape[0], x.shape[0]
         out = out[:, :t]
@@ -637,7 +683,7 @@ class DiagLayout:
 
     def accumulate(self, xa, w, resp, means, acc, view=None):
         rw = resp if w is None else np.multiply(resp, w, out=resp)
-        acc["moments"] += rw @ xa.T
+        acc["moments"] += gemm_nt(rw, xa)
 
     def finish(self, stats, means):
         return stats

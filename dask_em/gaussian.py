@@ -23,7 +23,7 @@ import numpy as np
 
 from . import _incomplete
 from ._covariance import COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
-from .family import MASS_EPS, Family, add_likelihood, all_missing_row, responsibilities
+from .family import MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
 __all__ = ["COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
@@ -38,16 +38,17 @@ Params = dict[str, Any]
 # 2x on 1M-element ones). Only the GEMMs whose outputs are K*d rows tall walk the
 # panel in cache-sized tiles.
 
-# Rows per tile times K*d: 2**16 (512 rows at d=16, K=8). Measured on 2 cores,
-# one thread: 512-row tiles 0.94-1.0 s per 2M rows, 128 rows 1.16 s, 2048 1.17 s.
-TILE_CELLS = 2**16
+# Rows per tile times K*d: one core's L2 cache of float64 values (2**16 on the AMD EPYC
+# machines with 512 KiB: 512 rows at d=16, K=8). Measured there on 2 cores, one
+# thread: 512-row tiles 0.94-1.0 s per 2M rows, 128 rows 1.16 s, 2048 1.17 s.
+TILE_CELLS = core_caches()[0] // 8
 
-# The (K, P) log-density matrix of a Gaussian panel holds 2**16 values (P = 8192
-# rows at K = 8). Measured on 2 cores at d=16, K=8: 2**16 gave 0.52 s per 2M rows
-# on two threads, 2**14 0.59 s, 2**19 0.58 s, 512-row tiles alone 0.69 s. (The
-# default E-step of the other families has its own, longer, panels:
-# family.PANEL_CELLS.)
-GAUSSIAN_PANEL_CELLS = 2**16
+# The (K, P) log-density matrix of a Gaussian panel fills one core's L2 cache (2**16
+# float64 values there: P = 8192 rows at K = 8). Measured on those 2 cores at d=16,
+# K=8: 2**16 gave 0.52 s per 2M rows on two threads, 2**14 0.59 s, 2**19 0.58 s,
+# 512-row tiles alone 0.69 s. (The default E-step of the other families has its
+# own, longer, panels: family.PANEL_CELLS.)
+GAUSSIAN_PANEL_CELLS = core_caches()[0] // 8
 
 
 def _pow2_floor(value: float) -> int:
@@ -92,8 +93,8 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
     ``covariance_type``: a name, or the layout object whose design it is.
     """
     layout = LAYOUTS[covariance_type] if isinstance(covariance_type, str) else covariance_type
-    buf = np.empty((layout.width(n_features), rows), dtype=dtype)
-    buf[-1] = 1.0
+    buf = np.empty((layout.buffer_rows(n_features), rows), dtype=dtype)
+    buf[layout.width(n_features) - 1] = 1.0
     return buf
 
 
@@ -373,7 +374,7 @@ class GaussianFamily(Family):
                         end = min(sub + panel, hi - lo)
                         wp = None if w is None else w[lo + sub : lo + end]
                         xp = xa[:, sub:end]
-                        log_norm, resp = responsibilities(lay.weighted_log_prob(xp, view))
+                        log_norm, resp = log_normalize(lay.weighted_log_prob(xp, view))
                         if stop_at_nan and view is views[0] and np.isnan(log_norm).any():
                             return None
                         add_likelihood(acc, log_norm, resp, wp, entropy)

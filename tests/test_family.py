@@ -113,3 +113,60 @@ def test_the_engine_modules_know_no_family():
             for alias in node.names
         }
         assert not {"gaussian", "discrete"} & {name.split(".")[-1] for name in imported}, module
+
+
+# ---------------------------------------------------------------------------
+# the shared kernels' helpers: gemm_nt, log_normalize, core_caches
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "m, n, p", [(8, 33, 8192), (4, 9, 10007), (2, 7, 1000), (3, 13, 130), (8, 153, 4096), (4, 5, 40)]
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_nt_is_the_product_of_strided_panels(m, n, p, dtype, rng):
+    """``a @ b.T`` on a panel view of a wider buffer, whether split into batches (small outputs) or not."""
+    from dask_em.family import gemm_nt
+
+    a = rng.standard_normal((m, p)).astype(dtype)
+    wide = rng.standard_normal((n, p + 37)).astype(dtype)
+    b = wide[:, :p]  # as the E-step's design panels: a view of a longer buffer
+    got = gemm_nt(a, b)
+    ref = a.astype(np.float64) @ b.astype(np.float64).T
+    assert got.shape == (m, n) and got.dtype in (dtype, np.float64)  # batches are summed in float64
+    # Sums of p products of O(1) values: round-off of about sqrt(p) eps of the dtype in each entry.
+    atol = 50 * np.sqrt(p) * np.finfo(dtype).eps
+    np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
+
+
+def test_log_normalize_is_responsibilities_bitwise(rng):
+    """The GIL-lean log-sum-exp gives the same bits as ``responsibilities``, -inf and NaN columns included."""
+    from scipy.special import logsumexp
+
+    from dask_em.family import log_normalize, responsibilities
+
+    wlp = rng.standard_normal((8, 1000)) * 50
+    wlp[:, 3] = -np.inf  # every component impossible: NaN, which the engine reports
+    wlp[2, 5] = np.nan
+    wlp[:, 7] = [-2000.0] + [-1.0] * 7  # below the exp floor
+    with np.errstate(invalid="ignore", over="ignore"):
+        log_a, resp_a = log_normalize(wlp.copy())
+    log_b, resp_b = responsibilities(wlp.copy())
+    np.testing.assert_array_equal(log_a, log_b)
+    np.testing.assert_array_equal(resp_a, resp_b)
+    ok = np.isfinite(wlp).all(0)
+    np.testing.assert_allclose(log_a[ok], logsumexp(wlp[:, ok], axis=0), rtol=1e-14)
+    assert np.isnan(log_a[3]) and np.isnan(log_a[5])
+
+
+def test_core_caches_are_read_from_the_machine():
+    """L2 per core and the core's share of the last level: positive, the share at least the L2."""
+    from dask_em.family import _cpus, _size, core_caches
+
+    l2, share = core_caches()
+    assert l2 > 0 and share >= l2
+    assert _size("512K\n") == 2**19 and _size("16384K") == 2**24 and _size("2M") == 2**21
+    assert _cpus("0-1\n") == 2 and _cpus("0-3,8-11") == 8 and _cpus("5") == 1
+    for entry in pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):  # Linux: what it reports
+        if (entry / "level").read_text().strip() == "2" and (entry / "type").read_text().strip() != "Instruction":
+            assert l2 == _size((entry / "size").read_text())

@@ -135,3 +135,35 @@ def test_a_restart_sums_the_same_beside_restarts_with_longer_panels(rng):
     assert together[1]["loglik"] == alone[0]["loglik"]
     for key in ("n", "a", "b"):
         np.testing.assert_array_equal(together[1]["stats"][key], alone[0]["stats"][key], err_msg=key)
+
+
+@pytest.mark.parametrize("d", range(1, 10))
+def test_vech_pairs_cover_each_pair_once(d):
+    from dask_em._covariance import _vech_pairs
+
+    i, j = _vech_pairs(d)
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(i.tolist(), j.tolist())}
+    assert len(i) == d * (d + 1) // 2 == len(pairs)
+    assert pairs == {(a, b) for a in range(d) for b in range(a, d)}
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 6, 16])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_moment_design_holds_the_products_the_rows_and_ones(d, dtype, rng):
+    """augment's few broadcast calls write [y_i y_j by _vech_pairs, y, 1] for a panel shorter than its buffer."""
+    from dask_em._covariance import MOMENT_LAYOUTS, _vech_pairs
+
+    layout = MOMENT_LAYOUTS["full"]
+    X = rng.standard_normal((300, d)) * 3 + 5
+    shift = rng.standard_normal(d)
+    buf = gaussian.design_buffer(layout, d, 512, dtype)
+    buf[:] = np.nan  # no stale value may survive
+    buf[layout.width(d) - 1] = 1.0
+    xa = layout.augment(X, shift, buf)
+    assert xa.shape == (layout.width(d), 300) and xa.dtype == dtype
+    y = (X - shift).T.astype(dtype)
+    i, j = _vech_pairs(d)
+    q = d * (d + 1) // 2
+    np.testing.assert_array_equal(xa[q : q + d], y)
+    np.testing.assert_array_equal(xa[:q], y[i] * y[j])  # the same products, rounded once
+    np.testing.assert_array_equal(xa[-1], np.ones(300, dtype))

@@ -163,10 +163,10 @@ def test_scikit_learn_names_are_mclust_models(synonym, model):
 
 def test_fitted_attributes_and_sampling():
     x, _, _ = start("iris")
-    gm = GaussianMixture(3, covariance_type="VEV", random_state=0).fit(x)
+    gm = GaussianMixture(3, covariance_type="VEV", reg_covar=0.0, random_state=0).fit(x)
     assert gm.covariances_.shape == (3, 4, 4) and gm.precisions_.shape == (3, 4, 4)
     assert gm.scale_.shape == (3,) and gm.shape_.shape == (3, 4) and gm.orientation_.shape == (3, 4, 4)
-    assert_allclose(gm.shape_[0], gm.shape_[1], rtol=1e-6)  # equal shape (up to reg_covar's ridge)
+    assert_allclose(gm.shape_[0], gm.shape_[1], rtol=1e-9)  # equal shape
     rows, labels = gm.sample(500)
     assert rows.shape == (500, 4) and labels.shape == (500,)
     assert gm.bic(x) == pytest.approx(-2 * gm.score(x) * 150 + n_parameters(3, 4, "VEV") * np.log(150))
@@ -198,19 +198,23 @@ def test_unknown_covariance_type_lists_mclust_names():
 
 
 def test_select_model_prints_like_mclustBIC():
-    """iris over the fourteen models and K = 1..5: mclust's best three, its BIC values, its sign."""
+    """iris over the fourteen models and K = 1..3: mclust's best three, its BIC values, its sign."""
     x, _, entry = start("iris")
-    result = select_model(x, n_components=range(1, 6), covariance_types="mclust", init_params="hierarchical",
+    result = select_model(x, n_components=range(1, 4), covariance_types="mclust", init_params="hierarchical",
                           reg_covar=0.0, tol=1e-8, max_iter=1000)
     bic = {m: np.asarray(v, dtype=float) for m, v in entry["bic"].items()}
     assert result.best_params_ == {"n_components": entry["best"]["G"], "covariance_type": entry["best"]["model"]}
     assert_allclose(result.criteria.bic_mclust.sel(n_components=2, covariance_type="VEV"), bic["VEV"][1], rtol=1e-6)
     assert_allclose(result.criteria.bic_mclust, -result.criteria.bic)
     top = result.top("bic")
-    mclust_top = sorted(((v[k], m, k + 1) for m, v in bic.items() for k in range(5) if np.isfinite(v[k])),
+    mclust_top = sorted(((v[k], m, k + 1) for m, v in bic.items() for k in range(3) if np.isfinite(v[k])),
                         reverse=True)[:3]
     assert [(t, k) for t, k, _ in top] == [(m, k) for _, m, k in mclust_top]
-    assert_allclose([-v for _, _, v in top], [v for v, _, _ in mclust_top], rtol=1e-6)
+    # mclust stopped at its default relative tol 1e-5, dask-em at 1e-8 per row: equal to 1e-5,
+    # and dask-em's never lower (VEV,3: -562.5507 against mclust's -562.5522).
+    ours, theirs = np.array([-v for _, _, v in top]), np.array([v for v, _, _ in mclust_top])
+    assert_allclose(ours, theirs, rtol=1e-5)
+    assert (ours >= theirs - 1e-9 * np.abs(theirs)).all()
     text = repr(result)
     assert "2 log L - p log n" in text and "Top 3 models based on the BIC criterion" in text
     assert "VEV,2" in text and "ICL" in text

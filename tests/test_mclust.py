@@ -218,3 +218,21 @@ def test_select_model_prints_like_mclustBIC():
     text = repr(result)
     assert "2 log L - p log n" in text and "Top 3 models based on the BIC criterion" in text
     assert "VEV,2" in text and "ICL" in text
+
+
+@pytest.mark.parametrize("name", ["faithful", "iris", "diabetes", "banknote", "wine"])
+def test_hc_partitions_equal_mclust_hclass(name):
+    """mclust's hc (VVV on the SVD transform) cut at K = 2..9, ties included.
+
+    faithful (272 rows, 16 groups of duplicate rows, columns of 126 and 51 distinct values) has
+    many pairs of equal merge cost; mclust keeps the last of them in its scan of cluster slots.
+    """
+    from sklearn.metrics import adjusted_rand_score
+
+    from dask_em.hierarchical import cut_tree, hc_merges, hc_transform
+
+    x = load(name)
+    pairs, _ = hc_merges(hc_transform(x, "SVD"), "VVV")
+    for k in range(2, 10):
+        labels = cut_tree(pairs, len(x), k)
+        assert adjusted_rand_score(labels, FIXTURE["sets"][name]["hclass"][k - 1]) == 1.0, k

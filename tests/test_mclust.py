@@ -236,3 +236,23 @@ def test_hc_partitions_equal_mclust_hclass(name):
     for k in range(2, 10):
         labels = cut_tree(pairs, len(x), k)
         assert adjusted_rand_score(labels, FIXTURE["sets"][name]["hclass"][k - 1]) == 1.0, k
+
+
+def test_fourteen_models_read_each_chunk_once_per_round(tmp_path):
+    """The whole grid of mclust's models from a Zarr store: one read per chunk per round, counted at the store."""
+    import warnings
+
+    from test_engine import counting_array
+
+    x = load("gen2d")[:1200]
+    arr, store = counting_array(tmp_path, x, rows=200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = select_model(arr, n_components=[1, 2, 3], covariance_types="mclust", random_state=0,
+                              chunk_rows=200, max_iter=15)
+    rounds = int(result.criteria.n_iter.max())
+    reads = {k: v for k, v in store.reads.items() if k.startswith("c/")}
+    assert len(reads) == 6
+    # The init sample, one per round for all 42 candidates, the final scoring pass.
+    assert set(reads.values()) == {1 + rounds + 1}
+    assert result.criteria.bic.shape == (3, 14)

@@ -472,3 +472,18 @@ def test_fit_with_emem_is_the_librarys_emem_fit(points, tmp_path):
                   "--init-params", "random")
     assert refused.exit_code == 2 and not (tmp_path / "b.zarr").exists()
     assert "--init-params random applies to --init-strategy single" in refused.stderr
+
+
+def test_mclust_models_on_the_command_line(tmp_path):
+    store, model, best = tmp_path / "x.zarr", tmp_path / "vev.zarr", tmp_path / "best.zarr"
+    assert run("generate", store, "-n", 3000, "-d", 2, "-k", 3, "--seed", 2).exit_code == 0
+    fitted = run("fit", store, "-o", model, "-k", 3, "--covariance-type", "VEV", "--seed", 0, "--quiet")
+    assert fitted.exit_code == 0, fitted.output
+    loaded = dask_em.load(model)
+    assert loaded.covariance_type == "VEV" and loaded.covariances_.shape == (3, 2, 2)
+    result = run("select", store, "-o", best, "--covariance-types", "mclust", "-k", "1-3", "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert "2 log L - p log n" in result.stdout and "Top 3 models based on the BIC criterion" in result.stdout
+    assert dask_em.load(best).covariance_type in dask_em.gaussian.GAUSSIAN_COVARIANCE_TYPES
+    bad = run("fit", store, "-o", tmp_path / "b.zarr", "--covariance-type", "VVX")
+    assert bad.exit_code == 2 and "VVV" in bad.output

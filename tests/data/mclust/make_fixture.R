@@ -27,7 +27,7 @@ write_csv(diabetes[, -1], "diabetes"); write_csv(banknote[, -1], "banknote"); wr
 
 read_set <- function(name) as.matrix(read.csv(file.path(here, paste0(name, ".csv.gz")), header = FALSE))
 sets <- list(iris = 3, wine = 3, diabetes = 3, banknote = 2, gen2d = 3, gen3d = 4, gen5d = 3, faithful = 4)
-tight <- emControl(tol = c(1e-12, 1e-13), itmax = c(20000L, 20000L))
+tight <- emControl(tol = c(1e-15, 1e-13), itmax = c(50000L, 20000L))
 
 params_of <- function(p, K, d) {
   sigma <- p$variance$sigma

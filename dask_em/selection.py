@@ -163,8 +163,8 @@ def _candidates(n_components, covariance_types, family) -> tuple[list[int], list
     bad = [t for t in types if t not in GAUSSIAN_COVARIANCE_TYPES]
     if not types or bad:
         raise ValueError(
-            f"covariance_types must be 'mclust' (its fourteen models), 'sklearn' (the default four) or a "
-            f"subset of {GAUSSIAN_COVARIANCE_TYPES}; received {covariance_types!r}."
+            f"covariance_types must be a subset of {GAUSSIAN_COVARIANCE_TYPES}, 'mclust' (its fourteen "
+            f"models) or 'sklearn' (the default four); received {covariance_types!r}."
         )
     return sorted(set(int(k) for k in ks)), list(dict.fromkeys(types))
 

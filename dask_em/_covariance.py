@@ -722,7 +722,13 @@ class ParsimoniousLayout(FullLayout):
         if previous is not None and np.shape(previous) != scatter.shape:
             previous = None  # a component was dropped since: start afresh
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            cov = _parsimonious.covariances(self.name, nk, scatter, previous)
+            try:
+                cov = _parsimonious.covariances(self.name, nk, scatter, previous)
+            except np.linalg.LinAlgError:  # a singular scatter met an inverse or a decomposition
+                raise NotPositiveDefiniteError(
+                    f"the {self.name} covariances are not positive definite (a component collapsed onto a "
+                    "point or a line). Increase reg_covar, reduce n_components, or scale the features."
+                ) from None
         bad = np.flatnonzero(~np.isfinite(cov).reshape(len(cov), -1).all(1))
         if bad.size:
             raise not_positive_definite(int(bad[0]))

@@ -271,3 +271,18 @@ def test_mclust_models_with_missing_values_and_squarem(model):
                            accelerate="squarem").fit(complete)
     # The same optimum from the same start (to the stopping rule's reach).
     assert_allclose(fast.score(complete), plain.score(complete), rtol=1e-6)
+
+
+@pytest.mark.parametrize("model", MCLUST_MODELS)
+def test_singular_scatter_is_refused_with_the_reason(model):
+    """A component on a line: every model's M-step says so (the restart fails), never returns NaN."""
+    from dask_em._covariance import NotPositiveDefiniteError
+
+    x = np.column_stack([np.arange(6.0), 2 * np.arange(6.0)])  # all rows on one line
+    resp = np.repeat([[1.0, 0.0], [0.0, 1.0]], 3, axis=0)
+    try:
+        params = m_step_from(x, resp, model)
+    except NotPositiveDefiniteError as exc:
+        assert "not positive definite" in str(exc)
+    else:  # the spherical and diagonal models stay regular on a line
+        assert model[1:] in ("II", "EI", "VI") and np.isfinite(params["covariances"]).all()

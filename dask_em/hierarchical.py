@@ -49,7 +49,10 @@ implementations can be compared merge by merge.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -533,13 +536,38 @@ def hc_responsibilities(
         rows = np.sort(np.random.default_rng(rng).choice(n, size=max_rows, replace=False))
     if n <= max_rows or others == "subset":
         z = _transform_or_constant(x[rows], use)
-        labels = cut_tree(hc_merges(z, model, min_clusters=n_components)[0], len(rows), n_components)
+        labels = cut_tree(_whole_tree(z, model), len(rows), n_components)
         resp[rows, labels] = 1.0
         return resp
     z = _transform_or_constant(x, use)
     sub = z[rows]
-    labels = cut_tree(hc_merges(sub, model, min_clusters=n_components)[0], max_rows, n_components)
+    labels = cut_tree(_whole_tree(sub, model), max_rows, n_components)
     return _gaussian_resp(z, *_partition_gaussian(sub, labels, n_components, hc_alpha(sub)))
+
+
+# The last few whole trees, by their coordinates: a model-selection grid starts every
+# candidate (every K, every covariance type) from the same rows, as Mclust cuts one tree.
+_TREES: OrderedDict = OrderedDict()
+_TREES_LOCK = threading.Lock()
+_TREES_KEPT = 8
+
+
+def _whole_tree(z: np.ndarray, model: str) -> np.ndarray:
+    """The merges of :func:`hc_merges` down to one cluster (any cut), remembered for the same ``z``.
+
+    The greedy merges are the same whatever ``min_clusters`` stops them, so one tree serves every K.
+    """
+    key = (hashlib.sha1(np.ascontiguousarray(z).tobytes()).hexdigest(), z.shape, model)
+    with _TREES_LOCK:
+        if key in _TREES:
+            _TREES.move_to_end(key)
+            return _TREES[key]
+    pairs = hc_merges(z, model)[0]
+    with _TREES_LOCK:
+        _TREES[key] = pairs
+        while len(_TREES) > _TREES_KEPT:
+            _TREES.popitem(last=False)
+    return pairs
 
 
 def _transform_or_constant(x: np.ndarray, use: str) -> np.ndarray:

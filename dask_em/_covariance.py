@@ -1,4 +1,9 @@
-"""The four Gaussian covariance layouts, as objects chosen by a dict keyed by covariance type.
+"""The Gaussian covariance layouts, as objects chosen by a dict keyed by covariance type.
+
+scikit-learn's four (``full``, ``tied``, ``diag``, ``spherical``) and mclust's
+fourteen parsimonious models (``EII`` ... ``VVV``, :class:`ParsimoniousLayout`:
+the full layout's E-step and statistics, the model's own M-step from
+:mod:`dask_em._parsimonious`).
 
 A layout bundles everything that differs between ``full``, ``tied``, ``diag``
 and ``spherical`` (as flox bundles an aggregation's chunk / combine /
@@ -59,6 +64,7 @@ from typing import Any
 import numpy as np
 from scipy import linalg
 
+from . import _parsimonious
 from .family import MASS_EPS, core_caches, gemm_nt
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -291,8 +297,12 @@ class FullLayout:
         scatter = 0.5 * (scatter + scatter.transpose(0, 2, 1))
         return nk, new_means, scatter
 
-    def m_step(self, stats: Stats, means: np.ndarray, reg_covar: float):
-        """(mass + eps, new means, covariances) from statistics taken about ``means``."""
+    def m_step(self, stats: Stats, means: np.ndarray, reg_covar: float, previous: np.ndarray | None = None):
+        """(mass + eps, new means, covariances) from statistics taken about ``means``.
+
+        ``previous``: the covariances EM holds now (a warm start for the models
+        whose M-step iterates; the closed forms ignore it).
+        """
         d = means.shape[1]
         nk, new_means, scatter = self._scatter(stats, means)
         cov = scatter / nk[:, None, None]
@@ -339,7 +349,7 @@ class TiedLayout(FullLayout):
     def _stacked_factors(self, prec_chol, k, d):
         return np.broadcast_to(prec_chol, (k, d, d))
 
-    def m_step(self, stats, means, reg_covar):
+    def m_step(self, stats, means, reg_covar, previous=None):
         d = means.shape[1]
         nk, new_means, scatter = self._scatter(stats, means)
         cov = scatter.sum(0) / nk.sum()
@@ -696,7 +706,7 @@ class DiagLayout:
 
     # -- M-step -------------------------------------------------------------
 
-    def m_step(self, stats, means, reg_covar):
+    def m_step(self, stats, means, reg_covar, previous=None):
         d = means.shape[1]
         moments = stats["moments"]
         s2, s1, n = moments[:, :d], moments[:, d : 2 * d], moments[:, 2 * d]
@@ -732,15 +742,73 @@ class SphericalLayout(DiagLayout):
     def _precision_rows(self, prec_chol, k, d):
         return np.broadcast_to((prec_chol**2)[:, None], (k, d))
 
-    def m_step(self, stats, means, reg_covar):
+    def m_step(self, stats, means, reg_covar, previous=None):
         nk, new_means, cov = super().m_step(stats, means, reg_covar)
         return nk, new_means, cov.mean(1)
 
 
+# ---------------------------------------------------------------------------
+# mclust's fourteen models
+# ---------------------------------------------------------------------------
+
+
+class ParsimoniousLayout(FullLayout):
+    """One of mclust's fourteen models, ``Sigma_k = lambda_k D_k A_k D_k^T`` constrained by its name.
+
+    Held as the full layout holds its covariances, (K, d, d), and run on its
+    E-step: the statistics (mass, weighted mean, weighted scatter per
+    component) are the full layout's, and only the M-step differs
+    (:func:`dask_em._parsimonious.covariances`). ``reg_covar`` is added to
+    the diagonal after it, as for the other types; with ``reg_covar=0`` the
+    covariances are the model's exactly.
+    """
+
+    def __init__(self, model: str):
+        self.name = model
+
+    def n_cov_parameters(self, k, d):
+        return _parsimonious.n_covariance_parameters(self.name, k, d)
+
+    def kernel(self, params, dtype=np.float64):
+        # The full layout's E-step, with its moment and raw-moment designs where they apply.
+        return LAYOUTS["full"].kernel(params, dtype)
+
+    def m_step(self, stats, means, reg_covar, previous=None):
+        d = means.shape[1]
+        nk, new_means, scatter = self._scatter(stats, means)
+        if previous is not None and np.shape(previous) != scatter.shape:
+            previous = None  # a component was dropped since: start afresh
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            try:
+                cov = _parsimonious.covariances(self.name, nk, scatter, previous)
+            except np.linalg.LinAlgError:  # a singular scatter met an inverse or a decomposition
+                raise NotPositiveDefiniteError(
+                    f"the {self.name} covariances are not positive definite (a component collapsed onto a "
+                    "point or a line). Increase reg_covar, reduce n_components, or scale the features."
+                ) from None
+        bad = np.flatnonzero(~np.isfinite(cov).reshape(len(cov), -1).all(1))
+        if bad.size:
+            raise not_positive_definite(int(bad[0]))
+        cov[:, np.arange(d), np.arange(d)] += reg_covar
+        return nk, new_means, cov
+
+    def factors(self, cov: np.ndarray) -> dict:
+        """mclust's ``scale``, ``shape`` and ``orientation`` of the covariances."""
+        return _parsimonious.factors(self.name, cov)
+
+
+MCLUST_MODELS = _parsimonious.MODELS
+# scikit-learn's names for the four of mclust's models they are.
+SYNONYMS = {"spherical": "VII", "diag": "VVI", "tied": "EEE", "full": "VVV"}
+
 LAYOUTS: dict[str, FullLayout | DiagLayout] = {
     layout.name: layout for layout in (FullLayout(), TiedLayout(), DiagLayout(), SphericalLayout())
 }
-COVARIANCE_TYPES = tuple(LAYOUTS)
+LAYOUTS.update({model: ParsimoniousLayout(model) for model in MCLUST_MODELS})
+# scikit-learn's four: also the types the Bayesian mixture and the conjugate prior know.
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+# What GaussianMixture accepts: scikit-learn's four and mclust's fourteen.
+GAUSSIAN_COVARIANCE_TYPES = COVARIANCE_TYPES + MCLUST_MODELS
 # The E-step's alternative layouts for small d (see FullLayout.kernel); same statistics after finish.
 MOMENT_LAYOUTS: dict[str, FullLayout] = {layout.name: layout for layout in (FullMomentLayout(), TiedMomentLayout())}
 RAW_LAYOUTS: dict[str, FullLayout] = {layout.name: layout for layout in (FullRawLayout(), TiedRawLayout())}

@@ -29,7 +29,7 @@ from typing import Any
 import click
 
 from ._fitted import information_criteria
-from ._covariance import COVARIANCE_TYPES
+from ._covariance import GAUSSIAN_COVARIANCE_TYPES, MCLUST_MODELS
 from ._json import json_safe
 from .output import CODECS, atomic_output, exists, remove
 from .registry import FAMILY_NAMES, GRID_FAMILIES, estimator_for_family
@@ -257,7 +257,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
               help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical "
                    "(codes), bayesian_gaussian (variational: picks its number of components).")
-@click.option("--covariance-type", type=click.Choice(COVARIANCE_TYPES), default="full", show_default=True, help="gaussian only.")
+@click.option("--covariance-type", type=click.Choice(GAUSSIAN_COVARIANCE_TYPES), default="full", show_default=True,
+              help="gaussian only: scikit-learn's four, or one of mclust's fourteen models (EII ... VVV).")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--weight-concentration-prior-type", type=click.Choice(PRIOR_TYPES), default=None,
@@ -475,7 +476,8 @@ def _parse_components(text: str) -> list[int]:
 @click.option("--components", "-k", default="1-10", show_default=True, help="Candidate K: 1-10, 2,4,8, ...")
 @click.option("--family", type=click.Choice(GRID_FAMILIES), default="gaussian", show_default=True,
               help="Component distribution; the grid is over K alone for all but gaussian.")
-@click.option("--covariance-types", default=None, help="gaussian only: [full,tied,diag,spherical].")
+@click.option("--covariance-types", default=None,
+              help="gaussian only: a comma list [full,tied,diag,spherical], or mclust (its fourteen models).")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
 @click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True)
@@ -505,7 +507,10 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         for name, value in (("--pseudo-count", pseudo_count), ("--n-categories", n_categories)):
             if value is not None:
                 raise Failure(f"{name} applies to the discrete families; received --family gaussian.")
-        types = [t.strip() for t in (covariance_types or "full,tied,diag,spherical").split(",") if t.strip()]
+        if (covariance_types or "").strip() == "mclust":
+            types = list(MCLUST_MODELS)
+        else:
+            types = [t.strip() for t in (covariance_types or "full,tied,diag,spherical").split(",") if t.strip()]
     else:
         if covariance_types is not None:
             raise Failure(f"--covariance-types applies to --family gaussian; received --family {family}.")
@@ -545,7 +550,8 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         _echo_json({"best": result.best_params_, "criterion": criterion, "model": output,
                     "seconds": round(time.perf_counter() - tic, 3), "table": frame.to_dict(orient="records")})
     else:
-        click.echo(result.table())
+        mclust_grid = bool(types) and set(types) <= set(MCLUST_MODELS) and criterion != "aic"
+        click.echo(result.table(criterion, sign="mclust") if mclust_grid else result.table())
         variant = result.best_params_.get("covariance_type", family)
         click.echo(f"best: K={result.best_params_['n_components']} {variant} "
                    f"-> {output}" + (f"; table -> {table_path}" if table_path else ""))

@@ -1,4 +1,4 @@
-"""The Gaussian family: rows -> statistics -> parameters, for the four covariance types.
+"""The Gaussian family: rows -> statistics -> parameters, for every covariance layout.
 
 :class:`GaussianFamily` puts the covariance layouts of :mod:`dask_em._covariance`
 behind the family protocol of :mod:`dask_em.family`. Its fused ``estep`` walks a
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from . import _incomplete
-from ._covariance import COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
-from .family import MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize
+from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
+from .family import MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize, responsibilities
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
-__all__ = ["COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
+__all__ = ["COVARIANCE_TYPES", "GAUSSIAN_COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
            "n_parameters"]
 
 Params = dict[str, Any]
@@ -98,14 +98,16 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
     return buf
 
 
-def m_step(stats: dict, means: np.ndarray, covariance_type: str, reg_covar: float) -> Params:
+def m_step(stats: dict, means: np.ndarray, covariance_type: str, reg_covar: float, previous=None) -> Params:
     """New parameters from reduced statistics taken about ``means`` (centered).
 
-    Matches ``sklearn.mixture.GaussianMixture._m_step`` in exact arithmetic.
+    Matches ``sklearn.mixture.GaussianMixture._m_step`` in exact arithmetic
+    for scikit-learn's four types, mclust's M-steps for its fourteen models
+    (``previous``: the covariances EM holds now, where an M-step iterates).
     Raises :class:`NotPositiveDefiniteError` when a covariance is singular.
     """
     layout = LAYOUTS[covariance_type]
-    nk, new_means, cov = layout.m_step(stats, means, reg_covar)
+    nk, new_means, cov = layout.m_step(stats, means, reg_covar, previous=previous)
     return {
         "weights": nk / nk.sum(),
         "means": new_means,
@@ -402,7 +404,7 @@ class GaussianFamily(Family):
     def m_step(self, stats, nk, params):
         ct = params["covariance_type"]
         if self.prior is None:
-            new = m_step(stats, params["means"], ct, self.reg_covar)
+            new = m_step(stats, params["means"], ct, self.reg_covar, previous=params.get("covariances"))
         else:
             prior = prior_of(params)
             new = map_m_step(stats, params["means"], ct, self.reg_covar, prior)
@@ -491,6 +493,8 @@ class GaussianFamily(Family):
             "precisions_cholesky_": params["precisions_cholesky"],
             "precisions_": layout.precisions(params["precisions_cholesky"]),
         }
+        if hasattr(layout, "factors"):  # mclust's models: volume, shape and orientation by mclust's names
+            out.update({f"{name}_": value for name, value in layout.factors(params["covariances"]).items()})
         if "prior_mean" in params:
             prior = prior_of(params)
             out["prior_"] = {**prior, "mean": prior["mean"] + context}

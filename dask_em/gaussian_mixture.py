@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import BaseMixture
-from ._covariance import COVARIANCE_TYPES, LAYOUTS
+from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
 from ._validation import fail, is_real
 from .starts import data_moments_graph
 from .family import Family
@@ -42,7 +42,14 @@ class GaussianMixture(BaseMixture):
     ----------
     n_components : int, default=1
         Number of mixture components K.
-    covariance_type : {"full", "tied", "diag", "spherical"}, default="full"
+    covariance_type : str, default="full"
+        scikit-learn's "full", "tied", "diag" or "spherical", or one of mclust's
+        fourteen models "EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "VEE",
+        "EVE", "VVE", "EEV", "VEV", "EVV", "VVV" (volume, shape, orientation:
+        Equal, Variable or Identity; see docs/mclust.md). scikit-learn's four are
+        mclust's VVV, EEE, VVI and VII, and keep scikit-learn's array shapes; an
+        mclust model holds ``covariances_`` as (n_components, n_features,
+        n_features) and runs mclust's M-step (with ``reg_covar=0`` exactly).
     tol : float or None, default=1e-3
         Convergence threshold, in nats per row, of the stopping rule in force
         (``stopping``). For plain EM it is scikit-learn's: stop when the lower
@@ -180,6 +187,12 @@ class GaussianMixture(BaseMixture):
         Shapes as in scikit-learn for the covariance type. float32 for
         float32 input (as are ``weights_``, ``means_`` and the bounds), as
         scikit-learn's; EM's statistics and parameters stay float64.
+        For mclust's models: (n_components, n_features, n_features).
+    scale_, shape_, orientation_ : ndarray
+        mclust's models only: the volumes (n_components,), the shapes
+        (n_components, n_features; determinant 1) and the orientations
+        (n_components, n_features, n_features) of the covariances, as mclust's
+        ``parameters$variance`` names them.
     converged_ : bool
     n_iter_ : int
     lower_bound_ : float
@@ -278,10 +291,16 @@ class GaussianMixture(BaseMixture):
         return GaussianFamily(reg_covar=0.0, prior=spec, missing=self.missing, compute_dtype=dtype)
 
     def _check_family_params(self) -> None:
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
+        if self.covariance_type not in GAUSSIAN_COVARIANCE_TYPES:
+            raise fail("covariance_type", self.covariance_type, f"one of {GAUSSIAN_COVARIANCE_TYPES}")
         if not is_real(self.reg_covar) or self.reg_covar < 0:
             raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
+        if self.covariance_type in MCLUST_MODELS and prior_spec(self.prior) is not None:
+            raise ValueError(
+                f"prior={self.prior!r} is defined for covariance_type in {COVARIANCE_TYPES}; received "
+                f"covariance_type={self.covariance_type!r}. Use its scikit-learn name where it has one "
+                "(VVV='full', EEE='tied', VVI='diag', VII='spherical'), or drop the prior."
+            )
         if prior_spec(self.prior) is not None and self.reg_covar not in (0, _DEFAULT_REG_COVAR):
             raise ValueError(
                 f"reg_covar={self.reg_covar!r} is not used with prior={self.prior!r}: the prior regularises "

@@ -86,7 +86,7 @@ def _covariance_2d(model, k: int, dims: tuple[int, int]) -> np.ndarray:
     i, j = dims
     cov = model.covariances_
     kind = model.covariance_type
-    if kind == "full":
+    if kind == "full" or cov.ndim == 3:  # full, and mclust's models
         full = cov[k]
     elif kind == "tied":
         full = cov

@@ -8,8 +8,10 @@ BIC, AIC and ICL.
 
 BIC and AIC follow scikit-learn's sign: lower is better,
 ``BIC = -2 log L + p log n``. mclust reports ``2 log L - p log n`` (higher is
-better): the same number with the opposite sign, so an mclust table reads as
-``-result.criteria.bic``. ICL (Biernacki, Celeux & Govaert 2000) is
+better): the same number with the opposite sign, held beside it as
+``result.criteria.bic_mclust`` (and ``icl_mclust``); ``result.table(sign="mclust")``
+prints that, and a grid over mclust's fourteen models (``covariance_types="mclust"``)
+prints as ``mclustBIC`` does: models across, K down, the top three. ICL (Biernacki, Celeux & Govaert 2000) is
 ``BIC - 2 sum_i sum_k r_ik log r_ik``: BIC plus twice the entropy of the
 classification, which penalises overlapping components.
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from ._base import BaseMixture, fit_models
 from ._fitted import information_criteria
-from ._covariance import COVARIANCE_TYPES
+from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, MCLUST_MODELS
 from .family import Family
 from .mixture import Mixture
 from .registry import GRID_FAMILIES, estimator_for_family
@@ -66,19 +68,29 @@ class SelectionResult:
     estimators_: dict = field(repr=False)
     criterion: str = "bic"
 
-    def table(self, criterion: str | None = None) -> str:
+    def table(self, criterion: str | None = None, sign: str = "sklearn") -> str:
         """A plain-text table of one criterion: K down, covariance types across; * marks the best.
+
+        ``sign="mclust"``: BIC and ICL as mclust reports them, ``2 log L - p log n``
+        (higher is better), the same numbers negated.
 
         Parameters
         ----------
         criterion : {"bic", "aic", "icl", "lower_bound", "log_likelihood"}, optional
             A variable of :attr:`criteria`; by default the ranking criterion.
+        sign : {"sklearn", "mclust"}, default="sklearn"
+            "mclust" prints BIC and ICL on mclust's sign (higher is better).
 
         Returns
         -------
         str
+            The table, one line per K.
         """
         name = criterion or self.criterion
+        if sign not in ("sklearn", "mclust"):
+            raise ValueError(f"sign must be 'sklearn' or 'mclust'; received {sign!r}.")
+        if sign == "mclust":
+            return self._mclust_table(name)
         values = self.criteria[name]
         if "covariance_type" not in values.dims:  # one column: the family
             values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)
@@ -97,10 +109,47 @@ class SelectionResult:
             lines.append(f"{int(k):>4}" + "".join(cells))
         return "\n".join(lines)
 
+    def top(self, criterion: str | None = None, n: int = 3) -> list[tuple[str, int, float]]:
+        """The ``n`` best candidates as (covariance type, K, value), best first (scikit-learn's sign)."""
+        values = self.criteria[criterion or self.criterion]
+        if "covariance_type" not in values.dims:
+            values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)
+        ks, types = values["n_components"].values, values["covariance_type"].values
+        flat = values.values.ravel()
+        order = [i for i in np.argsort(flat, kind="stable") if np.isfinite(flat[i])][:n]
+        return [(str(types[i % len(types)]), int(ks[i // len(types)]), float(flat[i])) for i in order]
+
+    def _mclust_table(self, name: str) -> str:
+        if name not in ("bic", "icl"):
+            raise ValueError(f"mclust's sign applies to 'bic' and 'icl'; received criterion={name!r}.")
+        values = -self.criteria[name]
+        if "covariance_type" not in values.dims:
+            values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)
+        types = [str(t) for t in values["covariance_type"].values]
+        finite = values.values[np.isfinite(values.values)]
+        width = max(10, max((len(f"{v:.3f}") for v in finite), default=6) + 1, *(len(t) + 1 for t in types))
+        title = {"bic": "Bayesian Information Criterion (BIC)", "icl": "Integrated Complete-data Likelihood (ICL)"}
+        lines = [f"{title[name]}, mclust's sign: 2 log L - p log n, higher is better "
+                 f"(scikit-learn's {name} is its negative)",
+                 f"{'':>3}" + "".join(f"{t:>{width}}" for t in types)]
+        for k in values["n_components"].values:
+            row = values.sel(n_components=k).values
+            lines.append(f"{int(k):>3}" + "".join(f"{v:>{width}.3f}" if math.isfinite(v) else f"{'NA':>{width}}"
+                                                for v in row))
+        best = self.top(name)
+        labels = [f"{t},{k}" for t, k, _ in best]
+        cell = max(width, *(len(label) + 1 for label in labels))
+        lines += ["", f"Top {len(best)} models based on the {name.upper()} criterion:",
+                  "".join(f"{label:>{cell}}" for label in labels),
+                  "".join(f"{-v:>{cell}.3f}" for _, _, v in best)]
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
-        return (
-            f"SelectionResult(best={self.best_params_}, criterion={self.criterion!r})\n" + self.table()
-        )
+        head = f"SelectionResult(best={self.best_params_}, criterion={self.criterion!r})\n"
+        types = self.criteria.coords.get("covariance_type")
+        if types is not None and all(str(t) in MCLUST_MODELS for t in types.values):
+            return head + self.table("bic", sign="mclust") + "\n\n" + self.table("icl", sign="mclust")
+        return head + self.table()
 
 
 def _candidates(n_components, covariance_types, family) -> tuple[list[int], list[str]]:
@@ -123,11 +172,14 @@ def _candidates(n_components, covariance_types, family) -> tuple[list[int], list
         return sorted(set(int(k) for k in ks)), [name]
     if covariance_types is None:
         covariance_types = COVARIANCE_TYPES
+    elif isinstance(covariance_types, str) and covariance_types in ("mclust", "sklearn"):
+        covariance_types = MCLUST_MODELS if covariance_types == "mclust" else COVARIANCE_TYPES
     types = [covariance_types] if isinstance(covariance_types, str) else list(covariance_types)
-    bad = [t for t in types if t not in COVARIANCE_TYPES]
+    bad = [t for t in types if t not in GAUSSIAN_COVARIANCE_TYPES]
     if not types or bad:
         raise ValueError(
-            f"covariance_types must be a subset of {COVARIANCE_TYPES}; received {types!r}."
+            f"covariance_types must be a subset of {GAUSSIAN_COVARIANCE_TYPES}, 'mclust' (its fourteen "
+            f"models) or 'sklearn' (the default four); received {covariance_types!r}."
         )
     return sorted(set(int(k) for k in ks)), list(dict.fromkeys(types))
 
@@ -154,9 +206,9 @@ def select_model(
     X : array-like of shape (n_samples, n_features), zarr.Array, or str
         Anything :meth:`GaussianMixture.fit` takes.
     n_components : iterable of int, default=range(1, 11)
-        The candidate numbers of components.
-    covariance_types : iterable of str, default all four
-        The candidate covariance types (Gaussian only).
+    covariance_types : iterable of str, "mclust" or "sklearn", default scikit-learn's four
+        Gaussian only. "mclust": mclust's fourteen models (``Mclust``'s grid);
+        any of :class:`GaussianMixture`'s ``covariance_type`` names.
     criterion : {"bic", "aic", "icl"}, default="bic"
         Which criterion picks ``best_estimator_`` (all three are computed).
     n_init, random_state, **gaussian_mixture_params
@@ -244,6 +296,9 @@ def select_model(
     criteria = xr.Dataset(
         {
             **{name: (dims, values) for name, values in table.items()},
+            # mclust's sign (2 log L - p log n: higher is better) beside scikit-learn's.
+            "bic_mclust": (dims, -table["bic"]),
+            "icl_mclust": (dims, -table["icl"]),
             "n_parameters": (dims, n_params),
             "converged": (dims, converged),
             "n_iter": (dims, n_iter),

@@ -519,3 +519,18 @@ def test_fit_warm_start_refuses_settings_that_define_the_model(small_points, tmp
     assert re.search(r"--components, --seed: --warm-start .* continues that model", result.output)
     result = run("fit", small_points, "-o", tmp_path / "x.zarr", "--warm-start", tmp_path / "missing.zarr")
     assert result.exit_code == 2 and "not a dask-em model store" in result.output
+
+
+def test_mclust_models_on_the_command_line(tmp_path):
+    store, model, best = tmp_path / "x.zarr", tmp_path / "vev.zarr", tmp_path / "best.zarr"
+    assert run("generate", store, "-n", 3000, "-d", 2, "-k", 3, "--seed", 2).exit_code == 0
+    fitted = run("fit", store, "-o", model, "-k", 3, "--covariance-type", "VEV", "--seed", 0, "--quiet")
+    assert fitted.exit_code == 0, fitted.output
+    loaded = dask_em.load(model)
+    assert loaded.covariance_type == "VEV" and loaded.covariances_.shape == (3, 2, 2)
+    result = run("select", store, "-o", best, "--covariance-types", "mclust", "-k", "1-3", "--seed", 0)
+    assert result.exit_code == 0, result.output
+    assert "2 log L - p log n" in result.stdout and "Top 3 models based on the BIC criterion" in result.stdout
+    assert dask_em.load(best).covariance_type in dask_em.gaussian.GAUSSIAN_COVARIANCE_TYPES
+    bad = run("fit", store, "-o", tmp_path / "b.zarr", "--covariance-type", "VVX")
+    assert bad.exit_code == 2 and "VVV" in bad.output

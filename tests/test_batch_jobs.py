@@ -1,0 +1,307 @@
+"""Batch jobs that outlive their cluster: a `dask scheduler` or every `dask worker` killed under a
+running `dask-em fit` or `dask-em predict` (real processes on 127.0.0.1), reconnection, exit 75,
+resumption."""
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import cloudpickle
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, WorkerPlugin
+from distributed.utils import key_split
+
+import dask_em
+from conftest import free_port, mixture
+
+# The plugin below travels to the worker processes by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+BIN = os.path.dirname(sys.executable)
+MAX_ITER = 25
+CHUNK = 1000
+
+
+class Cluster:
+    """A `dask scheduler` and `dask worker` processes on one port, each killable (SIGKILL) and restartable."""
+
+    def __init__(self, log):
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.log = log
+        self.scheduler = None
+        self.workers = []
+
+    def _spawn(self, *args):
+        return subprocess.Popen([os.path.join(BIN, "dask"), *args], stdout=self.log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+    def start_scheduler(self):
+        self.scheduler = self._spawn("scheduler", "--host", "127.0.0.1", "--port", str(self.port), "--no-dashboard")
+
+    def start_worker(self):
+        self.workers.append(self._spawn("worker", self.address, "--nthreads", "1", "--no-dashboard",
+                                        "--host", "127.0.0.1"))
+
+    def wait_for_workers(self, n=1):
+        with Client(self.address, timeout="60s") as client:
+            client.wait_for_workers(n, timeout=60)
+
+    def kill_scheduler(self):
+        _kill(self.scheduler)
+
+    def kill_workers(self):
+        for w in self.workers:
+            _kill(w)
+        self.workers = []
+
+    def close(self):
+        self.kill_workers()
+        if self.scheduler is not None:
+            _kill(self.scheduler)
+
+
+def _kill(proc):
+    """SIGKILL a process and its children (a worker's nanny and worker), as a lost node would."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with open(tmp_path / "cluster.log", "w") as log:
+        c = Cluster(log)
+        c.start_scheduler()
+        c.start_worker()
+        try:
+            c.wait_for_workers()
+            yield c
+        finally:
+            c.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    X = mixture(np.random.default_rng(3), n=6000, d=3, k=3)[0]
+    path = tmp_path_factory.mktemp("batch") / "x.zarr"
+    zarr.create_array(path, shape=X.shape, chunks=(CHUNK, 3), dtype="f8")[:] = X
+    return str(path), X
+
+
+@pytest.fixture(scope="module")
+def reference(store):
+    """The uninterrupted fit, on local threads: the CLI's estimator with the same settings."""
+    gm = dask_em.GaussianMixture(3, max_iter=MAX_ITER, tol=0, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return gm.fit(store[0])
+
+
+def assert_bitwise(model, reference):
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(model, name), getattr(reference, name))
+    assert model.lower_bounds_ == reference.lower_bounds_
+
+
+def fit_command(store, tmp_path, address, timeout, *extra):
+    return [os.path.join(BIN, "dask-em"), "fit", store, "-o", str(tmp_path / "model.zarr"), "-k", "3",
+            "--max-iter", str(MAX_ITER), "--tol", "0", "--seed", "0", "--scheduler", address,
+            "--checkpoint", str(tmp_path / "ck.npz"), "--reconnect-timeout", str(timeout), "--json", *extra]
+
+
+def run_until(cmd, iteration, then):
+    """Start ``cmd``; when its progress reports ``iteration``, call ``then()``; return (rc, stderr lines)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        if line.startswith("{") and json.loads(line).get("iteration") == iteration and then is not None:
+            then()
+            then = None
+    proc.stdout.read()
+    return proc.wait(timeout=120), lines
+
+
+def events(lines):
+    return [json.loads(line)["event"] for line in lines if line.startswith("{")]
+
+
+# ---------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_scheduler_restarted_within_the_bound_fit_finishes_bitwise(cluster, store, reference, tmp_path):
+    def restart():
+        cluster.kill_scheduler()
+        cluster.kill_workers()  # workers leave with their scheduler; the operator restarts them
+        cluster.start_scheduler()
+        cluster.start_worker()
+
+    rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 120), 3, restart)
+    assert rc == 0, "\n".join(lines[-20:])
+    seen = events(lines)
+    assert "scheduler-lost" in seen and "reconnected" in seen, seen  # the fit was interrupted, and went on
+    assert seen.index("scheduler-lost") < seen.index("reconnected")
+    assert "Traceback" not in "\n".join(lines)
+    assert_bitwise(dask_em.load(tmp_path / "model.zarr"), reference)
+
+
+@pytest.mark.timeout(240)
+def test_no_scheduler_within_the_bound_exits_75_then_resumes_bitwise(cluster, store, reference, tmp_path):
+    def lose():
+        cluster.kill_scheduler()
+        cluster.kill_workers()
+
+    cmd = fit_command(store[0], tmp_path, cluster.address, 2)
+    rc, lines = run_until(cmd, 3, lose)
+    assert rc == 75, "\n".join(lines[-20:])
+    text = "\n".join(lines)
+    assert "Traceback" not in text
+    last = lines[-1]
+    assert last.startswith(f"dask-em: lost the scheduler at {cluster.address}: none answered within 2 s")
+    assert f"the checkpoint {tmp_path / 'ck.npz'} (iteration " in last and "is intact" in last
+    assert not (tmp_path / "model.zarr").exists()
+    # The command the line gives, against a new cluster.
+    resume = shlex.split(last.split("resume with: ", 1)[1])
+    assert resume[0] == "dask-em" and "--resume" in resume
+    new = Cluster(cluster.log)
+    new.start_scheduler()
+    new.start_worker()
+    try:
+        new.wait_for_workers()
+        resume[0] = os.path.join(BIN, "dask-em")
+        resume[resume.index("--scheduler") + 1] = new.address
+        result = subprocess.run(resume, capture_output=True, text=True, timeout=180)
+    finally:
+        new.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_bitwise(dask_em.load(tmp_path / "model.zarr"), reference)
+
+
+@pytest.mark.timeout(240)
+def test_every_worker_killed_and_new_ones_started_fit_finishes_bitwise(cluster, store, reference, tmp_path):
+    def replace_workers():
+        cluster.kill_workers()
+        time.sleep(1.5)  # long enough for the scheduler to see no worker at all
+        cluster.start_worker()
+
+    rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 120), 3, replace_workers)
+    assert rc == 0, "\n".join(lines[-20:])
+    assert_bitwise(dask_em.load(tmp_path / "model.zarr"), reference)
+
+
+@pytest.mark.timeout(240)
+def test_every_worker_gone_longer_than_the_bound_exits_75(cluster, store, tmp_path):
+    rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 2), 3, cluster.kill_workers)
+    assert rc == 75, "\n".join(lines[-20:])
+    assert "Traceback" not in "\n".join(lines)
+    assert lines[-1].startswith(f"dask-em: lost every worker at {cluster.address}: no worker joined within 2 s")
+    assert "workers-lost" in events(lines)
+    assert "resume with: dask-em fit" in lines[-1]
+
+
+def test_reconnect_timeout_is_checked_and_a_first_connection_fails_fast(store, tmp_path):
+    """reconnect_timeout covers a connection lost, not one never made: a wrong address fails as before."""
+    address = f"tcp://127.0.0.1:{free_port()}"  # nothing listens here
+    with pytest.raises(ValueError, match=r"reconnect_timeout must be a number of seconds >= 0 or None; received -1"):
+        dask_em.GaussianMixture(2).fit(store[0], reconnect_timeout=-1)
+    with pytest.raises(OSError):  # the first connection is not retried: a wrong address fails fast
+        import dask
+
+        with dask.config.set({"scheduler-address": address, "distributed.comm.timeouts.connect": "1s"}):
+            dask_em.GaussianMixture(2).fit(store[0], reconnect_timeout=1)
+
+
+# ---------------------------------------------------------------------------
+# predict
+# ---------------------------------------------------------------------------
+
+
+class SlowWrites(WorkerPlugin):
+    """Holds each chunk write for a moment, so that the test can kill `dask-em predict` halfway."""
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "executing" and key_split(key) == "em-write-chunk":
+            time.sleep(0.4)
+
+
+def chunk_files(store_path):
+    """(inode, mtime) of every chunk file of a Zarr array: a chunk written again gets new ones."""
+    out = {}
+    for root, _, files in os.walk(os.path.join(store_path, "c")):
+        for f in files:
+            st = os.stat(os.path.join(root, f))
+            out[os.path.relpath(os.path.join(root, f), store_path)] = (st.st_ino, st.st_mtime_ns)
+    return out
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("proba", [False, True])
+def test_predict_killed_halfway_and_rerun_writes_each_chunk_once(proba, cluster, store, reference, tmp_path):
+    model = tmp_path / "model.zarr"
+    dask_em.save(reference, model)
+    out = tmp_path / "labels.zarr"
+    partial = tmp_path / "labels.zarr.partial"
+    cmd = [os.path.join(BIN, "dask-em"), "predict", str(model), store[0], "-o", str(out),
+           "--scheduler", cluster.address] + (["--proba"] if proba else [])
+    with Client(cluster.address) as client:
+        client.register_plugin(SlowWrites(), name="slow")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marks = partial / ".dask-em-written"
+    deadline = time.monotonic() + 120
+    while not (marks.exists() and len(os.listdir(marks)) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert not out.exists()  # nothing under the output's name until it is whole
+    done = sorted(int(n) for n in os.listdir(marks))
+    n_chunks = len(store[1]) // CHUNK
+    assert 2 <= len(done) < n_chunks, done
+    before = chunk_files(partial)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"({len(done)} written before, kept)" in result.stdout
+    after = chunk_files(out)
+    for name in before:  # inode and mtime unchanged: not written again
+        if int(name.split(os.sep)[1]) in done:
+            assert after[name] == before[name], name
+    assert not partial.exists() and not (out / ".dask-em-written").exists()
+    written = zarr.open_array(out, mode="r")
+    assert "dask_em_partial" not in written.attrs
+    expected = reference.predict_proba(store[1]) if proba else reference.predict(store[1])
+    np.testing.assert_array_equal(written[:], expected)
+    assert written.chunks[0] == CHUNK
+
+
+def test_predict_partial_of_another_model_is_not_resumed(store, reference, tmp_path):
+    from click.testing import CliRunner
+
+    from dask_em.cli import main
+
+    other = dask_em.GaussianMixture(2, max_iter=5, random_state=1).fit(store[1])
+    paths = {}
+    for name, m in (("ref", reference), ("other", other)):
+        paths[name] = tmp_path / f"{name}.zarr"
+        dask_em.save(m, paths[name])
+    out = tmp_path / "labels.zarr"
+    # A partial store left by the other model: every chunk marked written.
+    partial = tmp_path / "labels.zarr.partial"
+    z = zarr.create_array(partial, shape=(len(store[1]),), chunks=(CHUNK,), dtype="i8",
+                          attributes={"dask_em_partial": {"model": "another"}})
+    z[:] = 7
+    (partial / ".dask-em-written").mkdir()
+    for i in range(len(store[1]) // CHUNK):
+        (partial / ".dask-em-written" / str(i)).touch()
+    result = CliRunner().invoke(main, ["predict", str(paths["ref"]), store[0], "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], reference.predict(store[1]))

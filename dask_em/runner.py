@@ -248,6 +248,7 @@ class Runner:
                        self._address, self.reconnect_timeout,
                        extra={"event": {"event": "scheduler-lost", "address": self._address,
                                         "timeout": self.reconnect_timeout}})
+        replaced = False
         while True:
             if self.client.status == "running":
                 break
@@ -261,16 +262,16 @@ class Runner:
                 if not self._owned:
                     raise ClusterLost("the scheduler", self._address, time.monotonic() - tic,
                                       "the Client closed after its own reconnection failed")
-                self._replace_client(remaining)
+                replaced = self._replace_client(remaining) or replaced
                 continue
             time.sleep(0.1)
-        logger.warning("reconnected to the scheduler at %s after %.1f s; running the interrupted step again",
-                       self._address, time.monotonic() - tic,
-                       extra={"event": {"event": "reconnected", "address": self._address,
+        logger.warning("reconnected to the scheduler at %s after %.1f s%s; running the interrupted step again",
+                       self._address, time.monotonic() - tic, " with a new Client" if replaced else "",
+                       extra={"event": {"event": "reconnected", "address": self._address, "new_client": replaced,
                                         "seconds": round(time.monotonic() - tic, 3)}})
 
-    def _replace_client(self, timeout: float) -> None:
-        """A new Client at the same address, in place of the one this runner may replace."""
+    def _replace_client(self, timeout: float) -> bool:
+        """A new Client at the same address, in place of the one this runner may replace; whether one answered."""
         from distributed import Client
 
         old = self.client
@@ -278,7 +279,7 @@ class Runner:
         try:
             new = Client(self._address, timeout=max(timeout, 1.0), set_as_default=was_default)
         except (OSError, TimeoutError):
-            return  # the deadline is checked by the caller
+            return False  # the deadline is checked by the caller
         with contextlib.suppress(Exception):
             old.close(timeout=2)
         self.client = new
@@ -286,6 +287,7 @@ class Runner:
             _Owned.client = new  # connect() / cluster() close it at the end of the command
         else:
             self._stack.callback(new.close)
+        return True
 
     def persist_in_memory(self, X: da.Array) -> da.Array:
         """Keep numpy-backed data on the workers instead of shipping it each round.

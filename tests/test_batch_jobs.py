@@ -118,9 +118,9 @@ def fit_command(store, tmp_path, address, timeout, *extra):
             "--checkpoint", str(tmp_path / "ck.npz"), "--reconnect-timeout", str(timeout), "--json", *extra]
 
 
-def run_until(cmd, iteration, then):
+def run_until(cmd, iteration, then, env=None):
     """Start ``cmd``; when its progress reports ``iteration``, call ``then()``; return (rc, stderr lines)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines = []
     for line in proc.stderr:
         lines.append(line.rstrip("\n"))
@@ -141,18 +141,32 @@ def events(lines):
 
 
 @pytest.mark.timeout(240)
-def test_scheduler_restarted_within_the_bound_fit_finishes_bitwise(cluster, store, reference, tmp_path):
+@pytest.mark.parametrize("via", ["--scheduler", "DASK_SCHEDULER_ADDRESS"])
+def test_scheduler_restarted_within_the_bound_fit_finishes_bitwise(via, cluster, store, reference, tmp_path):
+    """The CLI's Client (--scheduler) reconnects by itself; the library's own (from DASK_SCHEDULER_ADDRESS, as a
+    DaskJob runner has it), its reconnection given up after 1 s, is replaced by a new Client at the address."""
     def restart():
         cluster.kill_scheduler()
         cluster.kill_workers()  # workers leave with their scheduler; the operator restarts them
+        if via == "DASK_SCHEDULER_ADDRESS":
+            time.sleep(3)  # past the Client's own reconnection (1 s here)
         cluster.start_scheduler()
         cluster.start_worker()
 
-    rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 120), 3, restart)
+    cmd = fit_command(store[0], tmp_path, cluster.address, 120)
+    env = dict(os.environ)
+    if via == "DASK_SCHEDULER_ADDRESS":
+        i = cmd.index("--scheduler")
+        del cmd[i:i + 2]
+        env.update(DASK_SCHEDULER_ADDRESS=cluster.address, DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT="1s")
+    rc, lines = run_until(cmd, 3, restart, env)
     assert rc == 0, "\n".join(lines[-20:])
     seen = events(lines)
     assert "scheduler-lost" in seen and "reconnected" in seen, seen  # the fit was interrupted, and went on
     assert seen.index("scheduler-lost") < seen.index("reconnected")
+    if via == "DASK_SCHEDULER_ADDRESS":
+        (reconnected,) = [json.loads(x) for x in lines if x.startswith('{"event": "reconnected"')]
+        assert reconnected["new_client"] is True
     assert "Traceback" not in "\n".join(lines)
     assert_bitwise(dask_em.load(tmp_path / "model.zarr"), reference)
 

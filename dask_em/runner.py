@@ -156,10 +156,21 @@ class Runner:
             return value
         if self.reconnect_timeout is None:
             return self.client.gather(self.client.compute(build()))
+        at_once = 0  # losses in a row after which the client was back at once
         while True:
             try:
                 return self._watched(build())
-            except _Lost:
+            except _Lost as exc:
+                if self.client.status == "running":
+                    at_once += 1
+                    if at_once > 3:  # not a lost connection: inputs the old scheduler held are gone
+                        raise RuntimeError(
+                            f"the computation was cancelled {at_once} times on a connected scheduler at "
+                            f"{self._address}; data it depends on (a persisted collection, scattered data) "
+                            "was lost with the scheduler: pass the data itself, or a Zarr store."
+                        ) from exc.__cause__
+                else:
+                    at_once = 0
                 self._reconnect()
 
     def _watched(self, obj) -> Any:
@@ -201,7 +212,7 @@ class Runner:
 
     def _connection_lost(self, exc: BaseException) -> bool:
         """Whether ``exc`` comes from the lost connection rather than from a task."""
-        from asyncio import CancelledError
+        from concurrent.futures import CancelledError  # distributed's FutureCancelledError derives from it
 
         from distributed.comm import CommClosedError
 

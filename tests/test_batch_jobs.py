@@ -319,3 +319,38 @@ def test_predict_partial_of_other_work_is_not_resumed(store, reference, tmp_path
     assert "written before" not in result.output
     np.testing.assert_array_equal(zarr.open_array(out, mode="r")[:], reference.predict_proba(store[1]))
     assert not partial.exists()
+
+
+def test_data_lost_with_the_scheduler_is_named_not_retried_forever(store):
+    """A persisted input whose keys are gone (as after a scheduler restart): an error saying so, not a loop."""
+    import dask.array as da
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        X = client.persist(da.from_array(store[1], chunks=(CHUNK, 3)))
+        client.cancel(X)
+        with pytest.raises(RuntimeError, match=r"cancelled 4 times on a connected scheduler .* was lost with the"):
+            dask_em.GaussianMixture(2, max_iter=3).fit(X, reconnect_timeout=5)
+
+
+@pytest.mark.timeout(240)
+def test_library_fit_with_your_own_client_waits_for_it_to_reconnect(cluster, store, reference, caplog):
+    """fit(reconnect_timeout=...) with a Client you made: the same Client reconnects; the fit finishes bitwise."""
+    def restart_at_iteration_3(event):
+        if event["iteration"] == 3:
+            cluster.kill_scheduler()
+            cluster.kill_workers()
+            cluster.start_scheduler()
+            cluster.start_worker()
+
+    with Client(cluster.address, timeout="120s") as client:
+        gm = dask_em.GaussianMixture(3, max_iter=MAX_ITER, tol=0, random_state=0)
+        with warnings.catch_warnings(), caplog.at_level("WARNING", logger="dask_em"):
+            warnings.simplefilter("ignore")
+            gm.fit(store[0], callback=restart_at_iteration_3, reconnect_timeout=120)
+        assert client.status == "running"  # yours, reconnected by itself; never replaced
+    assert any("lost the connection to the scheduler" in r.getMessage() for r in caplog.records)
+    assert any("reconnected to the scheduler" in r.getMessage() and "new Client" not in r.getMessage()
+               for r in caplog.records)
+    assert_bitwise(gm, reference)

@@ -212,17 +212,23 @@ def test_every_worker_killed_and_new_ones_started_fit_finishes_bitwise(cluster, 
 
     rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 120), 3, replace_workers)
     assert rc == 0, "\n".join(lines[-20:])
+    seen = events(lines)
+    assert "workers-lost" in seen and "workers-back" in seen, seen
     assert_bitwise(dask_em.load(tmp_path / "model.zarr"), reference)
 
 
 @pytest.mark.timeout(240)
 def test_every_worker_gone_longer_than_the_bound_exits_75(cluster, store, tmp_path):
-    rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 2), 3, cluster.kill_workers)
+    cmd = fit_command(store[0], tmp_path, cluster.address, 2)
+    i = cmd.index("--checkpoint")
+    del cmd[i:i + 2]  # and no checkpoint: the line says a rerun starts afresh
+    rc, lines = run_until(cmd, 3, cluster.kill_workers)
     assert rc == 75, "\n".join(lines[-20:])
     assert "Traceback" not in "\n".join(lines)
-    assert lines[-1].startswith(f"dask-em: lost every worker at {cluster.address}: no worker joined within 2 s")
+    assert lines[-1].startswith(f"dask-em: lost every worker at {cluster.address}: no worker joined within 2 s; "
+                                "no --checkpoint was given, so a rerun starts afresh")
     assert "workers-lost" in events(lines)
-    assert "resume with: dask-em fit" in lines[-1]
+    assert lines[-1].endswith(shlex.join(["dask-em"] + cmd[1:]))  # the command, as it was run
 
 
 def test_reconnect_timeout_is_checked_and_a_first_connection_fails_fast(store, tmp_path):

@@ -90,7 +90,8 @@ def _move_into_place(fs, source: str, final: str, path: str, overwrite: bool) ->
         files = sorted(fs.find(source), key=lambda f: f.endswith("zarr.json"))
         for f in files:
             fs.mv(f, final + f[len(source):])
-        fs.rm(source, recursive=True)
+        with contextlib.suppress(FileNotFoundError):  # an object store has no directory left to remove
+            fs.rm(source, recursive=True)
 
 
 # ---------------------------------------------------------------------------

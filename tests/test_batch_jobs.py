@@ -204,6 +204,25 @@ def test_no_scheduler_within_the_bound_exits_75_then_resumes_bitwise(cluster, st
 
 
 @pytest.mark.timeout(240)
+def test_sigterm_while_waiting_for_the_scheduler_exits_75_at_once(cluster, store, tmp_path):
+    proc = subprocess.Popen(fit_command(store[0], tmp_path, cluster.address, 600), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line.rstrip("\n"))
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("iteration") == 3:
+            cluster.kill_scheduler()
+            cluster.kill_workers()
+        elif event.get("event") == "scheduler-lost":
+            proc.send_signal(signal.SIGTERM)  # the pod is being stopped: no point waiting 600 s
+    proc.stdout.read()
+    assert proc.wait(timeout=60) == 75, "\n".join(lines[-20:])
+    assert lines[-1].startswith(f"dask-em: lost the scheduler at {cluster.address}: stopped on request while "
+                                "waiting for it; the checkpoint")
+
+
+@pytest.mark.timeout(240)
 def test_every_worker_killed_and_new_ones_started_fit_finishes_bitwise(cluster, store, reference, tmp_path):
     def replace_workers():
         cluster.kill_workers()

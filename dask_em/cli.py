@@ -138,7 +138,10 @@ def _rerun_command(add: tuple[str, ...] = ()) -> str:
 
 
 def _exit_lost(line: str) -> None:
-    """Exit 75 with ``line`` as the last word: the lost Client's teardown logs nothing after it."""
+    """Exit 75 with ``line`` as the last word: the lost Client's teardown logs nothing after it.
+
+    Logging stays off until the command's ``finally`` turns it back on, after the Client is closed.
+    """
     logging.disable(logging.CRITICAL)
     click.echo(f"dask-em: {line}", err=True)
     sys.exit(EXIT_PREEMPTED)
@@ -403,6 +406,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
                 remove(checkpoint, options)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
     summary = _summary(model, output)
     summary["seconds"] = round(time.perf_counter() - tic, 3)
     if as_json:
@@ -612,13 +616,16 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
     identity = {"model": _model_digest(model), "input": str(input), "variable": variable, "what": what,
                 "shape": list(result.shape), "row_chunks": list(result.chunks[0][:1])}
     tic = time.perf_counter()
-    with _user_errors(), connect(scheduler), Runner(reconnect_timeout) as runner:
-        try:
-            found, total = write_chunks(result, output, options, runner, identity, overwrite)
-        except ClusterLost as exc:
-            done = len(written_chunks(output, options))
-            _exit_lost(f"{exc}; {done} of {result.numblocks[0]} chunks are written to {partial_path(output)}; "
-                       f"the same command writes the rest: {_rerun_command()}")
+    try:
+        with _user_errors(), connect(scheduler), Runner(reconnect_timeout) as runner:
+            try:
+                found, total = write_chunks(result, output, options, runner, identity, overwrite)
+            except ClusterLost as exc:
+                done = len(written_chunks(output, options))
+                _exit_lost(f"{exc}; {done} of {result.numblocks[0]} chunks are written to {partial_path(output)}; "
+                           f"the same command writes the rest: {_rerun_command()}")
+    finally:
+        logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
     resumed = f" ({found} written before, kept)" if found else ""
     click.echo(
         f"wrote {what} {result.shape} in {total} chunks{resumed} to {output} in {time.perf_counter() - tic:.1f} s"

@@ -20,6 +20,7 @@ from .gaussian_mixture import GaussianMixture
 from .io import as_dask_array, open_zarr
 from .mixture import Mixture
 from .restarts import Preempted, request_stop
+from .runner import ClusterLost
 from .selection import SelectionResult, select_model
 from .store import load, save
 
@@ -30,6 +31,7 @@ __all__ = [
     "BernoulliMixture",
     "CategoricalFamily",
     "CategoricalMixture",
+    "ClusterLost",
     "Family",
     "GaussianFamily",
     "GaussianMixture",

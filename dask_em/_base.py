@@ -32,7 +32,7 @@ from ._fitted import FittedMixture
 from .engine import RoundState, StepResult, compute_round, local_rows, round_graph, runs_directly
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
-from .restarts import Restart, Schedule, restarts_from, run_schedule, score_restarts
+from .restarts import STOP_REQUESTED, Restart, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
 from .starts import INIT_METHODS, StartPlan, default_sample_size, emem_methods
 
@@ -316,6 +316,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         checkpoint_options: dict | None = None,
         callback=None,
         read_retries: int = 3,
+        reconnect_timeout: float | None = None,
     ):
         """Fit the mixture by EM, reading ``X`` one row chunk at a time.
 
@@ -347,6 +348,21 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             (restart, iteration, lower_bound, change, converged).
         read_retries : int, default=3
             Attempts beyond the first for a Zarr chunk read that fails.
+        reconnect_timeout : float, optional
+            On a distributed scheduler: seconds to wait, when the connection to
+            the scheduler is lost, for a scheduler to answer at the same address
+            (and, when every worker is gone, for a worker to join). The
+            interrupted iteration then runs again from the last completed one,
+            held in memory, and the fit ends as an uninterrupted one would,
+            bitwise. A Client that dask-em made itself (from
+            ``DASK_SCHEDULER_ADDRESS`` or the scheduler-address config) is
+            replaced by a new one at the same address; a Client you made is
+            waited for while it reconnects by itself (its own ``timeout``).
+            Past the bound :class:`dask_em.ClusterLost` is raised, the
+            checkpoint holding the last completed iteration. None (default):
+            no waiting; a lost connection raises as ``distributed`` does.
+            In-memory data is then not kept on the workers but sent with each
+            iteration's graph.
 
         Returns
         -------
@@ -356,7 +372,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         fit_models(
             [self], X, sample_weight=sample_weight, variable=variable, storage_options=storage_options,
             chunk_rows=chunk_rows, checkpoint=checkpoint, resume=resume, checkpoint_options=checkpoint_options,
-            callback=callback, read_retries=read_retries,
+            callback=callback, read_retries=read_retries, reconnect_timeout=reconnect_timeout,
         )
         return self
 
@@ -567,6 +583,7 @@ def fit_models(
     callback=None,
     read_retries: int = 3,
     score: bool = False,
+    reconnect_timeout: float | None = None,
 ) -> list[StepResult | None]:
     """Fit several estimators of one family on ``X`` side by side, sharing every read.
 
@@ -577,7 +594,12 @@ def fit_models(
     model's log-likelihood and classification entropy (for ICL); its result
     is returned per model (None for a model whose every restart failed, which
     then stays unfitted). A checkpoint is supported for a single model.
+    ``reconnect_timeout``: see :meth:`BaseMixture.fit`.
     """
+    if reconnect_timeout is not None and not (is_real(reconnect_timeout) and reconnect_timeout >= 0):
+        raise ValueError(
+            f"reconnect_timeout must be a number of seconds >= 0 or None; received {reconnect_timeout!r}."
+        )
     for model in models:
         model.check_params()
     lead = models[0]
@@ -616,7 +638,7 @@ def fit_models(
             ckpt.write(checkpoint, *ckpt.state(restarts, context, fp, lead.get_params()), checkpoint_options)
 
     data, w = split_rows(data, w)  # after the fingerprint: a checkpoint names the chunking as given
-    with Runner() as runner:
+    with Runner(reconnect_timeout, stop=STOP_REQUESTED) as runner:
         if not prep.lazy:
             data = runner.persist_in_memory(data)
             w = runner.persist_in_memory(w) if w is not None else None

@@ -8,7 +8,9 @@ Results go to stdout, progress and logs to stderr. Exit codes:
 2     bad input or usage (one line on stderr, nothing written)
 3     the best restart did not converge (only with ``--fail-on-no-converge``)
 4     every restart failed numerically
-75    preempted (SIGTERM): the iteration in flight finished, checkpoint written
+75    a temporary failure: preempted (SIGTERM: the iteration in flight finished,
+      checkpoint written), or the scheduler (or every worker) gone for longer
+      than ``--reconnect-timeout``; rerunning the command resumes
 ====  =====================================================================
 """
 
@@ -18,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -27,13 +30,14 @@ import warnings
 from typing import Any
 
 import click
+import dask
 
 from ._fitted import information_criteria
 from ._covariance import GAUSSIAN_COVARIANCE_TYPES, MCLUST_MODELS
 from ._json import json_safe
 from .output import CODECS, atomic_output, exists, remove
 from .registry import FAMILY_NAMES, GRID_FAMILIES, estimator_for_family
-from .runner import cluster, connect
+from .runner import ClusterLost, cluster, connect
 from .bayesian import PRIOR_TYPES
 from .starts import INIT_METHODS
 
@@ -92,12 +96,71 @@ def _refuse_existing(path: str, overwrite: bool, storage_options: dict | None = 
         raise Failure(f"{path!r} exists; pass --overwrite to replace it.")
 
 
+class _EventsAsJson(logging.Formatter):
+    """--json: a log record that carries an ``event`` (a lost scheduler, a reconnection) as a JSON line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "event", None)
+        if event is None:
+            return super().format(record)
+        return json.dumps(json_safe({**event, "message": record.getMessage()}))
+
+
+def _no_reconnect_noise(record: logging.LogRecord) -> bool:
+    # distributed's own line when its Client gives up; dask-em says what happens next.
+    return not record.getMessage().startswith("Failed to reconnect to scheduler")
+
+
 def _setup_logging(quiet: bool, as_json: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    # distributed sets its loggers' levels when first imported: this keeps them at warning then.
+    dask.config.set({"logging.distributed": "warning"})
+    client_log = logging.getLogger("distributed.client")
+    if _no_reconnect_noise not in client_log.filters:
+        client_log.addFilter(_no_reconnect_noise)
     if as_json:
         logger.setLevel(logging.WARNING)  # progress comes as JSON lines instead
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_EventsAsJson("%(message)s"))
+
+
+RECONNECT_HELP = ("Seconds to wait for the scheduler after a lost connection (same address), and for a worker when "
+                  "every worker is gone; then the interrupted step runs again. Past it: exit 75.")
+
+
+def _rerun_command(add: tuple[str, ...] = ()) -> str:
+    """The command line of this process, with ``add`` appended where missing: what resumes it."""
+    args = list(sys.argv[1:])
+    args += [a for a in add if a not in args]
+    return shlex.join(["dask-em", *args])
+
+
+def _exit_lost(line: str) -> None:
+    """Exit 75 with ``line`` as the last word: the lost Client's teardown logs nothing after it.
+
+    Logging stays off until the command's ``finally`` turns it back on, after the Client is closed.
+    """
+    logging.disable(logging.CRITICAL)
+    click.echo(f"dask-em: {line}", err=True)
+    sys.exit(EXIT_PREEMPTED)
+
+
+def _fit_lost(exc: ClusterLost, checkpoint: str | None, options: dict | None) -> str:
+    """The one line for a fit that lost its scheduler or workers: what, where the checkpoint is, how to resume."""
+    from .checkpoint import read
+
+    if not checkpoint:
+        return (f"{exc}; no --checkpoint was given, so a rerun starts afresh (give --checkpoint PATH --resume "
+                f"to resume from the last iteration): {_rerun_command()}")
+    try:
+        saved = read(checkpoint, options)
+    except Exception:  # noqa: BLE001 - the line below still names the path
+        saved = None
+    held = ("" if saved is None else
+            f" (iteration {max(r['n_iter'] for r in saved[0]['restarts'])})")
+    return f"{exc}; the checkpoint {checkpoint}{held} is intact; resume with: {_rerun_command(('--resume',))}"
 
 
 def _echo_json(obj: Any, err: bool = False) -> None:
@@ -110,8 +173,9 @@ def main() -> None:
     """Fit mixture models by EM on data larger than memory, with Dask.
 
     Exit codes: 0 success, 2 bad input, 3 not converged (with
-    --fail-on-no-converge), 4 every restart failed, 75 preempted (checkpoint
-    written; rerun with --resume).
+    --fail-on-no-converge), 4 every restart failed, 75 a temporary failure
+    (preempted, or the scheduler or every worker gone longer than
+    --reconnect-timeout): rerun, with --resume for fit.
     """
 
 
@@ -127,6 +191,7 @@ _FIT_CONFIG_KEYS = {
     "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
     "weight_concentration_prior_type", "weight_concentration_prior", "prior", "compute_dtype",
     "warm_start", "verbose_interval",
+    "reconnect_timeout",
 }
 # What --warm-start MODEL may change on the stored estimator; its other settings define the model.
 _WARM_SETTABLE = ("max_iter", "tol", "accelerate", "stopping", "reg_covar", "compute_dtype", "verbose_interval")
@@ -306,6 +371,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--checkpoint", help="Checkpoint file, replaced atomically after every iteration.")
 @click.option("--resume/--no-resume", default=False, help="Continue from --checkpoint when it exists.")
 @click.option("--clear-checkpoint", is_flag=True, help="Delete --checkpoint once the model is written.")
+@click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help=RECONNECT_HELP)
 @click.option("--kube-cluster", type=click.Path(dir_okay=False), help="DaskCluster spec to start with KubeCluster when no scheduler is given.")
 @click.option("--chunk-rows", type=int, default=None, help="Rows per chunk when opening the store.")
 @click.option("--overwrite/--no-overwrite", default=False, help="Replace an existing --output.")
@@ -317,7 +384,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
         tol, accelerate, warm_start, verbose_interval, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, init_strategy, seed, variable,
         storage_option, scheduler, checkpoint, resume,
-        clear_checkpoint, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
+        clear_checkpoint, reconnect_timeout, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
     from .restarts import Preempted, request_stop
@@ -374,11 +441,14 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
             warnings.simplefilter("ignore")  # reported below, in the summary and exit code
             try:
                 model.fit(input, variable=variable, storage_options=options, chunk_rows=chunk_rows,
-                          checkpoint=checkpoint, resume=resume, checkpoint_options=options, callback=progress)
+                          checkpoint=checkpoint, resume=resume, checkpoint_options=options, callback=progress,
+                          reconnect_timeout=reconnect_timeout)
             except Preempted as exc:
                 where = f"; checkpoint written to {checkpoint}, rerun with --resume" if checkpoint else ""
                 click.echo(f"dask-em: preempted: {exc}{where}", err=True)
                 sys.exit(EXIT_PREEMPTED)
+            except ClusterLost as exc:
+                _exit_lost(_fit_lost(exc, checkpoint, options))
             except ValueError as exc:
                 if str(exc).startswith("every restart failed"):
                     raise Failure(str(exc), EXIT_FAILED) from None
@@ -389,6 +459,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
                 remove(checkpoint, options)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
     summary = _summary(model, output)
     summary["seconds"] = round(time.perf_counter() - tic, 3)
     if as_json:
@@ -579,27 +650,59 @@ def _load_model(path: str, options: dict | None):
 @click.option("--scheduler")
 @click.option("--chunk-rows", type=int, default=None)
 @click.option("--overwrite", is_flag=True)
-def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, overwrite):
-    """Write the labels of INPUT under MODEL to a Zarr store with INPUT's row chunks."""
-    import dask.array as da
+@click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help=RECONNECT_HELP)
+def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, overwrite,
+            reconnect_timeout):
+    """Write the labels of INPUT under MODEL to a Zarr store with INPUT's row chunks.
 
+    Chunk by chunk into OUTPUT.partial, moved to OUTPUT when complete: the same
+    command after an interruption writes only the chunks still missing.
+    """
+    from .output import partial_path, write_chunks, written_chunks
     from .runner import Runner
 
     options = _parse_storage_options(storage_option)
     model = _load_model(model_path, options)
+    _setup_logging(False, False)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
         kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
         result = model.predict_proba(input, **kw) if proba else model.predict(input, **kw)
         result = getattr(result, "data", result)  # xarray -> dask
+    what = "responsibilities" if proba else "labels"
+    identity = {"model": _model_digest(model), "input": str(input), "variable": variable, "what": what,
+                "shape": list(result.shape), "row_chunks": list(result.chunks[0][:1])}
     tic = time.perf_counter()
-    with _user_errors(), connect(scheduler), atomic_output(output, options, overwrite) as tmp:
-        with Runner() as runner:
-            runner.compute(da.to_zarr(result, tmp, storage_options=options, compute=False))
+    try:
+        with _user_errors(), connect(scheduler), Runner(reconnect_timeout) as runner:
+            try:
+                found, total = write_chunks(result, output, options, runner, identity, overwrite)
+            except ClusterLost as exc:
+                done = len(written_chunks(output, options))
+                _exit_lost(f"{exc}; {done} of {result.numblocks[0]} chunks are written to {partial_path(output)}; "
+                           f"the same command writes the rest: {_rerun_command()}")
+    finally:
+        logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
+    resumed = f" ({found} written before, kept)" if found else ""
     click.echo(
-        f"wrote {'responsibilities' if proba else 'labels'} {result.shape} in {result.numblocks[0]} chunks "
-        f"to {output} in {time.perf_counter() - tic:.1f} s"
+        f"wrote {what} {result.shape} in {total} chunks{resumed} to {output} in {time.perf_counter() - tic:.1f} s"
     )
+
+
+def _model_digest(model) -> str:
+    """A digest of a fitted model's settings and arrays: a partial output of another model is not resumed."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256(repr(sorted(model.get_params().items())).encode())
+    for name in sorted(vars(model)):
+        value = getattr(model, name)
+        if name.endswith("_") and isinstance(value, np.ndarray):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
 
 
 @main.command()

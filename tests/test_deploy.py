@@ -166,6 +166,60 @@ def test_cronjob_policies():
     assert "--resume" in args and "--checkpoint" in args and "--clear-checkpoint" in args
 
 
+def pod_failure_action(job_spec, exit_code, conditions=()):
+    """What a Job does with a failed pod under its podFailurePolicy: Kubernetes' rules, first match wins.
+
+    Returns Ignore (retry, not counted), Count (retry within backoffLimit), FailJob, or
+    Count when no rule matches (the default).
+    """
+    container = job_spec["template"]["spec"]["containers"][0]["name"]
+    for rule in job_spec.get("podFailurePolicy", {}).get("rules", []):
+        on_codes = rule.get("onExitCodes")
+        if on_codes is not None:
+            if on_codes.get("containerName", container) != container:
+                continue
+            hit = exit_code in on_codes["values"]
+            if hit == (on_codes["operator"] == "In"):
+                return rule["action"]
+        for pattern in rule.get("onPodConditions", []):
+            if pattern["type"] in conditions and pattern.get("status", "True") == "True":
+                return rule["action"]
+    return "Count"
+
+
+def test_cronjob_retries_exit_75_and_disruptions_fails_on_bad_input():
+    from dask_em.cli import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_NOT_CONVERGED, EXIT_PREEMPTED
+
+    job = cronjob()["spec"]["jobTemplate"]["spec"]
+    assert job["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    assert job["backoffLimit"] >= 1
+    assert pod_failure_action(job, EXIT_PREEMPTED) == "Count"  # retried: the next attempt resumes
+    assert pod_failure_action(job, 137, conditions=("DisruptionTarget",)) == "Ignore"  # evicted, preempted
+    for code in (EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, EXIT_FAILED):
+        assert pod_failure_action(job, code) == "FailJob", code  # a retry gives the same answer
+    args = job["template"]["spec"]["containers"][0]["args"]
+    assert float(args[args.index("--reconnect-timeout") + 1]) > 0
+
+
+def test_pod_failure_policy_evaluator_matches_kubernetes_rules():
+    """The evaluator above on the documented example (kubernetes.io, Job 'Pod failure policy')."""
+    job = {"template": {"spec": {"containers": [{"name": "main"}]}}, "podFailurePolicy": {"rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}}
+    assert pod_failure_action(job, 42) == "FailJob"
+    assert pod_failure_action(job, 1) == "Count"
+    assert pod_failure_action(job, 137, conditions=("DisruptionTarget",)) == "Ignore"
+    job["podFailurePolicy"]["rules"][0]["onExitCodes"]["operator"] = "NotIn"
+    assert pod_failure_action(job, 1) == "FailJob"
+
+
+def test_daskjob_runner_waits_for_a_replaced_scheduler():
+    args = daskjob()["spec"]["job"]["spec"]["containers"][0]["args"]
+    assert float(args[args.index("--reconnect-timeout") + 1]) > 0
+    assert "--resume" in args and "--checkpoint" in args
+
+
 def test_rbac_is_least_privilege():
     kinds = {d["kind"]: d for d in docs("rbac.yaml")}
     assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding"}  # namespaced only

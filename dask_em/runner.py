@@ -44,8 +44,20 @@ POLL_SECONDS = 0.5
 class ClusterLost(RuntimeError):
     """The scheduler, or every worker, stayed away longer than the reconnect timeout.
 
-    ``what`` is "the scheduler" or "every worker", ``address`` the scheduler's
-    address and ``waited`` the seconds waited.
+    A fit that raises it stopped at its last completed iteration (whose
+    checkpoint, when it has one, is intact): it is a temporary failure, and
+    the command line exits 75 on it.
+
+    Parameters
+    ----------
+    what : str
+        "the scheduler" or "every worker".
+    address : str
+        The scheduler's address.
+    waited : float
+        The seconds waited for it to come back.
+    reason : str, optional
+        What came back instead, when not the default "none answered within N s".
     """
 
     def __init__(self, what: str, address: str, waited: float, reason: str | None = None):

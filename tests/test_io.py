@@ -208,7 +208,7 @@ def test_dask_sample_weight_checked_in_the_e_step(rng):
 BAD_PARAMS = [
     ({"n_components": 0}, r"n_components must be an int >= 1; received 0"),
     ({"n_components": 2.5}, r"n_components must be an int >= 1; received 2.5"),
-    ({"covariance_type": "ful"}, r"covariance_type must be one of \('full', 'tied', 'diag', 'spherical'\); received 'ful'"),
+    ({"covariance_type": "ful"}, r"covariance_type must be one of \('full', 'tied', 'diag', 'spherical', 'EII', .*'VVV'\); received 'ful'"),
     ({"tol": -1.0}, r"tol must be a finite float >= 0 \(or None.*received -1.0"),
     ({"tol": float("nan")}, r"tol must be a finite float >= 0 \(or None.*received nan"),
     ({"reg_covar": -1e-6}, r"reg_covar must be a finite float >= 0; received -1e-06"),

@@ -110,7 +110,21 @@ class SelectionResult:
         return "\n".join(lines)
 
     def top(self, criterion: str | None = None, n: int = 3) -> list[tuple[str, int, float]]:
-        """The ``n`` best candidates as (covariance type, K, value), best first (scikit-learn's sign)."""
+        """The ``n`` best candidates, best first (scikit-learn's sign: lower is better).
+
+        Parameters
+        ----------
+        criterion : {"bic", "aic", "icl", "lower_bound", "log_likelihood"}, optional
+            A variable of :attr:`criteria`; by default the ranking criterion.
+        n : int, default=3
+            How many candidates.
+
+        Returns
+        -------
+        list of (str, int, float)
+            Each candidate's covariance type (the family's name for the other
+            families), number of components and criterion value.
+        """
         values = self.criteria[criterion or self.criterion]
         if "covariance_type" not in values.dims:
             values = values.expand_dims(covariance_type=[self.criteria.attrs["family"]], axis=1)

@@ -28,7 +28,10 @@ ESTIMATORS = ["GaussianMixture", "BayesianGaussianMixture", "BernoulliMixture", 
 def public_names() -> list[str]:
     names = [f"dask_em.{n}" for n in dask_em.__all__ if n != "__version__"]
     methods = [f"dask_em.{cls}.{m}" for cls in ESTIMATORS for m in METHODS if hasattr(getattr(dask_em, cls), m)]
-    return names + PLOTS + methods
+    # Every public method a result class defines (the API reference renders them all).
+    results = [f"dask_em.SelectionResult.{m}" for m, v in vars(dask_em.SelectionResult).items()
+               if callable(v) and not m.startswith("_")]
+    return names + PLOTS + methods + results
 
 
 def _resolve(name: str):

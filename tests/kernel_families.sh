@@ -35,8 +35,10 @@ for kernel in $KERNELS; do
     picked=$("$PY" -c "import numpy, threadpoolctl; print(threadpoolctl.threadpool_info()[0].get('architecture'))" 2>&1 | tail -1)
     log=$(mktemp)
     echo "== OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset>} (OpenBLAS reports: $picked)"
-    "$PY" -m pytest -q -p no:cacheprovider "$@" 2>&1 | tee "$log" | tail -3
-    rc=${PIPESTATUS[0]}
+    "$PY" -m pytest -q -p no:cacheprovider "$@" > "$log" 2>&1
+    rc=$?
+    grep -E '^(FAILED|ERROR) ' "$log"
+    tail -1 "$log"
     counts=$(grep -E '^(=+ )?[0-9]+ (passed|failed)|[0-9]+ passed|[0-9]+ failed' "$log" | tail -1 | sed 's/=//g')
     summary+=("$(printf '%-12s %-12s %s' "$kernel" "$picked" "$counts")")
     [ "$rc" -ne 0 ] && status=1

@@ -233,3 +233,17 @@ def test_float32_refinement_resumes_bitwise_from_a_checkpoint(rng, tmp_path):
     assert resumed.restarts_[0]["float64_from"] == switched
     for name in FITTED:
         np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name), err_msg=name)
+
+
+def test_float32_switch_to_float64_is_not_a_fall(caplog):
+    """iris: float32's bias in the bound (5e-6 at -1.2) shows at the switch; it is not EM's bound falling."""
+    import logging
+
+    from sklearn.datasets import load_iris
+
+    X = load_iris().data
+    with caplog.at_level(logging.DEBUG, logger="dask_em"):
+        gm = fit_quiet(dask_em.GaussianMixture(3, compute_dtype="float32", tol=1e-10, max_iter=2000,
+                                               random_state=0), X)
+    assert gm.converged_ and gm.restarts_[0]["float64_from"] is not None
+    assert not [r for r in caplog.records if "fell" in r.getMessage()]

@@ -44,7 +44,7 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_em import initial_parameters  # noqa: E402
+from bench_em import dgemm_gflops, initial_parameters  # noqa: E402
 from bench_gil import gil_shares, print_table  # noqa: E402
 
 
@@ -60,19 +60,9 @@ def thread_counts(n: int) -> list[int]:
     return counts + [n]
 
 
-def dgemm_rate(threads: int, size: int = 2048, repeats: int = 3) -> float:
-    """FLOP/s of a size² DGEMM on ``threads`` BLAS threads (best of ``repeats``)."""
-    from threadpoolctl import threadpool_limits
-
-    a = np.random.default_rng(0).standard_normal((size, size))
-    with threadpool_limits(threads, user_api="blas"):
-        a @ a
-        best = np.inf
-        for _ in range(repeats):
-            tic = time.perf_counter()
-            a @ a
-            best = min(best, time.perf_counter() - tic)
-    return 2 * size**3 / best
+def dgemm_rate(threads: int) -> float:
+    """FLOP/s of a 2048² DGEMM on ``threads`` BLAS threads (best of three)."""
+    return dgemm_gflops(2048, threads=threads) * 1e9
 
 
 def seconds_per_iter(X, k, cov, init, iters, dtype, repeats, **fit_kw) -> float:

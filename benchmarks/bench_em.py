@@ -94,15 +94,19 @@ def dask_em_per_iter(X, k, cov_type, init, iters, **fit_kw):
     return r["seconds"] / r["n_iter"], gm.lower_bound_, gm
 
 
-def dgemm_gflops(size=4096, repeats=3) -> float:
-    """The DGEMM rate of this machine now (all cores, the default BLAS threads)."""
+def dgemm_gflops(size=4096, repeats=3, threads=None) -> float:
+    """The DGEMM rate of this machine now, GFLOP/s (best of ``repeats``), on ``threads`` BLAS threads
+    (None: the default, all cores)."""
+    from threadpoolctl import threadpool_limits
+
     a = np.random.default_rng(0).standard_normal((size, size))
-    a @ a
-    best = np.inf
-    for _ in range(repeats):
-        tic = time.perf_counter()
+    with threadpool_limits(threads, user_api="blas"):
         a @ a
-        best = min(best, time.perf_counter() - tic)
+        best = np.inf
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            a @ a
+            best = min(best, time.perf_counter() - tic)
     return 2 * size**3 / best / 1e9
 
 

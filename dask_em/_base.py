@@ -21,10 +21,12 @@ import warnings
 from typing import Any
 
 import numpy as np
+from sklearn import get_config
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
 
 from . import checkpoint as ckpt
+from ._namespace import device, like, namespace
 from ._validation import fail, is_int, is_real, seed_sequence
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from . import stepwise
@@ -317,6 +319,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         callback=None,
         read_retries: int = 3,
         reconnect_timeout: float | None = None,
+        device: str | None = None,
     ):
         """Fit the mixture by EM, reading ``X`` one row chunk at a time.
 
@@ -363,6 +366,12 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             no waiting; a lost connection raises as ``distributed`` does.
             In-memory data is then not kept on the workers but sent with each
             iteration's graph.
+        device : {None, "cuda", "cpu"}, default=None
+            Where the E-steps run. None: where each chunk lives (numpy on the
+            CPU; CuPy, PyTorch or any array-API library's arrays on their
+            device). "cuda": each chunk is copied to the GPU as it is read
+            (CuPy) and its E-step runs there. "cpu": each chunk is copied to
+            host memory. Only the reduced statistics leave the device.
 
         Returns
         -------
@@ -372,7 +381,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         fit_models(
             [self], X, sample_weight=sample_weight, variable=variable, storage_options=storage_options,
             chunk_rows=chunk_rows, checkpoint=checkpoint, resume=resume, checkpoint_options=checkpoint_options,
-            callback=callback, read_retries=read_retries, reconnect_timeout=reconnect_timeout,
+            callback=callback, read_retries=read_retries, reconnect_timeout=reconnect_timeout, device=device,
         )
         return self
 
@@ -467,7 +476,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._stream = {"family": family, "transform": transform, "context": context, "restarts": restarts}
         return self
 
-    def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None):
+    def fit_predict(self, X, y=None, *, sample_weight=None, variable=None, storage_options=None, chunk_rows=None,
+                    device=None):
         """Fit, then return the labels of ``X`` (lazy for lazy input).
 
         Parameters
@@ -484,13 +494,16 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             fsspec options for remote stores.
         chunk_rows : int, optional
             Rows per chunk where dask-em chooses the chunking.
+        device : {None, "cuda", "cpu"}, default=None
+            Where the E-steps run, as in :meth:`fit`.
 
         Returns
         -------
         labels : ndarray or dask array of shape (n_samples,)
         """
-        self.fit(X, sample_weight=sample_weight, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
-        return self.predict(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows)
+        self.fit(X, sample_weight=sample_weight, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows,
+                 device=device)
+        return self.predict(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows, device=device)
 
     def _keep_best(self, restarts: list[Restart], context: Any, d: int, prep: Prepared) -> Restart:
         """Set the fitted attributes from the best healthy restart (warning about the others)."""
@@ -507,6 +520,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._family = self.make_family()  # the fit's family: a later set_params does not change it
         self._transform = self._input_transform()
         self._public_dtype = np.dtype(np.float32) if prep.data.dtype == np.float32 else None
+        self._public_like = _attributes_like(prep)
         self._set_public()
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
@@ -515,7 +529,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._cast_bounds()
         self.restarts_ = [r.summary() for r in restarts]
         self.best_restart_ = best.index
-        self.n_components_ = len(self.weights_)
+        self.n_components_ = len(self._params["weights"])
         self.n_features_in_ = d
         if prep.feature_names is not None:
             self.feature_names_in_ = prep.feature_names
@@ -558,10 +572,26 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._fitted_with = self._settings_shape()  # what this fitted state was made under (warm_start)
         public = {"weights_": self._params["weights"], **self._family.to_public(self._params, self._context)}
         dtype = getattr(self, "_public_dtype", None)
+        on = getattr(self, "_public_like", None)
         for name, value in public.items():
             if dtype is not None and name in self._input_dtype_attributes:
                 value = value.astype(dtype) if isinstance(value, np.ndarray) else dtype.type(value)
+            if on is not None and isinstance(value, np.ndarray):
+                value = like(value, on)
             setattr(self, name, value)
+
+
+def _attributes_like(prep: Prepared):
+    """An empty array in the namespace and on the device the fitted attributes go to (None: numpy).
+
+    As scikit-learn's convention: in-memory data of another array-API library
+    (CuPy, PyTorch, ...) under ``sklearn.config_context(array_api_dispatch=True)``
+    gets its fitted attributes in that library, on the data's device.
+    """
+    if prep.foreign is None or not get_config().get("array_api_dispatch", False):
+        return None
+    xp = namespace(prep.foreign)
+    return xp.empty((0,), dtype=xp.float64, device=device(prep.foreign))
 
 
 # ---------------------------------------------------------------------------
@@ -584,6 +614,7 @@ def fit_models(
     read_retries: int = 3,
     score: bool = False,
     reconnect_timeout: float | None = None,
+    device: str | None = None,
 ) -> list[StepResult | None]:
     """Fit several estimators of one family on ``X`` side by side, sharing every read.
 
@@ -594,7 +625,7 @@ def fit_models(
     model's log-likelihood and classification entropy (for ICL); its result
     is returned per model (None for a model whose every restart failed, which
     then stays unfitted). A checkpoint is supported for a single model.
-    ``reconnect_timeout``: see :meth:`BaseMixture.fit`.
+    ``reconnect_timeout``, ``device``: see :meth:`BaseMixture.fit`.
     """
     if reconnect_timeout is not None and not (is_real(reconnect_timeout) and reconnect_timeout >= 0):
         raise ValueError(
@@ -607,6 +638,7 @@ def fit_models(
         raise ValueError(f"a checkpoint holds one model's fit; received {len(models)} models.")
     prep = as_dask_array(
         X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows, read_retries=read_retries,
+        device=device,
     )
     data = prep.data
     n, d = data.shape

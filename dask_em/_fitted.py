@@ -20,6 +20,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
+from ._namespace import is_numpy, like, namespace, to_numpy
 from ._validation import fail, is_int, seed_sequence
 from .engine import infer_block
 from .family import Family
@@ -88,7 +89,8 @@ class FittedMixture:
         block_state = {"family": state.family, "context": state.context, "params": state.params}
         prep = self._prepare_inference(X, kwargs)
         if not prep.lazy:
-            out = infer_block(prep.data.compute(scheduler="sync"), block_state, what)
+            rows = prep.foreign if prep.foreign is not None else prep.data.compute(scheduler="sync")
+            out = infer_block(rows, block_state, what)
         else:
             token = tokenize(prep.data, block_state, what)
             key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)
@@ -103,7 +105,7 @@ class FittedMixture:
                 drop_axis=drop,
                 chunks=chunks,
                 name=f"em-{'predict' if what == 'labels' else what.replace('_', '-')}-{token}",
-                meta=np.empty((0,) * (1 if drop else 2), dtype=np.int64 if what == "labels" else np.float64),
+                meta=_meta(prep.data, 1 if drop else 2, np.int64 if what == "labels" else np.float64),
             )
         return _wrap(out, prep, what)
 
@@ -117,7 +119,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -137,7 +139,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -162,7 +164,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -186,7 +188,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -207,7 +209,7 @@ class FittedMixture:
             Not used, present for scikit-learn's API.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -235,7 +237,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -254,7 +256,7 @@ class FittedMixture:
             with the features the model was fitted on.
         **kwargs
             How to read ``X``: ``variable``, ``storage_options``,
-            ``chunk_rows`` (as in :meth:`fit`).
+            ``chunk_rows``, ``device`` (as in :meth:`fit`).
 
         Returns
         -------
@@ -282,15 +284,17 @@ class FittedMixture:
         if not is_int(n_samples) or n_samples < 1:
             raise fail("n_samples", n_samples, "an int >= 1")
         rng = np.random.default_rng(seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
-        counts = rng.multinomial(n_samples, self.weights_)
+        counts = rng.multinomial(n_samples, to_numpy(self.weights_))
         labels = np.repeat(np.arange(len(counts)), counts)
         state = self.fitted_state()
-        return state.family.sample(state.params, labels, state.context, rng), labels
+        rows = state.family.sample(state.params, labels, state.context, rng)
+        on = getattr(self, "_public_like", None)  # scikit-learn's array-API convention: the fit's namespace
+        return (rows, labels) if on is None else (like(rows, on), like(labels, on))
 
     # -- reprs --------------------------------------------------------------------
 
     def _summary_rows(self) -> list[tuple[str, str]]:
-        weights = " ".join(f"{w:.3f}" for w in self.weights_)
+        weights = " ".join(f"{w:.3f}" for w in to_numpy(self.weights_))
         return [
             ("components", f"{self.n_components_} ({self._describe()}, {self.n_features_in_} features)"),
             ("converged", f"{self.converged_} after {self.n_iter_} iterations"),
@@ -335,6 +339,14 @@ def _names_frame(names):
     import pandas as pd  # installed with xarray
 
     return pd.DataFrame(columns=list(names))
+
+
+def _meta(data, ndim: int, dtype):
+    """An empty block of the results' kind: CuPy's for CuPy chunks, so that dask concatenates on the device."""
+    base = getattr(data, "_meta", None)
+    if base is None or is_numpy(base):
+        return np.empty((0,) * ndim, dtype=dtype)
+    return namespace(base).empty((0,) * ndim, dtype=dtype)
 
 
 def _wrap(out, prep: Prepared, what: str):

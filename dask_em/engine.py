@@ -32,6 +32,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
+from ._namespace import is_foreign, like, namespace, to_numpy
 from .family import Family, merge_records
 from .io import check_weights
 
@@ -113,6 +114,8 @@ def estep_block(x, w, state: RoundState, block_info=None) -> list[dict]:
     """
     start, stop, index = row_range(block_info, x.shape[0])
     family = state.family
+    if not family.array_api and is_foreign(x):  # a family of numpy kernels: the chunk to the host
+        x = to_numpy(x)
     if w is not None:
         w = np.asarray(w, dtype=np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
@@ -201,6 +204,9 @@ def infer_block(x, state: dict, what: str, block_info=None):
     its row check only when the block's result is not finite.
     """
     family: Family = state["family"]
+    if not family.array_api and is_foreign(x):  # numpy kernels: on the host, the answer back on the device
+        out = infer_block(to_numpy(x), state, what, block_info)
+        return like(out, x)
     start, stop, index = row_range(block_info, x.shape[0])
     where = f"(block {index})"
     if not family.lazy_row_check:
@@ -208,6 +214,8 @@ def infer_block(x, state: dict, what: str, block_info=None):
     if what == "impute":
         return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
+    if is_foreign(wlp):
+        return _infer_foreign(wlp, x, family, start, stop, where, what)
     if what == "labels":
         if family.lazy_row_check and not math.isfinite(float(wlp.sum())):
             check_rows(family, x, start, stop, where)
@@ -218,6 +226,23 @@ def infer_block(x, state: dict, what: str, block_info=None):
     if what == "proba":
         with np.errstate(invalid="ignore"):
             return np.exp(wlp - log_norm[:, None])
+    return log_norm
+
+
+def _infer_foreign(wlp, x, family: Family, start: int, stop: int, where: str, what: str):
+    """:func:`infer_block`'s answers from log-densities on a device, left there."""
+    xp = namespace(wlp)
+    if what == "labels":
+        if family.lazy_row_check and not math.isfinite(float(xp.sum(wlp))):
+            check_rows(family, x, start, stop, where)
+        return xp.argmax(wlp, axis=1)
+    top = xp.max(wlp, axis=1, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    log_norm = xp.log(xp.sum(xp.exp(wlp - top), axis=1)) + top[:, 0]
+    if family.lazy_row_check and not math.isfinite(float(xp.sum(log_norm))):
+        check_rows(family, x, start, stop, where)
+    if what == "proba":
+        return xp.exp(wlp - log_norm[:, None])
     return log_norm
 
 

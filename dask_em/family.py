@@ -92,6 +92,12 @@ and may override (defaults in brackets):
 ``lazy_row_check``
     True when invalid rows always make the log-likelihood non-finite (NaN for
     a Gaussian), so ``check_rows`` runs only then. [False]
+``array_api``
+    True when ``estep`` and ``weighted_log_prob`` take a chunk of any
+    array-API library (CuPy, PyTorch, ...) and compute on its device,
+    returning host statistics and, for ``weighted_log_prob``, an array of the
+    chunk's library. Otherwise the engine copies such a chunk to the host
+    first (and the inference results back). [False]
 ``panel_rows``
     Rows per panel of the default ``estep``; set it when ``prepare_rows``
     makes wide rows. [None: PANEL_CELLS // K]
@@ -346,6 +352,7 @@ class Family:
 
     name: str = ""
     lazy_row_check: bool = False
+    array_api: bool = False
     panel_rows: int | None = None
     needs_entropy: bool = False
     drops_empty_components: bool = True

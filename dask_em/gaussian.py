@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _incomplete
+from . import _array_api, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
+from ._namespace import is_foreign, like, namespace, to_numpy
 from .family import MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize, responsibilities
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
@@ -214,6 +215,7 @@ class GaussianFamily(Family):
     compute_dtype: str = "float64"
     name = "gaussian"
     supports_missing = True
+    array_api = True  # chunks of CuPy, PyTorch, ...: the E-step in dask_em._array_api, on their device
 
     @property
     def lazy_row_check(self):
@@ -222,6 +224,7 @@ class GaussianFamily(Family):
         return self.missing == "error"
 
     def check_rows(self, x):
+        x = to_numpy(x)
         if self.missing != "error":
             if x.dtype.kind != "f":
                 return None
@@ -318,6 +321,8 @@ class GaussianFamily(Family):
         path below unchanged (a chunk without NaN is summed bitwise as with
         ``missing="error"``).
         """
+        if is_foreign(x):
+            return self._estep_foreign(x, w, params_list, context, entropy)
         if self.missing == "error":
             return self._estep_complete(x, w, params_list, context, entropy)
         # Optimistic: a clean chunk pays no NaN scan (a scan of the rows cost 4% of the diag
@@ -326,6 +331,18 @@ class GaussianFamily(Family):
         records = self._estep_complete(x, w, params_list, context, entropy, stop_at_nan=True)
         if records is None:
             return self._estep_with_missing(x, w, params_list, context, entropy)
+        return records
+
+    def _estep_foreign(self, x, w, params_list, context, entropy):
+        """A chunk of another array-API library (a GPU's CuPy, PyTorch): the E-step on its device.
+
+        With ``missing="marginalize"``, a chunk whose rows hold NaN (its
+        log-likelihood is NaN) comes to the host and takes the numpy route.
+        """
+        dtypes = [np.dtype(p.get("compute_dtype", self.compute_dtype)) for p in params_list]
+        records = _array_api.estep(x, w, params_list, context, entropy, dtypes)
+        if self.missing != "error" and any(np.isnan(r["loglik"]) for r in records):
+            return self.estep(to_numpy(x), None if w is None else to_numpy(w), params_list, context, entropy)
         return records
 
     def _estep_with_missing(self, x, w, params_list, context, entropy):
@@ -441,6 +458,10 @@ class GaussianFamily(Family):
         return (record["loglik"] + entering) / record["wsum"]
 
     def weighted_log_prob(self, x, params, context):
+        if is_foreign(x):  # on the chunk's device; rows with NaN (marginalised) on the host
+            if self.missing != "error" and bool(namespace(x).any(namespace(x).isnan(x))):
+                return like(self.weighted_log_prob(to_numpy(x), params, context), x)
+            return _array_api.weighted_log_prob(x, params, context)
         if self.missing != "error" and _incomplete.any_missing(x):
             holes = np.isnan(x).any(1)
             out = np.empty((x.shape[0], len(params["weights"])))

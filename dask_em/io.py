@@ -15,12 +15,15 @@ import importlib
 import os
 import time
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+
+from ._namespace import dtype_name, is_foreign, to_numpy
 
 # Attempts beyond the first when a chunk read fails (transient storage errors).
 DEFAULT_READ_RETRIES = 3
@@ -39,6 +42,9 @@ class Prepared:
     sample_coord: Any = None
     feature_names: np.ndarray | None = None
     xarray_backed_by_numpy: bool = False
+    # In-memory data of another array-API library (CuPy, PyTorch, ...): the array itself,
+    # which inference reads whole (dask cannot concatenate every library's blocks).
+    foreign: Any = None
 
     @property
     def lazy(self) -> bool:
@@ -303,6 +309,7 @@ def as_dask_array(
     chunk_rows: int | None = None,
     read_retries: int = DEFAULT_READ_RETRIES,
     what: str = "X",
+    device: str | None = None,
 ) -> Prepared:
     """Validate ``X`` from metadata only and return it as a row-chunked dask array.
 
@@ -322,6 +329,10 @@ def as_dask_array(
         Attempts beyond the first for a Zarr chunk read that fails.
     what : str, default="X"
         The name errors give the input.
+    device : {None, "cuda", "cpu"}, default=None
+        Where the chunks go as they are read: None leaves them where they are
+        (numpy in host memory, CuPy on its GPU); "cuda" copies each to the GPU
+        (CuPy); "cpu" copies each to host memory (numpy).
 
     Returns
     -------
@@ -338,6 +349,11 @@ def as_dask_array(
     >>> prepared.data.chunks
     ((250, 250, 250, 250), (3,))
     """
+    if device is not None:
+        move = chunk_mover(device)
+        prep = as_dask_array(X, variable=variable, storage_options=storage_options, chunk_rows=chunk_rows,
+                             read_retries=read_retries, what=what)
+        return move(prep)
     if isinstance(X, Prepared):
         return X
     if X is None:
@@ -367,6 +383,8 @@ def as_dask_array(
         return Prepared(_from_dask(X, what), "dask")
     if module == "dask" and hasattr(X, "columns") and hasattr(X, "npartitions"):  # a dask DataFrame
         return _from_dask_dataframe(X, what)
+    if is_foreign(X):
+        return _from_foreign(X, what, chunk_rows)
     if isinstance(X, (Mapping, set, frozenset)) or not (
         hasattr(X, "__array__") or hasattr(X, "__array_interface__") or isinstance(X, Sequence)
         or hasattr(X, "tocsr")  # scipy.sparse: check_array refuses it with its fix (.toarray())
@@ -407,6 +425,75 @@ def _from_memory(X, what: str, chunk_rows: int | None) -> Prepared:
     _check_dtype(arr.dtype, what)
     rows = chunk_rows or auto_row_chunks(arr.shape[0], arr.shape[1], 8)
     return Prepared(da.from_array(arr, chunks=(rows, -1)), "numpy", feature_names=names)
+
+
+DEVICES = ("cuda", "cpu")
+
+
+def chunk_mover(device: str):
+    """The function that moves a :class:`Prepared` input's chunks to ``device`` (checked first)."""
+    if device not in DEVICES:
+        raise ValueError(
+            f"device must be None (compute where each chunk lives), 'cuda' (copy each chunk to the GPU "
+            f"with CuPy) or 'cpu' (copy each chunk to host memory); received {device!r}."
+        )
+    if device == "cpu":
+        return _to_host
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(
+            "device='cuda' copies each chunk to the GPU with CuPy, which is not importable here "
+            f"({exc}). Install the CuPy wheel of your CUDA version, e.g. pip install cupy-cuda12x, "
+            "or pass device=None to compute on the CPU."
+        ) from None
+    return functools.partial(_to_gpu, cupy)
+
+
+def _to_host(prep: Prepared) -> Prepared:
+    if prep.foreign is not None:  # in memory on a device: one copy of the whole array
+        return _from_memory(to_numpy(prep.foreign), "X", prep.data.chunks[0][0])
+    data = prep.data.map_blocks(to_numpy, dtype=prep.data.dtype, meta=np.empty((0, 0), dtype=prep.data.dtype))
+    return dataclasses.replace(prep, data=data)
+
+
+def _to_gpu(cupy, prep: Prepared) -> Prepared:
+    dtype = prep.data.dtype
+    data = prep.data.map_blocks(cupy.asarray, dtype=dtype, meta=cupy.empty((0, 0), dtype=dtype))
+    return dataclasses.replace(prep, data=data, foreign=None)
+
+
+class _ForeignRows:
+    """An in-memory array of another array-API library as ``da.from_array`` reads it.
+
+    It gives numpy's dtype and hands out row blocks by slicing: the blocks stay
+    arrays of their library, on their device.
+    """
+
+    def __init__(self, array, dtype: np.dtype):
+        self.array, self.dtype = array, dtype
+        self.shape, self.ndim = tuple(int(s) for s in array.shape), len(array.shape)
+
+    def __getitem__(self, key):
+        return self.array[key]
+
+    def __dask_tokenize__(self):
+        return ("dask-em-foreign-rows", id(self.array), self.shape, str(self.dtype))
+
+
+def _from_foreign(X, what: str, chunk_rows: int | None) -> Prepared:
+    """In-memory data of another array-API library (CuPy, PyTorch, array_api_strict): kept on its device."""
+    shape = tuple(X.shape)
+    _check_shape(shape, what)
+    try:
+        dtype = np.dtype(dtype_name(X.dtype))
+    except TypeError:
+        raise InputDtypeError(f"{what} must hold real numbers (float or int); received dtype {X.dtype}.") from None
+    _check_dtype(dtype, what)
+    rows = chunk_rows or auto_row_chunks(shape[0], shape[1], dtype.itemsize)
+    data = da.from_array(_ForeignRows(X, dtype), chunks=(rows, -1), asarray=False,
+                         meta=np.empty((0, 0), dtype=dtype))
+    return Prepared(data, "numpy", foreign=X)
 
 
 def _from_dask_dataframe(X, what: str) -> Prepared:

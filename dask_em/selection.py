@@ -211,6 +211,7 @@ def select_model(
     variable: str | None = None,
     storage_options: dict | None = None,
     chunk_rows: int | None = None,
+    device: str | None = None,
     **gaussian_mixture_params,
 ) -> SelectionResult:
     """Fit every (K, covariance type) candidate side by side and rank them.
@@ -242,6 +243,8 @@ def select_model(
         fsspec options for remote stores.
     chunk_rows : int, optional
         Rows per chunk where dask-em chooses the chunking.
+    device : {None, "cuda", "cpu"}, default=None
+        Where the E-steps run, as in :meth:`GaussianMixture.fit`.
 
     Returns
     -------
@@ -276,7 +279,7 @@ def select_model(
     template = next(iter(estimators.values()))
     scores = fit_models(
         list(estimators.values()), X, sample_weight=sample_weight, variable=variable,
-        storage_options=storage_options, chunk_rows=chunk_rows, score=True,
+        storage_options=storage_options, chunk_rows=chunk_rows, score=True, device=device,
     )
     fitted = {key: est for key, est in estimators.items() if hasattr(est, "weights_")}
     n = next(iter(fitted.values())).training_data_["shape"][0] if fitted else 0

@@ -23,6 +23,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
+from ._namespace import is_foreign, namespace, to_numpy
 from ._validation import seed_sequence
 from .family import Family
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -78,7 +79,11 @@ def sample_indices(n_samples: int, size: int, rng: np.random.Generator) -> np.nd
 
 
 def _take_rows(block, local_rows, start: int, family: Family):
-    rows = np.asarray(block)[local_rows]
+    if is_foreign(block):  # a chunk on a device: gather the sampled rows there, then copy them
+        xp = namespace(block)
+        rows = to_numpy(xp.take(block, xp.asarray(np.asarray(local_rows, dtype=np.int64), device=block.device), axis=0))
+    else:
+        rows = np.asarray(block)[local_rows]
     bad = family.check_rows(rows)
     if bad is not None:
         index, what, fix = bad
@@ -306,6 +311,8 @@ class StartPlan:
 
 def chunk_moments(x, w=None, full: bool = True) -> dict:
     """Weight, mean and scatter about the mean of one chunk (scatter (d, d) or its diagonal (d,))."""
+    if is_foreign(x):
+        return _foreign_chunk_moments(x, w, full)
     x = np.asarray(x, dtype=np.float64)
     if w is None:
         n = float(x.shape[0])
@@ -320,6 +327,24 @@ def chunk_moments(x, w=None, full: bool = True) -> dict:
         wc = centered * w[:, None]
     scatter = wc.T @ centered if full else np.einsum("ij,ij->j", wc, centered)
     return {"n": n, "mean": mean, "scatter": scatter}
+
+
+def _foreign_chunk_moments(x, w, full: bool) -> dict:
+    """:func:`chunk_moments` of a chunk of another array-API library, computed on its device."""
+    xp = namespace(x)
+    x = xp.astype(x, xp.float64)
+    if w is None:
+        n = float(x.shape[0])
+        mean = xp.mean(x, axis=0) if x.shape[0] else xp.zeros(x.shape[1], dtype=xp.float64, device=x.device)
+        wc = centered = x - mean
+    else:
+        w = xp.asarray(np.asarray(to_numpy(w), dtype=np.float64).reshape(-1), device=x.device)
+        n = float(xp.sum(w))
+        mean = xp.sum(x * w[:, None], axis=0) / n if n > 0 else xp.zeros(x.shape[1], dtype=xp.float64, device=x.device)
+        centered = x - mean
+        wc = centered * w[:, None]
+    scatter = xp.matrix_transpose(wc) @ centered if full else xp.sum(wc * centered, axis=0)
+    return {"n": n, "mean": to_numpy(mean), "scatter": to_numpy(scatter)}
 
 
 def merge_moments(parts: list[dict]) -> dict:

@@ -16,9 +16,9 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dask_em"
 
 LAYERS = [
-    ("foundation", ["_version", "_json", "_validation"]),
+    ("foundation", ["_version", "_json", "_validation", "_namespace"]),
     ("input and the family protocol", ["io", "family"]),
-    ("families", ["_parsimonious", "_covariance", "_incomplete", "prior", "gaussian", "bayesian", "_discrete_kernel", "discrete", "datasets"]),
+    ("families", ["_parsimonious", "_covariance", "_array_api", "_incomplete", "prior", "gaussian", "bayesian", "_discrete_kernel", "discrete", "datasets"]),
     ("starts", ["hierarchical", "starts"]),
     ("engine and runner", ["engine", "runner"]),
     ("restarts", ["progress", "accelerate", "stepwise", "restarts", "checkpoint"]),
@@ -27,7 +27,7 @@ LAYERS = [
     ("command line and package", ["cli", "__main__", "__init__"]),
 ]
 ORDER = [module for _, modules in LAYERS for module in modules]
-FAMILY_MODULES = {"_parsimonious", "_covariance", "_incomplete", "prior", "gaussian", "bayesian", "_discrete_kernel", "discrete", "datasets"}
+FAMILY_MODULES = {"_parsimonious", "_covariance", "_array_api", "_incomplete", "prior", "gaussian", "bayesian", "_discrete_kernel", "discrete", "datasets"}
 GENERIC = {"starts", "engine", "runner", "progress", "accelerate", "stepwise", "restarts", "checkpoint"}
 
 

@@ -1,0 +1,79 @@
+"""Array namespaces: which library an array belongs to, and the moves between it and numpy.
+
+A chunk may be a numpy array (the fast, tuned kernels), or an array of any
+library that implements the Python array API standard: CuPy on a GPU, PyTorch,
+``array_api_strict`` (the standard and nothing more, which the tests use on
+CPU). :func:`namespace` names the library through ``array_api_compat``;
+:func:`to_numpy` brings a (small) result to the host, explicitly, because
+CuPy refuses the implicit conversion; :func:`like` puts host parameters on the
+device of a chunk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace, is_cupy_array, is_numpy_array, is_torch_array
+from array_api_compat import device as _device
+
+
+def is_numpy(x) -> bool:
+    """True for numpy arrays (and their subclasses, memmaps included) and numpy scalars."""
+    return isinstance(x, (np.ndarray, np.generic)) or is_numpy_array(x)
+
+
+def is_foreign(x) -> bool:
+    """True for an array of another array-API library (CuPy, PyTorch, array_api_strict, ...)."""
+    if is_numpy(x) or not hasattr(x, "shape"):
+        return False
+    try:
+        array_namespace(x)
+    except TypeError:
+        return False
+    return True
+
+
+def namespace(x) -> Any:
+    """The array-API namespace of ``x`` (numpy arrays: ``array_api_compat.numpy``)."""
+    return array_namespace(x)
+
+
+def device(x) -> Any:
+    """The device ``x`` lives on, as its library names it."""
+    return _device(x)
+
+
+def to_numpy(x, dtype=None) -> np.ndarray:
+    """``x`` as a numpy array on the host: a copy from a GPU, a view where the library allows."""
+    if is_numpy(x) or not hasattr(x, "shape"):
+        return np.asarray(x, dtype=dtype)
+    if is_cupy_array(x):
+        out = x.get()
+    elif is_torch_array(x):
+        out = x.detach().cpu().numpy()
+    else:
+        try:
+            out = np.from_dlpack(x)
+        except (TypeError, RuntimeError, BufferError, AttributeError):
+            out = np.asarray(x)
+    return np.asarray(out, dtype=dtype)
+
+
+def like(a, x, dtype=None):
+    """The host array ``a`` in the namespace and on the device of ``x`` (a copy to a GPU)."""
+    xp = array_namespace(x)
+    a = np.ascontiguousarray(a if dtype is None else np.asarray(a, dtype=dtype))
+    return xp.asarray(a, device=_device(x))
+
+
+def dtype_name(dtype) -> str:
+    """A dtype of any namespace by its standard name ("float64", "int32", ...)."""
+    if isinstance(dtype, np.dtype) or isinstance(dtype, type):
+        return np.dtype(dtype).name
+    text = str(dtype)
+    for name in ("complex128", "complex64", "float64", "float32", "float16", "uint64", "uint32",
+                 "uint16", "uint8", "int64", "int32", "int16", "int8", "bool"):
+        if name in text:
+            return name
+    return text

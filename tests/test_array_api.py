@@ -1,0 +1,282 @@
+"""Chunks of any array-API library, fitted on their device: the code a GPU runs, run on CPU.
+
+``array_api_strict`` holds the arrays here, on its second emulated device
+(``device1``), where it refuses any implicit conversion to numpy, as CuPy does
+on a GPU: a numpy-only call in the device path fails these tests. Results are
+checked against the numpy kernels and against scikit-learn's own array-API
+``GaussianMixture``.
+"""
+
+import os
+import warnings
+
+import dask.array as da
+from dask.array.dispatch import concatenate_lookup
+from dask.core import flatten
+from dask.local import get_sync
+import numpy as np
+import pytest
+import sklearn
+from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+from conftest import assert_close, mixture, sklearn_start
+from dask_em import BayesianGaussianMixture, BernoulliMixture, GaussianMixture
+from dask_em._namespace import to_numpy
+from dask_em.gaussian import GaussianFamily
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+xps = pytest.importorskip("array_api_strict")
+DEVICE = xps.Device("device1")
+
+
+def on_device(a):
+    return xps.asarray(np.asarray(a), device=DEVICE)
+
+
+ARRAY = type(on_device(np.zeros(1)))
+
+# dask concatenates CuPy blocks through its registration of CuPy's concatenate; the emulated
+# device's arrays get the same registration here (dask's blocks of one chunk pass through it).
+concatenate_lookup.register(ARRAY, lambda arrays, axis=0: xps.concat(list(arrays), axis=axis))
+
+
+def device_chunks(X, rows):
+    """A dask array whose chunks live on the emulated device (dask's meta stays numpy)."""
+    return da.from_array(X, chunks=(rows, -1)).map_blocks(on_device, dtype=X.dtype, meta=np.empty((0, 0), X.dtype))
+
+
+def blocks(lazy):
+    """The blocks of a lazy result, each as computed (dask cannot concatenate array_api_strict)."""
+    keys = list(flatten(lazy.__dask_keys__()))
+    return get_sync(dict(lazy.__dask_graph__()), keys)
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, _, _ = mixture(np.random.default_rng(7), n=900, d=3, k=3, offset=5.0)
+    return X
+
+
+def fitted_params(X, ct):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm = GaussianMixture(3, covariance_type=ct, max_iter=2, random_state=0).fit(X)
+    c = X.mean(0)
+    return c, {"weights": gm.weights_, "means": gm.means_ - c, "precisions_cholesky": gm.precisions_cholesky_,
+               "covariances": gm.covariances_, "covariance_type": ct}
+
+
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical", "VEV", "EEI"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_estep_on_a_device_equals_the_numpy_kernels(data, ct, dtype):
+    c, params = fitted_params(data, ct)
+    params["compute_dtype"] = dtype
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(data))
+    family = GaussianFamily()
+    ref = family.estep(data, w, [params], c, entropy=True)[0]
+    got = family.estep(on_device(data), w, [params], c, entropy=True)[0]
+    # float64: the same sums in another order; float32: two float32 computations of them.
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    for key in ("loglik", "wsum", "entropy"):
+        assert got[key] == pytest.approx(ref[key], rel=rtol)
+    assert_close(got["nk"], ref["nk"], rtol=rtol)
+    assert ref["stats"].keys() == got["stats"].keys()
+    for key, value in ref["stats"].items():
+        assert_close(got["stats"][key], value, rtol=rtol, err_msg=key)
+
+
+def test_estep_shares_each_tile_between_restarts(data):
+    """Several restarts of several types in one call: each as it is alone."""
+    c, full = fitted_params(data, "full")
+    _, diag = fitted_params(data, "diag")
+    family = GaussianFamily()
+    x = on_device(data)
+    together = family.estep(x, None, [full, diag], c)
+    for params, rec in zip([full, diag], together):
+        alone = family.estep(x, None, [params], c)[0]
+        assert rec["loglik"] == alone["loglik"]
+        for key, value in alone["stats"].items():
+            np.testing.assert_array_equal(rec["stats"][key], value)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "tied", "spherical", "VVE"])
+def test_fit_of_device_chunks_equals_the_numpy_fit(data, ct):
+    X = da.from_array(data, chunks=(300, -1))
+    settings = dict(n_components=3, covariance_type=ct, random_state=0, tol=1e-8)
+    ref = GaussianMixture(**settings).fit(X)
+    got = GaussianMixture(**settings).fit(device_chunks(data, 300))
+    assert got.n_iter_ == ref.n_iter_
+    assert got.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-12)
+    # VVE's M-step iterates (an MM algorithm) to its own tolerance, which round-off in the
+    # statistics moves by ~1e-9; the closed forms keep the E-step's round-off.
+    rtol = 1e-8 if ct == "VVE" else 1e-10
+    assert_close(got.means_, ref.means_, rtol=rtol)
+    assert_close(got.covariances_, ref.covariances_, rtol=rtol)
+    assert_close(got.weights_, ref.weights_, rtol=rtol)
+
+
+def test_float32_and_weighted_fit_of_device_chunks(data):
+    w = np.random.default_rng(2).uniform(0.2, 3.0, len(data))
+    settings = dict(n_components=3, random_state=0, tol=0, max_iter=15, compute_dtype="float32")
+    ref = GaussianMixture(**settings).fit(data, sample_weight=w)
+    got = GaussianMixture(**settings).fit(device_chunks(data, 250), sample_weight=da.from_array(w, chunks=250))
+    # Two float32 computations of the same iterations: float32's stated tolerance (1e-4).
+    assert_close(got.means_, ref.means_, rtol=1e-4)
+    assert_close(got.covariances_, ref.covariances_, rtol=1e-4)
+
+
+def test_bayesian_fit_of_device_chunks(data):
+    settings = dict(n_components=4, random_state=0, tol=1e-8, max_iter=200)
+    ref = BayesianGaussianMixture(**settings).fit(data)
+    got = BayesianGaussianMixture(**settings).fit(device_chunks(data, 300))
+    assert got.n_iter_ == ref.n_iter_
+    assert_close(got.means_, ref.means_, rtol=1e-10)
+    assert_close(got.weight_concentration_, ref.weight_concentration_, rtol=1e-10)
+
+
+def test_missing_values_on_device_chunks(data):
+    X = data.copy()
+    X[np.random.default_rng(3).random(X.shape) < 0.05] = np.nan
+    settings = dict(n_components=3, random_state=0, tol=1e-8, missing="marginalize")
+    ref = GaussianMixture(**settings).fit(da.from_array(X, chunks=(300, -1)))
+    got = GaussianMixture(**settings).fit(device_chunks(X, 300))
+    assert got.n_iter_ == ref.n_iter_
+    assert_close(got.means_, ref.means_, rtol=1e-10)
+
+
+def test_a_family_of_numpy_kernels_reads_device_chunks_on_the_host():
+    X = (np.random.default_rng(4).random((600, 5)) < np.linspace(0.1, 0.9, 5)).astype(np.float64)
+    ref = BernoulliMixture(2, random_state=0).fit(da.from_array(X, chunks=(200, -1)))
+    got = BernoulliMixture(2, random_state=0).fit(device_chunks(X, 200))
+    assert_close(got.probabilities_, ref.probabilities_, rtol=1e-12)
+    labels = blocks(got.predict(device_chunks(X, 200)))
+    assert all(b.device == DEVICE for b in labels)
+    np.testing.assert_array_equal(np.concatenate([to_numpy(b) for b in labels]), ref.predict(X))
+
+
+def test_inference_stays_on_the_chunks_device(data):
+    model = GaussianMixture(3, random_state=0).fit(data)
+    X = device_chunks(data, 300)
+    for method in ("predict", "predict_proba", "score_samples"):
+        parts = blocks(getattr(model, method)(X))
+        assert all(isinstance(b, ARRAY) and b.device == DEVICE for b in parts), method
+        got = np.concatenate([to_numpy(b) for b in parts])
+        want = getattr(model, method)(data)
+        if method == "predict":
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert_close(got, want, rtol=1e-12)
+
+
+@pytest.fixture
+def dispatch(monkeypatch):
+    # scikit-learn refuses array_api_dispatch unless scipy's array API support is asked for.
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
+    with sklearn.config_context(array_api_dispatch=True):
+        yield
+
+
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+def test_in_memory_arrays_follow_scikit_learns_array_api_convention(data, ct, dispatch):
+    x = on_device(data)
+    with sklearn.config_context(array_api_dispatch=False):  # the same start for both: the same iterations
+        start = sklearn_start(data, 3, ct)
+    settings = dict(covariance_type=ct, init_params="random", random_state=0, tol=0, max_iter=12)
+    theirs = SkGaussianMixture(3, **{k: on_device(v) for k, v in start.items()}, **settings).fit(x)
+    ours = GaussianMixture(3, **start, **settings).fit(x)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
+        value = getattr(ours, name)
+        assert isinstance(value, ARRAY) and value.device == DEVICE, name
+        assert value.dtype == getattr(theirs, name).dtype
+        assert_close(to_numpy(value), to_numpy(getattr(theirs, name)), rtol=1e-10, err_msg=name)
+    for method in ("predict", "predict_proba", "score_samples"):
+        out = getattr(ours, method)(x)
+        assert isinstance(out, ARRAY) and out.device == DEVICE, method
+        if method == "predict":
+            np.testing.assert_array_equal(to_numpy(out), to_numpy(theirs.predict(x)))
+        else:
+            assert_close(to_numpy(out), to_numpy(getattr(theirs, method)(x)), rtol=1e-10)
+    sample, labels = ours.sample(5)
+    assert isinstance(sample, ARRAY) and sample.device == DEVICE
+
+
+def test_in_memory_array_api_input_without_dispatch_gives_numpy_attributes(data):
+    x = on_device(data)
+    model = GaussianMixture(3, random_state=0).fit(x)
+    assert isinstance(model.means_, np.ndarray)
+    ref = GaussianMixture(3, random_state=0).fit(data)
+    assert_close(model.means_, ref.means_, rtol=1e-10)
+    labels = model.predict(x)  # results live where the data lives
+    assert isinstance(labels, ARRAY) and labels.device == DEVICE
+    np.testing.assert_array_equal(to_numpy(labels), ref.predict(data))
+
+
+def test_bayesian_mixture_on_in_memory_device_arrays(data, dispatch):
+    # scikit-learn's BayesianGaussianMixture does not take array-API input; ours does.
+    model = BayesianGaussianMixture(n_components=3, random_state=0).fit(on_device(data))
+    ref = BayesianGaussianMixture(n_components=3, random_state=0).fit(data)
+    assert isinstance(model.means_, ARRAY)
+    assert_close(to_numpy(model.means_), ref.means_, rtol=1e-10)
+
+
+def test_device_option_is_checked_before_any_work(data):
+    with pytest.raises(ValueError, match="device must be None .* received 'gpu'"):
+        GaussianMixture(2).fit(data, device="gpu")
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install cupy"):
+            GaussianMixture(2).fit(data, device="cuda")
+
+
+def test_device_cpu_brings_device_chunks_to_the_host(data):
+    ref = GaussianMixture(3, random_state=0).fit(data)
+    got = GaussianMixture(3, random_state=0).fit(device_chunks(data, 300), device="cpu")
+    assert_close(got.means_, ref.means_, rtol=1e-10)
+    labels = got.predict(device_chunks(data, 300), device="cpu").compute()
+    np.testing.assert_array_equal(labels, ref.predict(data))
+
+
+def test_bad_dtype_of_a_device_array_is_refused_first():
+    with pytest.raises(TypeError, match="complex"):
+        GaussianMixture(2).fit(xps.asarray(np.ones((10, 2), dtype=np.complex128), device=DEVICE))
+
+
+def _cupy():
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        return cupy
+    except Exception:  # no CuPy, or no GPU behind it
+        return None
+
+
+cupy = _cupy()
+needs_gpu = pytest.mark.skipif(cupy is None, reason="needs CuPy and a GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical", "VEV"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gpu_fit_equals_the_cpu_fit(data, ct, dtype):
+    settings = dict(n_components=3, covariance_type=ct, random_state=0, tol=0, max_iter=20, compute_dtype=dtype)
+    ref = GaussianMixture(**settings).fit(data)
+    chunks = da.from_array(data, chunks=(300, -1))
+    for X, kw in ((cupy.asarray(data), {}), (chunks, {"device": "cuda"})):
+        got = GaussianMixture(**settings).fit(X, **kw)
+        rtol = 1e-10 if dtype == "float64" else 1e-4  # float32: the mode's stated tolerance
+        assert_close(got.means_, ref.means_, rtol=rtol)
+        assert_close(got.covariances_, ref.covariances_, rtol=rtol)
+    labels = got.predict(chunks, device="cuda").compute()
+    assert isinstance(labels, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(labels), ref.predict(data))
+
+
+@needs_gpu
+def test_gpu_in_memory_follows_scikit_learns_convention(data, dispatch):
+    x = cupy.asarray(data)
+    model = GaussianMixture(3, random_state=0).fit(x)
+    assert isinstance(model.means_, cupy.ndarray) and isinstance(model.predict_proba(x), cupy.ndarray)
+    ref = GaussianMixture(3, random_state=0).fit(data)
+    assert_close(cupy.asnumpy(model.means_), ref.means_, rtol=1e-10)

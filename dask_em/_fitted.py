@@ -219,9 +219,11 @@ class FittedMixture:
         if type(values).__module__.split(".")[0] == "xarray":
             values = values.data
         if isinstance(values, da.Array):
+            # Each block's scores to the host (a no-op for numpy blocks), then dask's mean.
+            values = values.map_blocks(to_numpy, dtype=values.dtype, meta=np.empty((0,), dtype=values.dtype))
             with Runner() as runner:
                 return float(runner.compute(values.mean()))
-        return float(np.mean(values))
+        return float(np.mean(to_numpy(values)))
 
     def _criteria(self, X, kwargs) -> dict[str, float]:
         n = as_dask_array(X, **kwargs).data.shape[0]

@@ -20,7 +20,7 @@ import sklearn
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
 from conftest import assert_close, mixture, sklearn_start
-from dask_em import BayesianGaussianMixture, BernoulliMixture, GaussianMixture
+from dask_em import BayesianGaussianMixture, BernoulliMixture, GaussianMixture, select_model
 from dask_em._namespace import to_numpy
 from dask_em.gaussian import GaussianFamily
 
@@ -240,6 +240,32 @@ def test_device_cpu_brings_device_chunks_to_the_host(data):
 def test_bad_dtype_of_a_device_array_is_refused_first():
     with pytest.raises(TypeError, match="complex"):
         GaussianMixture(2).fit(xps.asarray(np.ones((10, 2), dtype=np.complex128), device=DEVICE))
+
+
+def test_scores_and_criteria_of_device_data(data):
+    model = GaussianMixture(3, random_state=0).fit(data)
+    for x in (on_device(data), device_chunks(data, 300)):
+        assert model.score(x) == pytest.approx(model.score(data), rel=1e-12)
+        assert model.bic(x) == pytest.approx(model.bic(data), rel=1e-12)
+
+
+def test_model_selection_over_device_chunks(data):
+    kw = dict(n_components=range(1, 4), covariance_types=["full", "diag", "VEV"], random_state=0, tol=1e-8)
+    ref = select_model(data, **kw)
+    got = select_model(device_chunks(data, 300), **kw)
+    assert got.best_params_ == ref.best_params_
+    assert_close(got.best_estimator_.means_, ref.best_estimator_.means_, rtol=1e-8)
+
+
+def test_device_chunks_on_a_distributed_cluster(data):
+    from distributed import Client, LocalCluster
+
+    ref = GaussianMixture(3, random_state=0, tol=1e-8).fit(data)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster):
+        got = GaussianMixture(3, random_state=0, tol=1e-8).fit(device_chunks(data, 300))
+    assert got.n_iter_ == ref.n_iter_
+    assert_close(got.means_, ref.means_, rtol=1e-10)
 
 
 def _cupy():

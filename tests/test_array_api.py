@@ -261,7 +261,7 @@ def test_device_chunks_on_a_distributed_cluster(data):
     from distributed import Client, LocalCluster
 
     ref = GaussianMixture(3, random_state=0, tol=1e-8).fit(data)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster):
         got = GaussianMixture(3, random_state=0, tol=1e-8).fit(device_chunks(data, 300))
     assert got.n_iter_ == ref.n_iter_

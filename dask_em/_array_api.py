@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._covariance import LAYOUTS, log_const
-from ._namespace import device, like, namespace, to_numpy
+from ._namespace import device, like, log_normalize, namespace, rlogr_rows, to_numpy
 
 # The largest temporary of a tile, in elements (256 MiB in float64): large enough that a GPU
 # runs each GEMM at its rate, small enough that a tile's responsibilities and residuals fit
@@ -92,15 +92,6 @@ def _weighted_log_prob(xp, xc, view: dict, k: int, d: int):
     return -0.5 * xp.sum(xp.reshape(y, (xc.shape[0], k, d)), axis=2) + view["const"]
 
 
-def _normalize(xp, wlp):
-    """(log-normaliser (rows,), responsibilities (rows, K)) by the log-sum-exp over components."""
-    top = xp.max(wlp, axis=1, keepdims=True)
-    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    e = xp.exp(wlp - top)
-    total = xp.sum(e, axis=1, keepdims=True)
-    return xp.log(total[:, 0]) + top[:, 0], e / total
-
-
 def _f64(xp, a):
     return xp.astype(a, xp.float64)
 
@@ -136,7 +127,7 @@ def estep(x, w, params_list: list, shift: np.ndarray, entropy: bool, dtypes: lis
         centered = {dt: _center(xp, xt, shifts[dt], dt) for dt in shifts}
         for p, dt, view, k, acc in zip(params_list, dtypes, views, ks, accs):
             xc = centered[dt]
-            log_norm, resp = _normalize(xp, _weighted_log_prob(xp, xc, view, k, d))
+            log_norm, resp = log_normalize(xp, _weighted_log_prob(xp, xc, view, k, d))
             if wt is None:
                 acc["loglik"] = acc["loglik"] + xp.sum(_f64(xp, log_norm))
                 acc["wsum"] = acc["wsum"] + float(hi - lo)
@@ -144,10 +135,7 @@ def estep(x, w, params_list: list, shift: np.ndarray, entropy: bool, dtypes: lis
                 acc["loglik"] = acc["loglik"] + xp.sum(_f64(xp, log_norm) * wt)
                 acc["wsum"] = acc["wsum"] + xp.sum(wt)
             if entropy:
-                positive = resp > 0
-                rlogr = xp.where(positive, resp * xp.log(xp.where(positive, resp, xp.ones_like(resp))),
-                                 xp.zeros_like(resp))
-                per_row = xp.sum(_f64(xp, rlogr), axis=1)
+                per_row = rlogr_rows(xp, resp)
                 acc["entropy"] = acc["entropy"] + xp.sum(per_row if wt is None else per_row * wt)
             rw = resp if wt is None else resp * xp.astype(wt, resp.dtype)[:, None]
             parts = _tile_stats(xp, xc, rw, view, k, d)
@@ -216,8 +204,3 @@ def weighted_log_prob(x, params: dict, shift: np.ndarray):
     if not parts:
         return xp.zeros((0, k), dtype=xp.float64, device=device(x))
     return parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-
-
-def log_sum_exp(wlp):
-    """(rows,) log of the sum of exp over the components, in ``wlp``'s namespace."""
-    return _normalize(namespace(wlp), wlp)[0]

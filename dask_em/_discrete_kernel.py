@@ -35,6 +35,7 @@ import threading
 import numpy as np
 from scipy.special import xlogy
 
+from ._namespace import is_foreign, like, log_normalize, namespace, rlogr_rows, to_numpy
 from .family import Family, Params
 
 # Values per panel's design matrix: up to 2**20 (8 MiB), which gives 16384 rows (the cap)
@@ -110,7 +111,20 @@ class DesignFamily(Family):
 
     Rows with missing values go through the default E-step (the families'
     ``prepare_rows`` / ``log_prob`` / ``chunk_stats``).
+
+    Chunks of another array-API library (CuPy on a GPU, ...) are fitted on
+    their device (:func:`device_estep`) through two more methods, written
+    with the standard's operations only:
+
+    ``device_design(xp, x)``
+        The (rows, m) float64 design of rows ``x`` in their namespace ``xp``;
+        None: this chunk's E-step runs on the host (a copy). [None]
+    ``device_row_constant(xp, x, z)``
+        The (rows,) row constant on the device, 0.0 when there is none, None
+        to compute on the host. [0.0]
     """
+
+    array_api = True  # device chunks: device_estep, or a copy to the host where it declines
 
     def design_width(self, n_features: int) -> int:
         raise NotImplementedError
@@ -127,7 +141,24 @@ class DesignFamily(Family):
     def design_constant(self, x: np.ndarray, z: np.ndarray, w: np.ndarray | None) -> float:
         return 0.0
 
+    def device_design(self, xp, x):
+        return None
+
+    def device_row_constant(self, xp, x, z):
+        return 0.0
+
+    def weighted_log_prob(self, x, params, context):
+        if is_foreign(x):
+            out = device_weighted_log_prob(self, x, params)
+            return out if out is not None else like(super().weighted_log_prob(to_numpy(x), params, context), x)
+        return super().weighted_log_prob(x, params, context)
+
     def estep(self, x, w, params_list, context, entropy=False):
+        if is_foreign(x):
+            records = device_estep(self, x, w, params_list, entropy)
+            if records is not None:
+                return records
+            x, w = to_numpy(x), None if w is None else to_numpy(w)
         if self.missing != "error" and x.dtype.kind == "f" and np.isnan(x).any():
             return super().estep(x, w, params_list, context, entropy)
         return design_estep(self, x, w, params_list, entropy)
@@ -225,3 +256,86 @@ def design_estep(
         rec["nk"] = acc[:, m].copy()
         rec["stats"] = family.stats_from(np.ascontiguousarray(acc[:, :m]), params)
     return records
+
+
+# Values of a device tile's widest temporary (its design, or its (rows, K) log-densities).
+DEVICE_TILE_ELEMENTS = 2**25
+
+
+def _device_design(family: DesignFamily, x):
+    """The chunk's design and row constant on its device, or None where the family declines."""
+    xp = namespace(x)
+    if family.missing != "error" and "float" in str(x.dtype) and bool(xp.any(xp.isnan(x))):
+        return None  # missing values: the host's route
+    z = family.device_design(xp, x)
+    if z is None:
+        return None
+    constant = family.device_row_constant(xp, x, z)
+    if constant is None:
+        return None
+    return xp, z, constant
+
+
+def device_estep(family: DesignFamily, x, w, params_list: list[Params], entropy: bool = False) -> list[dict] | None:
+    """:func:`design_estep` on a chunk of another array-API library, on its device; None to decline.
+
+    Per tile of rows and restart: ``L = Z @ A.T + c + log w`` (one GEMM), the
+    log-sum-exp over components, ``S += R.T @ Z`` (one GEMM); only ``S`` and
+    the scalars come to the host.
+    """
+    made = _device_design(family, x)
+    if made is None:
+        return None
+    xp, z, constant = made
+    n, m = z.shape
+    wd = None if w is None else like(to_numpy(w, np.float64).reshape(-1), x)
+    coefs = []
+    for params in params_list:
+        a, c = family.coefficients(params)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(params["weights"])
+        coefs.append((like(np.ascontiguousarray(a.T), x, np.float64), like(c + log_w, x, np.float64)))
+    widest = max(m, max(len(params["weights"]) for params in params_list), 1)
+    tile = max(1, DEVICE_TILE_ELEMENTS // widest)
+    zero = xp.zeros((), dtype=xp.float64, device=x.device)
+    accs = [{"loglik": zero, "wsum": zero, "entropy": zero, "sums": None} for _ in params_list]
+    for lo in range(0, n, tile):
+        hi = min(lo + tile, n)
+        zt = z[lo:hi, :]
+        wt = None if wd is None else wd[lo:hi]
+        ct = None if isinstance(constant, float) else constant[lo:hi]
+        for (a_t, c), acc in zip(coefs, accs):
+            log_norm, resp = log_normalize(xp, zt @ a_t + c)
+            if ct is not None:
+                log_norm = log_norm + ct
+            acc["loglik"] = acc["loglik"] + (xp.sum(log_norm) if wt is None else xp.sum(log_norm * wt))
+            acc["wsum"] = acc["wsum"] + (float(hi - lo) if wt is None else xp.sum(wt))
+            if entropy:
+                per_row = rlogr_rows(xp, resp)
+                acc["entropy"] = acc["entropy"] + (xp.sum(per_row) if wt is None else xp.sum(per_row * wt))
+            rw = resp if wt is None else resp * wt[:, None]
+            part = xp.concat([xp.matrix_transpose(rw) @ zt, xp.sum(rw, axis=0)[:, None]], axis=1)
+            acc["sums"] = part if acc["sums"] is None else acc["sums"] + part
+    records = []
+    for acc, params in zip(accs, params_list):
+        k = len(params["weights"])
+        sums = np.zeros((k, m + 1)) if acc["sums"] is None else to_numpy(acc["sums"])
+        records.append({
+            "loglik": float(to_numpy(acc["loglik"])), "wsum": float(to_numpy(acc["wsum"])),
+            "entropy": float(to_numpy(acc["entropy"])), "nk": sums[:, m].copy(),
+            "stats": family.stats_from(np.ascontiguousarray(sums[:, :m]), params),
+        })
+    return records
+
+
+def device_weighted_log_prob(family: DesignFamily, x, params: Params):
+    """(rows, K) weighted log-densities of a device chunk, on its device; None to decline."""
+    made = _device_design(family, x)
+    if made is None:
+        return None
+    xp, z, constant = made
+    a, c = family.coefficients(params)
+    with np.errstate(divide="ignore"):
+        log_w = np.log(params["weights"])
+    out = z @ like(np.ascontiguousarray(a.T), x, np.float64) + like(c + log_w, x, np.float64)
+    return out if isinstance(constant, float) else out + constant[:, None]

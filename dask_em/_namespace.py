@@ -77,3 +77,24 @@ def dtype_name(dtype) -> str:
         if name in text:
             return name
     return text
+
+
+def log_normalize(xp, wlp):
+    """(log-normaliser (rows,), responsibilities (rows, K)) of log-densities ``wlp`` (rows, K), in ``xp``.
+
+    The log-sum-exp over the components; a row whose every value is -inf
+    (or NaN) gets a NaN normaliser, as numpy's route gives.
+    """
+    top = xp.max(wlp, axis=1, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    e = xp.exp(wlp - top)
+    total = xp.sum(e, axis=1, keepdims=True)
+    return xp.log(total[:, 0]) + top[:, 0], e / total
+
+
+def rlogr_rows(xp, resp):
+    """(rows,) float64 sums over components of ``r log r`` (0 where r = 0), in ``xp``."""
+    positive = resp > 0
+    safe = xp.where(positive, resp, xp.ones_like(resp))
+    terms = xp.where(positive, resp * xp.log(safe), xp.zeros_like(resp))
+    return xp.sum(xp.astype(terms, xp.float64), axis=1)

@@ -37,6 +37,7 @@ import numpy as np
 from scipy.special import gammaln, xlogy
 
 from ._discrete_kernel import DesignFamily, buffer, cached, panel_rows
+from ._namespace import like
 from .family import MASS_EPS, Family, all_missing_row, fill_columns, responsibilities
 
 # Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
@@ -218,6 +219,9 @@ class BernoulliFamily(DesignFamily):
     def fill_design(self, x, z):
         np.copyto(z[:, :-1], x)
 
+    def device_design(self, xp, x):
+        return xp.astype(x, xp.float64)
+
     def coefficients(self, params):
         p = np.clip(params["probabilities"], _TINY, _ONE_MINUS)
         log_q = np.log1p(-p)
@@ -348,6 +352,22 @@ class PoissonFamily(DesignFamily):
 
     def fill_design(self, x, z):
         np.copyto(z[:, :-1], x)
+
+    def device_design(self, xp, x):
+        return xp.astype(x, xp.float64)
+
+    def device_row_constant(self, xp, x, z):
+        """-sum_j log(x_j!) per row, by a table look-up on the device (counts below 2**16; else the host)."""
+        if z.shape[0] == 0:
+            return 0.0
+        top = int(xp.max(z))
+        if top >= 1 << 16:
+            return None
+        size = 1 << max(8, top.bit_length())
+        table = like(_log_factorials(size), z)
+        counts = xp.reshape(xp.astype(z, xp.int64), (-1,))
+        logs = xp.reshape(xp.take(table, counts), z.shape)
+        return -xp.sum(logs, axis=1)
 
     def coefficients(self, params):
         rates = np.maximum(params["rates"], _TINY)
@@ -528,6 +548,17 @@ class CategoricalFamily(DesignFamily):
         at = buffer("positions", (n, d), np.intp)
         np.add(first[:n], x, out=at, dtype=np.intp, casting="unsafe")
         z.reshape(-1)[at.reshape(-1)] = 1.0
+
+    def device_design(self, xp, x):
+        """The one-hot codes, one block of comparisons per feature."""
+        n, d = x.shape
+        offsets = self.offsets(d)
+        codes = xp.astype(x, xp.int64)
+        blocks = [
+            xp.astype(codes[:, j : j + 1] == xp.arange(int(offsets[j + 1] - offsets[j]), device=x.device), xp.float64)
+            for j in range(d)
+        ]
+        return xp.concat(blocks, axis=1)
 
     def coefficients(self, params):
         log_p = np.log(np.maximum(params["probabilities"], _TINY))

@@ -32,7 +32,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
-from ._namespace import is_foreign, like, namespace, to_numpy
+from ._namespace import is_foreign, like, log_normalize, namespace, to_numpy
 from .family import Family, merge_records
 from .io import check_weights
 
@@ -96,7 +96,7 @@ def row_range(block_info: dict | None, n_rows: int) -> tuple[int, int, int]:
 
 def check_rows(family: Family, x, start: int, stop: int, where: str) -> None:
     """Raise the family's complaint about the first invalid row, naming the chunk's rows."""
-    bad = family.check_rows(x)
+    bad = family.check_rows(to_numpy(x) if is_foreign(x) else x)
     if bad is None:
         return
     row, what, fix = bad
@@ -212,6 +212,8 @@ def infer_block(x, state: dict, what: str, block_info=None):
     if not family.lazy_row_check:
         check_rows(family, x, start, stop, where)
     if what == "impute":
+        if is_foreign(x):  # imputation runs on the host; the completed rows go back to the device
+            return like(family.impute(to_numpy(x), state["params"], state["context"]), x)
         return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
     if is_foreign(wlp):
@@ -236,14 +238,10 @@ def _infer_foreign(wlp, x, family: Family, start: int, stop: int, where: str, wh
         if family.lazy_row_check and not math.isfinite(float(xp.sum(wlp))):
             check_rows(family, x, start, stop, where)
         return xp.argmax(wlp, axis=1)
-    top = xp.max(wlp, axis=1, keepdims=True)
-    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
-    log_norm = xp.log(xp.sum(xp.exp(wlp - top), axis=1)) + top[:, 0]
+    log_norm, resp = log_normalize(xp, wlp)
     if family.lazy_row_check and not math.isfinite(float(xp.sum(log_norm))):
         check_rows(family, x, start, stop, where)
-    if what == "proba":
-        return xp.exp(wlp - log_norm[:, None])
-    return log_norm
+    return resp if what == "proba" else log_norm
 
 
 # ---------------------------------------------------------------------------

@@ -57,6 +57,16 @@ def data():
     return X
 
 
+def assert_stats_close(got, ref, rtol, x, c, w=None):
+    """Statistics equal up to the round-off of their sums: each adds n terms of at most
+    max|x - c|**2 (times the row weight) in size, so an entry near zero (a centered
+    mean's sum) carries absolute round-off of that size, whatever the BLAS kernel."""
+    scale = len(x) * max(1.0, float(np.abs(x - c).max())) ** 2 * (1.0 if w is None else float(np.max(w)))
+    assert ref.keys() == got.keys()
+    for key, value in ref.items():
+        np.testing.assert_allclose(got[key], value, rtol=rtol, atol=rtol * scale, err_msg=key)
+
+
 def fitted_params(X, ct):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,9 +90,19 @@ def test_estep_on_a_device_equals_the_numpy_kernels(data, ct, dtype):
     for key in ("loglik", "wsum", "entropy"):
         assert got[key] == pytest.approx(ref[key], rel=rtol)
     assert_close(got["nk"], ref["nk"], rtol=rtol)
-    assert ref["stats"].keys() == got["stats"].keys()
-    for key, value in ref["stats"].items():
-        assert_close(got["stats"][key], value, rtol=rtol, err_msg=key)
+    assert_stats_close(got["stats"], ref["stats"], rtol, data, c, w)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_the_array_api_kernel_under_numpy_equals_the_numpy_kernels(data, ct):
+    """The device kernel itself, run with numpy as its namespace (array_api_compat's numpy)."""
+    from dask_em import _array_api
+
+    c, params = fitted_params(data, ct)
+    ref = GaussianFamily().estep(data, None, [params], c, entropy=True)[0]
+    got = _array_api.estep(data, None, [params], c, True, [np.dtype(np.float64)])[0]
+    assert got["loglik"] == pytest.approx(ref["loglik"], rel=1e-12)
+    assert_stats_close(got["stats"], ref["stats"], 1e-12, data, c)
 
 
 def test_estep_shares_each_tile_between_restarts(data):
@@ -144,14 +164,69 @@ def test_missing_values_on_device_chunks(data):
     assert_close(got.means_, ref.means_, rtol=1e-10)
 
 
-def test_a_family_of_numpy_kernels_reads_device_chunks_on_the_host():
-    X = (np.random.default_rng(4).random((600, 5)) < np.linspace(0.1, 0.9, 5)).astype(np.float64)
-    ref = BernoulliMixture(2, random_state=0).fit(da.from_array(X, chunks=(200, -1)))
-    got = BernoulliMixture(2, random_state=0).fit(device_chunks(X, 200))
-    assert_close(got.probabilities_, ref.probabilities_, rtol=1e-12)
-    labels = blocks(got.predict(device_chunks(X, 200)))
-    assert all(b.device == DEVICE for b in labels)
-    np.testing.assert_array_equal(np.concatenate([to_numpy(b) for b in labels]), ref.predict(X))
+def discrete_data(name, rng):
+    if name == "bernoulli":
+        return (rng.random((600, 5)) < np.linspace(0.1, 0.9, 5)).astype(np.uint8), {}
+    if name == "poisson":
+        return rng.poisson(np.linspace(0.5, 20.0, 4), size=(600, 4)).astype(np.int64), {}
+    return rng.integers(0, 3, size=(600, 4)).astype(np.int32), {"n_categories": 3}
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "poisson", "categorical"])
+def test_discrete_families_on_device_chunks(name):
+    from dask_em import CategoricalMixture, PoissonMixture
+
+    cls = {"bernoulli": BernoulliMixture, "poisson": PoissonMixture, "categorical": CategoricalMixture}[name]
+    X, kw = discrete_data(name, np.random.default_rng(4))
+    w = np.random.default_rng(5).uniform(0.5, 2.0, len(X))
+    ref = cls(3, random_state=0, tol=1e-8, **kw).fit(da.from_array(X, chunks=(200, -1)), sample_weight=w)
+    got = cls(3, random_state=0, tol=1e-8, **kw).fit(device_chunks(X, 200), sample_weight=w)
+    assert got.n_iter_ == ref.n_iter_
+    assert got.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-12)
+    state, gstate = ref.fitted_state(), got.fitted_state()
+    for key, value in state.params.items():
+        if isinstance(value, np.ndarray):
+            assert_close(gstate.params[key], value, rtol=1e-10, err_msg=key)
+    # The E-step ran on the device: the records equal the numpy kernels', entropy included.
+    family = got.fitted_state().family
+    records = family.estep(on_device(X), w, [gstate.params], gstate.context, entropy=True)[0]
+    expected = family.estep(X, w, [gstate.params], gstate.context, entropy=True)[0]
+    for key in ("loglik", "wsum", "entropy"):
+        assert records[key] == pytest.approx(expected[key], rel=1e-12)
+    assert_stats_close(records["stats"], expected["stats"], 1e-12, X, 0.0, w)
+    for method in ("predict", "predict_proba", "score_samples"):
+        parts = blocks(getattr(got, method)(device_chunks(X, 200)))
+        assert all(isinstance(b, ARRAY) and b.device == DEVICE for b in parts), method
+        out = np.concatenate([to_numpy(b) for b in parts])
+        if method == "predict":
+            np.testing.assert_array_equal(out, ref.predict(X))
+        else:
+            assert_close(out, getattr(ref, method)(X), rtol=1e-12)
+
+
+def test_invalid_rows_on_a_device_are_named():
+    X = np.zeros((400, 3))
+    X[250, 1] = 2.0
+    with pytest.raises(ValueError, match="in rows 200-399.*row 250"):
+        BernoulliMixture(2, random_state=0).fit(device_chunks(X, 200))
+
+
+def test_a_user_family_reads_device_chunks_on_the_host():
+    from dask_em import Mixture
+
+    sys_path_examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("custom_family", os.path.join(sys_path_examples, "custom_family.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    X = np.random.default_rng(6).exponential(size=(400, 2)) * np.array([1.0, 5.0])
+    ref = Mixture(module.Exponential(), 2, random_state=0).fit(X)
+    got = Mixture(module.Exponential(), 2, random_state=0).fit(device_chunks(X, 200))
+    assert got.n_iter_ == ref.n_iter_
+    assert got.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-12)
+    parts = blocks(got.predict(device_chunks(X, 200)))
+    assert all(isinstance(b, ARRAY) and b.device == DEVICE for b in parts)
 
 
 def test_inference_stays_on_the_chunks_device(data):

@@ -66,7 +66,7 @@ def _user_errors():
 
     try:
         yield
-    except (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, ConnectionError, ModelStoreError,
+    except (ValueError, TypeError, KeyError, ImportError, FileNotFoundError, FileExistsError, ConnectionError, ModelStoreError,
             CheckpointError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         raise Failure(str(message).splitlines()[0] if message else type(exc).__name__) from None
@@ -374,6 +374,9 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help=RECONNECT_HELP)
 @click.option("--kube-cluster", type=click.Path(dir_okay=False), help="DaskCluster spec to start with KubeCluster when no scheduler is given.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Where the E-steps run: cuda copies each chunk to the GPU as it is read (CuPy); "
+                   "default: where the chunks are read (host memory).")
 @click.option("--chunk-rows", type=int, default=None, help="Rows per chunk when opening the store.")
 @click.option("--overwrite/--no-overwrite", default=False, help="Replace an existing --output.")
 @click.option("--fail-on-no-converge", is_flag=True, help="Exit 3 when the best restart did not converge.")
@@ -384,7 +387,8 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         weight_concentration_prior_type, weight_concentration_prior, n_init, missing, max_iter,
         tol, accelerate, warm_start, verbose_interval, stopping, stepwise_passes, reg_covar, compute_dtype, prior, init_params, init_strategy, seed, variable,
         storage_option, scheduler, checkpoint, resume,
-        clear_checkpoint, reconnect_timeout, kube_cluster, chunk_rows, overwrite, fail_on_no_converge, quiet, as_json):
+        clear_checkpoint, reconnect_timeout, kube_cluster, device, chunk_rows, overwrite, fail_on_no_converge, quiet,
+        as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
     from .restarts import Preempted, request_stop
@@ -442,7 +446,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
             try:
                 model.fit(input, variable=variable, storage_options=options, chunk_rows=chunk_rows,
                           checkpoint=checkpoint, resume=resume, checkpoint_options=options, callback=progress,
-                          reconnect_timeout=reconnect_timeout)
+                          reconnect_timeout=reconnect_timeout, device=device)
             except Preempted as exc:
                 where = f"; checkpoint written to {checkpoint}, rerun with --resume" if checkpoint else ""
                 click.echo(f"dask-em: preempted: {exc}{where}", err=True)
@@ -649,10 +653,13 @@ def _load_model(path: str, options: dict | None):
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
 @click.option("--scheduler")
 @click.option("--chunk-rows", type=int, default=None)
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Where the E-steps run: cuda copies each chunk to the GPU as it is read (CuPy); "
+                   "default: where the chunks are read (host memory).")
 @click.option("--overwrite", is_flag=True)
 @click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help=RECONNECT_HELP)
-def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, overwrite,
+def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, device, overwrite,
             reconnect_timeout):
     """Write the labels of INPUT under MODEL to a Zarr store with INPUT's row chunks.
 
@@ -667,9 +674,15 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
     _setup_logging(False, False)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
-        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
+        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows, "device": device}
         result = model.predict_proba(input, **kw) if proba else model.predict(input, **kw)
         result = getattr(result, "data", result)  # xarray -> dask
+        if device == "cuda":  # the results of each chunk come back to the host to be written
+            import numpy as np
+
+            from ._namespace import to_numpy
+
+            result = result.map_blocks(to_numpy, dtype=result.dtype, meta=np.empty((0,) * result.ndim, result.dtype))
     what = "responsibilities" if proba else "labels"
     identity = {"model": _model_digest(model), "input": str(input), "variable": variable, "what": what,
                 "shape": list(result.shape), "row_chunks": list(result.chunks[0][:1])}

@@ -381,3 +381,23 @@ def test_gpu_in_memory_follows_scikit_learns_convention(data, dispatch):
     assert isinstance(model.means_, cupy.ndarray) and isinstance(model.predict_proba(x), cupy.ndarray)
     ref = GaussianMixture(3, random_state=0).fit(data)
     assert_close(cupy.asnumpy(model.means_), ref.means_, rtol=1e-10)
+
+
+def test_command_line_device_option(tmp_path):
+    from click.testing import CliRunner
+
+    from dask_em.cli import main
+    from dask_em.store import load
+
+    store, model = tmp_path / "x.zarr", tmp_path / "m.zarr"
+    runner = CliRunner()
+    assert runner.invoke(main, ["generate", str(store), "-n", "3000", "-d", "3", "-k", "2",
+                                "--chunk-rows", "1000"]).exit_code == 0
+    if cupy is None:
+        result = runner.invoke(main, ["fit", str(store), "-o", str(model), "-k", "2", "--device", "cuda", "-q"])
+        assert result.exit_code == 2 and "pip install cupy" in result.output
+        assert not model.exists()  # refused before any work
+    result = runner.invoke(main, ["fit", str(store), "-o", str(model), "-k", "2", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    ref = GaussianMixture(2, random_state=0).fit(str(store))
+    assert_close(load(str(model)).means_, ref.means_, rtol=1e-10)

@@ -135,6 +135,26 @@ def test_fit_of_device_chunks_equals_the_numpy_fit(data, ct):
     assert_close(got.weights_, ref.weights_, rtol=rtol)
 
 
+@pytest.mark.parametrize("settings", [
+    {"accelerate": "squarem"}, {"init_params": "hierarchical", "covariance_type": "VVV"}, {"stepwise_passes": 2},
+    {"prior": "default", "reg_covar": 0.0}, {"init_strategy": "emEM", "n_init": 4},
+], ids=lambda s: "-".join(map(str, s.values())))
+def test_every_route_of_a_fit_reads_device_chunks(data, settings):
+    ref = GaussianMixture(3, random_state=0, **settings).fit(da.from_array(data, chunks=(300, -1)))
+    got = GaussianMixture(3, random_state=0, **settings).fit(device_chunks(data, 300))
+    assert got.n_iter_ == ref.n_iter_
+    assert_close(got.means_, ref.means_, rtol=1e-10)
+
+
+def test_checkpointed_fit_of_device_chunks_resumes(data, tmp_path):
+    path = str(tmp_path / "fit.npz")
+    ref = GaussianMixture(3, random_state=0, tol=1e-8).fit(data)
+    GaussianMixture(3, random_state=0, tol=1e-8, max_iter=2).fit(device_chunks(data, 300), checkpoint=path)
+    got = GaussianMixture(3, random_state=0, tol=1e-8).fit(device_chunks(data, 300), checkpoint=path, resume=True)
+    assert got.n_iter_ == ref.n_iter_
+    assert_close(got.means_, ref.means_, rtol=1e-10)
+
+
 def test_float32_and_weighted_fit_of_device_chunks(data):
     w = np.random.default_rng(2).uniform(0.2, 3.0, len(data))
     settings = dict(n_components=3, random_state=0, tol=0, max_iter=15, compute_dtype="float32")

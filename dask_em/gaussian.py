@@ -336,13 +336,33 @@ class GaussianFamily(Family):
     def _estep_foreign(self, x, w, params_list, context, entropy):
         """A chunk of another array-API library (a GPU's CuPy, PyTorch): the E-step on its device.
 
-        With ``missing="marginalize"``, a chunk whose rows hold NaN (its
-        log-likelihood is NaN) comes to the host and takes the numpy route.
+        With ``missing="marginalize"``, the rows that miss a value are gathered
+        and copied to the host, where the missing-values route takes them; the
+        complete rows stay on the device.
         """
         dtypes = [np.dtype(p.get("compute_dtype", self.compute_dtype)) for p in params_list]
-        records = _array_api.estep(x, w, params_list, context, entropy, dtypes)
-        if self.missing != "error" and any(np.isnan(r["loglik"]) for r in records):
-            return self.estep(to_numpy(x), None if w is None else to_numpy(w), params_list, context, entropy)
+        if self.missing != "error" and "float" in str(x.dtype):
+            xp = namespace(x)
+            holes = xp.any(xp.isnan(x), axis=1)
+            if bool(xp.any(holes)):
+                whole, part = xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
+                wh = None if w is None else to_numpy(w, np.float64).reshape(-1)
+                records = _array_api.estep(xp.take(x, whole, axis=0), None if wh is None else wh[to_numpy(whole)],
+                                           params_list, context, entropy, dtypes)
+                rows = to_numpy(xp.take(x, part, axis=0))
+                extras = _incomplete.estep_incomplete(
+                    rows, None if wh is None else wh[to_numpy(part)], params_list, context, entropy,
+                    self._estep_complete, _incomplete.missing_counts(rows),
+                )
+                return self._merge_records(records, extras, params_list)
+        return _array_api.estep(x, w, params_list, context, entropy, dtypes)
+
+    def _merge_records(self, records, extras, params_list):
+        for rec, params, extra in zip(records, params_list, extras):
+            for key in ("loglik", "wsum", "entropy"):
+                rec[key] += extra[key]
+            rec["stats"] = self.merge([rec["stats"], extra["stats"]])
+            rec["nk"] = np.array(LAYOUTS[params["covariance_type"]].mass(rec["stats"]))
         return records
 
     def _estep_with_missing(self, x, w, params_list, context, entropy):
@@ -357,12 +377,7 @@ class GaussianFamily(Family):
         records = self._estep_complete(xs[:n], None if w is None else ws[:n], params_list, context, entropy)
         extras = _incomplete.estep_incomplete(xs[n:], None if w is None else ws[n:], params_list, context, entropy,
                                               self._estep_complete, (miss[part], counts[part]))
-        for rec, params, extra in zip(records, params_list, extras):
-            for key in ("loglik", "wsum", "entropy"):
-                rec[key] += extra[key]
-            rec["stats"] = self.merge([rec["stats"], extra["stats"]])
-            rec["nk"] = np.array(LAYOUTS[params["covariance_type"]].mass(rec["stats"]))
-        return records
+        return self._merge_records(records, extras, params_list)
 
     def _estep_complete(self, x, w, params_list, context, entropy=False, stop_at_nan=False):
         """The complete rows' E-step; with ``stop_at_nan``, None as soon as a panel's log-likelihood is NaN."""

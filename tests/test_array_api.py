@@ -177,11 +177,14 @@ def test_bayesian_fit_of_device_chunks(data):
 def test_missing_values_on_device_chunks(data):
     X = data.copy()
     X[np.random.default_rng(3).random(X.shape) < 0.05] = np.nan
-    settings = dict(n_components=3, random_state=0, tol=1e-8, missing="marginalize")
-    ref = GaussianMixture(**settings).fit(da.from_array(X, chunks=(300, -1)))
-    got = GaussianMixture(**settings).fit(device_chunks(X, 300))
-    assert got.n_iter_ == ref.n_iter_
-    assert_close(got.means_, ref.means_, rtol=1e-10)
+    w = np.random.default_rng(4).uniform(0.5, 2.0, len(X))
+    for ct in ("full", "diag"):
+        settings = dict(n_components=3, covariance_type=ct, random_state=0, tol=1e-8, missing="marginalize")
+        ref = GaussianMixture(**settings).fit(da.from_array(X, chunks=(300, -1)), sample_weight=w)
+        got = GaussianMixture(**settings).fit(device_chunks(X, 300), sample_weight=w)
+        assert got.n_iter_ == ref.n_iter_
+        assert_close(got.means_, ref.means_, rtol=1e-10)
+        assert_close(got.covariances_, ref.covariances_, rtol=1e-10)
 
 
 def discrete_data(name, rng):

@@ -413,3 +413,22 @@ def test_penalized_bound_of_mclust_models_never_falls(model):
     steps = np.diff(bounds)
     assert (steps >= -1e-9 * np.abs(bounds[1:])).all(), steps.min()
     assert bounds[-1] > bounds[0]
+
+
+def test_select_model_with_the_prior_is_mclustBIC_with_priorControl():
+    """iris, the ten models with a prior, K = 1..3: mclust's top three and their BIC values."""
+    x, _, _ = start("iris")
+    result = select_model(x, n_components=range(1, 4), covariance_types=list(PRIOR_MODELS), prior="default",
+                          init_params="hierarchical", tol=1e-8, max_iter=1000)
+    bic = {m: np.array([np.nan if v is None else v for v in vs]) for m, vs in PRIOR["iris_bic"].items()}
+    mclust_top = sorted(((v[k], m, k + 1) for m, v in bic.items() for k in range(3) if np.isfinite(v[k])),
+                        reverse=True)[:3]
+    top = result.top("bic")
+    assert [(t, k) for t, k, _ in top] == [(m, k) for _, m, k in mclust_top]
+    # mclust stops at its default relative tol 1e-5, dask-em at 1e-8 per row (VEV,3: 0.015 higher).
+    ours, theirs = np.array([-v for _, _, v in top]), np.array([v for v, _, _ in mclust_top])
+    assert_allclose(ours, theirs, rtol=1e-4)
+    assert (ours >= theirs - 1e-9 * np.abs(theirs)).all()
+    # K = 1 is one step: mclust's mvn functions exactly.
+    one = result.criteria.bic_mclust.sel(n_components=1, covariance_type=list(PRIOR_MODELS)).values
+    assert_allclose(one, [bic[m][0] for m in PRIOR_MODELS], rtol=1e-10)

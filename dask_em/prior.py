@@ -100,7 +100,18 @@ _AS_SKLEARN = {"VVV": "full", "EEE": "tied", "VVI": "diag", "VII": "spherical"}
 
 
 def check_prior_type(covariance_type: str) -> None:
-    """Refuse a covariance type the prior is not defined for, naming those it is."""
+    """Refuse a covariance type the prior is not defined for, naming those it is.
+
+    Parameters
+    ----------
+    covariance_type : str
+        The model asked for.
+
+    Raises
+    ------
+    ValueError
+        When ``covariance_type`` is not in :data:`PRIOR_TYPES`.
+    """
     if covariance_type not in PRIOR_TYPES:
         extra = ""
         if covariance_type in MCLUST_MODELS:

@@ -119,7 +119,7 @@ def out_of_core(args, models) -> None:
               f"{n // store_rows} chunks of {store_rows * d * 8 / 2**20:.0f} MiB; written in {time.perf_counter() - tic:.0f} s")
         print(f"# LocalCluster: 2 workers x 1 thread x {args.worker_memory}; K = {k}, max_iter = {args.iters}, tol = 0")
         print(f"{'model':>6} {'fit s':>7} {'iters':>6} {'s/iter':>7} {'peak RSS MiB (worker 1, 2)':>28} "
-              f"{'spilled MiB':>12} {'mean loglik':>12}")
+              f"{'spilled MiB':>12} {'lower_bound_':>12}")
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_memory,
                           dashboard_address=None, processes=True) as cluster, Client(cluster) as client:
             procs = [psutil.Process(pid) for pid in client.run(os.getpid).values()]

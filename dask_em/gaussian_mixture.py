@@ -10,7 +10,7 @@ from ._validation import fail, is_real
 from .starts import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters
-from .prior import check_spec, needs_moments, prior_spec, resolve_prior
+from .prior import MATRIX_SCALE_TYPES, PRIOR_TYPES, check_spec, needs_moments, prior_spec, resolve_prior
 from .starts import StartPlan
 
 # reg_covar's default: with a prior it must stay there (or be 0), since the prior regularises instead.
@@ -158,6 +158,10 @@ class GaussianMixture(BaseMixture):
         A dict sets some of ``shrinkage``, ``mean``, ``dof``, ``scale`` (the
         others from ``defaultPrior``); see :mod:`dask_em.prior`. ``bic`` is
         mclust's: the log-likelihood at the MAP estimate, prior not added.
+        Defined for scikit-learn's four types and for mclust's EII, VII, EEI,
+        VEI, EVI, VVI, EEE, EEV, VEV and VVV, whose steps follow mclust's
+        ``me`` (mclust has no prior for VEE, EVE, VVE, EVV; refused). For
+        EEI, mclust's step is not a maximiser, so its bound may fall.
     compute_dtype : {"float64", "float32"}, default="float64"
         Precision of the E-step's log-densities and matrix products.
         "float64" matches scikit-learn to round-off. "float32" is faster
@@ -295,11 +299,11 @@ class GaussianMixture(BaseMixture):
             raise fail("covariance_type", self.covariance_type, f"one of {GAUSSIAN_COVARIANCE_TYPES}")
         if not is_real(self.reg_covar) or self.reg_covar < 0:
             raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
-        if self.covariance_type in MCLUST_MODELS and prior_spec(self.prior) is not None:
+        if prior_spec(self.prior) is not None and self.covariance_type not in PRIOR_TYPES:
             raise ValueError(
-                f"prior={self.prior!r} is defined for covariance_type in {COVARIANCE_TYPES}; received "
-                f"covariance_type={self.covariance_type!r}. Use its scikit-learn name where it has one "
-                "(VVV='full', EEE='tied', VVI='diag', VII='spherical'), or drop the prior."
+                f"prior={self.prior!r} is defined for covariance_type in {PRIOR_TYPES} (mclust defines none "
+                f"for VEE, EVE, VVE or EVV); received covariance_type={self.covariance_type!r}. Pick one of "
+                "those models, or drop the prior."
             )
         if prior_spec(self.prior) is not None and self.reg_covar not in (0, _DEFAULT_REG_COVAR):
             raise ValueError(
@@ -327,7 +331,9 @@ class GaussianMixture(BaseMixture):
         spec = prior_spec(self.prior)
         if spec is not None and needs_moments(spec):
             ct = self.covariance_type
-            plan.data_settings = lambda X, w: {"prior_moments": data_moments_graph(X, w, ct)}
+            # The whole covariance where the prior's scale is a matrix, else the variances.
+            moments_of = "full" if ct in MATRIX_SCALE_TYPES else "diag"
+            plan.data_settings = lambda X, w: {"prior_moments": data_moments_graph(X, w, moments_of)}
         return plan
 
     def _variant(self) -> str | None:

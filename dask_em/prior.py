@@ -15,6 +15,38 @@ so EM increases ``loglik + log_prior`` at every iteration: the *penalized
 bound*. ``shrinkage = 0`` removes the prior on the means (and its
 ``|Sigma|^{-1/2}`` factor). There is no prior on the weights (as mclust).
 
+mclust's names: VVV, EEE, VVI and VII are the four above. mclust defines its
+prior for six more, EII, EEI, VEI, EVI, EEV and VEV, and for none of VEE, EVE,
+VVE and EVV (refused here, as mclust refuses them). Its steps for the six are
+each model's maximum-likelihood step applied to the penalized scatter
+``B_k = W_k + kappa (m_k - mean)(m_k - mean)^T`` (about the shrunk mean ``m_k``)
+plus the prior scale, with extra counts in the denominators; they follow
+mclust's EM (``me``, what ``Mclust`` runs) line for line, including where it
+departs from its own one-step ``mstep``:
+
+``EII``  ``sigma^2 = sum_k tr B_k / (dof + (n + K) d + 2)``: the scale is not used.
+``EEI``  ``diag(Sigma) = (scale + sum_k diag B_k) / (dof + 1 + [kappa > 0] + n)``; the means stay unshrunk.
+``VEI``  volumes ``lambda_k`` and a common shape, alternated as without a prior, on ``scale + diag B_k``,
+         with ``d n_k + dof + 2 + [kappa > 0]`` for ``d n_k``.
+``EVI``  shapes from ``scale + diag B_k``, the common volume over ``dof + 1 + [kappa > 0] + n``.
+``EEV``  ``Sigma_k = D_k diag(sum_j omega_j) D_k^T / (dof + d + 1 + [kappa > 0] + n)``, ``omega_k, D_k``
+         the eigen-decomposition of ``scale + B_k``.
+``VEV``  the step without a prior on ``scale + B_k`` (the dof is not used).
+
+With one component, mclust (``mclustBIC``, ``Mclust``: its ``mvn`` functions)
+takes VII's step for EII, VVI's for EEI, VEI and EVI, and VVV's for EEE, EEV
+and VEV; so does dask-em.
+
+Each of these but EEI's is the exact maximiser of ``Q`` plus a log prior of
+the form ``-1/2 sum_k [c log|Sigma_k| + tr(Sigma_k^{-1} (scale + kappa (mu_k -
+mean)(mu_k - mean)^T))]`` with the count ``c`` read off its denominator (the
+common determinant counted once for the models of equal volume): that is the
+log prior :func:`log_prior` adds to the bound for them (up to a constant), so
+their EM is monotone too. EEI's is not (its covariance step uses the shrunk
+means' scatter, its means are unshrunk), and neither is mclust's one-step
+``mstep`` for EEI, EVI and EEV, which counts ``dof + n + 2 + K [kappa > 0]``
+(EEI, EVI) or drops the shrinkage (EEV): dask-em follows ``me``.
+
 The default hyperparameters (:func:`default_prior`) are mclust's
 ``defaultPrior``: shrinkage 0.01, mean = the data's mean, dof = d + 2, and
 scale = ``var(X) / K^(2/d)`` (full, tied: the covariance matrix with
@@ -49,11 +81,45 @@ import numpy as np
 from scipy import linalg
 from scipy.special import multigammaln, gammaln
 
-from ._covariance import COVARIANCE_TYPES, LAYOUTS
+from . import _parsimonious
+from ._covariance import COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
 
 Prior = dict[str, Any]
 PRIOR_KEYS = ("shrinkage", "mean", "dof", "scale")
 _LOG_2PI = math.log(2 * math.pi)
+# mclust's models with its conjugate prior (mclust has none for VEE, EVE, VVE, EVV).
+PRIOR_MODELS = ("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "EEV", "VEV", "VVV")
+# Every covariance_type the prior is defined for: scikit-learn's four and those ten.
+PRIOR_TYPES = COVARIANCE_TYPES + PRIOR_MODELS
+# Types whose prior scale is a (d, d) matrix (mclust's defaultPrior); the others take a number
+# (or, for the diagonal models, one per feature).
+MATRIX_SCALE_TYPES = ("full", "tied", "EEE", "EEV", "VEV", "VVV")
+_DIAGONAL_TYPES = ("diag", "VVI", "EEI", "VEI", "EVI")
+# scikit-learn's four under their mclust names: the same steps, held in the full layout.
+_AS_SKLEARN = {"VVV": "full", "EEE": "tied", "VVI": "diag", "VII": "spherical"}
+
+
+def check_prior_type(covariance_type: str) -> None:
+    """Refuse a covariance type the prior is not defined for, naming those it is.
+
+    Parameters
+    ----------
+    covariance_type : str
+        The model asked for.
+
+    Raises
+    ------
+    ValueError
+        When ``covariance_type`` is not in :data:`PRIOR_TYPES`.
+    """
+    if covariance_type not in PRIOR_TYPES:
+        extra = ""
+        if covariance_type in MCLUST_MODELS:
+            extra = " (mclust defines no conjugate prior for VEE, EVE, VVE or EVV either)"
+        raise ValueError(
+            f"the conjugate prior is defined for covariance_type in {PRIOR_TYPES}; received "
+            f"covariance_type={covariance_type!r}{extra}. Pick one of those, or drop the prior."
+        )
 
 
 def _moments(x_or_moments) -> tuple[int, np.ndarray, np.ndarray]:
@@ -79,7 +145,8 @@ def default_prior(x_or_moments, covariance_type: str, n_components: int, **overr
     x_or_moments : array-like of shape (n_samples, n_features), or dict
         The data, or its moments ``{"n", "mean", "covariance"}`` (covariance with
         denominator n - 1, as R's ``var``), e.g. computed out of core.
-    covariance_type : {"full", "tied", "diag", "spherical"}
+    covariance_type : str
+        One of :data:`PRIOR_TYPES`: scikit-learn's four or mclust's ten with a prior.
     n_components : int
         ``G``: the scale shrinks as ``G^(-2/d)``.
     **overrides
@@ -88,17 +155,17 @@ def default_prior(x_or_moments, covariance_type: str, n_components: int, **overr
     Returns
     -------
     dict with ``shrinkage`` (float), ``mean`` (d,), ``dof`` (float) and ``scale``:
-    (d, d) for full and tied, a float for diag and spherical (or (d,) if given so for diag).
+    (d, d) for :data:`MATRIX_SCALE_TYPES`, a float for the others (or (d,) if given so
+    for a diagonal model).
     """
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ValueError(f"covariance_type={covariance_type!r}; expected one of {COVARIANCE_TYPES}.")
+    check_prior_type(covariance_type)
     unknown = set(overrides) - set(PRIOR_KEYS)
     if unknown:
         raise ValueError(f"unknown prior settings {sorted(unknown)}; expected some of {PRIOR_KEYS}.")
     n, mean, cov = _moments(x_or_moments)
     d = mean.shape[0]
     fac = (1.0 / n_components) ** (2.0 / d)
-    if covariance_type in ("full", "tied"):
+    if covariance_type in MATRIX_SCALE_TYPES:
         scale = fac * (cov if n > d else np.diag(np.diag(cov)))
     else:
         scale = fac * float(np.trace(cov)) / d
@@ -122,19 +189,22 @@ def validate_prior(prior: Prior, covariance_type: str, n_features: int) -> Prior
     if out["mean"].shape != (d,):
         raise ValueError(f"prior mean has shape {out['mean'].shape}; expected ({d},).")
     scale = np.asarray(prior["scale"], dtype=np.float64)
-    if covariance_type in ("full", "tied"):
+    check_prior_type(covariance_type)
+    if covariance_type in MATRIX_SCALE_TYPES:
         if scale.shape != (d, d):
             raise ValueError(f"prior scale has shape {scale.shape}; expected ({d}, {d}) for {covariance_type!r}.")
         try:
             linalg.cholesky(scale, lower=True)
         except linalg.LinAlgError:
             raise ValueError("the prior scale is not positive definite; pass a positive definite (d, d) matrix.") from None
-    elif covariance_type == "diag":
+    elif covariance_type in _DIAGONAL_TYPES:
         if scale.shape not in ((), (d,)):
-            raise ValueError(f"prior scale has shape {scale.shape}; expected a number or ({d},) for 'diag'.")
+            raise ValueError(
+                f"prior scale has shape {scale.shape}; expected a number or ({d},) for {covariance_type!r}."
+            )
     elif scale.shape != ():
-        raise ValueError(f"prior scale has shape {scale.shape}; expected a number for 'spherical'.")
-    if covariance_type != "full" and covariance_type != "tied" and np.any(scale < 0):
+        raise ValueError(f"prior scale has shape {scale.shape}; expected a number for {covariance_type!r}.")
+    if covariance_type not in MATRIX_SCALE_TYPES and np.any(scale < 0):
         raise ValueError("the prior scale is negative; expected >= 0.")
     out["scale"] = scale if scale.shape else float(scale)
     return out
@@ -162,7 +232,12 @@ def map_m_step(
     ``precisions_cholesky``). ``prior`` must be centered (:func:`center_prior`).
     The step maximises the expected complete log-likelihood plus the log prior
     exactly when ``reg_covar = 0``. Matches mclust's ``mstep(..., prior=)``.
+    mclust's names (:data:`PRIOR_MODELS`) take the full layout's statistics and
+    return (K, d, d) covariances: the steps of mclust's ``me`` (see the module
+    docstring).
     """
+    if covariance_type in MCLUST_MODELS:
+        return _mclust_map_step(stats, means, covariance_type, reg_covar, prior)
     kappa, mu0, nu, scale = prior["shrinkage"], prior["mean"], prior["dof"], prior["scale"]
     d = means.shape[1]
     mf = _mean_factor(prior)
@@ -203,6 +278,122 @@ def map_m_step(
     }
 
 
+def _penalized_scatter(stats: dict, means: np.ndarray, kappa: float, mu0: np.ndarray):
+    """Masses, shrunk means, the rows' own means and ``B_k`` (scatter about the shrunk mean plus the mean's penalty)."""
+    n, a, b = stats["n"], stats["a"], stats["b"]
+    shrunk = (n[:, None] * means + a + kappa * mu0) / (n + kappa)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        own = np.where(n[:, None] > 0, means + a / n[:, None], shrunk)
+    delta = shrunk - means
+    cross = a[:, :, None] * delta[:, None, :]
+    scatter = b - cross - cross.transpose(0, 2, 1) + n[:, None, None] * delta[:, :, None] * delta[:, None, :]
+    off = shrunk - mu0
+    scatter = scatter + kappa * off[:, :, None] * off[:, None, :]
+    return n, shrunk, own, 0.5 * (scatter + scatter.transpose(0, 2, 1))
+
+
+def _mclust_covariances(model: str, n: np.ndarray, scatter: np.ndarray, prior: Prior) -> np.ndarray:
+    """(K, d, d) covariances of mclust's ``me`` step with its prior, from the penalized scatters ``B_k``."""
+    kappa, nu, scale = prior["shrinkage"], prior["dof"], prior["scale"]
+    k, d = scatter.shape[:2]
+    f = float(kappa > 0)
+    total = float(n.sum())
+    diag = np.diagonal(scatter, axis1=1, axis2=2)
+    eye = np.eye(d)
+    if model == "VVV":
+        return (scale + scatter) / (nu + n + d + 1 + f)[:, None, None]
+    if model == "EEE":
+        return np.broadcast_to((scale + scatter.sum(0)) / (nu + total + d + 1 + f * k), (k, d, d)).copy()
+    if model == "VVI":
+        return _parsimonious._diag((scale + diag) / (nu + n + 2 + f)[:, None])
+    if model == "VII":
+        return eye * ((scale + diag.sum(1)) / (nu + n * d + 2 + f * d))[:, None, None]
+    if model == "EII":  # mclust's meeiip leaves the scale out
+        return np.broadcast_to(eye * (diag.sum() / (nu + (total + k) * d + 2)), (k, d, d)).copy()
+    if model == "EEI":  # the scale added once, as mclust's meeeip
+        return np.broadcast_to(np.diag((scale + diag.sum(0)) / (nu + 1 + f + total)), (k, d, d)).copy()
+    if model == "VEI":
+        return _parsimonious._vei(n + (nu + 2 + f) / d, scale + diag, _parsimonious.INNER_TOL,
+                                  _parsimonious.INNER_MAX_ITER)
+    if model == "EVI":
+        penalized = scale + diag
+        volumes = _parsimonious._geomean(penalized)
+        return _parsimonious._diag(penalized * (volumes.sum() / (nu + 1 + f + total) / volumes)[:, None])
+    penalized = scale + scatter
+    if model == "EEV":
+        values, vectors = _parsimonious._eigh_descending(penalized)
+        return _parsimonious._rotate(vectors, np.broadcast_to(values.sum(0) / (nu + d + 1 + f + total), (k, d)))
+    if model == "VEV":
+        return _parsimonious._vev(n, penalized, _parsimonious.INNER_TOL, _parsimonious.INNER_MAX_ITER)
+    raise ValueError(f"the conjugate prior is defined for {PRIOR_MODELS} of mclust's models; received {model!r}.")
+
+
+def _mclust_map_step(stats: dict, means: np.ndarray, model: str, reg_covar: float, prior: Prior) -> dict:
+    check_prior_type(model)
+    if len(means) == 1:
+        model = _ONE_COMPONENT[model]
+    n, shrunk, own, scatter = _penalized_scatter(stats, means, prior["shrinkage"], prior["mean"])
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cov = _mclust_covariances(model, n, scatter, prior)
+    d = means.shape[1]
+    cov[:, np.arange(d), np.arange(d)] += reg_covar
+    total = n.sum()
+    return {
+        "weights": n / total if total > 0 else np.full(len(n), 1.0 / len(n)),
+        # mclust's EEI step keeps each component's own weighted mean.
+        "means": own if model == "EEI" else shrunk,
+        "covariances": cov,
+        "precisions_cholesky": LAYOUTS[model].precision_cholesky(cov),
+    }
+
+
+# One component: mclust's mclustBIC and Mclust fit G = 1 with mvnXII, mvnXXI, mvnXXX, whose
+# prior steps are VII's, VVI's and VVV's for every model of the family.
+_ONE_COMPONENT = {"EII": "VII", "VII": "VII", "EEI": "VVI", "VEI": "VVI", "EVI": "VVI", "VVI": "VVI",
+                  "EEE": "VVV", "EEV": "VVV", "VEV": "VVV", "VVV": "VVV"}
+
+
+# The log prior of mclust's six other models, up to a constant: -1/2 sum_k [each log|Sigma_k|
+# + tr(Sigma_k^{-1} (S + kappa delta_k delta_k^T))] - 1/2 shared log|Sigma_1|, with S the scale
+# (a matrix, a diagonal, or 0 for EII), added per component or (EEI) once. Read off the
+# denominators of mclust's steps: each step maximises Q plus this (EEI's approximately).
+def _mclust_counts(model: str, nu: float, f: float, k: int, d: int) -> tuple[float, float, bool]:
+    """(each, shared, scale_once) of the log prior above."""
+    return {
+        "EII": (0.0, (nu + 2 + k * d) / d, False),
+        "EEI": (0.0, nu + 1 + f, True),
+        "VEI": ((nu + 2 + f) / d, 0.0, False),
+        "EVI": (0.0, nu + 1 + f, False),
+        "EEV": (0.0, nu + d + 1 + f, False),
+        "VEV": (0.0, 0.0, False),
+    }[model]
+
+
+def _log_prior_mclust(model: str, means: np.ndarray, cov: np.ndarray, prior: Prior) -> float:
+    kappa, mu0, nu, scale = prior["shrinkage"], prior["mean"], prior["dof"], prior["scale"]
+    k, d = means.shape
+    if k == 1:
+        model = _ONE_COMPONENT[model]
+    if model in _AS_SKLEARN:
+        ct = _AS_SKLEARN[model]
+        held = {"full": cov, "tied": cov[0], "diag": np.diagonal(cov, axis1=1, axis2=2),
+                "spherical": cov[:, 0, 0]}[ct]
+        return log_prior({"covariance_type": ct, "means": means, "covariances": held}, prior)
+    each, shared, scale_once = _mclust_counts(model, nu, float(kappa > 0), k, d)
+    if model == "EII":
+        scale_matrix = np.zeros((d, d))
+    else:
+        scale_matrix = scale if np.ndim(scale) == 2 else np.diag(np.broadcast_to(scale, (d,)))
+    chol = np.linalg.cholesky(cov)
+    logdet = 2 * np.log(np.diagonal(chol, axis1=1, axis2=2)).sum(1)
+    inverse = np.linalg.inv(cov)
+    diff = means - mu0
+    traces = kappa * np.einsum("ki,kij,kj->k", diff, inverse, diff)
+    scale_traces = np.einsum("kij,ji->k", inverse, scale_matrix)
+    total = traces.sum() + (scale_traces[0] if scale_once else scale_traces.sum())
+    return float(-0.5 * (each * logdet.sum() + shared * logdet[0] + total))
+
+
 def _log_iw(cov: np.ndarray, nu: float, scale: np.ndarray) -> float:
     """log density of the inverse-Wishart IW(nu, scale) at ``cov``; constants only when proper."""
     d = cov.shape[0]
@@ -231,10 +422,14 @@ def log_prior(params: dict, prior: Prior) -> float:
     ``params`` as the library holds them (``means`` centered, ``covariances``,
     ``covariance_type``); ``prior`` centered the same way. Normalising constants
     are included where the prior is proper (dof > d - 1 for an inverse-Wishart,
-    dof > 0 for an inverse gamma, shrinkage > 0 for the means).
+    dof > 0 for an inverse gamma, shrinkage > 0 for the means). For mclust's
+    EII, EEI, VEI, EVI, EEV and VEV: the log prior whose MAP step mclust's is
+    (see the module docstring), without constants.
     """
     ct = params["covariance_type"]
     means, cov = params["means"], params["covariances"]
+    if ct in MCLUST_MODELS:
+        return _log_prior_mclust(ct, means, np.asarray(cov), prior)
     kappa, mu0, nu, scale = prior["shrinkage"], prior["mean"], prior["dof"], prior["scale"]
     k, d = means.shape
     total = 0.0
@@ -326,7 +521,7 @@ def check_spec(spec: tuple, covariance_type: str, n_features: int) -> None:
     """Refuse given hyperparameters whose shapes do not fit the model (before any read)."""
     d = n_features
     trial = {"shrinkage": 0.01, "mean": np.zeros(d), "dof": d + 2.0,
-             "scale": np.eye(d) if covariance_type in ("full", "tied") else 1.0}
+             "scale": np.eye(d) if covariance_type in MATRIX_SCALE_TYPES else 1.0}
     validate_prior({**trial, **dict(spec)}, covariance_type, d)
 
 

@@ -22,9 +22,13 @@ from dask_em import GaussianMixture, select_model
 from dask_em._covariance import LAYOUTS, MCLUST_MODELS, SYNONYMS
 from dask_em._parsimonious import covariances, factors
 from dask_em.gaussian import m_step, n_parameters
+from dask_em.prior import PRIOR_MODELS, center_prior, default_prior, log_prior, map_m_step
 
 DATA = pathlib.Path(__file__).parent / "data" / "mclust"
 FIXTURE = json.loads((DATA / "fixture.json").read_text())
+# mclust's answers with its conjugate prior (priorControl()), from the same partitions
+# (make_fixture.R prior).
+PRIOR = json.loads((DATA / "prior.json").read_text())
 SETS = ("iris", "wine", "diabetes", "banknote", "gen2d", "gen3d", "gen5d")
 # EM to mclust's tight tolerance takes hundreds to thousands of iterations on the 3,000-row
 # sets; the suite runs EM on the four real sets and the M-step on all seven.
@@ -190,9 +194,14 @@ def test_model_store_round_trip(tmp_path):
     assert_allclose(back.predict_proba(x), gm.predict_proba(x), rtol=1e-12)
 
 
-def test_prior_refused_with_mclust_names():
-    with pytest.raises(ValueError, match=r"prior='default' is defined for covariance_type in .*'VEV'"):
-        GaussianMixture(2, covariance_type="VEV", prior="default").fit(np.random.default_rng(0).normal(size=(50, 2)))
+@pytest.mark.parametrize("model", ["VEE", "EVE", "VVE", "EVV"])
+def test_prior_refused_where_mclust_has_none(model):
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    with pytest.raises(ValueError, match=r"prior='default' is defined for covariance_type in .*'EEV', 'VEV'.*"
+                                         rf"received covariance_type='{model}'"):
+        GaussianMixture(2, covariance_type=model, prior="default").fit(x)
+    with pytest.raises(ValueError, match=rf"received covariance_type='{model}'"):
+        default_prior(x, model, 2)
 
 
 def test_unknown_covariance_type_lists_mclust_names():
@@ -291,3 +300,135 @@ def test_singular_scatter_is_refused_with_the_reason(model):
         assert "not positive definite" in str(exc)
     else:  # the spherical and diagonal models stay regular on a line
         assert model[1:] in ("II", "EI", "VI") and np.isfinite(params["covariances"]).all()
+
+
+# ---------------------------------------------------------------------------
+# mclust's conjugate prior (priorControl()) for its ten models that have one
+# ---------------------------------------------------------------------------
+
+
+def prior_start(name: str):
+    x, resp, _ = start(name)
+    return x, resp, PRIOR["sets"][name]
+
+
+def map_step_from(x, resp, model, prior):
+    """dask-em's MAP M-step from responsibilities, with statistics about an off-centre shift."""
+    shift = x.mean(0) + 0.3 * x.std(0)  # the library's centering, deliberately off
+    xc = x - shift
+    stats = {"n": resp.sum(0), "a": resp.T @ xc, "b": np.einsum("ik,ij,il->kjl", resp, xc, xc)}
+    params = map_m_step(stats, np.zeros((resp.shape[1], x.shape[1])), model, 0.0, center_prior(prior, shift))
+    return {**params, "means": params["means"] + shift}
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR["sets"]))
+@pytest.mark.parametrize("model", PRIOR_MODELS)
+def test_default_prior_equals_mclust_defaultPrior(name, model):
+    x, resp, entry = prior_start(name)
+    ref = entry["models"][model]["prior"]
+    ours = default_prior(x, model, entry["K"])
+    assert ours["shrinkage"] == ref["shrinkage"] and ours["dof"] == ref["dof"]
+    assert_allclose(ours["mean"], ref["mean"], rtol=1e-13)
+    assert_allclose(ours["scale"], ref["scale"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR["sets"]))
+@pytest.mark.parametrize("model", PRIOR_MODELS)
+def test_map_m_step_equals_mclust_me_step(name, model):
+    """One step of mclust's ``me`` with the prior (itmax 1), from its own partition."""
+    x, resp, entry = prior_start(name)
+    ref = entry["models"][model]["me_step"]
+    params = map_step_from(x, resp, model, default_prior(x, model, entry["K"]))
+    sigma = np.asarray(ref["sigma"])
+    assert_allclose(params["weights"], ref["pro"], rtol=1e-12)
+    assert_allclose(params["means"], ref["mean"], rtol=1e-10, atol=1e-12 * np.abs(ref["mean"]).max())
+    # VEI and VEV iterate (both to a relative change of 1e-13); the others are closed forms.
+    assert_allclose(params["covariances"], sigma, rtol=1e-9, atol=1e-11 * np.abs(sigma).max())
+
+
+@pytest.mark.parametrize("name", sorted(PRIOR["sets"]))
+@pytest.mark.parametrize("model", ["VII", "VEI", "VVI", "EEE", "VEV", "VVV", "EEV"])
+def test_map_m_step_and_mclust_mstep(name, model):
+    """mclust's one-step ``mstep`` with the prior is its ``me`` step for these models, except EEV's.
+
+    EEV: mclust's mseevp sets a positive shrinkage to zero (``if (pshrnk .gt. zero) pshrnk = zero``),
+    so its mstep is the step without the means' prior. (EII, EEI and EVI's mstep count other
+    denominators than their ``me``: not compared; dask-em follows ``me``, which ``Mclust`` runs.)
+    """
+    x, resp, entry = prior_start(name)
+    ref = entry["models"][model]["mstep"]
+    prior = default_prior(x, model, entry["K"], **({"shrinkage": 0.0} if model == "EEV" else {}))
+    params = map_step_from(x, resp, model, prior)
+    sigma = np.asarray(ref["sigma"])
+    assert_allclose(params["means"], ref["mean"], rtol=1e-10, atol=1e-12 * np.abs(ref["mean"]).max())
+    assert_allclose(params["covariances"], sigma, rtol=1e-9, atol=1e-11 * np.abs(sigma).max())
+
+
+@pytest.mark.parametrize("name", ["iris", "diabetes"])
+@pytest.mark.parametrize("model", PRIOR_MODELS)
+def test_map_em_reaches_mclust_me(name, model):
+    """EM with the prior from mclust's first step reaches its ``me`` (tight tolerance)."""
+    x, _, entry = prior_start(name)
+    first, ref = entry["models"][model]["me_step"], entry["models"][model]["em"]
+    gm = GaussianMixture(
+        entry["K"], covariance_type=model, prior="default", tol=1e-13, max_iter=5000,
+        weights_init=first["pro"], means_init=first["mean"], precisions_init=np.linalg.inv(first["sigma"]),
+    ).fit(x)
+    loglik = loglik_of(x, {"weights": gm.weights_, "means": gm.means_, "covariances": gm.covariances_})
+    assert_allclose(loglik, ref["loglik"], rtol=1e-6)
+    # Both stop short of the fixed point (dask-em at 1e-13 per row of the penalized bound, mclust at
+    # 1e-15 relative of the log-likelihood): the parameters agree to about 1e-6 (iris VEI: 2e-6).
+    sigma = np.asarray(ref["sigma"])
+    assert_allclose(gm.weights_, ref["pro"], rtol=1e-5)
+    assert_allclose(gm.means_, ref["mean"], rtol=1e-5, atol=1e-5 * np.abs(ref["mean"]).max())
+    assert_allclose(gm.covariances_, sigma, rtol=1e-5, atol=1e-5 * np.abs(sigma).max())
+    # mclust's BIC with a prior: the log-likelihood at the MAP estimate, the log prior not added.
+    assert_allclose(-gm.bic(x), 2 * ref["loglik"] - n_parameters(entry["K"], x.shape[1], model) * np.log(len(x)),
+                    rtol=1e-6)
+
+
+@pytest.mark.parametrize("model", PRIOR_MODELS)
+def test_one_component_equals_mclustBIC_with_the_prior(model):
+    """At G = 1 mclust fits mvnXII / mvnXXI / mvnXXX: VII's, VVI's or VVV's step for the family."""
+    x, _, _ = start("iris")
+    gm = GaussianMixture(1, covariance_type=model, prior="default").fit(x)
+    assert_allclose(-gm.bic(x), PRIOR["iris_bic"][model][0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("model", [m for m in PRIOR_MODELS if m != "EEI"])
+def test_penalized_bound_of_mclust_models_never_falls(model):
+    """Each step maximises Q plus the log prior that log_prior adds (EEI's does not: mclust keeps
+    its means unshrunk), so EM's penalized bound rises from any start."""
+    x, resp, _ = start("gen3d")
+    resp = np.random.default_rng(1).dirichlet(np.ones(resp.shape[1]), size=len(x))  # a poor start
+    prior = default_prior(x, model, resp.shape[1])
+    bounds = []
+    for _ in range(25):
+        params = {**map_step_from(x, resp, model, prior), "covariance_type": model}
+        logp = np.column_stack([np.log(w) + multivariate_normal(m, c).logpdf(x)
+                                for w, m, c in zip(params["weights"], params["means"], params["covariances"])])
+        norm = logsumexp(logp, axis=1)
+        resp = np.exp(logp - norm[:, None])
+        bounds.append(norm.sum() + log_prior(params, prior))
+    steps = np.diff(bounds)
+    assert (steps >= -1e-9 * np.abs(bounds[1:])).all(), steps.min()
+    assert bounds[-1] > bounds[0]
+
+
+def test_select_model_with_the_prior_is_mclustBIC_with_priorControl():
+    """iris, the ten models with a prior, K = 1..3: mclust's top three and their BIC values."""
+    x, _, _ = start("iris")
+    result = select_model(x, n_components=range(1, 4), covariance_types=list(PRIOR_MODELS), prior="default",
+                          init_params="hierarchical", tol=1e-8, max_iter=1000)
+    bic = {m: np.array([np.nan if v is None else v for v in vs]) for m, vs in PRIOR["iris_bic"].items()}
+    mclust_top = sorted(((v[k], m, k + 1) for m, v in bic.items() for k in range(3) if np.isfinite(v[k])),
+                        reverse=True)[:3]
+    top = result.top("bic")
+    assert [(t, k) for t, k, _ in top] == [(m, k) for _, m, k in mclust_top]
+    # mclust stops at its default relative tol 1e-5, dask-em at 1e-8 per row (VEV,3: 0.015 higher).
+    ours, theirs = np.array([-v for _, _, v in top]), np.array([v for v, _, _ in mclust_top])
+    assert_allclose(ours, theirs, rtol=1e-4)
+    assert (ours >= theirs - 1e-9 * np.abs(theirs)).all()
+    # K = 1 is one step: mclust's mvn functions exactly.
+    one = result.criteria.bic_mclust.sel(n_components=1, covariance_type=list(PRIOR_MODELS)).values
+    assert_allclose(one, [bic[m][0] for m in PRIOR_MODELS], rtol=1e-10)

@@ -8,6 +8,12 @@
 # EM from it to a tight tolerance (me); the BIC table of mclustBIC over K = 1..9
 # and the model Mclust picks, and ICL. Also nMclustParams for every model, d = 1..6
 # and G = 1..9. Needs R with mclust (>= 6) and jsonlite.
+#
+# With the argument "prior" (Rscript tests/data/mclust/make_fixture.R prior) it writes
+# prior.json instead: for the models mclust defines its conjugate prior for, per data set
+# at one K from the same partition, defaultPrior, one mstep(..., prior = priorControl()),
+# one step of me's (itmax 1: me's M-step differs from mstep's for some models) and me
+# with the prior to a tight tolerance; and iris's mclustBIC table with the prior.
 suppressPackageStartupMessages({library(mclust); library(jsonlite)})
 here <- local({
   args <- commandArgs(trailingOnly = FALSE)
@@ -33,6 +39,38 @@ params_of <- function(p, K, d) {
   sigma <- p$variance$sigma
   list(pro = p$pro, mean = t(matrix(p$mean, d, K)),
        sigma = lapply(seq_len(K), function(k) matrix(sigma[, , k], d, d)))
+}
+
+prior_models <- c("EII", "VII", "EEI", "VEI", "EVI", "VVI", "EEE", "EEV", "VEV", "VVV")
+if ("prior" %in% commandArgs(trailingOnly = TRUE)) {
+  out <- list(mclust_version = as.character(packageVersion("mclust")), r_version = R.version.string,
+              tight_control = list(tol = tight$tol, itmax = tight$itmax), models = prior_models, sets = list())
+  one_step <- emControl(tol = tight$tol, itmax = c(1L, 20000L))
+  for (name in c("iris", "wine", "diabetes", "banknote", "gen3d")) {
+    X <- read_set(name); n <- nrow(X); d <- ncol(X); K <- sets[[name]]
+    z <- unmap(hclass(hc(X, modelName = "VVV", use = "SVD"), K))
+    per_model <- list()
+    for (m in prior_models) {
+      pr <- defaultPrior(X, K, m)
+      ms <- mstep(X, modelName = m, z = z, prior = priorControl(), control = tight)
+      step <- suppressWarnings(me(X, modelName = m, z = z, prior = priorControl(), control = one_step))
+      fit <- me(X, modelName = m, z = z, prior = priorControl(), control = tight)
+      per_model[[m]] <- list(
+        prior = list(shrinkage = pr$shrinkage, mean = as.numeric(pr$mean), dof = pr$dof,
+                     scale = if (length(pr$scale) == 1) pr$scale else matrix(pr$scale, d, d)),
+        mstep = params_of(ms$parameters, K, d), me_step = params_of(step$parameters, K, d),
+        em = c(params_of(fit$parameters, K, d),
+               list(loglik = fit$loglik, iterations = unname(attr(fit, "info")[1]))))
+    }
+    out$sets[[name]] <- list(n = n, d = d, K = K, models = per_model)
+    message(name, " done")
+  }
+  X <- read_set("iris")
+  set.seed(0)
+  bic <- mclustBIC(X, G = 1:9, modelNames = prior_models, prior = priorControl())
+  out$iris_bic <- setNames(lapply(prior_models, function(m) as.numeric(bic[, m])), prior_models)
+  write_json(out, file.path(here, "prior.json"), digits = NA, auto_unbox = TRUE, na = "null")
+  quit(save = "no")
 }
 
 out <- list(mclust_version = as.character(packageVersion("mclust")),

@@ -44,16 +44,16 @@ Params = dict[str, Any]
 # thread: 512-row tiles 0.94-1.0 s per 2M rows, 128 rows 1.16 s, 2048 1.17 s.
 TILE_CELLS = core_caches()[0] // 8
 
-# Bytes of one panel's working set: its design matrix and its (K, P) log-densities (the
-# responsibilities, in place) fill one core's share of the last-level cache, read from the
-# machine (1-32 MiB; the full-covariance moment design uses the same budget,
-# _covariance.MOMENT_PANEL_BYTES). Each panel costs a fixed dozen numpy calls whose fixed part
-# holds the GIL, so the panel should carry as much work as the cache holds: when the (K, P)
-# matrix alone filled one core's L2 (8192 rows at K=8 on 512 KiB, 2048 at d=64 where the design
-# was capped too, whatever the dtype), the diagonal kernels held the GIL 6-12% of their time,
-# two AMD EPYC cores, py-spy. (The default E-step of the other families has its own panels:
-# family.PANEL_CELLS.)
-GAUSSIAN_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
+# The (K, P) log-density matrix of a Gaussian panel fills one core's L2 cache (512 KiB on the
+# AMD EPYC machines the figures come from: P = 8192 rows at K = 8 in float64, 16384 in float32),
+# and its design at most eight times that. Measured on those 2 cores at d=16, K=8: 2**16
+# float64 values gave 0.52 s per 2M rows on two threads, 2**14 0.59 s, 2**19 0.58 s, 512-row
+# tiles alone 0.69 s; the diagonal kernel on two threads ran 5-10% slower with panels sized to
+# the last-level cache share instead (16384 rows at d=16, 4096 at d=64: 0.49 against 0.44 s an
+# iteration at 2M x 16). Counting bytes, not values, gives float32 panels twice the rows, so
+# each panel's fixed dozen numpy calls (whose fixed part holds the GIL) carries as much work
+# as in float64. (The default E-step of the other families has its own panels: family.PANEL_CELLS.)
+GAUSSIAN_PANEL_BYTES = core_caches()[0]
 
 
 def _pow2_floor(value: float) -> int:
@@ -71,19 +71,20 @@ def tile_rows(n_components: int, n_features: int) -> int:
     return min(4096, max(512, _pow2_floor(TILE_CELLS // max(1, n_components * n_features))))
 
 
-def panel_rows(n_components: int, n_features: int, itemsize: int = 8) -> int:
+def panel_rows(n_components: int, n_features: int, itemsize: int = 8, width: int | None = None) -> int:
     """Rows per panel for one restart: a power of two, a multiple of its tile.
 
-    The panel's design (at most the diagonal layout's ``2d + 1`` rows) and
-    its (K, P) log-densities, of ``itemsize`` bytes a value, fill
-    :data:`GAUSSIAN_PANEL_BYTES`. Powers of two nest: a chunk walked in
-    panels of the largest size among the restarts of a round visits each
-    restart's own panels exactly as a fit of that restart alone would, so its
-    sums (and its model) are bitwise the same whatever other restarts or
+    The panel's (K, P) log-densities, of ``itemsize`` bytes a value, fill
+    :data:`GAUSSIAN_PANEL_BYTES`, and its design (``width`` rows; by default
+    the diagonal layout's ``2d + 1``) at most eight times that. Powers of two nest: a chunk
+    walked in panels of the largest size among the restarts of a round visits
+    each restart's own panels exactly as a fit of that restart alone would, so
+    its sums (and its model) are bitwise the same whatever other restarts or
     candidates share the round.
     """
-    width = 2 * n_features + 1
-    rows = GAUSSIAN_PANEL_BYTES // ((width + max(n_components, 1)) * itemsize)
+    width = width or 2 * n_features + 1
+    values = GAUSSIAN_PANEL_BYTES // itemsize
+    rows = min(values // max(n_components, 1), 8 * values // width)
     return max(tile_rows(n_components, n_features), _pow2_floor(rows))
 
 
@@ -372,7 +373,7 @@ class GaussianFamily(Family):
         layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
         sizes = [
             (tile_rows(len(p["weights"]), d),
-             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize))
+             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
             for lay, p, dt in zip(layouts, params_list, dtypes)
         ]
         views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]

@@ -237,9 +237,9 @@ def work_array(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     log-densities) made afresh for every panel or chunk were allocations
     of megabytes: glibc serves them by ``mmap`` and returns them by
     ``munmap``, both with the GIL held, and every page faults again (with
-    8 MiB designs, 6% of a diagonal E-step thread's GIL-held samples were
-    the free at the end of a chunk and 7% the allocation of the log-densities,
-    py-spy ``--native``). Here one array per name and thread grows to the
+    8 MiB designs, 7% of a diagonal E-step thread's GIL-held samples were
+    the allocation of a panel's log-densities and 6% the end of a chunk's
+    E-step, where its design was freed; py-spy ``--native``). Here one array per name and thread grows to the
     largest size asked for and is reused; the view of the last shape asked
     for is kept, so a panel's call costs a dict lookup. Its contents are
     whatever the last user left. A thread holds a few of them (its panels'

@@ -18,7 +18,7 @@ samples. One BLAS thread, as the E-step tasks run (the library's local
 threads and a distributed worker both limit BLAS to one thread per task).
 Sampling pauses the child for a few microseconds each time; at ``--rate``
 samples a second and ``--seconds`` per kernel a share of 3% rests on a few
-dozen samples; ``--repeats`` takes the median of several pairs of recordings.
+dozen samples (at the default 500 a second); ``--repeats`` takes the median of several pairs of recordings.
 Measure on a quiet machine: under heavy load (other processes on the same
 cores) the share reads higher and moves between runs.
 
@@ -31,9 +31,17 @@ categorical (the discrete design kernel).
 Usage::
 
     python benchmarks/bench_gil.py                    # every kernel, 2 s each per recording
+    python benchmarks/bench_gil.py --kernels gaussian --repeats 3 --seconds 3   # the table of the docs
     python benchmarks/bench_gil.py --kernels full_d16_float64,diag_d64_float32 --seconds 4
     python benchmarks/bench_gil.py --top 8            # also the lines that hold the GIL most
     python benchmarks/bench_gil.py --repeats 3 --seconds 4   # the median of three pairs of recordings
+
+The table prints, per kernel, the median share over the repeats, their range
+and each repeat's share, and Amdahl's bound at the median. On a machine other
+processes load, the share of one kernel moves between repeats by a factor of
+up to two (two cores under a load average of 6: 2.9% to 6.3% for one
+kernel): compare kernels, or two versions of one, by medians of interleaved
+repeats.
 """
 
 from __future__ import annotations
@@ -73,9 +81,24 @@ def _chunk_rows(d: int) -> int:
 
 
 def kernel_labels() -> list[str]:
-    labels = [f"{ct}_d{d}_{dt}" for d in (16, 64) for ct in ("full", "tied", "diag", "spherical")
-              for dt in ("float64", "float32")]
-    return labels + ["full_d16_missing", "bernoulli_d16", "categorical_d16"]
+    return GROUPS["gaussian"] + GROUPS["missing"] + GROUPS["discrete"]
+
+
+# Names --kernels accepts for several kernels at once.
+GROUPS = {
+    "gaussian": [f"{ct}_d{d}_{dt}" for d in (16, 64) for ct in ("full", "tied", "diag", "spherical")
+                 for dt in ("float64", "float32")],
+    "missing": ["full_d16_missing"],
+    "discrete": ["bernoulli_d16", "categorical_d16"],
+}
+
+
+def expand(names: str) -> list[str]:
+    """Kernel labels from a comma-separated list of labels and group names (``gaussian``, ``missing``, ``discrete``)."""
+    out = []
+    for name in filter(None, names.split(",")):
+        out += GROUPS.get(name, [name])
+    return out
 
 
 def make_kernel(label: str):
@@ -160,7 +183,7 @@ def amdahl(share: float, threads: int) -> float:
     return 1.0 / (share + (1.0 - share) / threads)
 
 
-def gil_shares(labels, seconds=2.0, rate=250, pyspy=None, repeats=1) -> dict[str, tuple]:
+def gil_shares(labels, seconds=2.0, rate=500, pyspy=None, repeats=1) -> dict[str, tuple]:
     """``{label: (GIL-held share, active samples, Counter of GIL-holding leaf frames, shares of each repeat)}``.
 
     With ``repeats`` above one the share is the median of the repeats' shares (each a
@@ -187,11 +210,13 @@ def gil_shares(labels, seconds=2.0, rate=250, pyspy=None, repeats=1) -> dict[str
 
 
 def print_table(shares: dict, top: int = 0) -> None:
-    print("| kernel | active samples | GIL held | of each repeat | Amdahl bound at 16 threads | at 64 |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    """One row per kernel: the median share over the repeats, their range, and Amdahl's bounds at the median."""
+    print("| kernel | active samples | GIL held (median) | range | each repeat | Amdahl bound at 16 threads | at 64 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for label, (share, total, _, each) in shares.items():
         spread = " ".join(f"{v:.1%}" for v in each)
-        print(f"| {label} | {total} | {share:.1%} | {spread} | {amdahl(share, 16):.1f}x | {amdahl(share, 64):.1f}x |")
+        print(f"| {label} | {total} | {share:.1%} | {min(each):.1%}-{max(each):.1%} | {spread} "
+              f"| {amdahl(share, 16):.1f}x | {amdahl(share, 64):.1f}x |")
     if top:
         for label, (_, total, frames, _) in shares.items():
             print(f"\n# {label}: the lines holding the GIL most (share of active samples)")
@@ -201,9 +226,10 @@ def print_table(shares: dict, top: int = 0) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", default=",".join(kernel_labels()), help="comma-separated; default: all")
+    parser.add_argument("--kernels", default="gaussian,missing,discrete",
+                        help="comma-separated labels or groups (gaussian, missing, discrete); default: all")
     parser.add_argument("--seconds", type=float, default=2.0, help="per kernel and recording")
-    parser.add_argument("--rate", type=int, default=250, help="py-spy samples a second")
+    parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")
     parser.add_argument("--repeats", type=int, default=1, help="pairs of recordings; the share is their median")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -211,7 +237,7 @@ def main() -> None:
     if args.child:
         child(args.child.split(","), args.seconds)
         return
-    labels = args.kernels.split(",")
+    labels = expand(args.kernels)
     unknown = sorted(set(labels) - set(kernel_labels()))
     if unknown:
         parser.error(f"unknown kernels {unknown}; valid: {', '.join(kernel_labels())}")

@@ -65,7 +65,7 @@ import numpy as np
 from scipy import linalg
 
 from . import _parsimonious
-from .family import MASS_EPS, core_caches, gemm_nt
+from .family import MASS_EPS, core_caches, gemm_nt, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -113,6 +113,15 @@ def log_const(params: Params, log_det: np.ndarray, d: int) -> np.ndarray:
     with np.errstate(divide="ignore"):
         log_w = np.log(params["weights"])
     return log_w + log_det - 0.5 * d * _LOG_2PI
+
+
+def log_density_work(dtype) -> str:
+    """The name of this thread's work array (:func:`dask_em.family.work_array`) for a panel's (K, P) log-densities.
+
+    One per compute dtype; the restarts of a round use it one after another
+    (each panel's log-densities are consumed before the next restart's).
+    """
+    return f"gaussian-log-density-{np.dtype(dtype).name}"
 
 
 # ---------------------------------------------------------------------------
@@ -221,13 +230,14 @@ class FullLayout:
             # Work matrices reused by every tile.
             "resid": resid,
             "weighted": np.empty((k, d, tile), dtype=dtype),
+            "work": log_density_work(dtype),
         }
 
     def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
         p, t = xa.shape[1], view["tile"]
         k = view["log_const"].shape[0]
         d = view["resid"].shape[0] // k
-        out = np.empty((k, p), dtype=view["resid"].dtype)
+        out = work_array(view["work"], (k, p), view["resid"].dtype)
         for lo in range(0, p, t):
             hi = min(lo + t, p)
             resid = view["resid"][:, : hi - lo]
@@ -480,27 +490,30 @@ class _MomentDesign:
         padded = np.zeros((_gemm_rows(k), coef.shape[1]), dtype=dtype)
         padded[:k] = coef
         # The statistics are float64 moments about the shift: "means" stay float64 (nothing to shift back).
-        return {"coef": padded, "k": k, "means": means, "tile": tile, "out": None}
+        return {"coef": padded, "k": k, "means": means, "tile": tile, "out": None, "resp": None,
+                "work": log_density_work(dtype)}
 
     def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
-        """(K, P) log-densities: the first K rows of ``view["out"]``, whose padding rows stay 0 (or NaN)."""
-        coef, k, t = view["coef"], view["k"], xa.shape[1]
-        if coef.shape[0] == k:
-            return coef @ xa
-        if view["out"] is None or view["out"].shape[1] < t:
-            view["out"] = np.empty((coef.shape[0], t), dtype=coef.dtype)
-        out = view["out"][:, :t]
+        """(K, P) log-densities: the first K rows of a (padded rows, P) product whose padding rows stay 0 (or NaN).
+
+        The product goes into this thread's work array; ``view`` remembers it,
+        so that :meth:`accumulate` runs its statistics GEMM on the padded rows
+        when it receives these rows back as responsibilities.
+        """
+        coef, k = view["coef"], view["k"]
+        out = work_array(view["work"], (coef.shape[0], xa.shape[1]), coef.dtype)
         np.matmul(coef, xa, out=out)
-        return out[:k]
+        view["out"], view["resp"] = out, out[:k]
+        return view["resp"]
 
     def empty_stats(self, k: int, d: int) -> Stats:
         return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, self.width(d)))}
 
     def accumulate(self, xa, w, resp, means, acc: Stats, view: dict | None = None) -> None:
         rw = resp if w is None else np.multiply(resp, w, out=resp)
-        out = view["out"] if view else None
-        if out is not None and rw.base is out:  # the responsibilities in their padded rows: the faster GEMM
-            acc["moments"] += gemm_nt(out[:, : xa.shape[1]], xa)[: rw.shape[0]]
+        if view is not None and rw is view["resp"] and view["out"].shape[0] > rw.shape[0]:
+            # the responsibilities in their padded rows: the faster GEMM
+            acc["moments"] += gemm_nt(view["out"], xa)[: rw.shape[0]]
         else:
             acc["moments"] += gemm_nt(rw, xa)
 
@@ -683,10 +696,11 @@ class DiagLayout:
         proj[:, :d] = -0.5 * prec
         proj[:, d : 2 * d] = means * prec
         proj[:, 2 * d] = -0.5 * (means**2 * prec).sum(1) + log_const(params, self.log_det(pc, d), d)
-        return {"proj": proj.astype(dtype, copy=False), "means": means, "tile": tile}
+        return {"proj": proj.astype(dtype, copy=False), "means": means, "tile": tile, "work": log_density_work(dtype)}
 
     def weighted_log_prob(self, xa, view):
-        return view["proj"] @ xa
+        proj = view["proj"]
+        return np.matmul(proj, xa, out=work_array(view["work"], (proj.shape[0], xa.shape[1]), proj.dtype))
 
     def empty_stats(self, k, d):
         return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, 2 * d + 1))}

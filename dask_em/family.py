@@ -163,6 +163,7 @@ import functools
 import glob
 import math
 import os
+import threading
 from typing import Any, Callable
 
 import numpy as np
@@ -231,6 +232,38 @@ def core_caches() -> tuple[int, int]:
     return l2, max(share, l2)
 
 
+# This thread's work arrays (work_array): kept from panel to panel and chunk to chunk.
+_WORK = threading.local()
+
+
+def work_array(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """This thread's C-contiguous array ``name`` of ``shape`` and ``dtype`` (a numpy dtype object).
+
+    A panel kernel's large temporaries (a design matrix, the (K, P)
+    log-densities) made afresh for every panel or chunk were allocations
+    of megabytes: glibc serves them by ``mmap`` and returns them by
+    ``munmap``, both with the GIL held, and every page faults again (with
+    8 MiB designs, 7% of a diagonal E-step thread's GIL-held samples were
+    the allocation of a panel's log-densities and 6% the end of a chunk's
+    E-step, where its design was freed; py-spy ``--native``). Here one array per name and thread grows to the
+    largest size asked for and is reused; the view of the last shape asked
+    for is kept, so a panel's call costs a dict lookup. Its contents are
+    whatever the last user left. A thread holds a few of them (its panels'
+    working set, a few MiB).
+    """
+    store = _WORK.__dict__
+    held = store.get(name)
+    if held is not None and held[0] == shape and held[1] is dtype:
+        return held[2]
+    size = math.prod(shape)
+    base = store.get(name + "/base")
+    if base is None or base.dtype != dtype or base.size < size:
+        base = store[name + "/base"] = np.empty(max(size, 1), dtype=dtype)
+    view = base[:size].reshape(shape)
+    store[name] = (shape, dtype, view)
+    return view
+
+
 # exp() of anything below this is floored to exp(-600) ~ 1e-261: it keeps
 # responsibilities out of the subnormal range, where every multiply in the
 # statistics GEMM costs a microcode assist, and changes nothing in float64.
@@ -251,18 +284,26 @@ def responsibilities(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return log_normalize(wlp)
 
 
-def log_normalize(wlp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def log_normalize(wlp: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`responsibilities` for a caller that already ignores numpy's invalid and overflow errors.
 
     The ufuncs and their reductions are called directly: each call's fixed
     cost holds the GIL, and ``ndarray.max`` / ``sum`` (Python wrappers) and
     ``np.errstate`` (a context manager) added a third to it, once per panel.
+    ``rows``: an optional (2, P) array of ``wlp``'s dtype for the row maxima
+    and sums (a panel kernel's reused work array); the log-likelihood
+    returned is its second row.
     """
-    top = np.maximum.reduce(wlp, axis=0)
+    if rows is None:
+        top = np.maximum.reduce(wlp, axis=0)
+        total = None
+    else:
+        top = np.maximum.reduce(wlp, axis=0, out=rows[0])
+        total = rows[1]
     np.subtract(wlp, top, out=wlp)
     np.maximum(wlp, _LOG_RESP_FLOOR, out=wlp)
     np.exp(wlp, out=wlp)
-    total = np.add.reduce(wlp, axis=0)
+    total = np.add.reduce(wlp, axis=0, out=total)
     np.divide(wlp, total, out=wlp)
     log_norm = np.log(total, out=total)
     log_norm += top

@@ -24,7 +24,8 @@ import numpy as np
 from . import _array_api, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
 from ._namespace import is_foreign, like, namespace, to_numpy
-from .family import MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize, responsibilities
+from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
+                     responsibilities, work_array)
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
 __all__ = ["COVARIANCE_TYPES", "GAUSSIAN_COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
@@ -44,12 +45,16 @@ Params = dict[str, Any]
 # thread: 512-row tiles 0.94-1.0 s per 2M rows, 128 rows 1.16 s, 2048 1.17 s.
 TILE_CELLS = core_caches()[0] // 8
 
-# The (K, P) log-density matrix of a Gaussian panel fills one core's L2 cache (2**16
-# float64 values there: P = 8192 rows at K = 8). Measured on those 2 cores at d=16,
-# K=8: 2**16 gave 0.52 s per 2M rows on two threads, 2**14 0.59 s, 2**19 0.58 s,
-# 512-row tiles alone 0.69 s. (The default E-step of the other families has its
-# own, longer, panels: family.PANEL_CELLS.)
-GAUSSIAN_PANEL_CELLS = core_caches()[0] // 8
+# The (K, P) log-density matrix of a Gaussian panel fills one core's L2 cache (512 KiB on the
+# AMD EPYC machines the figures come from: P = 8192 rows at K = 8 in float64, 16384 in float32),
+# and its design at most eight times that. Measured on those 2 cores at d=16, K=8: 2**16
+# float64 values gave 0.52 s per 2M rows on two threads, 2**14 0.59 s, 2**19 0.58 s, 512-row
+# tiles alone 0.69 s; the diagonal kernel on two threads ran 5-10% slower with panels sized to
+# the last-level cache share instead (16384 rows at d=16, 4096 at d=64: 0.49 against 0.44 s an
+# iteration at 2M x 16). Counting bytes, not values, gives float32 panels twice the rows, so
+# each panel's fixed dozen numpy calls (whose fixed part holds the GIL) carries as much work
+# as in float64. (The default E-step of the other families has its own panels: family.PANEL_CELLS.)
+GAUSSIAN_PANEL_BYTES = core_caches()[0]
 
 
 def _pow2_floor(value: float) -> int:
@@ -67,16 +72,20 @@ def tile_rows(n_components: int, n_features: int) -> int:
     return min(4096, max(512, _pow2_floor(TILE_CELLS // max(1, n_components * n_features))))
 
 
-def panel_rows(n_components: int, n_features: int) -> int:
+def panel_rows(n_components: int, n_features: int, itemsize: int = 8, width: int | None = None) -> int:
     """Rows per panel for one restart: a power of two, a multiple of its tile.
 
-    Powers of two nest: a chunk walked in panels of the largest size among the
-    restarts of a round visits each restart's own panels exactly as a fit of
-    that restart alone would, so its sums (and its model) are bitwise the same
-    whatever other restarts or candidates share the round.
+    The panel's (K, P) log-densities, of ``itemsize`` bytes a value, fill
+    :data:`GAUSSIAN_PANEL_BYTES`, and its design (``width`` rows; by default
+    the diagonal layout's ``2d + 1``) at most eight times that. Powers of two nest: a chunk
+    walked in panels of the largest size among the restarts of a round visits
+    each restart's own panels exactly as a fit of that restart alone would, so
+    its sums (and its model) are bitwise the same whatever other restarts or
+    candidates share the round.
     """
-    width = 2 * n_features + 1
-    rows = min(GAUSSIAN_PANEL_CELLS // max(n_components, 1), 8 * GAUSSIAN_PANEL_CELLS // width)
+    width = width or 2 * n_features + 1
+    values = GAUSSIAN_PANEL_BYTES // itemsize
+    rows = min(values // max(n_components, 1), 8 * values // width)
     return max(tile_rows(n_components, n_features), _pow2_floor(rows))
 
 
@@ -95,6 +104,13 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
     """
     layout = LAYOUTS[covariance_type] if isinstance(covariance_type, str) else covariance_type
     buf = np.empty((layout.buffer_rows(n_features), rows), dtype=dtype)
+    buf[layout.width(n_features) - 1] = 1.0
+    return buf
+
+
+def _work_design(layout, n_features: int, rows: int, dtype: np.dtype) -> np.ndarray:
+    """:func:`design_buffer` in this thread's work array for the design (kept from chunk to chunk)."""
+    buf = work_array(f"gaussian-design-{layout.design}-{dtype.name}", (layout.buffer_rows(n_features), rows), dtype)
     buf[layout.width(n_features) - 1] = 1.0
     return buf
 
@@ -389,7 +405,7 @@ class GaussianFamily(Family):
         layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
         sizes = [
             (tile_rows(len(p["weights"]), d),
-             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d))
+             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
             for lay, p, dt in zip(layouts, params_list, dtypes)
         ]
         views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
@@ -397,7 +413,9 @@ class GaussianFamily(Family):
         shared = max(1, min(max(panel for _, panel in sizes), n))
         # One design matrix per design in use, shared by the restarts that read it.
         designs = {(lay.design, dt): lay for lay, dt in zip(layouts, dtypes)}
-        bufs = {key: design_buffer(lay, d, shared, key[1]) for key, lay in designs.items()}
+        bufs = {key: _work_design(lay, d, shared, key[1]) for key, lay in designs.items()}
+        # The row maxima and sums of each panel's log-sum-exp, per compute dtype.
+        rows = {dt: work_array(f"gaussian-rows-{dt.name}", (2, shared), dt) for dt in set(dtypes)}
         with np.errstate(invalid="ignore", over="ignore"):
             for lo in range(0, n, shared):
                 hi = min(lo + shared, n)
@@ -408,7 +426,7 @@ class GaussianFamily(Family):
                         end = min(sub + panel, hi - lo)
                         wp = None if w is None else w[lo + sub : lo + end]
                         xp = xa[:, sub:end]
-                        log_norm, resp = log_normalize(lay.weighted_log_prob(xp, view))
+                        log_norm, resp = log_normalize(lay.weighted_log_prob(xp, view), rows[dt][:, : end - sub])
                         if stop_at_nan and view is views[0] and np.isnan(log_norm).any():
                             return None
                         add_likelihood(acc, log_norm, resp, wp, entropy)

@@ -139,3 +139,81 @@ def test_initial_parameters_are_refused_with_the_reason():
         gaussian.check_initial_parameters(3, 2, "spherical", None, None, np.ones((3, 2)))
     with pytest.raises(ValueError, match="precisions_init must be symmetric positive definite"):
         gaussian.check_initial_parameters(3, 2, "tied", None, None, -np.eye(2))
+
+
+def _sklearn_model(cov_type, k, d, rng):
+    """A scikit-learn GaussianMixture holding random parameters (its own E-step is the reference)."""
+    sk = SkGaussianMixture(k, covariance_type=cov_type)
+    cov = random_covariances(cov_type, k, d, rng)
+    sk.weights_ = rng.dirichlet(np.full(k, 5.0))
+    sk.means_ = rng.normal(size=(k, d)) * 2.0
+    sk.covariances_ = cov
+    sk.precisions_cholesky_ = LAYOUTS[cov_type].precision_cholesky(cov)
+    return sk
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+@pytest.mark.parametrize("d, dtype, rtol", [(16, "float64", 1e-10), (16, "float32", 2e-4), (64, "float64", 1e-10)])
+def test_chunks_of_many_panels_against_scikit_learn(cov_type, d, dtype, rtol, rng):
+    """A chunk of several panels and a ragged last one (the panels, their tiles and the reused
+    per-thread work arrays of the fused E-step): the log-likelihood and the M-step's parameters
+    equal scikit-learn's E-step and ``_estimate_gaussian_parameters`` on the same rows.
+
+    float32 computes the log-densities and products in float32 (its stated accuracy: 1e-4
+    relative; 2e-4 leaves room for the spread of d=16 rows' float32 round-off)."""
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    k = 8
+    sk = _sklearn_model(cov_type, k, d, rng)
+    family = gaussian.GaussianFamily(reg_covar=0.0, compute_dtype=dtype)
+    params = {"weights": sk.weights_, "means": sk.means_, "precisions_cholesky": sk.precisions_cholesky_,
+              "covariances": sk.covariances_, "covariance_type": cov_type}
+    lay = LAYOUTS[cov_type].kernel(params, np.dtype(dtype))
+    panel = lay.panel_rows(k, d, np.dtype(dtype)) or gaussian.panel_rows(k, d)
+    n = 3 * panel + 777
+    labels = rng.integers(0, k, n)
+    X = sk.means_[labels] + rng.normal(size=(n, d))
+    state = engine.RoundState(family=family, context=np.zeros(d), params=[params])
+    record = engine.estep_block(X, None, state)[0]
+    (new,) = engine.mstep_round([record], state, n)
+
+    log_norm, log_resp = sk._estimate_log_prob_resp(X)
+    nk, means, cov = _estimate_gaussian_parameters(X, np.exp(log_resp), 0.0, cov_type)
+    # The log-likelihood is a sum of n terms of size ~d: its round-off is relative to that sum.
+    assert record["loglik"] == pytest.approx(log_norm.sum(), rel=rtol * 10)
+    assert_close(record["nk"], nk, rtol=rtol, err_msg="nk")
+    assert_close(new.params["means"], means, rtol=rtol, err_msg="means")
+    assert_close(new.params["covariances"], cov, rtol=rtol * 10, err_msg="covariances")
+
+
+def test_threads_and_reused_work_arrays_change_no_bit(rng):
+    """Chunks of different widths, layouts and compute dtypes on four threads at once, twice over,
+    in shuffled orders: every record is bitwise the one computed alone, one after another (each
+    thread reuses its own design and log-density arrays from chunk to chunk)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for cov_type in COVARIANCE_TYPES:
+        for d, dtype in [(16, "float64"), (5, "float32"), (64, "float64")]:
+            sk = _sklearn_model(cov_type, 4, d, rng)
+            params = {"weights": sk.weights_, "means": sk.means_, "precisions_cholesky": sk.precisions_cholesky_,
+                      "covariances": sk.covariances_, "covariance_type": cov_type}
+            state = engine.RoundState(family=gaussian.GaussianFamily(compute_dtype=dtype), context=np.zeros(d),
+                                      params=[params])
+            x = sk.means_[rng.integers(0, 4, 20_000 if d < 64 else 5_000)] + rng.normal(size=(1, d))
+            jobs.append((x + rng.normal(size=x.shape), state))
+
+    def run(job):
+        x, state = job
+        record = engine.estep_block(x, None, state)[0]
+        return record["loglik"], record["nk"], record["stats"]
+
+    alone = [run(job) for job in jobs]
+    order = np.concatenate([rng.permutation(len(jobs)), rng.permutation(len(jobs))])
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(run, [jobs[i] for i in order]))
+    for i, (loglik, nk, stats) in zip(order, together):
+        assert loglik == alone[i][0]
+        np.testing.assert_array_equal(nk, alone[i][1])
+        for key, value in stats.items():
+            np.testing.assert_array_equal(value, alone[i][2][key], err_msg=key)

@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 from ._covariance import LAYOUTS, log_const
-from ._namespace import device, like, log_normalize, namespace, rlogr_rows, to_numpy
+from ._namespace import (add_likelihood_xp, device, like, likelihood_record, likelihood_sums, namespace, to_numpy,
+                         xp_log_normalize)
 
 # The largest temporary of a tile, in elements (256 MiB in float64): large enough that a GPU
 # runs each GEMM at its rate, small enough that a tile's responsibilities and residuals fit
@@ -38,13 +39,18 @@ from ._namespace import device, like, log_normalize, namespace, rlogr_rows, to_n
 TILE_ELEMENTS = 2**25
 
 
-def tile_rows(n_components: int, n_features: int) -> int:
-    """Rows per tile: the widest temporary (``rows x K*d``) within :data:`TILE_ELEMENTS`."""
-    return max(1, TILE_ELEMENTS // max(1, n_components * max(n_features, 2)))
-
-
 def _is_moments(covariance_type: str) -> bool:
     return covariance_type in ("diag", "spherical")
+
+
+def tile_rows(params_list: list, n_features: int) -> int:
+    """Rows per tile: the widest temporary of any restart (``rows x K*d``, diag ``rows x 2d``... per
+    component) within :data:`TILE_ELEMENTS`."""
+    wide = max(
+        len(p["weights"]) * (2 * n_features if _is_moments(p["covariance_type"]) else max(n_features, 2))
+        for p in params_list
+    )
+    return max(1, TILE_ELEMENTS // max(1, wide))
 
 
 def _host_view(params: dict, dtype) -> dict:
@@ -61,7 +67,6 @@ def _host_view(params: dict, dtype) -> dict:
             "quad": (-0.5 * prec).T.astype(dtype),  # (d, K)
             "lin": (means * prec).T.astype(dtype),  # (d, K)
             "const": (-0.5 * (means**2 * prec).sum(1) + const).astype(dtype),  # (K,)
-            "means": means,
         }
     factors = layout._stacked_factors(pc, k, d)  # (K, d, d): U_k, with U_k U_k^T the precision
     rounded = means.astype(dtype)
@@ -71,16 +76,12 @@ def _host_view(params: dict, dtype) -> dict:
         "offset": np.einsum("kd,kde->ke", rounded.astype(np.float64), factors).reshape(k * d).astype(dtype),
         "const": const.astype(dtype),
         "rounded": rounded,
-        "rounded_host": rounded,
-        "means": means,
+        "rounded_host": rounded,  # kept on the host: the statistics are finished about it
     }
 
 
-_HOST_KEYS = ("means", "rounded_host")
-
-
 def _device_view(view: dict, x) -> dict:
-    return {key: (value if key in _HOST_KEYS else like(value, x)) for key, value in view.items()}
+    return {key: (value if key == "rounded_host" else like(value, x)) for key, value in view.items()}
 
 
 def _weighted_log_prob(xp, xc, view: dict, k: int, d: int):
@@ -112,14 +113,8 @@ def estep(x, w, params_list: list, shift: np.ndarray, entropy: bool, dtypes: lis
     shifts = {dt: like(shift, x, dt) for dt in set(dtypes)}
     views = [_device_view(_host_view(p, dt), x) for p, dt in zip(params_list, dtypes)]
     ks = [len(p["weights"]) for p in params_list]
-    wide = max(k * max(d, 2) if not _is_moments(p["covariance_type"]) else k * 2 * d
-               for k, p in zip(ks, params_list))
-    tile = max(1, TILE_ELEMENTS // max(1, wide))
-    zero = xp.zeros((), dtype=xp.float64, device=device(x))
-    accs = [
-        {"loglik": zero, "wsum": zero, "entropy": zero, "parts": None}
-        for _ in params_list
-    ]
+    tile = tile_rows(params_list, d)
+    accs = [{**likelihood_sums(xp, x), "parts": None} for _ in params_list]
     for lo in range(0, n, tile):
         hi = min(lo + tile, n)
         xt = x[lo:hi, :]
@@ -127,16 +122,8 @@ def estep(x, w, params_list: list, shift: np.ndarray, entropy: bool, dtypes: lis
         centered = {dt: _center(xp, xt, shifts[dt], dt) for dt in shifts}
         for p, dt, view, k, acc in zip(params_list, dtypes, views, ks, accs):
             xc = centered[dt]
-            log_norm, resp = log_normalize(xp, _weighted_log_prob(xp, xc, view, k, d))
-            if wt is None:
-                acc["loglik"] = acc["loglik"] + xp.sum(_f64(xp, log_norm))
-                acc["wsum"] = acc["wsum"] + float(hi - lo)
-            else:
-                acc["loglik"] = acc["loglik"] + xp.sum(_f64(xp, log_norm) * wt)
-                acc["wsum"] = acc["wsum"] + xp.sum(wt)
-            if entropy:
-                per_row = rlogr_rows(xp, resp)
-                acc["entropy"] = acc["entropy"] + xp.sum(per_row if wt is None else per_row * wt)
+            log_norm, resp = xp_log_normalize(xp, _weighted_log_prob(xp, xc, view, k, d))
+            add_likelihood_xp(xp, acc, log_norm, resp, wt, entropy)
             rw = resp if wt is None else resp * xp.astype(wt, resp.dtype)[:, None]
             parts = _tile_stats(xp, xc, rw, view, k, d)
             acc["parts"] = parts if acc["parts"] is None else [a + b for a, b in zip(acc["parts"], parts)]
@@ -180,13 +167,7 @@ def _record(params: dict, acc: dict, view: dict, k: int, d: int) -> dict:
         stats = layout.finish(stats, rounded)
         if view["rounded_host"].dtype != means.dtype:  # float32: residuals about the rounded means
             stats = layout.shift_stats(stats, rounded, means)
-    return {
-        "loglik": float(to_numpy(acc["loglik"])),
-        "wsum": float(to_numpy(acc["wsum"])),
-        "entropy": float(to_numpy(acc["entropy"])),
-        "nk": np.array(layout.mass(stats)),
-        "stats": stats,
-    }
+    return {**likelihood_record(acc), "nk": np.array(layout.mass(stats)), "stats": stats}
 
 
 def weighted_log_prob(x, params: dict, shift: np.ndarray):
@@ -196,7 +177,7 @@ def weighted_log_prob(x, params: dict, shift: np.ndarray):
     k = len(params["weights"])
     view = _device_view(_host_view(params, np.float64), x)
     centered_shift = like(shift, x, np.float64)
-    tile = tile_rows(k, d)
+    tile = tile_rows([params], d)
     parts = [
         _weighted_log_prob(xp, _center(xp, x[lo : min(lo + tile, n), :], centered_shift, np.float64), view, k, d)
         for lo in range(0, n, tile)

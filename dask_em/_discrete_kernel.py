@@ -35,7 +35,8 @@ import threading
 import numpy as np
 from scipy.special import xlogy
 
-from ._namespace import is_foreign, like, log_normalize, namespace, rlogr_rows, to_numpy
+from ._namespace import (add_likelihood_xp, is_foreign, like, likelihood_record, likelihood_sums, namespace,
+                         to_numpy, xp_log_normalize)
 from .family import Family, Params
 
 # Values per panel's design matrix: up to 2**20 (8 MiB), which gives 16384 rows (the cap)
@@ -297,22 +298,15 @@ def device_estep(family: DesignFamily, x, w, params_list: list[Params], entropy:
         coefs.append((like(np.ascontiguousarray(a.T), x, np.float64), like(c + log_w, x, np.float64)))
     widest = max(m, max(len(params["weights"]) for params in params_list), 1)
     tile = max(1, DEVICE_TILE_ELEMENTS // widest)
-    zero = xp.zeros((), dtype=xp.float64, device=x.device)
-    accs = [{"loglik": zero, "wsum": zero, "entropy": zero, "sums": None} for _ in params_list]
+    accs = [{**likelihood_sums(xp, x), "sums": None} for _ in params_list]
     for lo in range(0, n, tile):
         hi = min(lo + tile, n)
         zt = z[lo:hi, :]
         wt = None if wd is None else wd[lo:hi]
         ct = None if isinstance(constant, float) else constant[lo:hi]
         for (a_t, c), acc in zip(coefs, accs):
-            log_norm, resp = log_normalize(xp, zt @ a_t + c)
-            if ct is not None:
-                log_norm = log_norm + ct
-            acc["loglik"] = acc["loglik"] + (xp.sum(log_norm) if wt is None else xp.sum(log_norm * wt))
-            acc["wsum"] = acc["wsum"] + (float(hi - lo) if wt is None else xp.sum(wt))
-            if entropy:
-                per_row = rlogr_rows(xp, resp)
-                acc["entropy"] = acc["entropy"] + (xp.sum(per_row) if wt is None else xp.sum(per_row * wt))
+            log_norm, resp = xp_log_normalize(xp, zt @ a_t + c)
+            add_likelihood_xp(xp, acc, log_norm if ct is None else log_norm + ct, resp, wt, entropy)
             rw = resp if wt is None else resp * wt[:, None]
             part = xp.concat([xp.matrix_transpose(rw) @ zt, xp.sum(rw, axis=0)[:, None]], axis=1)
             acc["sums"] = part if acc["sums"] is None else acc["sums"] + part
@@ -320,11 +314,8 @@ def device_estep(family: DesignFamily, x, w, params_list: list[Params], entropy:
     for acc, params in zip(accs, params_list):
         k = len(params["weights"])
         sums = np.zeros((k, m + 1)) if acc["sums"] is None else to_numpy(acc["sums"])
-        records.append({
-            "loglik": float(to_numpy(acc["loglik"])), "wsum": float(to_numpy(acc["wsum"])),
-            "entropy": float(to_numpy(acc["entropy"])), "nk": sums[:, m].copy(),
-            "stats": family.stats_from(np.ascontiguousarray(sums[:, :m]), params),
-        })
+        records.append({**likelihood_record(acc), "nk": sums[:, m].copy(),
+                        "stats": family.stats_from(np.ascontiguousarray(sums[:, :m]), params)})
     return records
 
 

@@ -79,8 +79,10 @@ def dtype_name(dtype) -> str:
     return text
 
 
-def log_normalize(xp, wlp):
+def xp_log_normalize(xp, wlp):
     """(log-normaliser (rows,), responsibilities (rows, K)) of log-densities ``wlp`` (rows, K), in ``xp``.
+
+    ``family.log_normalize`` for any namespace (not in place; component axis last).
 
     The log-sum-exp over the components; a row whose every value is -inf
     (or NaN) gets a NaN normaliser, as numpy's route gives.
@@ -98,3 +100,25 @@ def rlogr_rows(xp, resp):
     safe = xp.where(positive, resp, xp.ones_like(resp))
     terms = xp.where(positive, resp * xp.log(safe), xp.zeros_like(resp))
     return xp.sum(xp.astype(terms, xp.float64), axis=1)
+
+
+def likelihood_sums(xp, x) -> dict:
+    """Zeroed device accumulators of a chunk's log-likelihood, weight and entropy (see :func:`add_likelihood_xp`)."""
+    zero = xp.zeros((), dtype=xp.float64, device=_device(x))
+    return {"loglik": zero, "wsum": zero, "entropy": zero}
+
+
+def add_likelihood_xp(xp, acc: dict, log_norm, resp, w, entropy: bool) -> None:
+    """``family.add_likelihood`` on a device: a tile's (weighted) log-likelihood, weight and, with
+    ``entropy``, sum of ``r log r`` added into ``acc``'s device scalars (no copy to the host)."""
+    log_norm = xp.astype(log_norm, xp.float64)
+    acc["loglik"] = acc["loglik"] + xp.sum(log_norm if w is None else log_norm * w)
+    acc["wsum"] = acc["wsum"] + (float(log_norm.shape[0]) if w is None else xp.sum(w))
+    if entropy:
+        per_row = rlogr_rows(xp, resp)
+        acc["entropy"] = acc["entropy"] + xp.sum(per_row if w is None else per_row * w)
+
+
+def likelihood_record(acc: dict) -> dict:
+    """The accumulators of :func:`add_likelihood_xp` as the host floats of an E-step record."""
+    return {key: float(to_numpy(acc[key])) for key in ("loglik", "wsum", "entropy")}

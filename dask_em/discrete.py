@@ -37,7 +37,7 @@ import numpy as np
 from scipy.special import gammaln, xlogy
 
 from ._discrete_kernel import DesignFamily, buffer, cached, panel_rows
-from ._namespace import like
+from ._namespace import device, like
 from .family import MASS_EPS, Family, all_missing_row, fill_columns, responsibilities
 
 # Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
@@ -555,7 +555,7 @@ class CategoricalFamily(DesignFamily):
         offsets = self.offsets(d)
         codes = xp.astype(x, xp.int64)
         blocks = [
-            xp.astype(codes[:, j : j + 1] == xp.arange(int(offsets[j + 1] - offsets[j]), device=x.device), xp.float64)
+            xp.astype(codes[:, j : j + 1] == xp.arange(int(offsets[j + 1] - offsets[j]), device=device(x)), xp.float64)
             for j in range(d)
         ]
         return xp.concat(blocks, axis=1)

@@ -32,7 +32,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
-from ._namespace import is_foreign, like, log_normalize, namespace, to_numpy
+from ._namespace import is_foreign, like, namespace, to_numpy, xp_log_normalize
 from .family import Family, merge_records
 from .io import check_weights
 
@@ -238,7 +238,7 @@ def _infer_foreign(wlp, x, family: Family, start: int, stop: int, where: str, wh
         if family.lazy_row_check and not math.isfinite(float(xp.sum(wlp))):
             check_rows(family, x, start, stop, where)
         return xp.argmax(wlp, axis=1)
-    log_norm, resp = log_normalize(xp, wlp)
+    log_norm, resp = xp_log_normalize(xp, wlp)
     if family.lazy_row_check and not math.isfinite(float(xp.sum(log_norm))):
         check_rows(family, x, start, stop, where)
     return resp if what == "proba" else log_norm

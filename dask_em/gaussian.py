@@ -492,7 +492,8 @@ class GaussianFamily(Family):
 
     def weighted_log_prob(self, x, params, context):
         if is_foreign(x):  # on the chunk's device; rows with NaN (marginalised) on the host
-            if self.missing != "error" and bool(namespace(x).any(namespace(x).isnan(x))):
+            xp = namespace(x)
+            if self.missing != "error" and bool(xp.any(xp.isnan(x))):
                 return like(self.weighted_log_prob(to_numpy(x), params, context), x)
             return _array_api.weighted_log_prob(x, params, context)
         if self.missing != "error" and _incomplete.any_missing(x):

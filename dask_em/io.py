@@ -10,12 +10,12 @@ holding whole rows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import os
 import time
 from collections.abc import Mapping, Sequence
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

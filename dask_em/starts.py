@@ -23,7 +23,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._namespace import is_foreign, namespace, to_numpy
+from ._namespace import is_foreign, like, namespace, to_numpy
 from ._validation import seed_sequence
 from .family import Family
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -81,7 +81,7 @@ def sample_indices(n_samples: int, size: int, rng: np.random.Generator) -> np.nd
 def _take_rows(block, local_rows, start: int, family: Family):
     if is_foreign(block):  # a chunk on a device: gather the sampled rows there, then copy them
         xp = namespace(block)
-        rows = to_numpy(xp.take(block, xp.asarray(np.asarray(local_rows, dtype=np.int64), device=block.device), axis=0))
+        rows = to_numpy(xp.take(block, like(local_rows, block, np.int64), axis=0))
     else:
         rows = np.asarray(block)[local_rows]
     bad = family.check_rows(rows)
@@ -335,12 +335,12 @@ def _foreign_chunk_moments(x, w, full: bool) -> dict:
     x = xp.astype(x, xp.float64)
     if w is None:
         n = float(x.shape[0])
-        mean = xp.mean(x, axis=0) if x.shape[0] else xp.zeros(x.shape[1], dtype=xp.float64, device=x.device)
+        mean = xp.mean(x, axis=0) if x.shape[0] else like(np.zeros(x.shape[1]), x)
         wc = centered = x - mean
     else:
-        w = xp.asarray(np.asarray(to_numpy(w), dtype=np.float64).reshape(-1), device=x.device)
+        w = like(to_numpy(w, np.float64).reshape(-1), x)
         n = float(xp.sum(w))
-        mean = xp.sum(x * w[:, None], axis=0) / n if n > 0 else xp.zeros(x.shape[1], dtype=xp.float64, device=x.device)
+        mean = xp.sum(x * w[:, None], axis=0) / n if n > 0 else like(np.zeros(x.shape[1]), x)
         centered = x - mean
         wc = centered * w[:, None]
     scatter = xp.matrix_transpose(wc) @ centered if full else xp.sum(wc * centered, axis=0)

@@ -58,13 +58,14 @@ Design matrices (one column per data row, so elementwise work runs over long row
 from __future__ import annotations
 
 import functools
+import functools
 import math
 from typing import Any
 
 import numpy as np
 from scipy import linalg
 
-from . import _parsimonious
+from . import _compiled, _parsimonious
 from .family import MASS_EPS, core_caches, gemm_nt, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -199,6 +200,10 @@ class FullLayout:
     def buffer_rows(self, d: int) -> int:
         """Rows of a design buffer (the design's width, plus any scratch rows its ``augment`` uses)."""
         return self.width(d)
+
+    def product_design(self, view: dict, d: int) -> tuple | None:
+        """None: the residual design is no product design (its E-step stays numpy's)."""
+        return None
 
     def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Write the design matrix of ``x`` into ``out[:, :len(x)]`` (its last row stays 1)."""
@@ -457,6 +462,8 @@ class _MomentDesign:
         d, t = shift.shape[0], x.shape[0]
         q, width, offsets = d * (d + 1) // 2, self.width(d), (d + 1) // 2
         design = out[:width, :t]
+        if _compiled.product_design(x, shift, _vech_pairs(d), out):  # one call that releases the GIL
+            return design
         y = design[q : q + d]
         np.subtract(x.T, shift[:, None], out=y)
         z = out[width : width + d + offsets - 1, :t]
@@ -492,6 +499,10 @@ class _MomentDesign:
         # The statistics are float64 moments about the shift: "means" stay float64 (nothing to shift back).
         return {"coef": padded, "k": k, "means": means, "tile": tile, "out": None, "resp": None,
                 "work": log_density_work(dtype)}
+
+    def product_design(self, view: dict, d: int) -> tuple:
+        """(pairs, coefficients, K) of the compiled E-step on this design (:func:`dask_em._compiled.product_estep`)."""
+        return _vech_pairs(d), view["coef"], view["k"]
 
     def weighted_log_prob(self, xa: np.ndarray, view: dict) -> np.ndarray:
         """(K, P) log-densities: the first K rows of a (padded rows, P) product whose padding rows stay 0 (or NaN).
@@ -604,6 +615,14 @@ def _vech_pairs(d: int) -> tuple[np.ndarray, np.ndarray]:
     return i, j
 
 
+@functools.lru_cache(maxsize=None)
+def _diagonal_pairs(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(i, i) for i < d: the diagonal design's squares, as the pairs of a product design."""
+    i = np.arange(d, dtype=np.int64)
+    i.flags.writeable = False
+    return i, i
+
+
 def _gemm_rows(k: int) -> int:
     """Rows the moment design's GEMMs run with for K components (zero rows added).
 
@@ -682,6 +701,8 @@ class DiagLayout:
 
     def augment(self, x, shift, out):
         d, t = shift.shape[0], x.shape[0]
+        if _compiled.product_design(x, shift, _diagonal_pairs(d), out):  # one call that releases the GIL
+            return out[:, :t]
         out = out[:, :t]
         np.subtract(x.T, shift[:, None], out=out[d : 2 * d])
         np.square(out[d : 2 * d], out=out[:d])
@@ -697,6 +718,10 @@ class DiagLayout:
         proj[:, d : 2 * d] = means * prec
         proj[:, 2 * d] = -0.5 * (means**2 * prec).sum(1) + log_const(params, self.log_det(pc, d), d)
         return {"proj": proj.astype(dtype, copy=False), "means": means, "tile": tile, "work": log_density_work(dtype)}
+
+    def product_design(self, view, d):
+        """(pairs, coefficients, K) of the compiled E-step on this design: the squares are the pairs (i, i)."""
+        return _diagonal_pairs(d), view["proj"], view["proj"].shape[0]
 
     def weighted_log_prob(self, xa, view):
         proj = view["proj"]

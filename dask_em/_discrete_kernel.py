@@ -35,6 +35,7 @@ import threading
 import numpy as np
 from scipy.special import xlogy
 
+from . import _compiled
 from ._namespace import (add_likelihood_xp, is_foreign, like, likelihood_record, likelihood_sums, namespace,
                          to_numpy, xp_log_normalize)
 from .family import Family, Params
@@ -168,7 +169,7 @@ class DesignFamily(Family):
 def _panel_views(rows: int, width: int, ks: set[int]) -> tuple:
     """The design (rows, width), the log-densities (K, rows) per K and three (rows,) arrays: thread buffers."""
     return (buffer("design", (rows, width)), {k: buffer("logp", (k, rows)) for k in ks},
-            tuple(buffer(name, (rows,)) for name in ("top", "total", "scale")))
+            tuple(buffer(name, (rows,)) for name in ("top", "total", "scale")) + (buffer("lse", (5, rows)),))
 
 
 def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict, work: tuple) -> None:
@@ -177,10 +178,14 @@ def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, recor
     The same operations as :func:`dask_em.family.responsibilities` and
     :func:`dask_em.family.add_likelihood`, written into the thread's buffers;
     with row weights the division by each row's total and the weighting are
-    one multiply by ``w / total``. ``work``: three (P,) arrays to write into.
+    one multiply by ``w / total``. ``work``: three (P,) arrays to write into
+    and the (5, P) work array of the compiled kernel, which runs where it can
+    (:func:`dask_em._compiled.normalize`: the same in one call that releases the GIL).
     """
+    if _compiled.normalize(lp, w, entropy, record, work[3]):
+        return
     p = lp.shape[1]
-    top, total, scale = work
+    top, total, scale = work[:3]
     # Reductions through the ufuncs' own methods: np.max / np.sum / ndarray.min are Python
     # wrappers whose cost holds the GIL, once per panel.
     np.maximum.reduce(lp, axis=0, out=top)

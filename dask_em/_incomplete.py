@@ -57,7 +57,8 @@ import math
 import numpy as np
 
 from ._covariance import LAYOUTS
-from .family import add_likelihood, responsibilities
+from . import _compiled
+from .family import add_likelihood, responsibilities, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -280,6 +281,8 @@ def _tile_rows(k: int, d: int) -> int:
 
 def _likelihood(acc: dict, wlp: np.ndarray, w: np.ndarray | None, entropy: bool) -> np.ndarray:
     """Responsibilities (K, n) times the row weights; adds the block's likelihood to ``acc``."""
+    if _compiled.normalize(wlp, w, entropy, acc, work_array(f"lse-{wlp.dtype.name}", (5, wlp.shape[1]), wlp.dtype)):
+        return wlp
     log_norm, resp = responsibilities(wlp)
     add_likelihood(acc, log_norm, resp, w, entropy)
     return resp if w is None else resp * w

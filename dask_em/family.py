@@ -169,6 +169,8 @@ from typing import Any, Callable
 import numpy as np
 from scipy.special import xlogy
 
+from . import _compiled
+
 Params = dict[str, Any]
 Stats = dict[str, Any]
 
@@ -357,6 +359,20 @@ def add_likelihood(acc: dict, log_norm: np.ndarray, resp: np.ndarray, w: np.ndar
     if entropy:
         per_row = xlogy(resp, resp).sum(0)
         acc["entropy"] += float(per_row.sum() if w is None else np.dot(w, per_row))
+
+
+def weighted_responsibilities(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict) -> np.ndarray:
+    """Responsibilities times the row weights ``w``, overwriting the (K, P) ``wlp``; the panel's likelihood into ``record``.
+
+    :func:`responsibilities`, :func:`add_likelihood` and the weighting, done
+    by the compiled kernel where it runs (:func:`dask_em._compiled.normalize`:
+    one call that releases the GIL), else by numpy.
+    """
+    if _compiled.normalize(wlp, w, entropy, record, work_array(f"lse-{wlp.dtype.name}", (5, wlp.shape[1]), wlp.dtype)):
+        return wlp
+    log_norm, resp = responsibilities(wlp)
+    add_likelihood(record, log_norm, resp, w, entropy)
+    return resp if w is None else np.multiply(resp, w, out=resp)
 
 
 def all_missing_row(x: np.ndarray) -> tuple[int, str, str] | None:
@@ -585,10 +601,8 @@ class Family:
                 # of a (K, rows) product, as the built-in families do.
                 wlp = np.ascontiguousarray(self.log_prob(xp, params).T)
                 wlp += log_w[:, None]
-                log_norm, resp = responsibilities(wlp)
                 rec["loglik"] += constant
-                add_likelihood(rec, log_norm, resp, wp, entropy)
-                rw = resp if wp is None else np.multiply(resp, wp, out=resp)
+                rw = weighted_responsibilities(wlp, wp, entropy, rec)
                 rec["nk"] += rw.sum(1)
                 part = self.chunk_stats(xp, rw.T, params)
                 rec["stats"] = part if rec["stats"] is None else self.merge([rec["stats"], part])

@@ -16,12 +16,13 @@ additive dicts of float64 arrays, so merging partial statistics is a plain sum
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import _array_api, _incomplete
+from . import _array_api, _compiled, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
 from ._namespace import is_foreign, like, namespace, to_numpy
 from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
@@ -61,15 +62,20 @@ def _pow2_floor(value: float) -> int:
     return 1 << max(0, int(value).bit_length() - 1)
 
 
-def tile_rows(n_components: int, n_features: int) -> int:
+def tile_rows(n_components: int, n_features: int, itemsize: int = 8) -> int:
     """Rows per GEMM tile: the (K*d, tile) work matrices stay in a 1-2 MiB L2 cache.
 
     A power of two, so that tiles and panels nest (see :func:`panel_rows`).
+    Counted in bytes: a float32 tile (``itemsize`` 4) holds twice the rows of
+    a float64 one, so each tile's fixed handful of numpy calls (whose fixed
+    part holds the GIL) carries as much work.
     """
     # At least 512 rows: at d=64, K=8 (K*d = 512) 128-row tiles took 0.766-0.774 s a 500k-row
     # iteration on two threads, 512-row tiles 0.715-0.729 s (a GEMM's fixed cost over fewer rows);
     # K=16, d=64 measured the same either way (0.743-0.752 against 0.739-0.744 s).
-    return min(4096, max(512, _pow2_floor(TILE_CELLS // max(1, n_components * n_features))))
+    scale = max(1, 8 // itemsize)
+    rows = _pow2_floor(scale * TILE_CELLS // max(1, n_components * n_features))
+    return min(4096 * scale, max(512 * scale, rows))
 
 
 def panel_rows(n_components: int, n_features: int, itemsize: int = 8, width: int | None = None) -> int:
@@ -86,7 +92,7 @@ def panel_rows(n_components: int, n_features: int, itemsize: int = 8, width: int
     width = width or 2 * n_features + 1
     values = GAUSSIAN_PANEL_BYTES // itemsize
     rows = min(values // max(n_components, 1), 8 * values // width)
-    return max(tile_rows(n_components, n_features), _pow2_floor(rows))
+    return max(tile_rows(n_components, n_features, itemsize), _pow2_floor(rows))
 
 
 # float32's round-off in a round's bound, relative to the magnitudes summed (see
@@ -404,32 +410,49 @@ class GaussianFamily(Family):
         # Each restart's kernel: full/tied at small d run on the moment design (_covariance.FullLayout.kernel).
         layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
         sizes = [
-            (tile_rows(len(p["weights"]), d),
+            (tile_rows(len(p["weights"]), d, dt.itemsize),
              lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
             for lay, p, dt in zip(layouts, params_list, dtypes)
         ]
         views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
-        shared = max(1, min(max(panel for _, panel in sizes), n))
+        # A restart on a product design (moments, diag) runs its whole chunk compiled where it can: one
+        # call that releases the GIL, with the same panels, GEMMs and sums as the loop below.
+        run = []
+        for lay, dt, size, view, acc in zip(layouts, dtypes, sizes, views, accs):
+            product = lay.product_design(view, d) if n else None
+            done = None if product is None else _compiled.product_estep(
+                x, w, shift, product[0], product[1], product[2], size[1], entropy, stop_at_nan, acc, work_array)
+            if done is False:
+                return None
+            if done is None:
+                run.append((lay, dt, size, view, acc))
+        shared = max(1, min(max((size[1] for _, _, size, _, _ in run), default=1), n))
         # One design matrix per design in use, shared by the restarts that read it.
-        designs = {(lay.design, dt): lay for lay, dt in zip(layouts, dtypes)}
+        designs = {(lay.design, dt): lay for lay, dt, _, _, _ in run}
         bufs = {key: _work_design(lay, d, shared, key[1]) for key, lay in designs.items()}
-        # The row maxima and sums of each panel's log-sum-exp, per compute dtype.
-        rows = {dt: work_array(f"gaussian-rows-{dt.name}", (2, shared), dt) for dt in set(dtypes)}
+        # Each panel's log-sum-exp work rows (the compiled kernel's five; numpy's row maxima and sums).
+        rows = {dt: work_array(f"gaussian-rows-{dt.name}", (5, shared), dt) for _, dt, _, _, _ in run}
         with np.errstate(invalid="ignore", over="ignore"):
-            for lo in range(0, n, shared):
+            for lo in range(0, n if run else 0, shared):
                 hi = min(lo + shared, n)
                 xas = {key: designs[key].augment(x[lo:hi], shift, buf) for key, buf in bufs.items()}
-                for lay, dt, (_, panel), view, acc in zip(layouts, dtypes, sizes, views, accs):
+                for lay, dt, (_, panel), view, acc in run:
                     xa = xas[(lay.design, dt)]
                     for sub in range(0, hi - lo, panel):
                         end = min(sub + panel, hi - lo)
                         wp = None if w is None else w[lo + sub : lo + end]
                         xp = xa[:, sub:end]
-                        log_norm, resp = log_normalize(lay.weighted_log_prob(xp, view), rows[dt][:, : end - sub])
-                        if stop_at_nan and view is views[0] and np.isnan(log_norm).any():
+                        resp = lay.weighted_log_prob(xp, view)
+                        # Responsibilities times the row weights in one call that releases the GIL where
+                        # compiled; else numpy's responsibilities, weighted in accumulate.
+                        if _compiled.normalize(resp, wp, entropy, acc, rows[dt]):
+                            wp = None
+                        else:
+                            log_norm, resp = log_normalize(resp, rows[dt][:2, : end - sub])
+                            add_likelihood(acc, log_norm, resp, wp, entropy)
+                        if stop_at_nan and acc is run[0][4] and math.isnan(acc["loglik"]):
                             return None
-                        add_likelihood(acc, log_norm, resp, wp, entropy)
                         lay.accumulate(xp, wp, resp, view["means"], acc, view)
         records = []
         for lay, acc, p, view in zip(layouts, accs, params_list, views):

@@ -1,0 +1,443 @@
+"""Compiled panel kernels that run without the GIL (numba ``nogil``), with the numpy kernels as fallback.
+
+An E-step panel builds its design, multiplies it into (K, P) log-densities,
+turns them into responsibilities, adds the panel's log-likelihood to its
+record and multiplies the responsibilities back into statistics. Written
+with numpy that is twenty-odd calls a panel, each of whose fixed part holds
+the GIL (5-9% of an E-step thread at d=16: Amdahl caps 16 threads near 8x),
+and ``exp`` in float64 runs one value at a time (about 5 ns a value on x86-64
+without AVX-512: a third of a full-covariance E-step at d=16).
+
+* :func:`product_estep`: a restart's whole chunk on a *product design* (the
+  Gaussian moment design of full/tied covariances at small d, the diagonal
+  design) in one call: the design, both GEMMs (numpy's own BLAS, called
+  through its C interface, so the same kernels numpy would run), the
+  responsibilities and the sums. Nothing of it holds the GIL.
+* :func:`normalize`: a panel's log-sum-exp, responsibilities, weighting and
+  likelihood sums in one call (the other kernels: the residual design of
+  full/tied at larger d, missing values, the discrete families).
+* :func:`product_design`: a panel's product design in one call (where
+  :func:`product_estep` cannot find numpy's BLAS).
+
+The exponential and logarithm are written to vectorize (range reduction and
+a polynomial, within about one unit in the last place): the results equal
+numpy's to round-off. The kernels are compiled on first use in a process
+(a few seconds) and cached next to this module where it is writable
+(numba's ``cache=True``), so later processes load them in milliseconds;
+numba is imported only then, not with ``dask_em``. Where numba is not
+installed or cannot compile, or ``DASK_EM_COMPILED=0`` is in the environment
+when the first E-step runs, the numpy kernels run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+import threading
+import warnings
+
+import numpy as np
+
+__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep"]
+
+# Set to 0 to run the numpy kernels (for instance on workers whose memory is too tight for
+# numba's 50 MiB, or to compare the two).
+ENV_SWITCH = "DASK_EM_COMPILED"
+
+# exp() of anything below the floor is taken at the floor (see dask_em.family.responsibilities):
+# float64 keeps -600; float32 -87, where 2**k is still a normal float32 (exp(-87) = 1.6e-38), so
+# the vectorized exponential needs no special case (float32's exp of -600 is 0 or subnormal).
+FLOORS = {np.dtype(np.float64): -600.0, np.dtype(np.float32): -87.0}
+
+_LOCK = threading.Lock()
+_STATE: dict = {}
+
+
+def _constants(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's floating constants (in ``dtype``) and integer ones (in the same-width integer type)."""
+    itype = np.int64 if dtype.itemsize == 8 else np.int32
+    mant = 52 if dtype.itemsize == 8 else 23
+    bias = 1023 if dtype.itemsize == 8 else 127
+    shift = dtype.type(1.5 * 2.0**mant)  # x + shift rounds x to an integer held in the low bits
+    if dtype.itemsize == 8:  # Cody-Waite split of ln 2: ln2_hi times any k <= 2**11 is exact
+        ln2_hi, ln2_lo = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+    else:
+        ln2_hi = 0.693359375
+        ln2_lo = math.log(2.0) - ln2_hi
+    head = [math.log2(math.e), ln2_hi, ln2_lo, math.log(2.0), math.sqrt(2.0), float(shift), 0.5, 2.0]
+    exp_terms = [1.0 / math.factorial(i) for i in range(14)]  # Taylor to degree 13 on |x| <= ln2 / 2
+    log_terms = [1.0 / (2 * i + 1) for i in range(11)]  # atanh series on |s| <= 0.172
+    floats = np.array(head + exp_terms + log_terms + [0.0], dtype=np.float64).astype(dtype)  # [33]: zero
+    ints = np.array([int(np.asarray(shift).view(itype)), bias, mant, (1 << mant) - 1,
+                     int(np.asarray(dtype.type(1.0)).view(itype))], dtype=itype)
+    return floats, ints
+
+
+def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no cover - compiled
+    """The compiled body of :func:`normalize` (numba: every loop below runs along a panel's rows)."""
+    k, p = wlp.shape
+    log2e, ln2hi, ln2lo, ln2, sqrt2, shift, half, two = fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], fc[6], fc[7]
+    one, c2, c3, c4, c5, c6, c7 = fc[8], fc[10], fc[11], fc[12], fc[13], fc[14], fc[15]
+    c8, c9, c10, c11, c12, c13 = fc[16], fc[17], fc[18], fc[19], fc[20], fc[21]
+    d3, d5, d7, d9, d11, d13, d15, d17, d19, d21 = (fc[23], fc[24], fc[25], fc[26], fc[27], fc[28], fc[29], fc[30],
+                                                    fc[31], fc[32])
+    shift_bits, bias, mant, mask, one_bits = ic[0], ic[1], ic[2], ic[3], ic[4]
+    top, total, scale, vsum, last = work[0, :p], work[1, :p], work[2, :p], work[3, :p], work[4, :p]
+    scale_bits = work[2].view(ic.dtype)[:p]
+    total_bits = work[1].view(ic.dtype)[:p]
+    mantissa_bits = work[4].view(ic.dtype)[:p]
+    # Row maxima (a NaN anywhere reaches the row's total through exp below).
+    for r in range(p):
+        top[r] = wlp[0, r]
+        total[r] = 0.0
+        vsum[r] = 0.0
+    for j in range(1, k):
+        row = wlp[j]
+        for r in range(p):
+            a = row[r]
+            top[r] = a if a > top[r] else top[r]
+    # exp(v - top), floored, one component row at a time: v = k ln2 + x, exp = 2**k p(x).
+    for j in range(k):
+        row = wlp[j]
+        for r in range(p):
+            v = row[r] - top[r]
+            v = floor if v < floor else v  # NaN passes
+            s = v * log2e + shift
+            kf = s - shift
+            x = (v - kf * ln2hi) - kf * ln2lo
+            row[r] = one + x * (one + x * (c2 + x * (c3 + x * (c4 + x * (c5 + x * (c6 + x * (c7 + x * (
+                c8 + x * (c9 + x * (c10 + x * (c11 + x * (c12 + x * c13))))))))))))
+            last[r] = v
+            scale[r] = s
+        for r in range(p):  # 2**k from the integer in the low bits of s
+            scale_bits[r] = (scale_bits[r] - shift_bits + bias) << mant
+        if entropy:
+            for r in range(p):
+                e = row[r] * scale[r]
+                row[r] = e
+                total[r] += e
+                vsum[r] += e * last[r]
+        else:
+            for r in range(p):
+                e = row[r] * scale[r]
+                row[r] = e
+                total[r] += e
+    # log(total): total = m 2**e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh((m - 1) / (m + 1)).
+    for r in range(p):
+        b = total_bits[r]
+        scale[r] = (b >> mant) - bias
+        mantissa_bits[r] = (b & mask) | one_bits
+    for r in range(p):
+        m = last[r]
+        e = scale[r]
+        t = total[r]
+        big = m > sqrt2
+        m = half * m if big else m
+        e = e + one if big else e
+        s = (m - one) / (m + one)
+        s2 = s * s
+        lg = e * ln2 + two * s * (one + s2 * (d3 + s2 * (d5 + s2 * (d7 + s2 * (d9 + s2 * (
+            d11 + s2 * (d13 + s2 * (d15 + s2 * (d17 + s2 * (d19 + s2 * d21))))))))))
+        scale[r] = lg if t == t else t  # NaN rows stay NaN
+    loglik, wsum, ent = 0.0, 0.0, 0.0
+    weighted = w.shape[0] > 0
+    for r in range(p):
+        wr = w[r] if weighted else 1.0
+        loglik += wr * (np.float64(scale[r]) + np.float64(top[r]))
+        wsum += wr
+    if entropy:  # sum_j r_j log r_j = sum_j e_j v_j / total - log total
+        for r in range(p):
+            wr = w[r] if weighted else 1.0
+            ent += wr * (np.float64(vsum[r]) / np.float64(total[r]) - np.float64(scale[r]))
+    for r in range(p):
+        wr = w[r] if weighted else 1.0
+        total[r] = wr / total[r]
+    for j in range(k):
+        row = wlp[j]
+        for r in range(p):
+            row[r] *= total[r]
+    scal[0] += loglik
+    scal[1] += wsum
+    scal[2] += ent
+
+
+def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, floor, fc, ic,
+                    design, logp, part, work, stats, scal, gemm):  # pragma: no cover - compiled
+    """The compiled body of :func:`product_estep`: False where it stopped at a NaN log-likelihood."""
+    n = x.shape[0]
+    kp, width = coef.shape
+    weighted = w.shape[0] > 0
+    row_major, plain, transposed = np.int32(101), np.int32(111), np.int32(112)
+    for lo in range(0, n, panel):
+        t = min(panel, n - lo)
+        phi = design[: width * t].reshape((width, t))
+        _design_jit(x[lo : lo + t], shift, pi, pj, phi)
+        ones = phi[width - 1]
+        for r in range(t):
+            ones[r] = 1.0
+        lp = logp[: kp * t].reshape((kp, t))
+        # lp = coef @ phi (kp, t); then part = lp @ phi.T (kp, width): the GEMMs numpy would run
+        gemm(row_major, plain, plain, np.int64(kp), np.int64(t), np.int64(width), fc[8],
+             np.intp(coef.ctypes.data), np.int64(width), np.intp(phi.ctypes.data), np.int64(t), fc[33],
+             np.intp(lp.ctypes.data), np.int64(t))
+        before = scal[0]
+        _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
+        if stop_at_nan and scal[0] != scal[0] and before == before:
+            return False
+        gemm(row_major, plain, transposed, np.int64(kp), np.int64(width), np.int64(t), fc[8],
+             np.intp(lp.ctypes.data), np.int64(t), np.intp(phi.ctypes.data), np.int64(t), fc[33],
+             np.intp(part.ctypes.data), np.int64(width))
+        for j in range(k):
+            for m in range(width):
+                stats[j, m] += part[j, m]
+    return True
+
+
+# The compiled kernels as _product_kernel calls them (set by _compile before its first call).
+_normalize_jit = _design_jit = None
+
+
+def _jit(numba, function):
+    options = dict(nogil=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+    try:
+        return numba.njit(cache=True, **options)(function)
+    except Exception:  # noqa: BLE001 - no writable cache location: compile in every process
+        return numba.njit(**options)(function)
+
+
+def _numpy_blas() -> ctypes.CDLL | None:
+    """numpy's own BLAS library (OpenBLAS in numpy's wheels), loaded, or None where it is not found."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # pragma: no cover - a dependency of scikit-learn
+        return None
+    home = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    libs = [info["filepath"] for info in threadpool_info() if info.get("user_api") == "blas"]
+    mine = [path for path in libs if os.path.abspath(path).startswith(home) and "numpy" in os.path.basename(
+        os.path.dirname(path))]
+    for path in mine or (libs if len(libs) == 1 else []):
+        try:
+            return ctypes.CDLL(path)
+        except OSError:  # pragma: no cover
+            continue
+    return None
+
+
+def _gemm_functions(numba) -> dict:
+    """The 64-bit-integer C interface of numpy's ``dgemm`` / ``sgemm`` as numba function objects, per dtype."""
+    from numba import types
+    import numba.experimental.function_type  # noqa: F401 - registers the function-pointer types
+
+    lib = _numpy_blas()
+    if lib is None:
+        return {}
+
+    class Gemm(types.WrapperAddressProtocol):
+        def __init__(self, address, real):
+            self.address = address
+            self.sig = types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
+                                  real, types.intp, types.int64, types.intp, types.int64, real, types.intp,
+                                  types.int64)
+
+        def __wrapper_address__(self):
+            return self.address
+
+        def signature(self):
+            return self.sig
+
+    found = {}
+    for dtype, letter, real in ((np.dtype(np.float64), "d", types.float64), (np.dtype(np.float32), "s", types.float32)):
+        for name in (f"scipy_cblas_{letter}gemm64_", f"cblas_{letter}gemm64_", f"cblas_{letter}gemm_64"):
+            function = getattr(lib, name, None)
+            if function is not None:
+                found[dtype] = Gemm(ctypes.cast(function, ctypes.c_void_p).value, real)
+                break
+    return found
+
+
+def _compile() -> None:
+    """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
+    global _normalize_jit, _design_jit
+    try:
+        import numba
+    except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
+        _STATE.update(kernel=None, design=None, product=None, gemm={})
+        return
+    _STATE["kernel"] = _normalize_jit = _jit(numba, _normalize_kernel)
+    _STATE["design"] = _design_jit = _jit(numba, _design_kernel)
+    try:
+        _STATE["gemm"] = _gemm_functions(numba)
+    except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
+        _STATE["gemm"] = {}
+    _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None
+
+
+def _kernel():
+    state = _STATE.get("kernel", False)
+    if state is False:
+        with _LOCK:
+            if "kernel" not in _STATE:
+                _STATE["on"] = os.environ.get(ENV_SWITCH, "1") != "0"
+                _STATE["constants"] = {dt: _constants(dt) for dt in FLOORS}
+                _compile()
+            state = _STATE["kernel"]
+    return state
+
+
+def _disable(exc: Exception) -> None:
+    """After a kernel failed to compile: warn once, and let the numpy kernels run from now on."""
+    if _STATE.get("kernel") is not None:
+        warnings.warn(f"dask-em's compiled E-step kernels could not be compiled ({exc!r}); "
+                      "the numpy kernels run instead.", RuntimeWarning, stacklevel=3)
+    _STATE.update(kernel=None, design=None, product=None)
+
+
+def enabled() -> bool:
+    """Whether the compiled kernels run: numba is importable and ``DASK_EM_COMPILED`` was not ``0``.
+
+    The environment is read once, when a process's first E-step runs.
+    """
+    return _kernel() is not None and _STATE["on"]
+
+
+_EMPTY = np.empty(0)
+
+
+def normalize(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict, work: np.ndarray) -> bool:
+    """Overwrite the (K, P) log-densities ``wlp`` with the responsibilities times the row weights ``w``.
+
+    Adds the panel's (weighted) log-likelihood, weight and, with ``entropy``,
+    ``sum r log r`` into ``record``'s ``loglik``, ``wsum`` and ``entropy``.
+    ``work``: a (5, P) or wider C-contiguous array of ``wlp``'s dtype.
+    Returns False, changing nothing, where the compiled kernel does not
+    apply (numba absent or switched off, another dtype or layout): the
+    caller then runs the numpy kernel. A row holding NaN, or whose every
+    component is ``-inf``, makes the log-likelihood NaN, as numpy's does.
+    """
+    dtype = wlp.dtype
+    if dtype not in FLOORS or not wlp.flags.c_contiguous or wlp.shape[0] == 0 or not enabled():
+        return False
+    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    floats, ints = _STATE["constants"][dtype]
+    sums = np.zeros(3)
+    try:
+        _STATE["kernel"](wlp, weights, dtype.type(FLOORS[dtype]), bool(entropy), work, floats, ints, sums)
+    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
+        with _LOCK:
+            _disable(exc)
+        return False
+    record["loglik"] += float(sums[0])
+    record["wsum"] += float(sums[1])
+    record["entropy"] += float(sums[2])
+    return True
+
+
+
+
+def _design_kernel(x, shift, pi, pj, out):  # pragma: no cover - compiled
+    """The compiled body of :func:`product_design`."""
+    t, d = x.shape
+    q = pi.shape[0]
+    block = 64  # rows read per sweep of the features: each row's cache lines read once
+    for r0 in range(0, t, block):
+        r1 = min(r0 + block, t)
+        for a in range(d):
+            c = shift[a]
+            ya = out[q + a]
+            for r in range(r0, r1):
+                ya[r] = np.float64(x[r, a]) - c  # in float64, as numpy's subtract computes it
+    for m in range(q):
+        left, right, prod = out[q + pi[m]], out[q + pj[m]], out[m]
+        for r in range(t):
+            prod[r] = left[r] * right[r]
+
+
+def product_design(x: np.ndarray, shift: np.ndarray, pairs: tuple, out: np.ndarray) -> bool:
+    """Write the product design of the rows ``x`` into the columns ``out[:, :len(x)]``, in one call.
+
+    The design of a row ``y = x - shift`` is ``[y_i y_j for (i, j) in pairs, y, 1]``
+    (the Gaussian moment design of full and tied covariances at small d, and
+    the diagonal design, whose pairs are ``(i, i)``); its last row (the ones)
+    is the caller's. ``out``: C-contiguous, of the compute dtype. Returns
+    False, writing nothing, where the compiled kernel does not run.
+    """
+    if out.dtype not in FLOORS or not out.flags.c_contiguous or x.dtype.kind != "f" or not enabled():
+        return False
+    try:
+        _STATE["design"](x, shift, pairs[0], pairs[1], out)
+    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
+        with _LOCK:
+            _disable(exc)
+        return False
+    return True
+
+
+def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs: tuple, coef: np.ndarray, k: int,
+                  panel: int, entropy: bool, stop_at_nan: bool, record: dict, buffers) -> bool | None:
+    """One restart's E-step on one chunk of a product design, in one call that releases the GIL.
+
+    ``coef`` (Kp, width), in the compute dtype: every component's weighted
+    log-density is a row of ``coef @ phi``, ``phi`` the design of a panel
+    (see :func:`product_design`; rows of ``coef`` past ``k`` are zero
+    padding, for a faster GEMM). Panels of ``panel`` rows: the design, the
+    log-density GEMM, the responsibilities (:func:`normalize`'s kernel), the
+    statistics GEMM, summed in float64 into ``record["moments"]`` (k, width),
+    the likelihood into its scalars. ``buffers(name, shape, dtype)`` gives
+    the thread's work arrays (:func:`dask_em.family.work_array`).
+
+    Returns True when done; False when ``stop_at_nan`` and a panel's
+    log-likelihood was NaN (``record`` partly updated); None, doing
+    nothing, where this kernel does not run (the caller runs its own).
+    """
+    dtype = coef.dtype
+    if dtype not in FLOORS or x.dtype.kind != "f" or not enabled() or _STATE.get("product") is None:
+        return None
+    gemm = _STATE["gemm"].get(dtype)
+    if gemm is None:
+        return None
+    kp, width = coef.shape
+    rows = max(1, min(panel, len(x)))
+    design = buffers(f"compiled-design-{dtype.name}", (width * rows,), dtype)
+    logp = buffers(f"compiled-logp-{dtype.name}", (kp * rows,), dtype)
+    part = buffers(f"compiled-part-{dtype.name}", (kp, width), dtype)
+    work = buffers(f"compiled-lse-{dtype.name}", (5, rows), dtype)
+    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    floats, ints = _STATE["constants"][dtype]
+    sums = np.zeros(3)
+    try:
+        done = _STATE["product"](x, weights, np.ascontiguousarray(shift, dtype=np.float64), pairs[0], pairs[1],
+                                 np.ascontiguousarray(coef), int(k), int(rows), bool(entropy), bool(stop_at_nan),
+                                 dtype.type(FLOORS[dtype]), floats, ints, design, logp, part, work,
+                                 record["moments"], sums, gemm)
+    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
+        with _LOCK:
+            _disable(exc)
+        return None
+    record["loglik"] += float(sums[0])
+    record["wsum"] += float(sums[1])
+    record["entropy"] += float(sums[2])
+    return bool(done)
+
+
+def warm_up() -> bool:
+    """Compile every kernel for float64 and float32 now (or load them from numba's cache); True if they run.
+
+    A process compiles each kernel on first use (seconds, once per machine where
+    the cache is writable); a container image can run this at build time, with
+    ``NUMBA_CACHE_DIR`` set to a directory its users can read.
+    """
+    if not enabled():
+        return False
+    for dtype in FLOORS:
+        x = np.linspace(-1.0, 1.0, 24).reshape(8, 3)
+        pairs = (np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64))
+        coef = np.full((2, 7), -0.5, dtype=dtype)
+        buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
+        record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7))}
+        for w in (None, np.ones(8)):
+            product_estep(x, w, np.zeros(3), pairs, coef, 2, 8, w is None, False, record, buffers)
+        out = np.ones((7, 8), dtype=dtype)
+        product_design(x, np.zeros(3), pairs, out)
+        normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))
+    return enabled()

@@ -1,0 +1,222 @@
+"""The compiled (numba, GIL-free) E-step kernels equal the numpy kernels to round-off.
+
+Each test runs the same E-step, or the same fit, twice in one process: with
+the compiled kernels and with them switched off (``_compiled._STATE["on"]``,
+what ``DASK_EM_COMPILED=0`` sets at a process's first E-step), and compares.
+The references are numpy's own ``exp``/``log``/``logaddexp`` and the numpy
+kernels, which the rest of the suite checks against scikit-learn.
+"""
+
+import numpy as np
+import pytest
+
+import dask_em
+from dask_em import _compiled
+from dask_em._covariance import LAYOUTS
+from dask_em.discrete import BernoulliFamily, CategoricalFamily
+from dask_em.family import add_likelihood, log_normalize
+from dask_em.gaussian import GaussianFamily
+
+pytestmark = pytest.mark.skipif(not _compiled.enabled(), reason="numba is not installed or DASK_EM_COMPILED=0")
+
+F64, F32 = np.dtype(np.float64), np.dtype(np.float32)
+# float32 round-off of a sum over a chunk's rows, relative to its largest entry.
+RTOL = {F64: 1e-11, F32: 2e-5}
+
+
+@pytest.fixture
+def switch(monkeypatch):
+    """``switch(False)`` runs the numpy kernels for the rest of the test (restored after it)."""
+    _compiled.enabled()
+
+    def set_to(on: bool) -> None:
+        monkeypatch.setitem(_compiled._STATE, "on", on)
+
+    return set_to
+
+
+def _gaussian_params(ct, k, d, rng):
+    factors = np.triu(rng.standard_normal((k, d, d)) * 0.1 + np.eye(d))
+    pc = {"full": factors, "tied": factors[0], "diag": rng.uniform(0.6, 1.4, (k, d)),
+          "spherical": rng.uniform(0.6, 1.4, k)}[ct]
+    return {"means": rng.standard_normal((k, d)), "precisions_cholesky": pc, "covariances": LAYOUTS[ct].covariances(pc),
+            "weights": rng.dirichlet(np.ones(k)), "covariance_type": ct}
+
+
+def _assert_records_close(compiled, numpy_, rtol):
+    for a, b in zip(compiled, numpy_):
+        for key in ("loglik", "wsum", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=rtol, abs=rtol), key
+        np.testing.assert_allclose(a["nk"], b["nk"], rtol=rtol, atol=rtol * max(1.0, np.abs(b["nk"]).max()))
+        for key, value in b["stats"].items():
+            value = np.asarray(value)
+            np.testing.assert_allclose(a["stats"][key], value, rtol=rtol, atol=rtol * max(1.0, np.abs(value).max()),
+                                       err_msg=key)
+
+
+def _normalize_reference(wlp, w, entropy):
+    """numpy's responsibilities, weighted, and the panel's sums: what the compiled kernel must equal."""
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        log_norm, resp = log_normalize(wlp.copy())
+        add_likelihood(record, log_norm, resp, w, entropy)
+    return (resp if w is None else resp * w), record
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("entropy", [False, True])
+def test_normalize_equals_numpy(dtype, weighted, entropy):
+    rng = np.random.default_rng(0)
+    k, p = 7, 3001
+    wlp = (rng.standard_normal((k, p)) * 30 - 5).astype(dtype)
+    wlp[2, ::5] = -np.inf  # an empty component (log weight -inf) in some rows
+    w = rng.uniform(0.0, 3.0, p) if weighted else None
+    expected, reference = _normalize_reference(wlp, w, entropy)
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    got = wlp.copy()
+    assert _compiled.normalize(got, w, entropy, record, np.empty((5, p), dtype=dtype))
+    rtol = 1e-13 if dtype == F64 else 3e-6
+    # Responsibilities below exp(-87) are 0 (or subnormal) in float32 and 1.6e-38 compiled: round-off.
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=1e-37 if dtype == F32 else 0)
+    for key in ("loglik", "wsum", "entropy"):
+        assert record[key] == pytest.approx(reference[key], rel=rtol, abs=1e-12), key
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_exp_and_log_within_two_units_in_the_last_place(dtype):
+    """Two components [v, 0]: the row's log-likelihood is log(1 + e^v), its first responsibility e^v / (1 + e^v)."""
+    floor = _compiled.FLOORS[dtype]
+    v = np.concatenate([np.linspace(floor, 0.0, 20001), -np.logspace(-12, 0, 200)]).astype(dtype)
+    wlp = np.stack([v, np.zeros_like(v)])
+    work = np.empty((5, v.size), dtype=dtype)
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    assert _compiled.normalize(wlp, None, False, record, work)
+    exact = np.exp(v.astype(np.float64))
+    eps = float(np.finfo(dtype).eps)
+    np.testing.assert_allclose(wlp[0] * (1 + exact), exact, rtol=4 * eps)
+    assert record["loglik"] == pytest.approx(np.logaddexp(0.0, v.astype(np.float64)).sum(), rel=4 * eps)
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_normalize_keeps_nan_rows_nan(dtype):
+    wlp = np.zeros((3, 10), dtype=dtype)
+    wlp[1, 4] = np.nan
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    assert _compiled.normalize(wlp, None, False, record, np.empty((5, 10), dtype=dtype))
+    assert np.isnan(record["loglik"]) and np.isnan(wlp[:, 4]).all()
+    everything_empty = np.full((3, 4), -np.inf, dtype=dtype)
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    assert _compiled.normalize(everything_empty, None, False, record, np.empty((5, 4), dtype=dtype))
+    assert np.isnan(record["loglik"])
+
+
+def test_normalize_declines_what_it_does_not_cover(switch):
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    ints = np.zeros((2, 3), dtype=np.int64)
+    assert not _compiled.normalize(ints, None, False, record, np.empty((5, 3)))
+    strided = np.zeros((2, 6))[:, ::2]
+    assert not _compiled.normalize(strided, None, False, record, np.empty((5, 3)))
+    switch(False)
+    assert not _compiled.normalize(np.zeros((2, 3)), None, False, record, np.empty((5, 3)))
+    assert record == {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+
+
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("d", [3, 16])
+def test_gaussian_estep_equals_numpy_kernels(switch, ct, dtype, d):
+    """Every product design (moments at small d, diag, spherical), K=3 (padded GEMM rows) and 8, weights, entropy."""
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((5003, d)) * 2 + 1
+    w = rng.uniform(0.2, 2.0, len(x))
+    params = [_gaussian_params(ct, k, d, rng) for k in (3, 8)]
+    family = GaussianFamily(compute_dtype=dtype)
+    shift = x[:50].mean(0)
+    for weights in (None, w):
+        compiled = family.estep(x, weights, params, shift, entropy=True)
+        switch(False)
+        reference = family.estep(x, weights, params, shift, entropy=True)
+        switch(True)
+        _assert_records_close(compiled, reference, RTOL[np.dtype(dtype)])
+
+
+def test_product_estep_runs_for_product_designs_only():
+    """The moment and diagonal designs run compiled, in one call that releases the GIL; the residual design does not."""
+    if _compiled._STATE.get("product") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    dispatcher = _compiled._STATE["product"]
+    assert dispatcher.targetoptions["nogil"] is True
+    rng = np.random.default_rng(1)
+    family = GaussianFamily()
+    x = rng.standard_normal((2000, 4))
+    before = len(dispatcher.signatures)
+    family.estep(x, None, [_gaussian_params("full", 8, 4, rng)], np.zeros(4))
+    family.estep(x, None, [_gaussian_params("diag", 8, 4, rng)], np.zeros(4))
+    assert len(dispatcher.signatures) >= max(before, 1)
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7))}
+    pairs = (np.arange(3), np.arange(3))
+    buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
+    coef = np.zeros((2, 7))
+    assert _compiled.product_estep(x[:, :3], None, np.zeros(3), pairs, coef, 2, 64, False, False, record, buffers)
+    assert record["wsum"] == 2000 and record["moments"][:, -1].sum() == pytest.approx(2000)
+
+
+def test_missing_values_route_equals_numpy(switch):
+    """A chunk with NaN stops the compiled walk and takes the missing-values route: same records either way."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4000, 5))
+    x[rng.random(4000) < 0.05, 2] = np.nan
+    params = [_gaussian_params(ct, 4, 5, rng) for ct in ("full", "diag")]
+    family = GaussianFamily(missing="marginalize")
+    compiled = family.estep(x, None, params, np.zeros(5), entropy=True)
+    switch(False)
+    reference = family.estep(x, None, params, np.zeros(5), entropy=True)
+    _assert_records_close(compiled, reference, 1e-11)
+
+
+@pytest.mark.parametrize("family", [BernoulliFamily(), CategoricalFamily(n_categories=4)])
+def test_discrete_estep_equals_numpy(switch, family):
+    rng = np.random.default_rng(4)
+    if isinstance(family, BernoulliFamily):
+        x = rng.random((3000, 12)) < 0.3
+        params = {"probabilities": rng.uniform(0.05, 0.95, (5, 12))}
+    else:
+        x = rng.integers(0, 4, (3000, 6))
+        params = {"probabilities": rng.dirichlet(np.ones(4), size=(5, 6)).reshape(5, 24)}
+    params["weights"] = rng.dirichlet(np.ones(5))
+    w = rng.uniform(0.5, 1.5, len(x))
+    compiled = family.estep(x, w, [params], None, entropy=True)
+    switch(False)
+    reference = family.estep(x, w, [params], None, entropy=True)
+    _assert_records_close(compiled, reference, 1e-11)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct):
+    """Whole fits: compiled against numpy's kernels, over other chunkings and thread counts."""
+    import dask
+    import dask.array as da
+
+    from dask_em.datasets import make_mixture
+
+    x, _, _ = make_mixture(6000, 5, 3, chunk_rows=1500, seed=2)
+    x = x.compute()
+    settings = dict(covariance_type=ct, n_init=2, random_state=0, max_iter=30, tol=1e-8)
+
+    def fit(data, threads=2):
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            return dask_em.GaussianMixture(3, **settings).fit(data)
+
+    compiled = fit(da.from_array(x, chunks=(1500, 5)))
+    others = [fit(da.from_array(x, chunks=(700, 5))), fit(da.from_array(x, chunks=(1500, 5)), threads=1)]
+    switch(False)
+    reference = fit(da.from_array(x, chunks=(1500, 5)))
+    for other in [reference] + others:
+        assert other.n_iter_ == compiled.n_iter_
+        np.testing.assert_allclose(other.weights_, compiled.weights_, rtol=1e-9)
+        np.testing.assert_allclose(other.means_, compiled.means_, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(other.covariances_, compiled.covariances_, rtol=1e-8, atol=1e-10)
+        assert other.lower_bound_ == pytest.approx(compiled.lower_bound_, rel=1e-11)
+    # The same chunks on one thread or two: the same sums, bitwise.
+    np.testing.assert_array_equal(others[1].means_, compiled.means_)

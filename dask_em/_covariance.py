@@ -391,6 +391,13 @@ class TiedLayout(FullLayout):
 # K=16 above 56 (0.77x at d=56), K=32 0.47x at d=32.
 MOMENT_MIN_COMPONENTS = (3, 5, 8, 16)
 MOMENT_MAX_FEATURES = (8, 16, 32, 56)
+# With the compiled kernels (dask_em._compiled: the design built in one pass, no numpy call per
+# panel) the moment design wins further out. Thread CPU time per row, moment over residual,
+# float64, one thread, AMD EPYC (OpenBLAS Haswell kernels), chunks of 32 MiB: K=3 0.91 at d=16,
+# 1.30 at 32; K=4 0.75 at 16, 1.04 at 32; K=5 0.90 at 32, 1.20 at 64; K=6 0.80 at 32, 1.02 at 64;
+# K=8 0.77 at 64, 0.87 at 96, 0.99 at 128 (float32 0.89 at 64); K=16 0.60 at 64, 0.73 at 128;
+# K=32 0.43 at 64, 0.55 at 128.
+MOMENT_MAX_FEATURES_COMPILED = (16, 32, 96, 128)
 
 # ... and every component's mean lies within this squared Mahalanobis distance
 # (under its own precision) of the shift: the moments are raw, about the shift,
@@ -415,7 +422,8 @@ MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 def moment_max_features(k: int) -> int:
     """The largest d at which a K-component full/tied E-step runs on the moment design (0: never)."""
     i = int(np.searchsorted(MOMENT_MIN_COMPONENTS, k, side="right"))
-    return MOMENT_MAX_FEATURES[i - 1] if i else 0
+    limits = MOMENT_MAX_FEATURES_COMPILED if _compiled.enabled() else MOMENT_MAX_FEATURES
+    return limits[i - 1] if i else 0
 
 
 def _mahalanobis2(params: Params, layout: FullLayout) -> np.ndarray:

@@ -126,6 +126,9 @@ def main(argv=None) -> None:
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '')!r}; K={args.components}, "
           f"{args.iters} iterations, best of {args.repeats}")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    from dask_em import _compiled
+
+    print(f"# compiled E-step kernels: {'on' if _compiled.warm_up() else 'off (numpy kernels)'}")
 
     if not args.no_gil:
         labels = [f"{ct}_d{d}_{dt}" for d in (16, 64) for ct in ("full", "diag") for dt in ("float64", "float32")]

@@ -245,6 +245,11 @@ def main(argv=None):
     print(f"# machine: {os.cpu_count()} cores; numpy {np.__version__}; dask {dask.__version__}")
     print(f"# K={args.components}, {args.iters} iterations, codec={args.codec}, workdir={workdir}")
     print(f"# load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    from dask_em import _compiled
+
+    # The compiled kernels load once per process (from numba's cache; compiled on a machine's first run):
+    # before the clock, so that no figure below carries it.
+    print(f"# compiled E-step kernels: {'on' if _compiled.warm_up() else 'off (numpy kernels)'}")
     gflops = dgemm_gflops()
     print(f"# DGEMM (4096^2, all cores): {gflops:.1f} GFLOP/s; full-covariance floor 4*n*K*d^2 flops at that rate")
     header = (

@@ -35,6 +35,8 @@ Usage::
     python benchmarks/bench_gil.py --kernels full_d16_float64,diag_d64_float32 --seconds 4
     python benchmarks/bench_gil.py --top 8            # also the lines that hold the GIL most
     python benchmarks/bench_gil.py --repeats 3 --seconds 4   # the median of three pairs of recordings
+    DASK_EM_COMPILED=0 python benchmarks/bench_gil.py        # the numpy kernels (without the compiled ones)
+    python benchmarks/bench_gil.py --thread-time             # thread CPU time per chunk, numpy against compiled
 
 The table prints, per kernel, the median share over the repeats, their range
 and each repeat's share, and Amdahl's bound at the median. On a machine other
@@ -224,6 +226,40 @@ def print_table(shares: dict, top: int = 0) -> None:
                 print(f"    {count / total:6.2%}  {frame}")
 
 
+def thread_times(labels, seconds: float = 1.0, repeats: int = 3) -> None:
+    """Print each kernel's thread CPU time per chunk with the compiled kernels and with numpy's, in this process.
+
+    The two alternate ``repeats`` times (best of each: a loaded machine moves
+    thread time far less than wall time); one BLAS thread.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from dask_em import _compiled, engine
+
+    if not _compiled.warm_up():
+        print("(the compiled kernels do not run here: numba is missing or DASK_EM_COMPILED=0)")
+        return
+    print("\n# Thread CPU time of one chunk's E-step (ms, best of the repeats), numpy kernels against compiled")
+    print("| kernel | rows | numpy kernels | compiled | numpy / compiled |")
+    print("| --- | --- | --- | --- | --- |")
+    with threadpool_limits(1):
+        for label in labels:
+            state, x = make_kernel(label)
+            best = {True: np.inf, False: np.inf}
+            for _ in range(repeats):
+                for on in (False, True):
+                    _compiled._STATE["on"] = on
+                    engine.estep_block(x, None, state)
+                    tic, calls = time.thread_time(), 0
+                    while time.thread_time() - tic < seconds:
+                        engine.estep_block(x, None, state)
+                        calls += 1
+                    best[on] = min(best[on], (time.thread_time() - tic) / calls)
+            _compiled._STATE["on"] = True
+            print(f"| {label} | {len(x)} | {best[False] * 1e3:.1f} | {best[True] * 1e3:.1f} | "
+                  f"{best[False] / best[True]:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="gaussian,missing,discrete",
@@ -232,6 +268,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")
     parser.add_argument("--repeats", type=int, default=1, help="pairs of recordings; the share is their median")
+    parser.add_argument("--thread-time", action="store_true",
+                        help="instead: thread CPU time per chunk, numpy kernels against the compiled ones")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -241,6 +279,12 @@ def main() -> None:
     unknown = sorted(set(labels) - set(kernel_labels()))
     if unknown:
         parser.error(f"unknown kernels {unknown}; valid: {', '.join(kernel_labels())}")
+    if args.thread_time:
+        thread_times(labels, args.seconds, max(args.repeats, 3))
+        return
+    from dask_em import _compiled
+
+    print(f"# compiled E-step kernels: {'on' if _compiled.warm_up() else 'off (numpy kernels)'}")
     print(f"# GIL-held share of an E-step thread (py-spy --gil over active samples), K={K}, one BLAS thread; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print_table(gil_shares(labels, args.seconds, args.rate, repeats=args.repeats), args.top)

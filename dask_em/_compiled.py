@@ -13,9 +13,11 @@ without AVX-512: a third of a full-covariance E-step at d=16).
   design) in one call: the design, both GEMMs (numpy's own BLAS, called
   through its C interface, so the same kernels numpy would run), the
   responsibilities and the sums. Nothing of it holds the GIL.
+* :func:`rows_estep`: the same for the Bernoulli design ``[x, 1]`` and the
+  categorical one-hot design.
 * :func:`normalize`: a panel's log-sum-exp, responsibilities, weighting and
   likelihood sums in one call (the other kernels: the residual design of
-  full/tied at larger d, missing values, the discrete families).
+  full/tied at larger d, rows with missing values, the Poisson family).
 * :func:`product_design`: a panel's product design in one call (where
   :func:`product_estep` cannot find numpy's BLAS).
 
@@ -39,7 +41,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep"]
+__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "rows_estep"]
 
 # Set to 0 to run the numpy kernels (for instance on workers whose memory is too tight for
 # numba's 50 MiB, or to compare the two).
@@ -194,6 +196,48 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
     return True
 
 
+def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, design, logp, part, work, stats,
+                 scal, gemm):  # pragma: no cover - compiled
+    """The compiled body of :func:`rows_estep`."""
+    n, d = x.shape
+    kp, width = coef.shape
+    m = width - 1
+    weighted = w.shape[0] > 0
+    row_major, plain, transposed = np.int32(101), np.int32(111), np.int32(112)
+    one, zero = fc[8], fc[33]
+    for lo in range(0, n, panel):
+        t = min(panel, n - lo)
+        z = design[: t * width].reshape((t, width))  # row-major: one design row per data row
+        if onehot:
+            for r in range(t):
+                row = z[r]
+                for c in range(m):
+                    row[c] = zero
+                for j in range(d):
+                    code = np.int64(x[lo + r, j])
+                    if 0 <= code < offsets[j + 1] - offsets[j]:
+                        row[offsets[j] + code] = one
+                row[m] = one
+        else:
+            for r in range(t):
+                row = z[r]
+                for j in range(d):
+                    row[j] = np.float64(x[lo + r, j])
+                row[m] = one
+        lp = logp[: kp * t].reshape((kp, t))
+        # lp = coef @ z.T (kp, t); then part = lp @ z (kp, width)
+        gemm(row_major, plain, transposed, np.int64(kp), np.int64(t), np.int64(width), one,
+             np.intp(coef.ctypes.data), np.int64(width), np.intp(z.ctypes.data), np.int64(width), zero,
+             np.intp(lp.ctypes.data), np.int64(t))
+        _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
+        gemm(row_major, plain, plain, np.int64(kp), np.int64(width), np.int64(t), one,
+             np.intp(lp.ctypes.data), np.int64(t), np.intp(z.ctypes.data), np.int64(width), zero,
+             np.intp(part.ctypes.data), np.int64(width))
+        for j in range(k):
+            for c in range(width):
+                stats[j, c] += part[j, c]
+
+
 # The compiled kernels as _product_kernel calls them (set by _compile before its first call).
 _normalize_jit = _design_jit = None
 
@@ -262,7 +306,7 @@ def _compile() -> None:
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
-        _STATE.update(kernel=None, design=None, product=None, gemm={})
+        _STATE.update(kernel=None, design=None, product=None, rows=None, gemm={})
         return
     _STATE["kernel"] = _normalize_jit = _jit(numba, _normalize_kernel)
     _STATE["design"] = _design_jit = _jit(numba, _design_kernel)
@@ -271,6 +315,7 @@ def _compile() -> None:
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None
+    _STATE["rows"] = _jit(numba, _rows_kernel) if _STATE["gemm"] else None
 
 
 def _kernel():
@@ -290,7 +335,7 @@ def _disable(exc: Exception) -> None:
     if _STATE.get("kernel") is not None:
         warnings.warn(f"dask-em's compiled E-step kernels could not be compiled ({exc!r}); "
                       "the numpy kernels run instead.", RuntimeWarning, stacklevel=3)
-    _STATE.update(kernel=None, design=None, product=None)
+    _STATE.update(kernel=None, design=None, product=None, rows=None)
 
 
 def enabled() -> bool:
@@ -420,6 +465,50 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     return bool(done)
 
 
+def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, coef: np.ndarray, panel: int,
+               entropy: bool, record: dict, sums: np.ndarray, buffers) -> bool:
+    """One restart's E-step on one chunk of a discrete family's design, in one call that releases the GIL.
+
+    The design of a row is ``[x, 1]`` (``onehot`` None: Bernoulli) or its
+    one-hot codes and a 1 (``onehot``: the (d + 1,) offsets of each feature's
+    categories; a code outside its feature's range sets nothing). ``coef``
+    (K, width) float64: every component's weighted log-density is a row of
+    ``coef @ z.T``. Panels of ``panel`` rows: the design, the log-density
+    GEMM, the responsibilities (:func:`normalize`'s kernel), the statistics
+    GEMM, summed into ``sums`` (K, width); the likelihood into ``record``.
+    Returns False, doing nothing, where this kernel does not run.
+    """
+    if not enabled() or _STATE.get("rows") is None or x.dtype.kind not in "biuf" or coef.dtype != np.float64:
+        return False
+    gemm = _STATE["gemm"].get(coef.dtype)
+    if gemm is None:
+        return False
+    k, width = coef.shape
+    rows = max(1, min(panel, len(x)))
+    design = buffers("compiled-rows-design", (width * rows,), np.float64)
+    logp = buffers("compiled-rows-logp", (k * rows,), np.float64)
+    part = buffers("compiled-rows-part", (k, width), np.float64)
+    work = buffers("compiled-rows-lse", (5, rows), np.float64)
+    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    offsets = _NO_OFFSETS if onehot is None else np.ascontiguousarray(onehot, dtype=np.int64)
+    floats, ints = _STATE["constants"][coef.dtype]
+    scalars = np.zeros(3)
+    try:
+        _STATE["rows"](x, weights, onehot is not None, offsets, np.ascontiguousarray(coef), int(k), int(rows),
+                       bool(entropy), FLOORS[coef.dtype], floats, ints, design, logp, part, work, sums, scalars, gemm)
+    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
+        with _LOCK:
+            _disable(exc)
+        return False
+    record["loglik"] += float(scalars[0])
+    record["wsum"] += float(scalars[1])
+    record["entropy"] += float(scalars[2])
+    return True
+
+
+_NO_OFFSETS = np.zeros(1, dtype=np.int64)
+
+
 def warm_up() -> bool:
     """Compile every kernel for float64 and float32 now (or load them from numba's cache); True if they run.
 
@@ -440,4 +529,8 @@ def warm_up() -> bool:
         out = np.ones((7, 8), dtype=dtype)
         product_design(x, np.zeros(3), pairs, out)
         normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))
+    codes = np.zeros((8, 2), dtype=np.int64)
+    for onehot, data in ((None, codes.astype(bool)), (np.array([0, 2, 4]), codes), (None, codes)):
+        width = 3 if onehot is None else 5
+        rows_estep(data, None, onehot, np.full((2, width), -0.5), 8, False, record, np.zeros((2, width)), buffers)
     return enabled()

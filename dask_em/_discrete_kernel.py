@@ -143,6 +143,11 @@ class DesignFamily(Family):
     def design_constant(self, x: np.ndarray, z: np.ndarray, w: np.ndarray | None) -> float:
         return 0.0
 
+    # The compiled E-step (dask_em._compiled.rows_estep) for a design it knows: None (the default)
+    # where it does not apply, else a method of n_features giving None for the design [x, 1] or the
+    # (d + 1,) category offsets of a one-hot design. Only for designs whose row constant is 0.
+    compiled_design = None
+
     def device_design(self, xp, x):
         return None
 
@@ -217,6 +222,15 @@ def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, recor
         record["wsum"] += float(w.sum())
 
 
+def _finish(family: DesignFamily, records: list[dict], sums: list[np.ndarray], params_list: list[Params],
+            m: int) -> list[dict]:
+    """Each restart's record from its summed (K, m + 1) statistics (the masses in the last column)."""
+    for rec, acc, params in zip(records, sums, params_list):
+        rec["nk"] = acc[:, m].copy()
+        rec["stats"] = family.stats_from(np.ascontiguousarray(acc[:, :m]), params)
+    return records
+
+
 def design_estep(
     family: DesignFamily, x: np.ndarray, w: np.ndarray | None, params_list: list[Params], entropy: bool = False,
     panel: int | None = None,
@@ -234,6 +248,15 @@ def design_estep(
         with np.errstate(divide="ignore"):
             log_w = np.log(params["weights"])
         coefs.append(np.ascontiguousarray(np.concatenate([a, (c + log_w)[:, None]], axis=1)))
+    records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0} for _ in params_list]
+    sums = [np.zeros((len(coef), m + 1)) for coef in coefs]
+    # Bernoulli and categorical designs run compiled where they can: a restart's whole chunk in one
+    # call that releases the GIL, with the same panels, GEMMs and sums as the loop below.
+    compiled = family.compiled_design is not None and n > 0 and all(
+        _compiled.rows_estep(x, w, family.compiled_design(d), coef, panel, entropy, rec, acc, buffer)
+        for coef, rec, acc in zip(coefs, records, sums))
+    if compiled:
+        return _finish(family, records, sums, params_list, m)
     records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0} for _ in params_list]
     sums = [np.zeros((len(coef), m + 1)) for coef in coefs]
     ks = {len(coef) for coef in coefs}
@@ -258,10 +281,7 @@ def design_estep(
                 _responsibilities(lp, wp, entropy, rec, work)
                 np.dot(lp, z, out=out)
                 acc += out
-    for rec, acc, params in zip(records, sums, params_list):
-        rec["nk"] = acc[:, m].copy()
-        rec["stats"] = family.stats_from(np.ascontiguousarray(acc[:, :m]), params)
-    return records
+    return _finish(family, records, sums, params_list, m)
 
 
 # Values of a device tile's widest temporary (its design, or its (rows, K) log-densities).

@@ -219,6 +219,9 @@ class BernoulliFamily(DesignFamily):
     def fill_design(self, x, z):
         np.copyto(z[:, :-1], x)
 
+    def compiled_design(self, n_features):
+        return None  # the design [x, 1]
+
     def device_design(self, xp, x):
         return xp.astype(x, xp.float64)
 
@@ -534,6 +537,9 @@ class CategoricalFamily(DesignFamily):
     # The E-step's design (dask_em._discrete_kernel): the one-hot codes; A = log P, c = 0.
     def design_width(self, n_features):
         return int(self.offsets(n_features)[-1])
+
+    def compiled_design(self, n_features):
+        return self.offsets(n_features)  # the one-hot design
 
     def fill_design(self, x, z):
         """The one-hot codes, scattered into zeros through flat positions (row * stride + column)."""

@@ -13,7 +13,7 @@ import pytest
 import dask_em
 from dask_em import _compiled
 from dask_em._covariance import LAYOUTS
-from dask_em.discrete import BernoulliFamily, CategoricalFamily
+from dask_em.discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
 from dask_em.family import add_likelihood, log_normalize
 from dask_em.gaussian import GaussianFamily
 
@@ -175,21 +175,40 @@ def test_missing_values_route_equals_numpy(switch):
     _assert_records_close(compiled, reference, 1e-11)
 
 
-@pytest.mark.parametrize("family", [BernoulliFamily(), CategoricalFamily(n_categories=4)])
-def test_discrete_estep_equals_numpy(switch, family):
+@pytest.mark.parametrize("name", ["bernoulli", "categorical", "categorical-float-codes", "categorical-uneven",
+                                  "poisson"])
+def test_discrete_estep_equals_numpy(switch, name):
+    """Bernoulli and categorical chunks run compiled whole (the rows kernel); Poisson its log-sum-exp."""
     rng = np.random.default_rng(4)
-    if isinstance(family, BernoulliFamily):
-        x = rng.random((3000, 12)) < 0.3
-        params = {"probabilities": rng.uniform(0.05, 0.95, (5, 12))}
+    if name == "bernoulli":
+        family, x = BernoulliFamily(), rng.random((3000, 12)) < 0.3
+        probabilities = [rng.uniform(0.05, 0.95, (k, 12)) for k in (5, 2)]
+    elif name == "poisson":
+        family, x = PoissonFamily(), rng.poisson(3.0, (3000, 7)).astype(np.int16)
+        probabilities = None
     else:
-        x = rng.integers(0, 4, (3000, 6))
-        params = {"probabilities": rng.dirichlet(np.ones(4), size=(5, 6)).reshape(5, 24)}
-    params["weights"] = rng.dirichlet(np.ones(5))
+        sizes = [4, 2, 7] if name == "categorical-uneven" else [4] * 6
+        family = CategoricalFamily(n_categories=sizes if name == "categorical-uneven" else 4)
+        x = np.stack([rng.integers(0, c, 3000) for c in sizes], axis=1).astype(np.int8)
+        x = x.astype(np.float64) if name == "categorical-float-codes" else x
+        probabilities = [np.concatenate([rng.dirichlet(np.ones(c), size=k) for c in sizes], axis=1) for k in (5, 2)]
+    if probabilities is None:
+        params = [{"rates": rng.uniform(0.5, 6.0, (k, 7))} for k in (5, 2)]
+    else:
+        params = [{"probabilities": p} for p in probabilities]
+    for p in params:
+        p["weights"] = rng.dirichlet(np.ones(len(next(iter(p.values())))))
     w = rng.uniform(0.5, 1.5, len(x))
-    compiled = family.estep(x, w, [params], None, entropy=True)
-    switch(False)
-    reference = family.estep(x, w, [params], None, entropy=True)
-    _assert_records_close(compiled, reference, 1e-11)
+    rows = _compiled._STATE.get("rows")
+    before = len(rows.signatures) if rows is not None else 0
+    for weights in (None, w):
+        compiled = family.estep(x, weights, params, None, entropy=True)
+        switch(False)
+        reference = family.estep(x, weights, params, None, entropy=True)
+        switch(True)
+        _assert_records_close(compiled, reference, 1e-11)
+    if rows is not None and name != "poisson":
+        assert len(rows.signatures) >= max(before, 1)
 
 
 @pytest.mark.parametrize("ct", ["full", "diag"])

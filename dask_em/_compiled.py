@@ -41,7 +41,7 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "rows_estep"]
+__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "rows_estep"]
 
 # Set to 0 to run the numpy kernels (for instance on workers whose memory is too tight for
 # numba's 50 MiB, or to compare the two).
@@ -171,6 +171,8 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
     kp, width = coef.shape
     weighted = w.shape[0] > 0
     row_major, plain, transposed = np.int32(101), np.int32(111), np.int32(112)
+    itemsize = design.itemsize
+    block = panel if itemsize == 8 else STATS_BLOCK_FLOAT32
     for lo in range(0, n, panel):
         t = min(panel, n - lo)
         phi = design[: width * t].reshape((width, t))
@@ -187,12 +189,16 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
         _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
         if stop_at_nan and scal[0] != scal[0] and before == before:
             return False
-        gemm(row_major, plain, transposed, np.int64(kp), np.int64(width), np.int64(t), fc[8],
-             np.intp(lp.ctypes.data), np.int64(t), np.intp(phi.ctypes.data), np.int64(t), fc[33],
-             np.intp(part.ctypes.data), np.int64(width))
-        for j in range(k):
-            for m in range(width):
-                stats[j, m] += part[j, m]
+        # The statistics in blocks of `block` rows, each block's product added in float64 (float32: a
+        # whole panel summed in one sgemm lost a decimal digit against numpy's blocked sums).
+        for s0 in range(0, t, block):
+            rows = min(block, t - s0)
+            gemm(row_major, plain, transposed, np.int64(kp), np.int64(width), np.int64(rows), fc[8],
+                 np.intp(lp.ctypes.data + s0 * itemsize), np.int64(t), np.intp(phi.ctypes.data + s0 * itemsize),
+                 np.int64(t), fc[33], np.intp(part.ctypes.data), np.int64(width))
+            for j in range(k):
+                for m in range(width):
+                    stats[j, m] += part[j, m]
     return True
 
 
@@ -237,6 +243,9 @@ def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, 
             for c in range(width):
                 stats[j, c] += part[j, c]
 
+
+# Rows per float32 statistics GEMM whose product is added into the float64 sums.
+STATS_BLOCK_FLOAT32 = 1024
 
 # The compiled kernels as _product_kernel calls them (set by _compile before its first call).
 _normalize_jit = _design_jit = None
@@ -325,9 +334,27 @@ def _kernel():
             if "kernel" not in _STATE:
                 _STATE["on"] = os.environ.get(ENV_SWITCH, "1") != "0"
                 _STATE["constants"] = {dt: _constants(dt) for dt in FLOORS}
-                _compile()
+                if _STATE["on"]:
+                    _compile()
+                else:  # switched off: numba is not even imported (its 50 MiB stay free)
+                    _STATE.update(kernel=None, design=None, product=None, rows=None, gemm={})
             state = _STATE["kernel"]
     return state
+
+
+def _native_float(x: np.ndarray) -> bool:
+    """float32 or float64 in this machine's byte order: data the kernels take (not float16, longdouble, '>f8')."""
+    return x.dtype in FLOORS
+
+
+def _codes(x: np.ndarray) -> bool:
+    """Booleans, integers or native floats: data the discrete kernel takes."""
+    return x.dtype.isnative and (x.dtype.kind in "biu" or _native_float(x))
+
+
+def products_run() -> bool:
+    """Whether the whole-chunk kernels run (compiled, and numpy's BLAS C interface found)."""
+    return enabled() and _STATE.get("product") is not None
 
 
 def _disable(exc: Exception) -> None:
@@ -360,9 +387,14 @@ def normalize(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict
     caller then runs the numpy kernel. A row holding NaN, or whose every
     component is ``-inf``, makes the log-likelihood NaN, as numpy's does.
     """
-    dtype = wlp.dtype
+    dtype, p = wlp.dtype, wlp.shape[1]
     if dtype not in FLOORS or not wlp.flags.c_contiguous or wlp.shape[0] == 0 or not enabled():
         return False
+    if work.dtype != dtype or not work.flags.c_contiguous or work.shape[0] < 5 or work.shape[1] < p:
+        raise ValueError(f"normalize needs a C-contiguous (5, >= {p}) {dtype} work array; received "
+                         f"{work.shape} {work.dtype}")
+    if w is not None and np.shape(w) != (p,):
+        raise ValueError(f"normalize needs one weight per row ({p}); received shape {np.shape(w)}")
     weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
     floats, ints = _STATE["constants"][dtype]
     sums = np.zeros(3)
@@ -407,7 +439,7 @@ def product_design(x: np.ndarray, shift: np.ndarray, pairs: tuple, out: np.ndarr
     is the caller's. ``out``: C-contiguous, of the compute dtype. Returns
     False, writing nothing, where the compiled kernel does not run.
     """
-    if out.dtype not in FLOORS or not out.flags.c_contiguous or x.dtype.kind != "f" or not enabled():
+    if out.dtype not in FLOORS or not out.flags.c_contiguous or not _native_float(x) or not enabled():
         return False
     try:
         _STATE["design"](x, shift, pairs[0], pairs[1], out)
@@ -436,7 +468,7 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     nothing, where this kernel does not run (the caller runs its own).
     """
     dtype = coef.dtype
-    if dtype not in FLOORS or x.dtype.kind != "f" or not enabled() or _STATE.get("product") is None:
+    if dtype not in FLOORS or not _native_float(x) or not products_run():
         return None
     gemm = _STATE["gemm"].get(dtype)
     if gemm is None:
@@ -478,7 +510,7 @@ def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, c
     GEMM, summed into ``sums`` (K, width); the likelihood into ``record``.
     Returns False, doing nothing, where this kernel does not run.
     """
-    if not enabled() or _STATE.get("rows") is None or x.dtype.kind not in "biuf" or coef.dtype != np.float64:
+    if not _codes(x) or coef.dtype != np.float64 or not enabled() or _STATE.get("rows") is None:
         return False
     gemm = _STATE["gemm"].get(coef.dtype)
     if gemm is None:

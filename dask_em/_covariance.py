@@ -422,7 +422,7 @@ MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 def moment_max_features(k: int) -> int:
     """The largest d at which a K-component full/tied E-step runs on the moment design (0: never)."""
     i = int(np.searchsorted(MOMENT_MIN_COMPONENTS, k, side="right"))
-    limits = MOMENT_MAX_FEATURES_COMPILED if _compiled.enabled() else MOMENT_MAX_FEATURES
+    limits = MOMENT_MAX_FEATURES_COMPILED if _compiled.products_run() else MOMENT_MAX_FEATURES
     return limits[i - 1] if i else 0
 
 

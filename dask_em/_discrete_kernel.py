@@ -143,10 +143,15 @@ class DesignFamily(Family):
     def design_constant(self, x: np.ndarray, z: np.ndarray, w: np.ndarray | None) -> float:
         return 0.0
 
-    # The compiled E-step (dask_em._compiled.rows_estep) for a design it knows: None (the default)
-    # where it does not apply, else a method of n_features giving None for the design [x, 1] or the
-    # (d + 1,) category offsets of a one-hot design. Only for designs whose row constant is 0.
-    compiled_design = None
+    def compiled_design(self, n_features: int):
+        """The design as the compiled E-step (``dask_em._compiled.rows_estep``) knows it, or None.
+
+        ``"copy"`` for the design ``[x, 1]``, the (d + 1,) category offsets
+        for a one-hot design, None (here, and in every subclass that does not
+        say otherwise) for a design only :meth:`fill_design` knows. Only for
+        designs whose row constant (:meth:`design_constant`) is 0.
+        """
+        return None
 
     def device_design(self, xp, x):
         return None
@@ -252,8 +257,10 @@ def design_estep(
     sums = [np.zeros((len(coef), m + 1)) for coef in coefs]
     # Bernoulli and categorical designs run compiled where they can: a restart's whole chunk in one
     # call that releases the GIL, with the same panels, GEMMs and sums as the loop below.
-    compiled = family.compiled_design is not None and n > 0 and all(
-        _compiled.rows_estep(x, w, family.compiled_design(d), coef, panel, entropy, rec, acc, buffer)
+    design = family.compiled_design(d) if n > 0 else None
+    compiled = design is not None and all(
+        _compiled.rows_estep(x, w, None if isinstance(design, str) else design, coef, panel, entropy, rec, acc,
+                             buffer)
         for coef, rec, acc in zip(coefs, records, sums))
     if compiled:
         return _finish(family, records, sums, params_list, m)

@@ -220,7 +220,9 @@ class BernoulliFamily(DesignFamily):
         np.copyto(z[:, :-1], x)
 
     def compiled_design(self, n_features):
-        return None  # the design [x, 1]
+        # The design [x, 1]; a subclass with its own design or row constant keeps the numpy kernel.
+        own = type(self).fill_design is BernoulliFamily.fill_design
+        return "copy" if own and type(self).design_constant is BernoulliFamily.design_constant else None
 
     def device_design(self, xp, x):
         return xp.astype(x, xp.float64)
@@ -539,7 +541,10 @@ class CategoricalFamily(DesignFamily):
         return int(self.offsets(n_features)[-1])
 
     def compiled_design(self, n_features):
-        return self.offsets(n_features)  # the one-hot design
+        # The one-hot design; a subclass with its own design or row constant keeps the numpy kernel.
+        own = type(self).fill_design is CategoricalFamily.fill_design
+        return self.offsets(n_features) if own and type(self).design_constant is CategoricalFamily.design_constant \
+            else None
 
     def fill_design(self, x, z):
         """The one-hot codes, scattered into zeros through flat positions (row * stride + column)."""

@@ -419,10 +419,13 @@ class GaussianFamily(Family):
         # A restart on a product design (moments, diag) runs its whole chunk compiled where it can: one
         # call that releases the GIL, with the same panels, GEMMs and sums as the loop below.
         run = []
-        for lay, dt, size, view, acc in zip(layouts, dtypes, sizes, views, accs):
+        for i, (lay, dt, size, view, acc) in enumerate(zip(layouts, dtypes, sizes, views, accs)):
             product = lay.product_design(view, d) if n else None
+            # Only the first restart watches for NaN (a NaN row makes every restart's NaN; a restart whose
+            # own parameters give NaN must not send clean chunks down the missing-values route).
             done = None if product is None else _compiled.product_estep(
-                x, w, shift, product[0], product[1], product[2], size[1], entropy, stop_at_nan, acc, work_array)
+                x, w, shift, product[0], product[1], product[2], size[1], entropy, stop_at_nan and i == 0, acc,
+                work_array)
             if done is False:
                 return None
             if done is None:
@@ -451,7 +454,7 @@ class GaussianFamily(Family):
                         else:
                             log_norm, resp = log_normalize(resp, rows[dt][:2, : end - sub])
                             add_likelihood(acc, log_norm, resp, wp, entropy)
-                        if stop_at_nan and acc is run[0][4] and math.isnan(acc["loglik"]):
+                        if stop_at_nan and acc is accs[0] and math.isnan(acc["loglik"]):
                             return None
                         lay.accumulate(xp, wp, resp, view["means"], acc, view)
         records = []

@@ -239,3 +239,93 @@ def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct):
         assert other.lower_bound_ == pytest.approx(compiled.lower_bound_, rel=1e-11)
     # The same chunks on one thread or two: the same sums, bitwise.
     np.testing.assert_array_equal(others[1].means_, compiled.means_)
+
+
+def test_float32_statistics_as_accurate_as_numpys(switch):
+    """A panel's float32 statistics are summed in blocks added in float64, as numpy's kernel sums them."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2**18, 2))
+    params = [{"means": np.array([[0.5, 0.0], [-0.5, 0.0]]), "precisions_cholesky": np.ones((2, 2)),
+               "weights": np.array([0.5, 0.5]), "covariance_type": "diag"}]
+    exact = GaussianFamily().estep(x, None, params, np.zeros(2))[0]["stats"]["moments"]
+
+    def error():
+        got = GaussianFamily(compute_dtype="float32").estep(x, None, params, np.zeros(2))[0]["stats"]["moments"]
+        return np.abs(got - exact).max() / np.abs(exact).max()
+
+    compiled = error()
+    switch(False)
+    assert compiled <= 4 * max(error(), float(np.finfo(np.float32).eps) / 16)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.dtype(">f8")])
+def test_other_float_data_leave_the_kernels_on(dtype):
+    """float16 or big-endian data take the numpy kernels for that chunk; the compiled kernels stay on."""
+    import warnings
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 3)).astype(dtype)
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7))}
+    pairs = (np.arange(3), np.arange(3))
+    buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
+    assert _compiled.product_estep(x, None, np.zeros(3), pairs, np.zeros((2, 7)), 2, 64, False, False, record,
+                                   buffers) is None
+    assert not _compiled.product_design(x, np.zeros(3), pairs, np.ones((7, 400)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for ct in ("diag", "full"):
+            dask_em.GaussianMixture(2, covariance_type=ct, max_iter=3, tol=0, random_state=0).fit(x)
+    assert _compiled.enabled() and _compiled.products_run()
+
+
+def test_switched_off_numba_is_not_imported(tmp_path):
+    """DASK_EM_COMPILED=0 before the first E-step: numpy's kernels, and numba is never imported (its memory stays free)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, dask_em\n"
+            "x = np.random.default_rng(0).standard_normal((500, 3))\n"
+            "dask_em.GaussianMixture(2, max_iter=2, random_state=0).fit(x)\n"
+            "print('numba' in sys.modules)\n")
+    env = {**os.environ, "DASK_EM_COMPILED": "0"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_only_the_first_restart_sends_a_chunk_to_the_missing_values_route(monkeypatch):
+    """A restart whose own parameters give NaN must not send clean chunks down the missing-values route."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3000, 4))
+    good = _gaussian_params("diag", 3, 4, rng)
+    bad = dict(_gaussian_params("diag", 3, 4, rng), means=np.full((3, 4), np.nan))
+    family = GaussianFamily(missing="marginalize")
+    routed = []
+    original = GaussianFamily._estep_with_missing
+    monkeypatch.setattr(GaussianFamily, "_estep_with_missing",
+                        lambda self, *args: routed.append(1) or original(self, *args))
+    records = family.estep(x, None, [good, bad], np.zeros(4))
+    assert not routed
+    assert np.isnan(records[1]["loglik"])
+    alone = family.estep(x, None, [good], np.zeros(4))[0]
+    assert records[0]["loglik"] == alone["loglik"]
+
+
+def test_normalize_refuses_a_work_array_too_small():
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
+    with pytest.raises(ValueError, match="work array"):
+        _compiled.normalize(np.zeros((2, 10)), None, False, record, np.empty((5, 9)))
+    with pytest.raises(ValueError, match="work array"):
+        _compiled.normalize(np.zeros((2, 10)), None, False, record, np.empty((5, 10), dtype=np.float32))
+    with pytest.raises(ValueError, match="one weight per row"):
+        _compiled.normalize(np.zeros((2, 10)), np.ones(9), False, record, np.empty((5, 10)))
+
+
+def test_a_subclass_with_its_own_design_keeps_the_numpy_kernel():
+    class Shifted(BernoulliFamily):
+        def fill_design(self, x, z):
+            np.copyto(z[:, :-1], 1 - x)
+
+    assert BernoulliFamily().compiled_design(4) == "copy"
+    assert Shifted().compiled_design(4) is None
+    assert CategoricalFamily(n_categories=3).compiled_design(2).tolist() == [0, 3, 6]

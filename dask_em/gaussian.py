@@ -58,21 +58,6 @@ TILE_CELLS = core_caches()[0] // 8
 GAUSSIAN_PANEL_BYTES = core_caches()[0]
 
 
-# Rows per panel of the compiled whole-chunk kernel (dask_em._compiled.product_estep): its design fills
-# one core's L2 cache, 256 to 1024 rows. With no numpy call per panel to amortise, short panels win:
-# thread time per 32 MiB chunk, one thread, AMD EPYC (512 KiB L2), K=8, panels of 128 / 256 / 512 /
-# 1024 / 4096 / 16384 rows: full d=16 float64 72.7 / 74.1 / 75.9 / 77.1 / 79.0 / 109.4 ms, float32
-# 44.7 / 44.1 / 44.6 / 48.1 / 48.2 / 53.9 ms; full d=32 128.4 / 126.2 / 130.2 / 130.4 / 185.5 / 198.5 ms;
-# full d=64 (256 / 512 / 1024 / 4096) 238.8 / 265.6 / 350.3 / 378.6 ms; diag d=64 21.0 / 21.7 / 22.7 /
-# 22.6 / 22.4 / 28.9 ms (the numpy loop's own panels, 4096-16384 rows, were the slow end).
-COMPILED_PANEL_BYTES = core_caches()[0]
-
-
-def compiled_panel_rows(width: int, itemsize: int) -> int:
-    """Rows per panel of the compiled kernel for a design ``width`` wide: a power of two, 256 to 1024."""
-    return min(1024, max(256, _pow2_floor(COMPILED_PANEL_BYTES // max(1, width * itemsize))))
-
-
 def _pow2_floor(value: float) -> int:
     return 1 << max(0, int(value).bit_length() - 1)
 
@@ -439,8 +424,8 @@ class GaussianFamily(Family):
             # Only the first restart watches for NaN (a NaN row makes every restart's NaN; a restart whose
             # own parameters give NaN must not send clean chunks down the missing-values route).
             done = None if product is None else _compiled.product_estep(
-                x, w, shift, product[0], product[1], product[2], compiled_panel_rows(lay.width(d), dt.itemsize),
-                entropy, stop_at_nan and i == 0, acc, work_array)
+                x, w, shift, product[0], product[1], product[2], size[1], entropy, stop_at_nan and i == 0, acc,
+                work_array)
             if done is False:
                 return None
             if done is None:

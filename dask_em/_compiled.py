@@ -172,7 +172,9 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
     weighted = w.shape[0] > 0
     row_major, plain, transposed = np.int32(101), np.int32(111), np.int32(112)
     itemsize = design.itemsize
-    block = panel if itemsize == 8 else STATS_BLOCK_FLOAT32
+    # float32 statistics with few outputs in blocks (as numpy's gemm_nt); else one GEMM a panel: every BLAS
+    # call takes OpenBLAS's buffer lock, which threads of one process share.
+    block = STATS_BLOCK_FLOAT32 if itemsize == 4 and kp * width <= SMALL_STATS else panel
     for lo in range(0, n, panel):
         t = min(panel, n - lo)
         phi = design[: width * t].reshape((width, t))
@@ -244,8 +246,10 @@ def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, 
                 stats[j, c] += part[j, c]
 
 
-# Rows per float32 statistics GEMM whose product is added into the float64 sums.
+# Rows per float32 statistics GEMM whose product is added into the float64 sums, where the statistics
+# have at most SMALL_STATS values (K x width; numpy's own kernel splits those sums the same way).
 STATS_BLOCK_FLOAT32 = 1024
+SMALL_STATS = 500
 
 # The compiled kernels as _product_kernel calls them (set by _compile before its first call).
 _normalize_jit = _design_jit = None

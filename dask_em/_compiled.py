@@ -172,8 +172,8 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
     weighted = w.shape[0] > 0
     row_major, plain, transposed = np.int32(101), np.int32(111), np.int32(112)
     itemsize = design.itemsize
-    # float32 statistics with few outputs in blocks (as numpy's gemm_nt); else one GEMM a panel: every BLAS
-    # call takes OpenBLAS's buffer lock, which threads of one process share.
+    # float32 statistics with few outputs in blocks (as numpy's gemm_nt); else one GEMM a panel (more,
+    # shorter BLAS calls made two threads slower in the panel-size experiment noted in gaussian.py).
     block = STATS_BLOCK_FLOAT32 if itemsize == 4 and kp * width <= SMALL_STATS else panel
     for lo in range(0, n, panel):
         t = min(panel, n - lo)

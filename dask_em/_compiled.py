@@ -165,7 +165,7 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
 
 
 def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, floor, fc, ic,
-                    design, logp, part, work, stats, scal, gemm):  # pragma: no cover - compiled
+                    design, logp, part, work, stats, gemm, scal):  # pragma: no cover - compiled
     """The compiled body of :func:`product_estep`: False where it stopped at a NaN log-likelihood."""
     n = x.shape[0]
     kp, width = coef.shape
@@ -205,7 +205,7 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
 
 
 def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, design, logp, part, work, stats,
-                 scal, gemm):  # pragma: no cover - compiled
+                 gemm, scal):  # pragma: no cover - compiled
     """The compiled body of :func:`rows_estep`."""
     n, d = x.shape
     kp, width = coef.shape
@@ -378,6 +378,34 @@ def enabled() -> bool:
 
 
 _EMPTY = np.empty(0)
+_FAILED = object()
+
+
+def _weights(w: np.ndarray | None) -> np.ndarray:
+    """Row weights as the kernels take them: contiguous float64, or an empty array for none."""
+    return _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+
+
+def _panel_buffers(buffers, prefix: str, dtype: np.dtype, kp: int, width: int, rows: int) -> tuple:
+    """A whole-chunk kernel's thread buffers for panels of ``rows``: design, log-densities, statistics, work rows."""
+    return (buffers(f"{prefix}-design", (width * rows,), dtype), buffers(f"{prefix}-logp", (kp * rows,), dtype),
+            buffers(f"{prefix}-part", (kp, width), dtype), buffers(f"{prefix}-lse", (5, rows), dtype))
+
+
+def _run(name: str, record: dict, *args):
+    """Call the compiled kernel ``name`` on ``args`` and a fresh (3,) array of its likelihood sums, added into
+    ``record``; its result, or ``_FAILED`` where it could not be compiled (nothing was written, numpy runs)."""
+    sums = np.zeros(3)
+    try:
+        result = _STATE[name](*args, sums)
+    except Exception as exc:  # noqa: BLE001 - a compiler failure must not stop a fit
+        with _LOCK:
+            _disable(exc)
+        return _FAILED
+    record["loglik"] += float(sums[0])
+    record["wsum"] += float(sums[1])
+    record["entropy"] += float(sums[2])
+    return result
 
 
 def normalize(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict, work: np.ndarray) -> bool:
@@ -399,19 +427,9 @@ def normalize(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict
                          f"{work.shape} {work.dtype}")
     if w is not None and np.shape(w) != (p,):
         raise ValueError(f"normalize needs one weight per row ({p}); received shape {np.shape(w)}")
-    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
     floats, ints = _STATE["constants"][dtype]
-    sums = np.zeros(3)
-    try:
-        _STATE["kernel"](wlp, weights, dtype.type(FLOORS[dtype]), bool(entropy), work, floats, ints, sums)
-    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
-        with _LOCK:
-            _disable(exc)
-        return False
-    record["loglik"] += float(sums[0])
-    record["wsum"] += float(sums[1])
-    record["entropy"] += float(sums[2])
-    return True
+    return _run("kernel", record, wlp, _weights(w), dtype.type(FLOORS[dtype]), bool(entropy), work, floats,
+                ints) is not _FAILED
 
 
 
@@ -479,26 +497,12 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
         return None
     kp, width = coef.shape
     rows = max(1, min(panel, len(x)))
-    design = buffers(f"compiled-design-{dtype.name}", (width * rows,), dtype)
-    logp = buffers(f"compiled-logp-{dtype.name}", (kp * rows,), dtype)
-    part = buffers(f"compiled-part-{dtype.name}", (kp, width), dtype)
-    work = buffers(f"compiled-lse-{dtype.name}", (5, rows), dtype)
-    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    design, logp, part, work = _panel_buffers(buffers, f"compiled-{dtype.name}", dtype, kp, width, rows)
     floats, ints = _STATE["constants"][dtype]
-    sums = np.zeros(3)
-    try:
-        done = _STATE["product"](x, weights, np.ascontiguousarray(shift, dtype=np.float64), pairs[0], pairs[1],
-                                 np.ascontiguousarray(coef), int(k), int(rows), bool(entropy), bool(stop_at_nan),
-                                 dtype.type(FLOORS[dtype]), floats, ints, design, logp, part, work,
-                                 record["moments"], sums, gemm)
-    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
-        with _LOCK:
-            _disable(exc)
-        return None
-    record["loglik"] += float(sums[0])
-    record["wsum"] += float(sums[1])
-    record["entropy"] += float(sums[2])
-    return bool(done)
+    done = _run("product", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64), pairs[0],
+                pairs[1], np.ascontiguousarray(coef), int(k), int(rows), bool(entropy), bool(stop_at_nan),
+                dtype.type(FLOORS[dtype]), floats, ints, design, logp, part, work, record["moments"], gemm)
+    return None if done is _FAILED else bool(done)
 
 
 def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, coef: np.ndarray, panel: int,
@@ -521,25 +525,12 @@ def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, c
         return False
     k, width = coef.shape
     rows = max(1, min(panel, len(x)))
-    design = buffers("compiled-rows-design", (width * rows,), np.float64)
-    logp = buffers("compiled-rows-logp", (k * rows,), np.float64)
-    part = buffers("compiled-rows-part", (k, width), np.float64)
-    work = buffers("compiled-rows-lse", (5, rows), np.float64)
-    weights = _EMPTY if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    design, logp, part, work = _panel_buffers(buffers, "compiled-rows", coef.dtype, k, width, rows)
     offsets = _NO_OFFSETS if onehot is None else np.ascontiguousarray(onehot, dtype=np.int64)
     floats, ints = _STATE["constants"][coef.dtype]
-    scalars = np.zeros(3)
-    try:
-        _STATE["rows"](x, weights, onehot is not None, offsets, np.ascontiguousarray(coef), int(k), int(rows),
-                       bool(entropy), FLOORS[coef.dtype], floats, ints, design, logp, part, work, sums, scalars, gemm)
-    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
-        with _LOCK:
-            _disable(exc)
-        return False
-    record["loglik"] += float(scalars[0])
-    record["wsum"] += float(scalars[1])
-    record["entropy"] += float(scalars[2])
-    return True
+    return _run("rows", record, x, _weights(w), onehot is not None, offsets, np.ascontiguousarray(coef), int(k),
+                int(rows), bool(entropy), FLOORS[coef.dtype], floats, ints, design, logp, part, work, sums,
+                gemm) is not _FAILED
 
 
 _NO_OFFSETS = np.zeros(1, dtype=np.int64)

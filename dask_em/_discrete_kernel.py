@@ -227,6 +227,12 @@ def _responsibilities(lp: np.ndarray, w: np.ndarray | None, entropy: bool, recor
         record["wsum"] += float(w.sum())
 
 
+def _empty_records(coefs: list[np.ndarray], m: int) -> tuple[list[dict], list[np.ndarray]]:
+    """Each restart's empty record and (K, m + 1) sums."""
+    return ([{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0} for _ in coefs],
+            [np.zeros((len(coef), m + 1)) for coef in coefs])
+
+
 def _finish(family: DesignFamily, records: list[dict], sums: list[np.ndarray], params_list: list[Params],
             m: int) -> list[dict]:
     """Each restart's record from its summed (K, m + 1) statistics (the masses in the last column)."""
@@ -253,8 +259,7 @@ def design_estep(
         with np.errstate(divide="ignore"):
             log_w = np.log(params["weights"])
         coefs.append(np.ascontiguousarray(np.concatenate([a, (c + log_w)[:, None]], axis=1)))
-    records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0} for _ in params_list]
-    sums = [np.zeros((len(coef), m + 1)) for coef in coefs]
+    records, sums = _empty_records(coefs, m)
     # Bernoulli and categorical designs run compiled where they can: a restart's whole chunk in one
     # call that releases the GIL, with the same panels, GEMMs and sums as the loop below.
     design = family.compiled_design(d) if n > 0 else None
@@ -264,8 +269,8 @@ def design_estep(
         for coef, rec, acc in zip(coefs, records, sums))
     if compiled:
         return _finish(family, records, sums, params_list, m)
-    records = [{"loglik": 0.0, "wsum": 0.0, "entropy": 0.0} for _ in params_list]
-    sums = [np.zeros((len(coef), m + 1)) for coef in coefs]
+    if design is not None:  # a later restart's kernel declined after earlier ones ran: start again in numpy
+        records, sums = _empty_records(coefs, m)
     ks = {len(coef) for coef in coefs}
     full = _panel_views(panel, m + 1, ks)  # made once: each view costs a few us of held GIL
     full[0][:, m] = 1.0  # panels of fewer rows are prefixes of this buffer: the same ones column

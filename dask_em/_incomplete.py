@@ -57,8 +57,7 @@ import math
 import numpy as np
 
 from ._covariance import LAYOUTS
-from . import _compiled
-from .family import add_likelihood, responsibilities, work_array
+from .family import responsibilities, weighted_responsibilities
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -279,15 +278,6 @@ def _tile_rows(k: int, d: int) -> int:
     return 1 << max(6, (_TILE_CELLS // max(1, k * d)).bit_length() - 1)
 
 
-def _likelihood(acc: dict, wlp: np.ndarray, w: np.ndarray | None, entropy: bool) -> np.ndarray:
-    """Responsibilities (K, n) times the row weights; adds the block's likelihood to ``acc``."""
-    if _compiled.normalize(wlp, w, entropy, acc, work_array(f"lse-{wlp.dtype.name}", (5, wlp.shape[1]), wlp.dtype)):
-        return wlp
-    log_norm, resp = responsibilities(wlp)
-    add_likelihood(acc, log_norm, resp, w, entropy)
-    return resp if w is None else resp * w
-
-
 def _empty_full(k: int, d: int) -> dict:
     return {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "n": np.zeros(k), "a": np.zeros((k, d)),
             "b": np.zeros((k, d, d))}
@@ -392,7 +382,7 @@ def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, ent
                 gt, et = g[: k * d * t].reshape(k, d, t), e[: k * (d + 1) * t].reshape(k, d + 1, t)
                 et[:, d] = 1.0
                 wlp = work.profile(xa[:, sub:end], tiles.slots(lo + sub, lo + end), factor, tp, st, gt, et)
-                rw = _likelihood(acc, wlp, wt, entropy)
+                rw = weighted_responsibilities(wlp, wt, entropy, acc)
                 acc["n"] += rw.sum(1)
                 weighted = np.multiply(et[:, :d], rw[:, None, :], out=gt)
                 ab = np.matmul(weighted, np.swapaxes(et, -1, -2))  # (K, d, d+1): [b | a]
@@ -553,7 +543,7 @@ def _diag_estep(x, w, rows, params_list, shift, entropy) -> list:
         for (coef, const, _), acc in zip(parts, accs):
             wlp = coef @ z
             wlp += const[:, None]
-            rw = _likelihood(acc, wlp, wp, entropy)
+            rw = weighted_responsibilities(wlp, wp, entropy, acc)
             acc["sums"] += rw @ z.T  # sum_i r_ik [x0^2, x0, m]
             acc["n"] += rw.sum(1)
     records = []

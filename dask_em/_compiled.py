@@ -10,9 +10,12 @@ without AVX-512: a third of a full-covariance E-step at d=16).
 
 * :func:`product_estep`: a restart's whole chunk on a *product design* (the
   Gaussian moment design of full/tied covariances at small d, the diagonal
-  design) in one call: the design, both GEMMs (numpy's own BLAS, called
-  through its C interface, so the same kernels numpy would run), the
-  responsibilities and the sums. Nothing of it holds the GIL.
+  design) in one call: the design, the log-density GEMM (numpy's own BLAS,
+  called through its C interface, so the same kernels numpy would run), the
+  responsibilities, the statistics product (:func:`_dots_kernel`: a dot
+  product per statistic, register-blocked, faster than OpenBLAS on these
+  skinny shapes and the same whatever BLAS numpy has) and the sums. Nothing
+  of it holds the GIL.
 * :func:`rows_estep`: the same for the Bernoulli design ``[x, 1]`` and the
   categorical one-hot design.
 * :func:`normalize`: a panel's log-sum-exp, responsibilities, weighting and

@@ -141,6 +141,22 @@ def test_gaussian_estep_equals_numpy_kernels(switch, ct, dtype, d):
         _assert_records_close(compiled, reference, RTOL[np.dtype(dtype)])
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_statistics_kernel_equals_numpy_products(dtype):
+    """The compiled statistics product (blocks of 4 x 3 outputs, every tail shape) equals numpy's, over any rows."""
+    rng = np.random.default_rng(11)
+    tol = 1e-14 if dtype == F64 else 2e-6
+    for ka, kb, start, rows in [(8, 153, 0, 2048), (5, 34, 7, 1001), (3, 10, 3, 33), (1, 1, 0, 5), (7, 2, 1, 64),
+                                (4, 3, 0, 0), (6, 8, 100, 1)]:
+        a = rng.standard_normal((ka + 2, start + rows + 9)).astype(dtype)
+        b = rng.standard_normal((kb, start + rows + 9)).astype(dtype)
+        out = np.full((ka + 2, kb), 7.0, dtype=dtype)
+        _compiled._dots_jit(a, b, out, dtype.type(0), start, rows, ka)
+        exact = a[:ka, start : start + rows].astype(np.float64) @ b[:, start : start + rows].T.astype(np.float64)
+        np.testing.assert_allclose(out[:ka], exact, rtol=0, atol=tol * max(1.0, np.abs(exact).max()) * max(1, rows))
+        assert (out[ka:] == 7.0).all()  # rows past ka are left alone
+
+
 def test_product_estep_runs_for_product_designs_only():
     """The moment and diagonal designs run compiled, in one call that releases the GIL; the residual design does not."""
     if _compiled._STATE.get("product") is None:
@@ -241,16 +257,25 @@ def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct):
     np.testing.assert_array_equal(others[1].means_, compiled.means_)
 
 
-def test_float32_statistics_as_accurate_as_numpys(switch):
-    """A panel's float32 statistics are summed in blocks added in float64, as numpy's kernel sums them."""
+@pytest.mark.parametrize("ct", ["diag", "full"])
+def test_float32_statistics_as_accurate_as_numpys(switch, ct):
+    """A panel's float32 statistics are summed in blocks added in float64: at least as accurate as numpy's kernel."""
     rng = np.random.default_rng(6)
-    x = rng.standard_normal((2**18, 2))
-    params = [{"means": np.array([[0.5, 0.0], [-0.5, 0.0]]), "precisions_cholesky": np.ones((2, 2)),
-               "weights": np.array([0.5, 0.5]), "covariance_type": "diag"}]
-    exact = GaussianFamily().estep(x, None, params, np.zeros(2))[0]["stats"]["moments"]
+    d = 2 if ct == "diag" else 16
+    x = rng.standard_normal((2**18, d))
+    means = np.zeros((2, d))
+    means[:, 0] = [0.5, -0.5]
+    pc = np.ones((2, d)) if ct == "diag" else np.stack([np.eye(d)] * 2)
+    params = [{"means": means, "precisions_cholesky": pc, "weights": np.array([0.5, 0.5]), "covariance_type": ct}]
+
+    def statistics(family):
+        stats = family.estep(x, None, params, np.zeros(d))[0]["stats"]
+        return np.concatenate([np.ravel(stats[key]) for key in sorted(stats)])
+
+    exact = statistics(GaussianFamily())
 
     def error():
-        got = GaussianFamily(compute_dtype="float32").estep(x, None, params, np.zeros(2))[0]["stats"]["moments"]
+        got = statistics(GaussianFamily(compute_dtype="float32"))
         return np.abs(got - exact).max() / np.abs(exact).max()
 
     compiled = error()

@@ -24,7 +24,9 @@ cores) the share reads higher and moves between runs.
 
 Kernels: ``engine.estep_block`` on one chunk of the size the library picks
 (32 MiB of float64 rows), K=8, one restart, random parameters: Gaussian full,
-tied, diag and spherical at d=16 and d=64 in float64 and float32; full with
+tied, diag and spherical at d=16 and d=64 in float64 and float32; full on
+the residual design (d=128, above the moment design's limit, and at d=16
+with means 1000 sigma from the shift, ``fullfar``); full with
 5% of rows missing one value (``missing="marginalize"``); Bernoulli and
 categorical (the discrete design kernel).
 
@@ -64,6 +66,9 @@ PROBE = "gil_probe__"
 
 
 def _gaussian_params(ct: str, k: int, d: int, rng: np.random.Generator) -> dict:
+    """Random parameters; ``fullfar``: full covariances whose means lie 1000 sigma out (the residual design)."""
+    far = ct == "fullfar"
+    ct = "full" if far else ct
     factors = np.triu(rng.standard_normal((k, d, d)) * 0.05 + np.eye(d))
     pc = {
         "full": factors,
@@ -71,7 +76,7 @@ def _gaussian_params(ct: str, k: int, d: int, rng: np.random.Generator) -> dict:
         "diag": rng.uniform(0.7, 1.3, (k, d)),
         "spherical": rng.uniform(0.7, 1.3, k),
     }[ct]
-    return {"means": rng.standard_normal((k, d)) * 0.3, "precisions_cholesky": pc,
+    return {"means": rng.standard_normal((k, d)) * (1000.0 if far else 0.3), "precisions_cholesky": pc,
             "weights": np.full(k, 1.0 / k), "covariance_type": ct}
 
 
@@ -83,20 +88,24 @@ def _chunk_rows(d: int) -> int:
 
 
 def kernel_labels() -> list[str]:
-    return GROUPS["gaussian"] + GROUPS["missing"] + GROUPS["discrete"]
+    return GROUPS["gaussian"] + GROUPS["residual"] + GROUPS["missing"] + GROUPS["discrete"]
 
 
 # Names --kernels accepts for several kernels at once.
 GROUPS = {
     "gaussian": [f"{ct}_d{d}_{dt}" for d in (16, 64) for ct in ("full", "tied", "diag", "spherical")
                  for dt in ("float64", "float32")],
+    # Full covariances on the residual design: d above the moment design's limit for K=8 (raw moments), and
+    # means far from the shift (statistics about the means).
+    "residual": ["full_d128_float64", "full_d128_float32", "fullfar_d16_float64", "fullfar_d16_float32"],
     "missing": ["full_d16_missing"],
     "discrete": ["bernoulli_d16", "categorical_d16"],
 }
 
 
 def expand(names: str) -> list[str]:
-    """Kernel labels from a comma-separated list of labels and group names (``gaussian``, ``missing``, ``discrete``)."""
+    """Kernel labels from a comma-separated list of labels and group names (``gaussian``, ``residual``, ``missing``,
+    ``discrete``)."""
     out = []
     for name in filter(None, names.split(",")):
         out += GROUPS.get(name, [name])
@@ -263,7 +272,7 @@ def thread_times(labels, seconds: float = 1.0, repeats: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="gaussian,missing,discrete",
-                        help="comma-separated labels or groups (gaussian, missing, discrete); default: all")
+                        help="comma-separated labels or groups (gaussian, residual, missing, discrete); default: all")
     parser.add_argument("--seconds", type=float, default=2.0, help="per kernel and recording")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")

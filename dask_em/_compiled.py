@@ -44,7 +44,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "rows_estep"]
+__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "residual_estep",
+           "rows_estep"]
 
 # Set to 0 to run the numpy kernels (for instance on workers whose memory is too tight for
 # numba's 50 MiB, or to compare the two).
@@ -199,6 +200,66 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
             for j in range(k):
                 for m in range(width):
                     stats[j, m] += part[j, m]
+    return True
+
+
+def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, tile, entropy, stop_at_nan, floor,
+                     fc, ic, design, resid, logp, part, work, mass, xw, gemm, scal):  # pragma: no cover - compiled
+    """The compiled body of :func:`residual_estep`: False where it stopped at a NaN log-likelihood."""
+    n, d = x.shape
+    kd, width = stacked.shape
+    weighted = w.shape[0] > 0
+    row_major, plain = np.int32(101), np.int32(111)
+    one, zero, half = fc[8], fc[33], fc[6]
+    block = STATS_BLOCK_FLOAT32 if design.itemsize == 4 else tile
+    for lo in range(0, n, tile):
+        t = min(tile, n - lo)
+        xa = design[: width * t].reshape((width, t))
+        _design_jit(x[lo : lo + t], shift, nopairs, nopairs, xa)  # the rows x - c, a design row per feature
+        ones = xa[d]
+        for r in range(t):
+            ones[r] = one
+        z = resid[: kd * t].reshape((kd, t))
+        # Every component's whitened residuals U_k^T (x - m_k): one GEMM (K d, d + 1) @ (d + 1, t).
+        gemm(row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
+             np.intp(stacked.ctypes.data), np.int64(width), np.intp(xa.ctypes.data), np.int64(t), zero,
+             np.intp(z.ctypes.data), np.int64(t))
+        lp = logp[: k * t].reshape((k, t))
+        for j in range(k):
+            out = lp[j]
+            for r in range(t):
+                out[r] = zero
+            for i in range(d):
+                zi = z[j * d + i]
+                for r in range(t):
+                    out[r] += zi[r] * zi[r]
+            cj = log_const[j]
+            for r in range(t):
+                out[r] = cj - half * out[r]
+        before = scal[0]
+        _normalize_jit(lp, w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
+        if stop_at_nan and scal[0] != scal[0] and before == before:
+            return False
+        for j in range(k):
+            row = lp[j]
+            s = 0.0
+            for r in range(t):
+                s += np.float64(row[r])
+            mass[j] += s
+        # r_k (x - m_k), or r_k (x - c) for raw moments, over the residuals (no longer needed) ...
+        for j in range(k):
+            rj = lp[j]
+            for i in range(d):
+                zi, xi = z[j * d + i], xa[i]
+                m = zero if raw else means[j, i]
+                for r in range(t):
+                    zi[r] = rj[r] * (xi[r] - m)
+        # ... times the design [x - c, 1]: sum_i r_ik (x_i - m_k)(x_i - c)^T and, last, a_k.
+        for s0 in range(0, t, block):
+            _dots_jit(z, xa, part, zero, s0, min(block, t - s0), kd)
+            for j in range(kd):
+                for c in range(width):
+                    xw[j, c] += part[j, c]
     return True
 
 
@@ -382,7 +443,7 @@ def _compile() -> None:
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
-        _STATE.update(kernel=None, design=None, product=None, rows=None, gemm={})
+        _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None, gemm={})
         return
     _STATE["kernel"] = _normalize_jit = _jit(numba, _normalize_kernel)
     _STATE["design"] = _design_jit = _jit(numba, _design_kernel)
@@ -393,6 +454,7 @@ def _compile() -> None:
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None
+    _STATE["residual"] = _jit(numba, _residual_kernel) if _STATE["gemm"] else None
     _STATE["rows"] = _jit(numba, _rows_kernel) if _STATE["gemm"] else None
 
 
@@ -406,7 +468,7 @@ def _kernel():
                 if _STATE["on"]:
                     _compile()
                 else:  # switched off: numba is not even imported (its 50 MiB stay free)
-                    _STATE.update(kernel=None, design=None, product=None, rows=None, gemm={})
+                    _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None, gemm={})
             state = _STATE["kernel"]
     return state
 
@@ -431,7 +493,7 @@ def _disable(exc: Exception) -> None:
     if _STATE.get("kernel") is not None:
         warnings.warn(f"dask-em's compiled E-step kernels could not be compiled ({exc!r}); "
                       "the numpy kernels run instead.", RuntimeWarning, stacklevel=3)
-    _STATE.update(kernel=None, design=None, product=None, rows=None)
+    _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None)
 
 
 def enabled() -> bool:
@@ -571,6 +633,44 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     return None if done is _FAILED else bool(done)
 
 
+def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stacked: np.ndarray,
+                   log_const: np.ndarray, means: np.ndarray, raw: bool, tile: int, entropy: bool, stop_at_nan: bool,
+                   record: dict, buffers) -> bool | None:
+    """One restart's E-step on one chunk of the residual design of full/tied covariances, in one GIL-free call.
+
+    Tiles of ``tile`` rows: the design ``[x - c, 1]`` (d + 1, t), one GEMM
+    with ``stacked`` (K d, d + 1), the factors ``[U_k^T, -U_k^T m_k]``
+    stacked over the components, for every whitened residual; their squares
+    summed per component and ``log_const`` (K,) added give the weighted
+    log-densities; then the responsibilities (:func:`normalize`'s kernel),
+    their sums into ``record["n"]``, and ``sum_i r_ik (x_i - m_k) [x_i - c,
+    1]`` (``raw``: ``x_i - c`` in place of ``x_i - m_k``, ``means`` unused)
+    into ``record["xw"]`` (K d, d + 1), float64. ``stacked``, ``log_const``
+    and ``means`` are in the compute dtype. Returns as :func:`product_estep`.
+    """
+    dtype = stacked.dtype
+    if dtype not in FLOORS or not _native_float(x) or not products_run() or _STATE.get("residual") is None:
+        return None
+    gemm = _STATE["gemm"].get(dtype)
+    if gemm is None:
+        return None
+    kd, width = stacked.shape
+    k = log_const.shape[0]
+    rows = max(1, min(tile, len(x)))
+    design = buffers(f"compiled-{dtype.name}-residual-design", (width * rows,), dtype)
+    resid = buffers(f"compiled-{dtype.name}-residual", (kd * rows,), dtype)
+    logp = buffers(f"compiled-{dtype.name}-residual-logp", (k * rows,), dtype)
+    part = buffers(f"compiled-{dtype.name}-residual-part", (kd, width), dtype)
+    work = buffers(f"compiled-{dtype.name}-residual-lse", (5, rows), dtype)
+    floats, ints = _STATE["constants"][dtype]
+    done = _run("residual", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64), _NO_PAIRS,
+                np.ascontiguousarray(stacked), np.ascontiguousarray(log_const, dtype=dtype).reshape(-1),
+                np.ascontiguousarray(means, dtype=dtype), bool(raw), int(k), int(rows), bool(entropy),
+                bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design, resid, logp, part, work,
+                record["n"], record["xw"], gemm)
+    return None if done is _FAILED else bool(done)
+
+
 def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, coef: np.ndarray, panel: int,
                entropy: bool, record: dict, sums: np.ndarray, buffers) -> bool:
     """One restart's E-step on one chunk of a discrete family's design, in one call that releases the GIL.
@@ -600,6 +700,7 @@ def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, c
 
 
 _NO_OFFSETS = np.zeros(1, dtype=np.int64)
+_NO_PAIRS = np.zeros(0, dtype=np.int64)
 
 
 def warm_up() -> bool:
@@ -611,14 +712,20 @@ def warm_up() -> bool:
     """
     if not enabled():
         return False
+    buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
     for dtype in FLOORS:
         x = np.linspace(-1.0, 1.0, 24).reshape(8, 3)
         pairs = (np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64))
         coef = np.full((2, 7), -0.5, dtype=dtype)
-        buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
-        record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7))}
-        for w in (None, np.ones(8)):
-            product_estep(x, w, np.zeros(3), pairs, coef, 2, 8, w is None, False, record, buffers)
+        record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7)), "n": np.zeros(2),
+                  "xw": np.zeros((6, 4))}
+        stacked, const, means = np.eye(6, 4, dtype=dtype), np.zeros(2, dtype=dtype), np.zeros((2, 3), dtype=dtype)
+        # Data in float64, and float32 data computed in float32 (each pair of dtypes is compiled apart).
+        for data in {np.dtype(np.float64), dtype}:
+            for w in (None, np.ones(8)):
+                product_estep(x.astype(data), w, np.zeros(3), pairs, coef, 2, 8, w is None, False, record, buffers)
+            residual_estep(x.astype(data), None, np.zeros(3), stacked, const, means, False, 8, False, False, record,
+                           buffers)
         out = np.ones((7, 8), dtype=dtype)
         product_design(x, np.zeros(3), pairs, out)
         normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))

@@ -202,8 +202,15 @@ class FullLayout:
         return self.width(d)
 
     def product_design(self, view: dict, d: int) -> tuple | None:
-        """None: the residual design is no product design (its E-step stays numpy's)."""
+        """None: the residual design is no product design (see :meth:`residual_design`)."""
         return None
+
+    def residual_design(self, view: dict, d: int) -> tuple | None:
+        """``(stacked, log_const, means, raw)`` of ``view`` for :func:`dask_em._compiled.residual_estep`.
+
+        ``raw``: statistics as raw moments about the shift (:class:`_RawStatistics`).
+        """
+        return view["stacked"], view["log_const"], view["means"], False
 
     def augment(self, x: np.ndarray, shift: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Write the design matrix of ``x`` into ``out[:, :len(x)]`` (its last row stays 1)."""
@@ -588,6 +595,9 @@ class _RawStatistics:
         """``r_ik (x_i - c)``: the raw moments need no subtraction of the means."""
         return np.multiply(x[None], rw[:, None], out=out)
 
+    def residual_design(self, view: dict, d: int) -> tuple:
+        return view["stacked"], view["log_const"], view["means"], True
+
     def finish(self, stats: Stats, means: np.ndarray) -> Stats:
         k, d = means.shape
         xw = stats.pop("xw")
@@ -742,6 +752,10 @@ class DiagLayout:
     def product_design(self, view, d):
         """(pairs, coefficients, K) of the compiled E-step on this design: the squares are the pairs (i, i)."""
         return _diagonal_pairs(d), view["proj"], view["proj"].shape[0]
+
+    def residual_design(self, view, d):
+        """None: the diagonal design is a product design."""
+        return None
 
     def weighted_log_prob(self, xa, view):
         proj = view["proj"]

@@ -426,9 +426,14 @@ class GaussianFamily(Family):
             product = lay.product_design(view, d) if n else None
             # Only the first restart watches for NaN (a NaN row makes every restart's NaN; a restart whose
             # own parameters give NaN must not send clean chunks down the missing-values route).
-            done = None if product is None else _compiled.product_estep(
-                x, w, shift, product[0], product[1], product[2], size[1], entropy, stop_at_nan and i == 0, acc,
-                work_array)
+            watch = stop_at_nan and i == 0
+            if product is not None:
+                done = _compiled.product_estep(x, w, shift, product[0], product[1], product[2], size[1], entropy,
+                                               watch, acc, work_array)
+            else:  # full/tied on the residual design: also one compiled call where it can
+                residual = lay.residual_design(view, d) if n else None
+                done = None if residual is None else _compiled.residual_estep(
+                    x, w, shift, *residual, size[0], entropy, watch, acc, work_array)
             if done is False:
                 return None
             if done is None:

@@ -157,6 +157,36 @@ def test_statistics_kernel_equals_numpy_products(dtype):
         assert (out[ka:] == 7.0).all()  # rows past ka are left alone
 
 
+@pytest.mark.parametrize("ct", ["full", "tied"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("case", ["raw moments (d above the moment design's)", "about the means (far from the shift)"])
+def test_residual_design_equals_numpy_kernels(switch, ct, dtype, case):
+    """Full/tied on the residual design: one compiled call per restart and chunk, equal to the numpy kernels."""
+    if _compiled._STATE.get("residual") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    rng = np.random.default_rng(3)
+    raw = case.startswith("raw")
+    k, d = (3, 24) if raw else (8, 6)
+    x = rng.standard_normal((6007, d)) * 2 + 1
+    w = rng.uniform(0.2, 2.0, len(x))
+    params = [_gaussian_params(ct, k, d, rng)]
+    if not raw:
+        params[0]["means"] = params[0]["means"] * 3000  # beyond MOMENT_MAX_DISTANCE2: statistics about the means
+    layout = LAYOUTS[ct].kernel(params[0], np.dtype(dtype))
+    assert type(layout).__name__ == f"{ct.capitalize()}{'Raw' if raw else ''}Layout"
+    family = GaussianFamily(compute_dtype=dtype)
+    shift = x[:50].mean(0)
+    calls = len(_compiled._STATE["residual"].signatures)
+    for weights in (None, w):
+        compiled = family.estep(x, weights, params, shift, entropy=True)
+        switch(False)
+        reference = family.estep(x, weights, params, shift, entropy=True)
+        switch(True)
+        _assert_records_close(compiled, reference, RTOL[np.dtype(dtype)])
+    assert len(_compiled._STATE["residual"].signatures) >= max(calls, 1)
+    assert _compiled._STATE["residual"].targetoptions["nogil"] is True
+
+
 def test_product_estep_runs_for_product_designs_only():
     """The moment and diagonal designs run compiled, in one call that releases the GIL; the residual design does not."""
     if _compiled._STATE.get("product") is None:
@@ -227,15 +257,16 @@ def test_discrete_estep_equals_numpy(switch, name):
         assert len(rows.signatures) >= max(before, 1)
 
 
-@pytest.mark.parametrize("ct", ["full", "diag"])
-def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct):
-    """Whole fits: compiled against numpy's kernels, over other chunkings and thread counts."""
+@pytest.mark.parametrize("ct, d", [("full", 5), ("diag", 5), ("full", 24)])
+def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct, d):
+    """Whole fits: compiled against numpy's kernels, over other chunkings and thread counts (d=24, K=3: the
+    residual design)."""
     import dask
     import dask.array as da
 
     from dask_em.datasets import make_mixture
 
-    x, _, _ = make_mixture(6000, 5, 3, chunk_rows=1500, seed=2)
+    x, _, _ = make_mixture(6000, d, 3, chunk_rows=1500, seed=2)
     x = x.compute()
     settings = dict(covariance_type=ct, n_init=2, random_state=0, max_iter=30, tol=1e-8)
 
@@ -243,10 +274,10 @@ def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct):
         with dask.config.set(scheduler="threads", num_workers=threads):
             return dask_em.GaussianMixture(3, **settings).fit(data)
 
-    compiled = fit(da.from_array(x, chunks=(1500, 5)))
-    others = [fit(da.from_array(x, chunks=(700, 5))), fit(da.from_array(x, chunks=(1500, 5)), threads=1)]
+    compiled = fit(da.from_array(x, chunks=(1500, d)))
+    others = [fit(da.from_array(x, chunks=(700, d))), fit(da.from_array(x, chunks=(1500, d)), threads=1)]
     switch(False)
-    reference = fit(da.from_array(x, chunks=(1500, 5)))
+    reference = fit(da.from_array(x, chunks=(1500, d)))
     for other in [reference] + others:
         assert other.n_iter_ == compiled.n_iter_
         np.testing.assert_allclose(other.weights_, compiled.weights_, rtol=1e-9)

@@ -16,11 +16,15 @@ without AVX-512: a third of a full-covariance E-step at d=16).
   product per statistic, register-blocked, faster than OpenBLAS on these
   skinny shapes and the same whatever BLAS numpy has) and the sums. Nothing
   of it holds the GIL.
+* :func:`residual_estep`: the same for full/tied covariances on the
+  residual design ``[x - c, 1]`` (above the moment design's d, or with means
+  far from the shift): one GEMM for every whitened residual, their squares
+  summed per component, the responsibilities, the statistics product.
 * :func:`rows_estep`: the same for the Bernoulli design ``[x, 1]`` and the
   categorical one-hot design.
 * :func:`normalize`: a panel's log-sum-exp, responsibilities, weighting and
-  likelihood sums in one call (the other kernels: the residual design of
-  full/tied at larger d, rows with missing values, the Poisson family).
+  likelihood sums in one call (the other kernels: rows with missing values,
+  the Poisson family).
 * :func:`product_design`: a panel's product design in one call (where
   :func:`product_estep` cannot find numpy's BLAS).
 
@@ -185,7 +189,7 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
             ones[r] = 1.0
         lp = logp[: kp * t].reshape((kp, t))
         # lp = coef @ phi (kp, t); then part = lp @ phi.T (kp, width): the GEMMs numpy would run
-        gemm(row_major, plain, plain, np.int64(kp), np.int64(t), np.int64(width), fc[8],
+        _gemm_call(gemm, row_major, plain, plain, np.int64(kp), np.int64(t), np.int64(width), fc[8],
              np.intp(coef.ctypes.data), np.int64(width), np.intp(phi.ctypes.data), np.int64(t), fc[33],
              np.intp(lp.ctypes.data), np.int64(t))
         before = scal[0]
@@ -221,7 +225,7 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
             ones[r] = one
         z = resid[: kd * t].reshape((kd, t))
         # Every component's whitened residuals U_k^T (x - m_k): one GEMM (K d, d + 1) @ (d + 1, t).
-        gemm(row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
+        _gemm_call(gemm, row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
              np.intp(stacked.ctypes.data), np.int64(width), np.intp(xa.ctypes.data), np.int64(t), zero,
              np.intp(z.ctypes.data), np.int64(t))
         lp = logp[: k * t].reshape((k, t))
@@ -293,11 +297,11 @@ def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, 
                 row[m] = one
         lp = logp[: kp * t].reshape((kp, t))
         # lp = coef @ z.T (kp, t); then part = lp @ z (kp, width)
-        gemm(row_major, plain, transposed, np.int64(kp), np.int64(t), np.int64(width), one,
+        _gemm_call(gemm, row_major, plain, transposed, np.int64(kp), np.int64(t), np.int64(width), one,
              np.intp(coef.ctypes.data), np.int64(width), np.intp(z.ctypes.data), np.int64(width), zero,
              np.intp(lp.ctypes.data), np.int64(t))
         _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
-        gemm(row_major, plain, plain, np.int64(kp), np.int64(width), np.int64(t), one,
+        _gemm_call(gemm, row_major, plain, plain, np.int64(kp), np.int64(width), np.int64(t), one,
              np.intp(lp.ctypes.data), np.int64(t), np.intp(z.ctypes.data), np.int64(width), zero,
              np.intp(part.ctypes.data), np.int64(width))
         for j in range(k):
@@ -376,7 +380,7 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
 
 
 # The compiled kernels as _product_kernel calls them (set by _compile before its first call).
-_normalize_jit = _design_jit = _dots_jit = None
+_normalize_jit = _design_jit = _dots_jit = _gemm_call = None
 
 
 def _jit(numba, function, fastmath=("contract",)):
@@ -405,41 +409,51 @@ def _numpy_blas() -> ctypes.CDLL | None:
     return None
 
 
-def _gemm_functions(numba) -> dict:
-    """The 64-bit-integer C interface of numpy's ``dgemm`` / ``sgemm`` as numba function objects, per dtype."""
-    from numba import types
-    import numba.experimental.function_type  # noqa: F401 - registers the function-pointer types
-
+def _gemm_functions() -> dict:
+    """The addresses of numpy's ``dgemm`` / ``sgemm`` 64-bit-integer C interface, per dtype (empty where not found)."""
     lib = _numpy_blas()
     if lib is None:
         return {}
-
-    class Gemm(types.WrapperAddressProtocol):
-        def __init__(self, address, real):
-            self.address = address
-            self.sig = types.void(types.int32, types.int32, types.int32, types.int64, types.int64, types.int64,
-                                  real, types.intp, types.int64, types.intp, types.int64, real, types.intp,
-                                  types.int64)
-
-        def __wrapper_address__(self):
-            return self.address
-
-        def signature(self):
-            return self.sig
-
     found = {}
-    for dtype, letter, real in ((np.dtype(np.float64), "d", types.float64), (np.dtype(np.float32), "s", types.float32)):
+    for dtype, letter in ((np.dtype(np.float64), "d"), (np.dtype(np.float32), "s")):
         for name in (f"scipy_cblas_{letter}gemm64_", f"cblas_{letter}gemm64_", f"cblas_{letter}gemm_64"):
             function = getattr(lib, name, None)
             if function is not None:
-                found[dtype] = Gemm(ctypes.cast(function, ctypes.c_void_p).value, real)
+                found[dtype] = np.intp(ctypes.cast(function, ctypes.c_void_p).value)
                 break
     return found
 
 
+def _gemm_intrinsic():
+    """``_gemm_call(address, order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)``: a call of
+    the C function at ``address`` (the matrices' addresses as integers), compiled into the kernel.
+
+    The address is an argument, not a constant, so the cached kernels stay valid
+    in every process; an integer argument, not a numba function object, so a
+    call's dispatch types only arrays and numbers (a function object took
+    about 20 us a call to type, with the GIL held).
+    """
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def gemm_call(typingctx, address, order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        sig = types.void(address, order, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+        def codegen(context, builder, signature, args):
+            fnty = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in signature.args[1:]])
+            builder.call(builder.inttoptr(args[0], fnty.as_pointer()), args[1:])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return gemm_call
+
+
 def _compile() -> None:
     """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
-    global _normalize_jit, _design_jit, _dots_jit
+    global _normalize_jit, _design_jit, _dots_jit, _gemm_call
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
@@ -450,7 +464,8 @@ def _compile() -> None:
     # Reassociation lets LLVM split each dot product into vector lanes (the sums change in the last digits).
     _STATE["dots"] = _dots_jit = _jit(numba, _dots_kernel, ("contract", "reassoc"))
     try:
-        _STATE["gemm"] = _gemm_functions(numba)
+        _STATE["gemm"] = _gemm_functions()
+        _gemm_call = _gemm_intrinsic()
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None

@@ -403,7 +403,10 @@ MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 # float64, one thread, AMD EPYC (OpenBLAS Haswell kernels), chunks of 32 MiB: K=3 0.91 at d=16,
 # 1.30 at 32; K=4 0.75 at 16, 1.04 at 32; K=5 0.90 at 32, 1.20 at 64; K=6 0.80 at 32, 1.02 at 64;
 # K=8 0.77 at 64, 0.87 at 96, 0.99 at 128 (float32 0.89 at 64); K=16 0.60 at 64, 0.73 at 128;
-# K=32 0.43 at 64, 0.55 at 128.
+# K=32 0.43 at 64, 0.55 at 128. Measured again with both designs' whole chunks compiled (the moment
+# design's statistics product and the residual design's kernel, chunks of 16 MiB): K=3 1.03 at d=16,
+# 1.32 at 24; K=4 0.80 at 16, 0.94 at 24, 1.07 at 32; K=5 0.99 at 32, 1.13 at 48; K=8 0.78 at 64,
+# 0.92 at 96, 0.98 at 128; K=16 0.75 at 128: the same limits hold.
 MOMENT_MAX_FEATURES_COMPILED = (16, 32, 96, 128)
 
 # ... and every component's mean lies within this squared Mahalanobis distance

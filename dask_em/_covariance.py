@@ -816,7 +816,8 @@ class SphericalLayout(DiagLayout):
         return d * np.log(prec_chol)
 
     def _precision_rows(self, prec_chol, k, d):
-        return np.broadcast_to((prec_chol**2)[:, None], (k, d))
+        # An outer product, not np.broadcast_to: a few microseconds of held GIL less a chunk and restart.
+        return np.multiply.outer(prec_chol**2, np.ones(d))
 
     def m_step(self, stats, means, reg_covar, previous=None):
         nk, new_means, cov = super().m_step(stats, means, reg_covar)

@@ -54,6 +54,16 @@ def _assert_records_close(compiled, numpy_, rtol):
                                        err_msg=key)
 
 
+def _assert_estep_equals_numpy_kernels(switch, family, x, w, params, shift, rtol):
+    """The E-step with the compiled kernels and with numpy's, unweighted and weighted: equal to ``rtol``."""
+    for weights in (None, w):
+        compiled = family.estep(x, weights, params, shift, entropy=True)
+        switch(False)
+        reference = family.estep(x, weights, params, shift, entropy=True)
+        switch(True)
+        _assert_records_close(compiled, reference, rtol)
+
+
 def _normalize_reference(wlp, w, entropy):
     """numpy's responsibilities, weighted, and the panel's sums: what the compiled kernel must equal."""
     record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
@@ -133,12 +143,7 @@ def test_gaussian_estep_equals_numpy_kernels(switch, ct, dtype, d):
     params = [_gaussian_params(ct, k, d, rng) for k in (3, 8)]
     family = GaussianFamily(compute_dtype=dtype)
     shift = x[:50].mean(0)
-    for weights in (None, w):
-        compiled = family.estep(x, weights, params, shift, entropy=True)
-        switch(False)
-        reference = family.estep(x, weights, params, shift, entropy=True)
-        switch(True)
-        _assert_records_close(compiled, reference, RTOL[np.dtype(dtype)])
+    _assert_estep_equals_numpy_kernels(switch, family, x, w, params, shift, RTOL[np.dtype(dtype)])
 
 
 @pytest.mark.parametrize("dtype", [F64, F32])
@@ -177,12 +182,7 @@ def test_residual_design_equals_numpy_kernels(switch, ct, dtype, case):
     family = GaussianFamily(compute_dtype=dtype)
     shift = x[:50].mean(0)
     calls = len(_compiled._STATE["residual"].signatures)
-    for weights in (None, w):
-        compiled = family.estep(x, weights, params, shift, entropy=True)
-        switch(False)
-        reference = family.estep(x, weights, params, shift, entropy=True)
-        switch(True)
-        _assert_records_close(compiled, reference, RTOL[np.dtype(dtype)])
+    _assert_estep_equals_numpy_kernels(switch, family, x, w, params, shift, RTOL[np.dtype(dtype)])
     assert len(_compiled._STATE["residual"].signatures) >= max(calls, 1)
     assert _compiled._STATE["residual"].targetoptions["nogil"] is True
 

@@ -640,7 +640,7 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
         return None
     kp, width = coef.shape
     rows = max(1, min(panel, len(x)))
-    design, logp, part, work = _panel_buffers(buffers, f"compiled-{dtype.name}", dtype, kp, width, rows)
+    design, logp, part, work = _panel_buffers(buffers, f"compiled-{dtype.char}", dtype, kp, width, rows)
     floats, ints = _STATE["constants"][dtype]
     done = _run("product", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64), pairs[0],
                 pairs[1], np.ascontiguousarray(coef), int(k), int(rows), bool(entropy), bool(stop_at_nan),
@@ -672,11 +672,11 @@ def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stack
     kd, width = stacked.shape
     k = log_const.shape[0]
     rows = max(1, min(tile, len(x)))
-    design = buffers(f"compiled-{dtype.name}-residual-design", (width * rows,), dtype)
-    resid = buffers(f"compiled-{dtype.name}-residual", (kd * rows,), dtype)
-    logp = buffers(f"compiled-{dtype.name}-residual-logp", (k * rows,), dtype)
-    part = buffers(f"compiled-{dtype.name}-residual-part", (kd, width), dtype)
-    work = buffers(f"compiled-{dtype.name}-residual-lse", (5, rows), dtype)
+    design = buffers(f"compiled-{dtype.char}-residual-design", (width * rows,), dtype)
+    resid = buffers(f"compiled-{dtype.char}-residual", (kd * rows,), dtype)
+    logp = buffers(f"compiled-{dtype.char}-residual-logp", (k * rows,), dtype)
+    part = buffers(f"compiled-{dtype.char}-residual-part", (kd, width), dtype)
+    work = buffers(f"compiled-{dtype.char}-residual-lse", (5, rows), dtype)
     floats, ints = _STATE["constants"][dtype]
     done = _run("residual", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64), _NO_PAIRS,
                 np.ascontiguousarray(stacked), np.ascontiguousarray(log_const, dtype=dtype).reshape(-1),

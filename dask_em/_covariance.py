@@ -122,7 +122,7 @@ def log_density_work(dtype) -> str:
     One per compute dtype; the restarts of a round use it one after another
     (each panel's log-densities are consumed before the next restart's).
     """
-    return f"gaussian-log-density-{np.dtype(dtype).name}"
+    return f"gaussian-log-density-{np.dtype(dtype).char}"  # .char: .name is Python code, run every chunk
 
 
 # ---------------------------------------------------------------------------

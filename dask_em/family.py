@@ -368,7 +368,7 @@ def weighted_responsibilities(wlp: np.ndarray, w: np.ndarray | None, entropy: bo
     by the compiled kernel where it runs (:func:`dask_em._compiled.normalize`:
     one call that releases the GIL), else by numpy.
     """
-    if _compiled.normalize(wlp, w, entropy, record, work_array(f"lse-{wlp.dtype.name}", (5, wlp.shape[1]), wlp.dtype)):
+    if _compiled.normalize(wlp, w, entropy, record, work_array(f"lse-{wlp.dtype.char}", (5, wlp.shape[1]), wlp.dtype)):
         return wlp
     log_norm, resp = responsibilities(wlp)
     add_likelihood(record, log_norm, resp, w, entropy)

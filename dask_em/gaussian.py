@@ -116,7 +116,7 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
 
 def _work_design(layout, n_features: int, rows: int, dtype: np.dtype) -> np.ndarray:
     """:func:`design_buffer` in this thread's work array for the design (kept from chunk to chunk)."""
-    buf = work_array(f"gaussian-design-{layout.design}-{dtype.name}", (layout.buffer_rows(n_features), rows), dtype)
+    buf = work_array(f"gaussian-design-{layout.design}-{dtype.char}", (layout.buffer_rows(n_features), rows), dtype)
     buf[layout.width(n_features) - 1] = 1.0
     return buf
 
@@ -443,7 +443,7 @@ class GaussianFamily(Family):
         designs = {(lay.design, dt): lay for lay, dt, _, _, _ in run}
         bufs = {key: _work_design(lay, d, shared, key[1]) for key, lay in designs.items()}
         # Each panel's log-sum-exp work rows (the compiled kernel's five; numpy's row maxima and sums).
-        rows = {dt: work_array(f"gaussian-rows-{dt.name}", (5, shared), dt) for _, dt, _, _, _ in run}
+        rows = {dt: work_array(f"gaussian-rows-{dt.char}", (5, shared), dt) for _, dt, _, _, _ in run}
         with np.errstate(invalid="ignore", over="ignore"):
             for lo in range(0, n if run else 0, shared):
                 hi = min(lo + shared, n)

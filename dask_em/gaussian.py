@@ -416,11 +416,10 @@ class GaussianFamily(Family):
         ]
         views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
-        # A restart on a product design (moments, diag) runs its whole chunk compiled where it can: one
-        # call that releases the GIL, with the same panels and sums as the loop below (its statistics
-        # product compiled, not a GEMM). (Panels sized to L2, 256-1024 rows, ran 7% faster on one thread
-        # but 10% slower on two, 2M x 16, K=8, full, when both products were GEMMs: 16-32 times the BLAS
-        # calls; why two threads lost was not measured, OpenBLAS's per-call set-up is a suspect.)
+        # A restart runs its whole chunk compiled where it can, in one call that releases the GIL: on a
+        # product design (moments, diag) with the same panels and sums as the loop below, its statistics
+        # product compiled rather than a GEMM (the moment design's panels then fit one core's L2:
+        # _covariance.MOMENT_PANEL_BYTES_COMPILED); full/tied on the residual design in tiles.
         run = []
         for i, (lay, dt, size, view, acc) in enumerate(zip(layouts, dtypes, sizes, views, accs)):
             product = lay.product_design(view, d) if n else None

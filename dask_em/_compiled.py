@@ -20,11 +20,13 @@ without AVX-512: a third of a full-covariance E-step at d=16).
   residual design ``[x - c, 1]`` (above the moment design's d, or with means
   far from the shift): one GEMM for every whitened residual, their squares
   summed per component, the responsibilities, the statistics product.
+* :func:`profile_estep`: the same for full/tied rows with missing values
+  (the rarer patterns, profiled out of the quadratic form row by row).
 * :func:`rows_estep`: the same for the Bernoulli design ``[x, 1]`` and the
   categorical one-hot design.
 * :func:`normalize`: a panel's log-sum-exp, responsibilities, weighting and
-  likelihood sums in one call (the other kernels: rows with missing values,
-  the Poisson family).
+  likelihood sums in one call (the other kernels: diag/spherical rows with
+  missing values, the Poisson family).
 * :func:`product_design`: a panel's product design in one call (where
   :func:`product_estep` cannot find numpy's BLAS).
 
@@ -48,8 +50,8 @@ import warnings
 
 import numpy as np
 
-__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "residual_estep",
-           "rows_estep"]
+__all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "profile_estep",
+           "residual_estep", "rows_estep"]
 
 # Set to 0 to run the numpy kernels (for instance on workers whose memory is too tight for
 # numba's 50 MiB, or to compare the two).
@@ -267,6 +269,85 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
     return True
 
 
+def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_det_mm, log_const, tile, entropy,
+                    floor, fc, ic, design, g, e, logp, wt, part, work, mass, pattern_mass, ab, gemm,
+                    scal):  # pragma: no cover - compiled
+    """The compiled body of :func:`profile_estep`."""
+    n, d = group.shape[0], x.shape[1]
+    s = cols.shape[1]
+    kd, width = stacked.shape
+    k = log_const.shape[0]
+    weighted = w.shape[0] > 0
+    row_major, plain = np.int32(101), np.int32(111)
+    one, zero, half = fc[8], fc[33], fc[6]
+    for lo in range(0, n, tile):
+        t = min(tile, n - lo)
+        # The tile's design [x - c; 1] (d + 1, t), zero at the missing coordinates, in blocks of rows.
+        xa = design[: width * t].reshape((width, t))
+        for r0 in range(0, t, 64):
+            r1 = min(r0 + 64, t)
+            for i in range(d):
+                c, xi = shift[i], xa[i]
+                for r in range(r0, r1):
+                    xi[r] = np.float64(x[group[lo + r], i]) - c
+        for r in range(t):
+            xa[d, r] = one
+            for a in range(s):
+                xa[cols[lo + r, a], r] = zero
+            if weighted:
+                wt[r] = w[group[lo + r]]
+        # g = L_k (x - mu_k) for every component: one GEMM (K d, d + 1) @ (d + 1, t).
+        gt = g[: kd * t].reshape((kd, t))
+        _gemm_call(gemm, row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
+             np.intp(stacked.ctypes.data), np.int64(width), np.intp(xa.ctypes.data), np.int64(t), zero,
+             np.intp(gt.ctypes.data), np.int64(t))
+        lp = logp[: k * t].reshape((k, t))
+        for j in range(k):
+            out = lp[j]
+            ej = e[j * width * t : (j + 1) * width * t].reshape((width, t))
+            for r in range(t):
+                out[r] = zero
+            for i in range(d):  # w = x - mu (filled) into e, and w^T g
+                gi, ei, xi, m = gt[j * d + i], ej[i], xa[i], means[j, i]
+                for r in range(t):
+                    v = xi[r] - m
+                    ei[r] = v
+                    out[r] += v * gi[r]
+            ones = ej[d]
+            for r in range(t):
+                ones[r] = one
+            # h = g_m; C h with the row's pattern's C = (L_mm)^-1; the form w^T g - h^T C h; x^_m - mu_m = w_m - C h
+            for r in range(t):
+                p = pidx[lo + r]
+                corr = zero
+                for a in range(s):
+                    step = zero
+                    for b in range(s):
+                        step += cond[p, j, a, b] * gt[j * d + cols[lo + r, b], r]
+                    corr += gt[j * d + cols[lo + r, a], r] * step
+                    ej[cols[lo + r, a], r] -= step
+                out[r] = log_const[j] - half * (out[r] - corr + log_det_mm[p, j])
+        _normalize_jit(lp, wt[:t] if weighted else w, floor, entropy, work, fc, ic, scal)
+        for j in range(k):
+            row = lp[j]
+            total = zero
+            for r in range(t):
+                total += row[r]
+                pattern_mass[j, pidx[lo + r]] += row[r]
+            mass[j] += total
+            # r_k (x^ - mu_k) over g's block (no longer needed), times [x^ - mu_k; 1]: [b_k | a_k].
+            gj = g[j * d * t : (j + 1) * d * t].reshape((d, t))
+            ej = e[j * width * t : (j + 1) * width * t].reshape((width, t))
+            for i in range(d):
+                gi, ei = gj[i], ej[i]
+                for r in range(t):
+                    gi[r] = ei[r] * row[r]
+            _dots_jit(gj, ej, part, zero, 0, t, d)
+            for i in range(d):
+                for c in range(width):
+                    ab[j * d + i, c] += part[i, c]
+
+
 def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, design, logp, part, work, stats,
                  gemm, scal):  # pragma: no cover - compiled
     """The compiled body of :func:`rows_estep`."""
@@ -457,7 +538,7 @@ def _compile() -> None:
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
-        _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None, gemm={})
+        _STATE.update(kernel=None, design=None, product=None, residual=None, profile=None, rows=None, gemm={})
         return
     _STATE["kernel"] = _normalize_jit = _jit(numba, _normalize_kernel)
     _STATE["design"] = _design_jit = _jit(numba, _design_kernel)
@@ -471,6 +552,7 @@ def _compile() -> None:
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None
     _STATE["residual"] = _jit(numba, _residual_kernel) if _STATE["gemm"] else None
     _STATE["rows"] = _jit(numba, _rows_kernel) if _STATE["gemm"] else None
+    _STATE["profile"] = _jit(numba, _profile_kernel) if _STATE["gemm"] else None
 
 
 def _kernel():
@@ -483,7 +565,7 @@ def _kernel():
                 if _STATE["on"]:
                     _compile()
                 else:  # switched off: numba is not even imported (its 50 MiB stay free)
-                    _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None, gemm={})
+                    _STATE.update(kernel=None, design=None, product=None, residual=None, profile=None, rows=None, gemm={})
             state = _STATE["kernel"]
     return state
 
@@ -508,7 +590,7 @@ def _disable(exc: Exception) -> None:
     if _STATE.get("kernel") is not None:
         warnings.warn(f"dask-em's compiled E-step kernels could not be compiled ({exc!r}); "
                       "the numpy kernels run instead.", RuntimeWarning, stacklevel=3)
-    _STATE.update(kernel=None, design=None, product=None, residual=None, rows=None)
+    _STATE.update(kernel=None, design=None, product=None, residual=None, profile=None, rows=None)
 
 
 def enabled() -> bool:
@@ -686,6 +768,52 @@ def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stack
     return None if done is _FAILED else bool(done)
 
 
+def profile_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, group: np.ndarray, cols: np.ndarray,
+                  pidx: np.ndarray, stacked: np.ndarray, means: np.ndarray, cond: np.ndarray, log_det_mm: np.ndarray,
+                  log_const: np.ndarray, tile: int, entropy: bool, record: dict, pattern_mass: np.ndarray,
+                  buffers) -> bool:
+    """One full/tied restart's rows that each miss s values, in one call that releases the GIL (float64).
+
+    The missing values are profiled out of the full quadratic form (see
+    :meth:`dask_em._incomplete._FullWork.profile`): tiles of ``tile`` of
+    the rows ``x[group]``, each missing the coordinates ``cols`` (n, s) of
+    its pattern ``pidx`` (n,); per tile the design ``[x - c; 1]`` with zeros
+    at the missing values, one GEMM with ``stacked`` (K d, d + 1),
+    ``[L_k, -L_k mu_k]``, then per row and component the conditional step
+    with ``cond`` (P, K, s, s), the patterns' ``(L_mm)^-1``, and
+    ``log_det_mm`` (P, K); ``log_const`` (K,) holds ``log w_k - ((d - s) log
+    2 pi + log det S_k) / 2``. The responsibilities' sums go into
+    ``record["n"]``, per pattern into ``pattern_mass`` (K, P), and
+    ``sum_i r_ik (x^_i - mu_k) [x^_i - mu_k; 1]`` into ``record["ab"]``
+    (K d, d + 1), the likelihood into its scalars. Returns False, doing
+    nothing, where this kernel does not run.
+    """
+    if not _native_float(x) or not products_run() or _STATE.get("profile") is None:
+        return False
+    gemm = _STATE["gemm"].get(np.dtype(np.float64))
+    if gemm is None:
+        return False
+    f64 = np.dtype(np.float64)
+    kd, width = stacked.shape
+    k, d = means.shape
+    rows = max(1, min(tile, len(group)))
+    design = buffers("compiled-d-profile-design", (width * rows,), f64)
+    g = buffers("compiled-d-profile-g", (kd * rows,), f64)
+    e = buffers("compiled-d-profile-e", (k * width * rows,), f64)
+    logp = buffers("compiled-d-profile-logp", (k * rows,), f64)
+    wt = buffers("compiled-d-profile-w", (rows,), f64)
+    part = buffers("compiled-d-profile-part", (d, width), f64)
+    work = buffers("compiled-d-profile-lse", (5, rows), f64)
+    floats, ints = _STATE["constants"][f64]
+    ints64 = [np.ascontiguousarray(a, dtype=np.int64) for a in (group, cols, pidx)]
+    return _run("profile", record, x, _weights(w), *ints64, np.ascontiguousarray(shift, dtype=np.float64),
+                np.ascontiguousarray(stacked, dtype=np.float64), np.ascontiguousarray(means, dtype=np.float64),
+                np.ascontiguousarray(cond, dtype=np.float64), np.ascontiguousarray(log_det_mm, dtype=np.float64),
+                np.ascontiguousarray(log_const, dtype=np.float64), int(rows), bool(entropy), FLOORS[f64], floats,
+                ints, design, g, e, logp, wt, part, work, record["n"], pattern_mass, record["ab"],
+                gemm) is not _FAILED
+
+
 def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, coef: np.ndarray, panel: int,
                entropy: bool, record: dict, sums: np.ndarray, buffers) -> bool:
     """One restart's E-step on one chunk of a discrete family's design, in one call that releases the GIL.
@@ -741,6 +869,10 @@ def warm_up() -> bool:
                 product_estep(x.astype(data), w, np.zeros(3), pairs, coef, 2, 8, w is None, False, record, buffers)
             residual_estep(x.astype(data), None, np.zeros(3), stacked, const, means, False, 8, False, False, record,
                            buffers)
+            rows, one = np.arange(8), np.zeros((8, 1), dtype=np.int64)
+            profile_estep(x.astype(data), None, np.zeros(3), rows, one, one[:, 0], np.eye(6, 4), np.zeros((2, 3)),
+                          np.ones((1, 2, 1, 1)), np.zeros((1, 2)), np.zeros(2), 8, False,
+                          {**record, "ab": np.zeros((6, 4))}, np.zeros((2, 1)), buffers)
         out = np.ones((7, 8), dtype=dtype)
         product_design(x, np.zeros(3), pairs, out)
         normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))

@@ -31,7 +31,8 @@ takes one of two routes:
   ``w^T L w`` over ``w_m``, reached at the conditional mean
   ``x^_m - mu_m = w_m - C h``) and ``log det S_oo = log det S + log det L_mm``.
   One missing value j: ``C = 1 / L_jj`` and the correction is ``h^2 / L_jj``,
-  rank one. The rows cost a complete row's passes plus O(s^2) each; each row
+  rank one. The rows cost a complete row's passes plus O(s^2) each (compiled where
+  numba runs: :func:`dask_em._compiled.profile_estep`); each row
   gathers its pattern's ``C`` (all patterns of a group inverted together,
   written out over the batch: :func:`_spd_inverse`).
 
@@ -56,8 +57,9 @@ import math
 
 import numpy as np
 
+from . import _compiled
 from ._covariance import LAYOUTS
-from .family import responsibilities, weighted_responsibilities
+from .family import responsibilities, weighted_responsibilities, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -246,15 +248,26 @@ class _FullWork:
         return wlp
 
     def profile_factors(self, cols: np.ndarray):
-        """:meth:`pattern_factors` laid out for :func:`_conditional_step`'s gathers by row:
-        the conditional covariances as (s * s * K, P) for s <= _ROW_GATHER_S, else
-        (P, K * s * s), and log det L_mm as (K, P)."""
-        k = self.prec.shape[0]
-        p, s = cols.shape
-        cond_cov, log_det_mm = self.pattern_factors(cols)
-        if s <= _ROW_GATHER_S:
-            cond_cov = np.ascontiguousarray(cond_cov.reshape(p, k, s, s).transpose(2, 3, 1, 0)).reshape(s * s * k, p)
-        return cond_cov, np.ascontiguousarray(log_det_mm.T)
+        """:meth:`pattern_factors` laid out for :func:`_conditional_step`'s gathers by row
+        (:func:`_row_gather_layout`)."""
+        return _row_gather_layout(*self.pattern_factors(cols), self.prec.shape[0])
+
+    def log_const(self, s: int) -> np.ndarray:
+        """(K,) ``log w_k - ((d - s) log 2 pi + log det S_k) / 2``: a row missing s values has
+        the weighted log-density ``log_const - (w^T g - h^T C h + log det L_mm) / 2``."""
+        d = self.means.shape[1]
+        return self.log_w - 0.5 * ((d - s) * _LOG_2PI + self.log_det_cov)
+
+
+def _row_gather_layout(cond_cov: np.ndarray, log_det_mm: np.ndarray, k: int):
+    """The factors of :meth:`_FullWork.pattern_factors` ((P, K * s * s), (P, K)) as
+    :func:`_conditional_step` gathers them: the conditional covariances as (s * s * K, P)
+    for s <= _ROW_GATHER_S, else unchanged, and log det L_mm as (K, P)."""
+    p = cond_cov.shape[0]
+    s = math.isqrt(cond_cov.shape[1] // k)
+    if s <= _ROW_GATHER_S:
+        cond_cov = np.ascontiguousarray(cond_cov.reshape(p, k, s, s).transpose(2, 3, 1, 0)).reshape(s * s * k, p)
+    return cond_cov, np.ascontiguousarray(log_det_mm.T)
 
 
 def _conditional_step(cond_cov: np.ndarray, rows: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -358,15 +371,50 @@ def _dense_pattern(x, w, rows, missing_mask, shift, works, accs, entropy, comple
 
 def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, entropy) -> None:
     """Rows that each miss s values (``cols`` (n, s), of the patterns ``pattern_cols``
-    (P, s), ``pidx`` (n,)) through :meth:`_FullWork.profile`, tile by tile, every restart
-    reading the same tile's design."""
+    (P, s), ``pidx`` (n,)) through :meth:`_FullWork.profile`, tile by tile: each restart
+    in one compiled call where it can (:func:`dask_em._compiled.profile_estep`), the
+    others in numpy, every restart reading the same tile's design."""
     d = x.shape[1]
     npat, s = pattern_cols.shape
-    cells = (pattern_cols[:, :, None] * d + pattern_cols[:, None, :]).reshape(npat, s * s)
     ks = [work.means.shape[0] for work in works]
-    factors = [work.profile_factors(pattern_cols) for work in works]
+    steps = [_tile_rows(k, d) for k in ks]
+    masses = [np.zeros((k, npat)) for k in ks]
+    factors = [work.pattern_factors(pattern_cols) for work in works]  # (P, K * s * s), (P, K)
+    numpy_side = []
+    for i, (work, acc, (cond_cov, log_det_mm), mass, k, step) in enumerate(
+            zip(works, accs, factors, masses, ks, steps)):
+        record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "n": acc["n"], "ab": np.zeros((k * d, d + 1))}
+        if _compiled.profile_estep(x, w, shift, group, cols, pidx, work.stacked(), work.means,
+                                   cond_cov.reshape(npat, k, s, s), log_det_mm, work.log_const(s), step, entropy,
+                                   record, mass, work_array):
+            for key in ("loglik", "wsum", "entropy"):
+                acc[key] += record[key]
+            ab = record["ab"].reshape(k, d, d + 1)
+            acc["b"] += ab[:, :, :d]
+            acc["a"] += ab[:, :, d]
+        else:
+            numpy_side.append(i)
+    if numpy_side:
+        _profile_rows_numpy(x, w, shift, group, cols, pattern_cols, pidx, [works[i] for i in numpy_side],
+                            [accs[i] for i in numpy_side], [masses[i] for i in numpy_side],
+                            [_row_gather_layout(*factors[i], ks[i]) for i in numpy_side], entropy)
+    # Each pattern's conditional covariance, once, weighted by its rows' mass.
+    cells = (pattern_cols[:, :, None] * d + pattern_cols[:, None, :]).reshape(npat, s * s)
+    for acc, (cond_cov, _), mass, k in zip(accs, factors, masses, ks):
+        values = mass[:, :, None] * cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
+        b_flat = acc["b"].reshape(k, d * d)
+        for j in range(k):
+            b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
+
+
+def _profile_rows_numpy(x, w, shift, group, cols, pattern_cols, pidx, works, accs, masses, factors, entropy) -> None:
+    """:func:`_profile_rows` in numpy: the tiles' design shared by the restarts ``works``, whose
+    patterns' masses go into ``masses`` (K, P) and whose ``factors`` are laid out by
+    :func:`_row_gather_layout`."""
+    d = x.shape[1]
+    npat = pattern_cols.shape[0]
+    ks = [work.means.shape[0] for work in works]
     stacked = [work.stacked() for work in works]
-    masses = [np.zeros(k * npat) for k in ks]
     offsets = [(np.arange(k) * npat)[:, None] for k in ks]
     steps = [_tile_rows(k, d) for k in ks]
     tiles = _ProfileTiles(x, shift, group, cols, max(steps))
@@ -375,6 +423,7 @@ def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, ent
         # Each restart walks the shared tile in its own tiles (nested powers of two).
         for work, acc, factor, st, mass, off, (g, e), k, step in zip(
                 works, accs, factors, stacked, masses, offsets, bufs, ks, steps):
+            flat_mass = mass.reshape(k * npat)
             for sub in range(0, hi - lo, step):
                 end = min(sub + step, hi - lo)
                 t, tp = end - sub, pidx[lo + sub : lo + end]
@@ -388,17 +437,7 @@ def _profile_rows(x, w, shift, group, cols, pattern_cols, pidx, works, accs, ent
                 ab = np.matmul(weighted, np.swapaxes(et, -1, -2))  # (K, d, d+1): [b | a]
                 acc["b"] += ab[:, :, :d]
                 acc["a"] += ab[:, :, d]
-                mass += np.bincount((tp[None, :] + off).ravel(), rw.ravel(), minlength=k * npat)
-    # Each pattern's conditional covariance, once, weighted by its rows' mass.
-    for acc, (cond_cov, _), mass, k in zip(accs, factors, masses, ks):
-        if s <= _ROW_GATHER_S:
-            cond_cov = cond_cov.reshape(s * s, k, npat).transpose(1, 2, 0)
-        else:
-            cond_cov = cond_cov.reshape(npat, k, s * s).transpose(1, 0, 2)
-        values = mass.reshape(k, npat)[:, :, None] * cond_cov
-        b_flat = acc["b"].reshape(k, d * d)
-        for j in range(k):
-            b_flat[j] += np.bincount(cells.ravel(), values[j].ravel(), minlength=d * d)
+                flat_mass += np.bincount((tp[None, :] + off).ravel(), rw.ravel(), minlength=k * npat)
 
 
 class _ProfileTiles:

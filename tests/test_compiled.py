@@ -221,6 +221,30 @@ def test_missing_values_route_equals_numpy(switch):
     _assert_records_close(compiled, reference, 1e-11)
 
 
+@pytest.mark.parametrize("ct, d, most_missing", [("full", 5, 1), ("tied", 6, 3), ("full", 9, 6), ("full", 16, 2)])
+@pytest.mark.parametrize("data", [F64, F32])
+def test_profiled_rows_run_compiled_and_equal_numpy(switch, monkeypatch, ct, d, most_missing, data):
+    """Rows of rare missingness patterns (1 to 6 values missing, one pattern frequent enough for the dense
+    route) run compiled, one call per restart and number of missing values, equal to the numpy route."""
+    rng = np.random.default_rng(d + most_missing)
+    n = 6000
+    x = rng.standard_normal((n, d)) + 3.0
+    for s in range(1, most_missing + 1):
+        for r in np.flatnonzero(rng.random(n) < 0.04):
+            x[r, rng.choice(d, s, replace=False)] = np.nan
+    x[:3000, 1] = np.nan  # one pattern frequent enough for the dense route (2048 rows or more)
+    x = x.astype(data)
+    params = [_gaussian_params(ct, k, d, rng) for k in (4, 2)]
+    calls = []
+    original = _compiled.profile_estep
+    monkeypatch.setattr(_compiled, "profile_estep", lambda *a: calls.append((_compiled.enabled(), original(*a))) or
+                        calls[-1][1])
+    _assert_estep_equals_numpy_kernels(switch, GaussianFamily(missing="marginalize"), x, rng.uniform(0.5, 2.0, n),
+                                       params, np.full(d, 2.9), 1e-11)
+    ran = [done for on, done in calls if on]
+    assert ran and all(ran)
+
+
 @pytest.mark.parametrize("name", ["bernoulli", "categorical", "categorical-float-codes", "categorical-uneven",
                                   "poisson"])
 def test_discrete_estep_equals_numpy(switch, name):

@@ -57,10 +57,13 @@ __all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_este
 # numba's 50 MiB, or to compare the two).
 ENV_SWITCH = "DASK_EM_COMPILED"
 
-# exp() of anything below the floor is taken at the floor (see dask_em.family.responsibilities):
-# float64 keeps -600; float32 -87, where 2**k is still a normal float32 (exp(-87) = 1.6e-38), so
-# the vectorized exponential needs no special case (float32's exp of -600 is 0 or subnormal).
-FLOORS = {np.dtype(np.float64): -600.0, np.dtype(np.float32): -87.0}
+# exp() of anything below the floor: float64 takes it at the floor, exp(-600) ~ 1e-261, as
+# dask_em.family.responsibilities does; float32 takes it as zero below -64. Responsibilities of
+# exp(-87) ~ 1e-38 (float32's smallest normal) made the statistics product's terms subnormal: on
+# Intel processors every such multiply is a microcode assist (float32 ran 18x slower than float64,
+# full covariance at d=64), while a term below exp(-64) ~ 2e-28 of the row's largest is far under
+# float32's resolution (6e-8). numpy's float32 exp gives zero below -104 and subnormals above.
+FLOORS = {np.dtype(np.float64): -600.0, np.dtype(np.float32): -64.0}
 
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -90,7 +93,7 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
     """The compiled body of :func:`normalize` (numba: every loop below runs along a panel's rows)."""
     k, p = wlp.shape
     log2e, ln2hi, ln2lo, ln2, sqrt2, shift, half, two = fc[0], fc[1], fc[2], fc[3], fc[4], fc[5], fc[6], fc[7]
-    one, c2, c3, c4, c5, c6, c7 = fc[8], fc[10], fc[11], fc[12], fc[13], fc[14], fc[15]
+    zero, one, c2, c3, c4, c5, c6, c7 = fc[33], fc[8], fc[10], fc[11], fc[12], fc[13], fc[14], fc[15]
     c8, c9, c10, c11, c12, c13 = fc[16], fc[17], fc[18], fc[19], fc[20], fc[21]
     d3, d5, d7, d9, d11, d13, d15, d17, d19, d21 = (fc[23], fc[24], fc[25], fc[26], fc[27], fc[28], fc[29], fc[30],
                                                     fc[31], fc[32])
@@ -109,7 +112,9 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
         for r in range(p):
             a = row[r]
             top[r] = a if a > top[r] else top[r]
-    # exp(v - top), floored, one component row at a time: v = k ln2 + x, exp = 2**k p(x).
+    # exp(v - top), floored (float32: zero below the floor), one component row at a time: v = k ln2 + x,
+    # exp = 2**k p(x).
+    zero_below = wlp.itemsize == 4
     for j in range(k):
         row = wlp[j]
         for r in range(p):
@@ -124,6 +129,9 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
             scale[r] = s
         for r in range(p):  # 2**k from the integer in the low bits of s
             scale_bits[r] = (scale_bits[r] - shift_bits + bias) << mant
+        if zero_below:
+            for r in range(p):
+                scale[r] = zero if last[r] <= floor else scale[r]
         if entropy:
             for r in range(p):
                 e = row[r] * scale[r]

@@ -406,8 +406,12 @@ MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 # K=32 0.43 at 64, 0.55 at 128. Measured again with both designs' whole chunks compiled (the moment
 # design's statistics product and the residual design's kernel, chunks of 16 MiB): K=3 1.03 at d=16,
 # 1.32 at 24; K=4 0.80 at 16, 0.94 at 24, 1.07 at 32; K=5 0.99 at 32, 1.13 at 48; K=8 0.78 at 64,
-# 0.92 at 96, 0.98 at 128; K=16 0.75 at 128: the same limits hold.
-MOMENT_MAX_FEATURES_COMPILED = (16, 32, 96, 128)
+# 0.92 at 96, 0.98 at 128; K=16 0.75 at 128: the same limits hold. On an Intel Xeon (AVX-512,
+# 2 MiB L2, OpenBLAS SkylakeX kernels), with the panels below, moment over residual: K=8 0.45 at
+# d=16, 0.58 at 32, 0.77 at 64, 0.84-0.88 at 80, 1.12-1.28 at 96 (float32 0.99-1.02 at 64-80, 1.37-1.50
+# at 96); K=16 0.94 at 96, 0.99 at 128. K=8-15 stop at 80: the AMD machine loses up to 8% at 81-96,
+# the Intel one gains up to 28%.
+MOMENT_MAX_FEATURES_COMPILED = (16, 32, 80, 128)
 
 # ... and every component's mean lies within this squared Mahalanobis distance
 # (under its own precision) of the shift: the moments are raw, about the shift,
@@ -432,8 +436,17 @@ MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 # one thread, AMD EPYC (L2 512 KiB): 60.5 ms with 512 KiB panels against 65.5 ms with 8 MiB ones
 # (float32 33.5 against 36.4), two threads equal within noise; at d=64 a 512 KiB panel is 32
 # rows, and fewer than 256 rows cost up to 2x (407 ms at 32 rows against 196 at 256).
-MOMENT_PANEL_BYTES_COMPILED = core_caches()[0]
-MOMENT_PANEL_MIN_ROWS_COMPILED = 256
+# Measured again on an Intel Xeon (AVX-512, 2 MiB L2 a core), one thread, K=8, 2M rows, thread time
+# (benchmarks/bench_kernel.py), float64, by the panel's bytes: d=16 0.31 s at 80-310 KiB (64-256
+# rows), 0.32 at 620 KiB, 0.40 at 1.2 MiB, 0.46 at 2.5 MiB; d=32 0.98 s at 560 KiB, 1.13 at 280,
+# 1.32 at 1.1 MiB; d=64 4.3-4.5 s at 540 KiB (32 rows), 5.3-5.6 at 1.1 MiB, 6.8 at 4.2 MiB (256
+# rows), 5.6 at 270 KiB (16 rows), 8.2 at 8 rows. The design and the BLAS's packed copy of it share
+# the cache: a panel takes at most half of one core's L2. Where that holds fewer than 32 rows (16
+# rows cost a quarter more, 8 nearly twice), panels of 256 rows (float64; 512 in float32) run from
+# the last-level cache instead, as on the AMD EPYC above.
+MOMENT_PANEL_BYTES_COMPILED = core_caches()[0] // 2
+MOMENT_PANEL_MIN_ROWS_COMPILED = 32
+MOMENT_PANEL_LLC_ROWS_COMPILED = 256
 
 
 def moment_max_features(k: int) -> int:
@@ -473,8 +486,10 @@ class _MomentDesign:
         row = self.width(d) * np.dtype(dtype).itemsize
         rows = _pow2(MOMENT_PANEL_BYTES // row)
         if _compiled.products_run():
-            least = MOMENT_PANEL_MIN_ROWS_COMPILED * 8 // np.dtype(dtype).itemsize
-            rows = min(rows, max(least, _pow2(MOMENT_PANEL_BYTES_COMPILED // row)))
+            fits = _pow2(MOMENT_PANEL_BYTES_COMPILED // row)
+            if fits < MOMENT_PANEL_MIN_ROWS_COMPILED:
+                fits = MOMENT_PANEL_LLC_ROWS_COMPILED * 8 // np.dtype(dtype).itemsize
+            rows = min(rows, fits)
         return rows
 
     def buffer_rows(self, d: int) -> int:

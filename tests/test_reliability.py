@@ -107,11 +107,16 @@ def test_worker_killed_while_predict_writes_zarr(store, reference, three_workers
 
 
 @pytest.mark.timeout(180)
-def test_chunk_that_kills_every_worker_is_named(store, three_workers, tmp_path):
+def test_chunk_that_kills_every_worker_is_named(store, tmp_path):
     import dask
 
-    three_workers.register_plugin(KillOnTask("em-estep", chunk=5), name="chaos")
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # The scheduler reads both settings when it starts. One task at a time per worker thread: a
+    # chunk queued on the worker that dies would count that death too, and could be named first.
+    settings = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+    with dask.config.set(settings), LocalCluster(n_workers=3, threads_per_worker=1, processes=True,
+                                                 dashboard_address=None, host="127.0.0.1") as cluster, \
+            Client(cluster) as client:
+        client.register_plugin(KillOnTask("em-estep", chunk=5), name="chaos")
         with pytest.raises(RuntimeError, match=r"E-step of rows 2500-2999 \(chunk 5\) killed every worker"):
             fit(store[0])
 

@@ -449,6 +449,16 @@ MOMENT_PANEL_MIN_ROWS_COMPILED = 32
 MOMENT_PANEL_LLC_ROWS_COMPILED = 256
 
 
+def compiled_panel_rows(width: int, dtype) -> int:
+    """Rows per panel of the compiled kernel on a product design ``width`` rows tall: the design
+    takes at most half of one core's L2 (``MOMENT_PANEL_BYTES_COMPILED``), or where that holds
+    fewer than ``MOMENT_PANEL_MIN_ROWS_COMPILED`` rows, ``MOMENT_PANEL_LLC_ROWS_COMPILED`` float64
+    rows' bytes from the last-level cache. A power of two."""
+    itemsize = np.dtype(dtype).itemsize
+    fits = _pow2(MOMENT_PANEL_BYTES_COMPILED // (width * itemsize))
+    return fits if fits >= MOMENT_PANEL_MIN_ROWS_COMPILED else MOMENT_PANEL_LLC_ROWS_COMPILED * 8 // itemsize
+
+
 def moment_max_features(k: int) -> int:
     """The largest d at which a K-component full/tied E-step runs on the moment design (0: never)."""
     i = int(np.searchsorted(MOMENT_MIN_COMPONENTS, k, side="right"))
@@ -486,10 +496,7 @@ class _MomentDesign:
         row = self.width(d) * np.dtype(dtype).itemsize
         rows = _pow2(MOMENT_PANEL_BYTES // row)
         if _compiled.products_run():
-            fits = _pow2(MOMENT_PANEL_BYTES_COMPILED // row)
-            if fits < MOMENT_PANEL_MIN_ROWS_COMPILED:
-                fits = MOMENT_PANEL_LLC_ROWS_COMPILED * 8 // np.dtype(dtype).itemsize
-            rows = min(rows, fits)
+            rows = min(rows, compiled_panel_rows(self.width(d), dtype))
         return rows
 
     def buffer_rows(self, d: int) -> int:
@@ -739,7 +746,10 @@ class DiagLayout:
         return self
 
     def panel_rows(self, k, d, dtype):
-        return None
+        # Compiled, the design's panel takes half of one core's L2, as the moment design's: on an
+        # Intel Xeon (2 MiB L2), one thread, d=64, the kernel's parts per 500k rows took 0.23 s in
+        # 8192-row panels (the numpy kernels' size, 8.4 MiB), 0.17 in 1024, 0.12-0.13 in 256-512.
+        return compiled_panel_rows(self.width(d), dtype) if _compiled.products_run() else None
 
     def width(self, d):
         return 2 * d + 1

@@ -188,7 +188,6 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
     n = x.shape[0]
     kp, width = coef.shape
     weighted = w.shape[0] > 0
-    row_major, plain = np.int32(101), np.int32(111)
     block = STATS_BLOCK_FLOAT32 if design.itemsize == 4 else panel
     for lo in range(0, n, panel):
         t = min(panel, n - lo)
@@ -198,22 +197,14 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
         for r in range(t):
             ones[r] = 1.0
         lp = logp[: kp * t].reshape((kp, t))
-        # lp = coef @ phi (kp, t); then part = lp @ phi.T (kp, width): the GEMMs numpy would run
-        _gemm_call(gemm, row_major, plain, plain, np.int64(kp), np.int64(t), np.int64(width), fc[8],
-             np.intp(coef.ctypes.data), np.int64(width), np.intp(phi.ctypes.data), np.int64(t), fc[33],
-             np.intp(lp.ctypes.data), np.int64(t))
+        _matmul_jit(gemm, coef, phi, lp, fc[8], fc[33])  # lp = coef @ phi (kp, t): the GEMM numpy would run
         before = scal[0]
         _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
         if stop_at_nan and scal[0] != scal[0] and before == before:
             return False
-        # The statistics, part = lp[:k] @ phi.T, compiled (a dot product per output along the panel's rows:
-        # 1.1-1.4x OpenBLAS's GEMM for these skinny shapes); float32 in blocks of rows, each block's
-        # product added into the float64 sums.
-        for s0 in range(0, t, block):
-            _dots_jit(lp, phi, part, fc[33], s0, min(block, t - s0), k)
-            for j in range(k):
-                for m in range(width):
-                    stats[j, m] += part[j, m]
+        # The statistics, lp[:k] @ phi.T, compiled (a dot product per output along the panel's rows:
+        # 1.1-1.4x OpenBLAS's GEMM for these skinny shapes).
+        _dots_add_jit(lp, phi, part, stats, 0, k, t, block, fc[33])
     return True
 
 
@@ -223,7 +214,6 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
     n, d = x.shape
     kd, width = stacked.shape
     weighted = w.shape[0] > 0
-    row_major, plain = np.int32(101), np.int32(111)
     one, zero, half = fc[8], fc[33], fc[6]
     block = STATS_BLOCK_FLOAT32 if design.itemsize == 4 else tile
     for lo in range(0, n, tile):
@@ -235,9 +225,7 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
             ones[r] = one
         z = resid[: kd * t].reshape((kd, t))
         # Every component's whitened residuals U_k^T (x - m_k): one GEMM (K d, d + 1) @ (d + 1, t).
-        _gemm_call(gemm, row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
-             np.intp(stacked.ctypes.data), np.int64(width), np.intp(xa.ctypes.data), np.int64(t), zero,
-             np.intp(z.ctypes.data), np.int64(t))
+        _matmul_jit(gemm, stacked, xa, z, one, zero)
         lp = logp[: k * t].reshape((k, t))
         for j in range(k):
             out = lp[j]
@@ -269,11 +257,7 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
                 for r in range(t):
                     zi[r] = rj[r] * (xi[r] - m)
         # ... times the design [x - c, 1]: sum_i r_ik (x_i - m_k)(x_i - c)^T and, last, a_k.
-        for s0 in range(0, t, block):
-            _dots_jit(z, xa, part, zero, s0, min(block, t - s0), kd)
-            for j in range(kd):
-                for c in range(width):
-                    xw[j, c] += part[j, c]
+        _dots_add_jit(z, xa, part, xw, 0, kd, t, block, zero)
     return True
 
 
@@ -286,7 +270,6 @@ def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_de
     kd, width = stacked.shape
     k = log_const.shape[0]
     weighted = w.shape[0] > 0
-    row_major, plain = np.int32(101), np.int32(111)
     one, zero, half = fc[8], fc[33], fc[6]
     for lo in range(0, n, tile):
         t = min(tile, n - lo)
@@ -306,9 +289,7 @@ def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_de
                 wt[r] = w[group[lo + r]]
         # g = L_k (x - mu_k) for every component: one GEMM (K d, d + 1) @ (d + 1, t).
         gt = g[: kd * t].reshape((kd, t))
-        _gemm_call(gemm, row_major, plain, plain, np.int64(kd), np.int64(t), np.int64(width), one,
-             np.intp(stacked.ctypes.data), np.int64(width), np.intp(xa.ctypes.data), np.int64(t), zero,
-             np.intp(gt.ctypes.data), np.int64(t))
+        _matmul_jit(gemm, stacked, xa, gt, one, zero)
         lp = logp[: k * t].reshape((k, t))
         for j in range(k):
             out = lp[j]
@@ -350,10 +331,7 @@ def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_de
                 gi, ei = gj[i], ej[i]
                 for r in range(t):
                     gi[r] = ei[r] * row[r]
-            _dots_jit(gj, ej, part, zero, 0, t, d)
-            for i in range(d):
-                for c in range(width):
-                    ab[j * d + i, c] += part[i, c]
+            _dots_add_jit(gj, ej, part, ab, j * d, d, t, t, zero)
 
 
 def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, design, logp, part, work, stats,
@@ -468,8 +446,28 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
             out[i, j] = s0
 
 
-# The compiled kernels as _product_kernel calls them (set by _compile before its first call).
-_normalize_jit = _design_jit = _dots_jit = _gemm_call = None
+def _matmul_kernel(gemm, a, b, c, one, zero):  # pragma: no cover - compiled
+    """``c = a @ b`` by the C GEMM at the address ``gemm``: ``a`` (m, q), ``b`` (q, n), ``c`` (m, n), C-contiguous."""
+    m, q = a.shape
+    n = b.shape[1]
+    row_major, plain = np.int32(101), np.int32(111)
+    _gemm_call(gemm, row_major, plain, plain, np.int64(m), np.int64(n), np.int64(q), one, np.intp(a.ctypes.data),
+               np.int64(q), np.intp(b.ctypes.data), np.int64(n), zero, np.intp(c.ctypes.data), np.int64(n))
+
+
+def _dots_add_kernel(a, b, part, out, at, ka, rows, block, zero):  # pragma: no cover - compiled
+    """``out[at + i, j] += sum(a[i, :rows] * b[j, :rows])`` for ``i < ka``: :func:`_dots_kernel` over blocks of
+    ``block`` rows into ``part``, each block's sums added into ``out`` (float64 totals of float32 blocks)."""
+    kb = b.shape[0]
+    for s0 in range(0, rows, block):
+        _dots_jit(a, b, part, zero, s0, min(block, rows - s0), ka)
+        for i in range(ka):
+            for j in range(kb):
+                out[at + i, j] += part[i, j]
+
+
+# The compiled kernels as the kernels above call them (set by _compile before their first call).
+_normalize_jit = _design_jit = _dots_jit = _dots_add_jit = _matmul_jit = _gemm_call = None
 
 
 def _jit(numba, function, fastmath=("contract",)):
@@ -542,7 +540,7 @@ def _gemm_intrinsic():
 
 def _compile() -> None:
     """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
-    global _normalize_jit, _design_jit, _dots_jit, _gemm_call
+    global _normalize_jit, _design_jit, _dots_jit, _dots_add_jit, _matmul_jit, _gemm_call
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
@@ -552,9 +550,11 @@ def _compile() -> None:
     _STATE["design"] = _design_jit = _jit(numba, _design_kernel)
     # Reassociation lets LLVM split each dot product into vector lanes (the sums change in the last digits).
     _STATE["dots"] = _dots_jit = _jit(numba, _dots_kernel, ("contract", "reassoc"))
+    _dots_add_jit = _jit(numba, _dots_add_kernel)
     try:
         _STATE["gemm"] = _gemm_functions()
         _gemm_call = _gemm_intrinsic()
+        _matmul_jit = _jit(numba, _matmul_kernel)
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None

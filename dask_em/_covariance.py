@@ -409,9 +409,11 @@ MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 # 0.92 at 96, 0.98 at 128; K=16 0.75 at 128: the same limits hold. On an Intel Xeon (AVX-512,
 # 2 MiB L2, OpenBLAS SkylakeX kernels), with the panels below, moment over residual: K=8 0.45 at
 # d=16, 0.58 at 32, 0.77 at 64, 0.84-0.88 at 80, 1.12-1.28 at 96 (float32 0.99-1.02 at 64-80, 1.37-1.50
-# at 96); K=16 0.94 at 96, 0.99 at 128. K=8-15 stop at 80: the AMD machine loses up to 8% at 81-96,
-# the Intel one gains up to 28%.
-MOMENT_MAX_FEATURES_COMPILED = (16, 32, 80, 128)
+# at 96); K=16 0.94 at 96, 0.99 at 128. With the pair kernel for short panels (Intel, 2M rows, one
+# thread, float64): K=8 0.80 at d=96 (9.5 against 11.9 s), 0.75 at 112 (12.2 against 16.4), 1.25 at
+# 128 (27.2 against 21.7: there the panels fall back to the last-level cache's); float32 1.00, 1.02,
+# 1.12. On the AMD machine the moment design was at 0.92 at 96 and 0.98 at 128. K=8-15 stop at 112.
+MOMENT_MAX_FEATURES_COMPILED = (16, 32, 112, 128)
 
 # ... and every component's mean lies within this squared Mahalanobis distance
 # (under its own precision) of the shift: the moments are raw, about the shift,
@@ -441,11 +443,14 @@ MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 # rows), 0.32 at 620 KiB, 0.40 at 1.2 MiB, 0.46 at 2.5 MiB; d=32 0.98 s at 560 KiB, 1.13 at 280,
 # 1.32 at 1.1 MiB; d=64 4.3-4.5 s at 540 KiB (32 rows), 5.3-5.6 at 1.1 MiB, 6.8 at 4.2 MiB (256
 # rows), 5.6 at 270 KiB (16 rows), 8.2 at 8 rows. The design and the BLAS's packed copy of it share
-# the cache: a panel takes at most half of one core's L2. Where that holds fewer than 32 rows (16
-# rows cost a quarter more, 8 nearly twice), panels of 256 rows (float64; 512 in float32) run from
-# the last-level cache instead, as on the AMD EPYC above.
+# the cache: a panel takes at most half of one core's L2. Where that holds fewer than 16 rows,
+# panels of 256 rows (float64; 512 in float32) run from the last-level cache instead, as on the AMD
+# EPYC above. Panels of 16 to 32 rows (float64; 64 in float32) take the pair kernel
+# (dask_em._compiled.stats_rows), whose statistics do not read the design: on the Intel Xeon, d=96,
+# K=8, float64, 2M rows, 8.6-9.4 s at 16 rows against 16.3-17.7 s at 64 or 256 rows (d=64: 3.6 s at
+# 32 rows, 4.0 at 16, 7.3-7.7 at 64 or 256; d=128: 16 rows 24 s, 8 rows 23 s).
 MOMENT_PANEL_BYTES_COMPILED = core_caches()[0] // 2
-MOMENT_PANEL_MIN_ROWS_COMPILED = 32
+MOMENT_PANEL_MIN_ROWS_COMPILED = 16
 MOMENT_PANEL_LLC_ROWS_COMPILED = 256
 
 

@@ -222,6 +222,136 @@ def test_product_estep_runs_for_product_designs_only():
     assert record["wsum"] == 2000 and record["moments"][:, -1].sum() == pytest.approx(2000)
 
 
+
+def _count_calls(monkeypatch, name: str) -> list:
+    """Count the calls of the compiled kernel ``name`` (its dispatcher still runs them)."""
+    calls, dispatcher = [], _compiled._STATE[name]
+
+    def counted(*args):
+        calls.append(len(args[0]))
+        return dispatcher(*args)
+
+    monkeypatch.setitem(_compiled._STATE, name, counted)
+    return calls
+
+
+def _product_record(x, w, shift, pairs, coef, k, panel, entropy=True, stop_at_nan=False):
+    record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((k, coef.shape[1]))}
+    buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
+    done = _compiled.product_estep(x, w, shift, pairs, coef, k, panel, entropy, stop_at_nan, record, buffers)
+    return done, record
+
+
+def test_pair_blocks_cover_every_design_column_once():
+    """The pair kernel's blocks make each design column (products, y, the ones) exactly once, as its rows' product."""
+    from dask_em._covariance import _vech_pairs
+
+    for d in range(1, 12):
+        for pairs in (_vech_pairs(d), (np.arange(d), np.arange(d))):
+            q, width = len(pairs[0]), len(pairs[0]) + d + 1
+            blocks = _compiled.pair_blocks(pairs, d)
+            assert _compiled.pair_blocks(pairs, d) is blocks  # cached
+            made = {}
+            for u, v0, v1, v2, m0, m1, m2 in blocks.tolist():
+                for v, m in ((v0, m0), (v1, m1), (v2, m2)):
+                    if m == width:  # a block's unused place: the scratch column
+                        continue
+                    assert m not in made
+                    made[m] = tuple(sorted((u, v)))
+            expect = {m: tuple(sorted((int(i), int(j)))) for m, (i, j) in enumerate(zip(*pairs))}
+            expect.update({q + a: (a, d) for a in range(d)})
+            expect[q + d] = (d, d)
+            assert made == expect
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("k", [3, 5, 8, 9])
+def test_pair_kernel_equals_the_design_product_and_numpy(dtype, k, monkeypatch):
+    """Short design panels take the pair kernel (statistics over taller panels, the design's columns made on the
+    fly); its records equal the design product's and exact float64 sums, weighted or not, any K, any tail."""
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    from dask_em._covariance import _vech_pairs
+
+    monkeypatch.setattr(_compiled, "PAIRS_L2_SHARE", 1.0)
+    monkeypatch.setattr(_compiled, "PAIRS_MAX_ROWS", 64)
+    rng = np.random.default_rng(k)
+    d, n, panel = 7, 1003, 8  # statistics panels of 64 rows; the last one 43 rows, its last design panel 3
+    pairs = _vech_pairs(d)
+    width = len(pairs[0]) + d + 1
+    x = rng.standard_normal((n, d)) * 1.5 + 0.3
+    w = rng.uniform(0.2, 2.0, n)
+    shift = x[:40].mean(0)
+    kp = -(-k // 4) * 4
+    coef = np.zeros((kp, width), dtype=dtype)
+    coef[:k] = rng.standard_normal((k, width)) * 0.2
+    assert _compiled.stats_rows(panel, d, kp, dtype) == 64
+    assert _compiled._STATE["pairs"].targetoptions["nogil"] is True
+    calls = _count_calls(monkeypatch, "pairs")
+    for weights in (None, w):
+        done, pair = _product_record(x, weights, shift, pairs, coef, k, panel)
+        assert done is True and len(calls) == 1
+        calls.clear()
+        monkeypatch.setattr(_compiled, "PAIRS_MAX_PANEL_BYTES", 0)  # the design's own product
+        _, design = _product_record(x, weights, shift, pairs, coef, k, panel)
+        monkeypatch.setattr(_compiled, "PAIRS_MAX_PANEL_BYTES", 256)
+        for key in ("loglik", "wsum", "entropy"):
+            assert pair[key] == pytest.approx(design[key], rel=RTOL[dtype], abs=RTOL[dtype])
+        np.testing.assert_allclose(pair["moments"], design["moments"], rtol=0,
+                                   atol=RTOL[dtype] * np.abs(design["moments"]).max())
+        # Against numpy in float64: the responsibilities of these log-densities times the design.
+        y = (x - shift).astype(dtype).astype(np.float64)
+        phi = np.hstack([y[:, pairs[0]] * y[:, pairs[1]], y, np.ones((n, 1))])
+        logp = phi @ coef[:k].astype(np.float64).T
+        resp = np.exp(logp - np.logaddexp.reduce(logp, axis=1, keepdims=True))
+        if weights is not None:
+            resp *= weights[:, None]
+        exact = resp.T @ phi
+        np.testing.assert_allclose(pair["moments"], exact, rtol=0, atol=50 * RTOL[dtype] * np.abs(exact).max())
+
+
+def test_pair_kernel_stops_at_a_nan_row(monkeypatch):
+    """Watching for NaN, the pair kernel returns False at a statistics panel whose log-likelihood is NaN."""
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    from dask_em._covariance import _vech_pairs
+
+    monkeypatch.setattr(_compiled, "PAIRS_MAX_ROWS", 64)
+    d = 5
+    pairs = _vech_pairs(d)
+    x = np.random.default_rng(0).standard_normal((500, d))
+    x[300, 2] = np.nan
+    coef = np.zeros((4, len(pairs[0]) + d + 1))
+    assert _compiled.stats_rows(8, d, 4, F64) > 8
+    assert _product_record(x, None, np.zeros(d), pairs, coef, 4, 8, stop_at_nan=True)[0] is False
+    assert _product_record(x[:300], None, np.zeros(d), pairs, coef, 4, 8, stop_at_nan=True)[0] is True
+
+
+@pytest.mark.parametrize("ct", ["full", "tied"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_short_moment_panels_take_the_pair_kernel_and_equal_numpy(switch, monkeypatch, ct, dtype):
+    """Where half of one core's L2 holds 16-32 design rows (the moment design at large d), the E-step takes the
+    pair kernel; it equals the numpy kernels, weighted and not."""
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    from dask_em import _covariance
+
+    rng = np.random.default_rng(4)
+    d, k = 12, 8
+    width = d * (d + 1) // 2 + d + 1
+    itemsize = np.dtype(dtype).itemsize
+    monkeypatch.setattr(_covariance, "MOMENT_PANEL_BYTES_COMPILED", 16 * width * itemsize)  # 16-row panels
+    assert _covariance.compiled_panel_rows(width, dtype) == 16
+    assert _compiled.stats_rows(16, d, k, np.dtype(dtype)) > 16
+    x = rng.standard_normal((3001, d)) * 2 + 1
+    w = rng.uniform(0.2, 2.0, len(x))
+    params = [_gaussian_params(ct, k, d, rng)]
+    family = GaussianFamily(compute_dtype=dtype)
+    calls = _count_calls(monkeypatch, "pairs")
+    _assert_estep_equals_numpy_kernels(switch, family, x, w, params, x[:50].mean(0), RTOL[np.dtype(dtype)])
+    assert sum(calls) == 2 * len(x)  # every row of both E-steps (unweighted, weighted) on the pair kernel
+
+
 def test_missing_values_route_equals_numpy(switch):
     """A chunk with NaN stops the compiled walk and takes the missing-values route: same records either way."""
     rng = np.random.default_rng(3)
@@ -326,6 +456,40 @@ def test_fit_equals_numpy_kernels_and_is_chunk_and_thread_invariant(switch, ct, 
     np.testing.assert_array_equal(others[1].means_, compiled.means_)
 
 
+def test_fit_on_the_pair_kernel_equals_numpy_kernels_and_is_chunk_invariant(switch, monkeypatch):
+    """Whole fits whose moment-design panels are short enough for the pair kernel: equal to the numpy kernels',
+    and over other chunkings and thread counts."""
+    import dask
+    import dask.array as da
+
+    from dask_em import _covariance
+    from dask_em.datasets import make_mixture
+
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    d, k = 10, 3
+    width = d * (d + 1) // 2 + d + 1
+    monkeypatch.setattr(_covariance, "MOMENT_PANEL_BYTES_COMPILED", 32 * width * 8)  # 32-row panels
+    x = make_mixture(6000, d, k, chunk_rows=1500, seed=5)[0].compute()
+    settings = dict(covariance_type="full", n_init=2, random_state=0, max_iter=30, tol=1e-8)
+
+    def fit(chunks, threads=2):
+        with dask.config.set(scheduler="threads", num_workers=threads):
+            return dask_em.GaussianMixture(k, **settings).fit(da.from_array(x, chunks=(chunks, d)))
+
+    calls = _count_calls(monkeypatch, "pairs")
+    compiled = fit(1500)
+    assert sum(calls) >= compiled.n_iter_ * len(x)
+    others = [fit(1100), fit(1500, threads=1)]
+    switch(False)
+    reference = fit(1500)
+    for other in [reference] + others:
+        assert other.n_iter_ == compiled.n_iter_
+        np.testing.assert_allclose(other.means_, compiled.means_, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(other.covariances_, compiled.covariances_, rtol=1e-8, atol=1e-10)
+        assert other.lower_bound_ == pytest.approx(compiled.lower_bound_, rel=1e-11)
+    np.testing.assert_array_equal(others[1].means_, compiled.means_)
+
 @pytest.mark.parametrize("ct", ["diag", "full"])
 def test_float32_statistics_as_accurate_as_numpys(switch, ct):
     """A panel's float32 statistics are summed in blocks added in float64: at least as accurate as numpy's kernel."""
@@ -373,7 +537,8 @@ def test_other_float_data_leave_the_kernels_on(dtype):
 
 
 def test_switched_off_numba_is_not_imported(tmp_path):
-    """DASK_EM_COMPILED=0 before the first E-step: numpy's kernels, and numba is never imported (its memory stays free)."""
+    """DASK_EM_COMPILED=0 before the first E-step: numpy's kernels, and numba is never imported (its memory stays
+    free)."""
     import os
     import subprocess
     import sys

@@ -161,7 +161,7 @@ def test_log_normalize_is_responsibilities_bitwise(rng):
 
 def test_core_caches_are_read_from_the_machine():
     """L2 per core and the core's share of the last level: positive, the share at least the L2."""
-    from dask_em.family import _cpus, _size, core_caches
+    from dask_em._machine import _cpus, _size, core_caches
 
     l2, share = core_caches()
     assert l2 > 0 and share >= l2

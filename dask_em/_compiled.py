@@ -191,7 +191,7 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
     scal[2] += ent
 
 
-def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, floor, fc, ic,
+def _product_kernel(x, w, shift, pi, pj, coef, k, panel, gemm_cols, entropy, stop_at_nan, floor, fc, ic,
                     design, logp, part, work, stats, gemm, scal):  # pragma: no cover - compiled
     """The compiled body of :func:`product_estep`: False where it stopped at a NaN log-likelihood."""
     n = x.shape[0]
@@ -206,7 +206,7 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, entropy, stop_at_nan, f
         for r in range(t):
             ones[r] = 1.0
         lp = logp[: kp * t].reshape((kp, t))
-        _matmul_jit(gemm, coef, phi, lp, fc[8], fc[33])  # lp = coef @ phi (kp, t): the GEMM numpy would run
+        _matmul_jit(gemm, coef, phi, lp, fc[8], fc[33], gemm_cols)  # lp = coef @ phi (kp, t)
         before = scal[0]
         _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
         if stop_at_nan and scal[0] != scal[0] and before == before:
@@ -246,7 +246,7 @@ def _pairs_kernel(x, w, shift, pi, pj, blocks, coef, k, panel, stats_rows, entro
             ones = phi[width - 1]
             for r in range(t):
                 ones[r] = 1.0
-            _matmul_jit(gemm, coef, phi, lp[:, s : s + t], fc[8], fc[33])
+            _matmul_jit(gemm, coef, phi, lp[:, s : s + t], fc[8], fc[33], t)
         before = scal[0]
         _normalize_jit(lp[:k], w[lo : lo + tt] if weighted else w, floor, entropy, work, fc, ic, scal)
         if stop_at_nan and scal[0] != scal[0] and before == before:
@@ -275,7 +275,7 @@ def _residual_kernel(x, w, shift, nopairs, stacked, log_const, means, raw, k, ti
             ones[r] = one
         z = resid[: kd * t].reshape((kd, t))
         # Every component's whitened residuals U_k^T (x - m_k): one GEMM (K d, d + 1) @ (d + 1, t).
-        _matmul_jit(gemm, stacked, xa, z, one, zero)
+        _matmul_jit(gemm, stacked, xa, z, one, zero, t)
         lp = logp[: k * t].reshape((k, t))
         for j in range(k):
             out = lp[j]
@@ -339,7 +339,7 @@ def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_de
                 wt[r] = w[group[lo + r]]
         # g = L_k (x - mu_k) for every component: one GEMM (K d, d + 1) @ (d + 1, t).
         gt = g[: kd * t].reshape((kd, t))
-        _matmul_jit(gemm, stacked, xa, gt, one, zero)
+        _matmul_jit(gemm, stacked, xa, gt, one, zero, t)
         lp = logp[: k * t].reshape((k, t))
         for j in range(k):
             out = lp[j]
@@ -560,15 +560,20 @@ def _rows_minus_kernel(x, shift, out):  # pragma: no cover - compiled
                 ya[r] = np.float64(x[r, a]) - c
 
 
-def _matmul_kernel(gemm, a, b, c, one, zero):  # pragma: no cover - compiled
-    """``c = a @ b`` by the C GEMM at the address ``gemm``: ``a`` (m, q), ``b`` (q, n) C-contiguous, ``c`` (m, n)
-    with unit column stride (C-contiguous, or a block of columns of a C-contiguous array)."""
+def _matmul_kernel(gemm, a, b, c, one, zero, cols):  # pragma: no cover - compiled
+    """``c = a @ b`` by the C GEMM at the address ``gemm``, in calls of at most ``cols`` columns of ``b``: ``a``
+    (m, q), ``b`` (q, n), ``c`` (m, n), each with unit column stride (C-contiguous, or a block of columns of a
+    C-contiguous array)."""
     m, q = a.shape
     n = b.shape[1]
     row_major, plain = np.int32(101), np.int32(111)
-    _gemm_call(gemm, row_major, plain, plain, np.int64(m), np.int64(n), np.int64(q), one, np.intp(a.ctypes.data),
-               np.int64(q), np.intp(b.ctypes.data), np.int64(n), zero, np.intp(c.ctypes.data),
-               np.int64(c.strides[0] // c.itemsize))
+    item = a.itemsize
+    lda, ldb, ldc = a.strides[0] // item, b.strides[0] // item, c.strides[0] // item
+    for s in range(0, n, cols):
+        w = min(cols, n - s)
+        _gemm_call(gemm, row_major, plain, plain, np.int64(m), np.int64(w), np.int64(q), one, np.intp(a.ctypes.data),
+                   np.int64(lda), np.intp(b.ctypes.data + s * item), np.int64(ldb), zero,
+                   np.intp(c.ctypes.data + s * item), np.int64(ldc))
 
 
 def _dots_add_kernel(a, b, part, out, at, ka, rows, block, zero):  # pragma: no cover - compiled
@@ -884,8 +889,9 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     shift, coef = np.ascontiguousarray(shift, dtype=np.float64), np.ascontiguousarray(coef)
     d = x.shape[1]
     tall = stats_rows(rows, d, kp, dtype)
+    gemm_cols = _gemm_columns(width)
     if tall > rows and len(x) > rows:
-        rows = min(rows, PAIRS_GEMM_ROWS)
+        rows = min(rows, gemm_cols)
         prefix = f"compiled-pairs-{dtype.char}"
         design = buffers(f"{prefix}-design", (width * rows,), dtype)
         logp, work = buffers(f"{prefix}-logp", (kp * tall,), dtype), buffers(f"{prefix}-lse", (5, tall), dtype)
@@ -895,9 +901,9 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
                     ints, design, logp, part, work, ybuf, record["moments"], gemm)
         return None if done is _FAILED else bool(done)
     design, logp, part, work = _panel_buffers(buffers, f"compiled-{dtype.char}", dtype, kp, width, rows)
-    done = _run("product", record, x, _weights(w), shift, pairs[0], pairs[1], coef, int(k), int(rows), bool(entropy),
-                bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design, logp, part, work,
-                record["moments"], gemm)
+    done = _run("product", record, x, _weights(w), shift, pairs[0], pairs[1], coef, int(k), int(rows),
+                int(gemm_cols), bool(entropy), bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design,
+                logp, part, work, record["moments"], gemm)
     return None if done is _FAILED else bool(done)
 
 
@@ -912,11 +918,24 @@ PAIRS_MAX_PANEL_BYTES = 256
 # at most float32's blocks of sums (STATS_BLOCK_FLOAT32).
 PAIRS_L2_SHARE = 0.125
 PAIRS_MAX_ROWS = STATS_BLOCK_FLOAT32
-# Its log-density GEMMs take at most this many rows of the design at a time: OpenBLAS's SkylakeX
-# kernels run (8, 2145) @ (2145, t) at 56 GFLOP/s for t=32 and 25 for t=64-512 in float64 (97 against
-# 54 and less in float32; one thread, the Intel Xeon above); its Haswell kernels within 10% of each
-# other from 16 to 128 rows.
-PAIRS_GEMM_ROWS = 32
+
+
+# The log-density GEMMs of the product and pair kernels take at most this many design values at a time
+# (a power of two of its columns, the panel's rows). OpenBLAS's SkylakeX kernels run (8, width) @ (width,
+# t) at half speed or less once the design holds more than about 2**17 values, in float64 and float32
+# alike (one thread, Intel Xeon, GFLOP/s): width 2145 (d=64) float64 56 at t=32 against 25 at 64-512,
+# float32 97 against 54; width 153 (d=16) float32 125 at t=512 against 61 at 1024; width 561 (d=32)
+# float32 101 at 128 against 55 at 256. Its Haswell kernels run every such split within 10-20% of one
+# call.
+GEMM_MAX_VALUES = 2**17
+
+
+def _gemm_columns(width: int) -> int:
+    """Columns of the design (rows of data) per log-density GEMM: a power of two (at least 1)."""
+    cols = 1
+    while cols * 2 * width <= GEMM_MAX_VALUES:
+        cols *= 2
+    return cols
 
 
 def stats_rows(panel: int, d: int, kp: int, dtype: np.dtype) -> int:

@@ -910,12 +910,14 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
 # The pair kernel runs where the design's panels are at most this many bytes a design column (32 rows
 # float64, 64 float32: the moment design at d >= ~56 on a 2 MiB L2). Measured one thread, K=8, Intel Xeon
 # (AVX-512, 2 MiB L2), seconds per 500k rows, design against pair kernel: d=64 1.09-1.10 against 0.88-0.91
-# (float32 1.11 against 0.87); where the panels are longer the design's own product wins: d=48 (64 rows)
+# (float32, with the GEMM calls below, 1.07-1.20 against 0.55-0.61); where the panels are longer the
+# design's own product wins: d=48 (64 rows)
 # 0.565 against 0.60-0.62, d=32 (128 rows) 0.25 against 0.28-0.29, d=16 0.285 against 0.41.
 PAIRS_MAX_PANEL_BYTES = 256
 # Its statistics panels: rows whose d + 1 rows of y and K of log-densities take at most this share of one
-# core's L2 (d=64: 256 rows float64, 512 float32; 128 to 2048 rows measured within noise of these), and
-# at most float32's blocks of sums (STATS_BLOCK_FLOAT32).
+# core's L2 (d=64: 256 rows float64, 512 float32; minimum of five runs, float64: 0.99 s at 256 rows,
+# 1.06-1.07 at 128 or 512, 1.22 at 1024; float32 0.55-0.58 at 256-1024, 0.61 at 128), and at most
+# float32's blocks of sums (STATS_BLOCK_FLOAT32).
 PAIRS_L2_SHARE = 0.125
 PAIRS_MAX_ROWS = STATS_BLOCK_FLOAT32
 

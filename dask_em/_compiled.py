@@ -890,7 +890,9 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     d = x.shape[1]
     tall = stats_rows(rows, d, kp, dtype)
     gemm_cols = _gemm_columns(width)
-    if tall > rows and len(x) > rows:
+    # The pair kernel's blocks share their first row; a design whose products share none (the diagonal
+    # design's squares) would leave most of their places empty, and keeps the design's own product.
+    if tall > rows and len(x) > rows and 3 * len(pair_blocks(pairs, d)) <= PAIRS_MAX_PLACES * width:
         rows = min(rows, gemm_cols)
         prefix = f"compiled-pairs-{dtype.char}"
         design = buffers(f"{prefix}-design", (width * rows,), dtype)
@@ -920,6 +922,9 @@ PAIRS_MAX_PANEL_BYTES = 256
 # float32's blocks of sums (STATS_BLOCK_FLOAT32).
 PAIRS_L2_SHARE = 0.125
 PAIRS_MAX_ROWS = STATS_BLOCK_FLOAT32
+# ... and where its blocks hold at most this many places a design column (the moment design: 1.06 at
+# d=64, 1.29 at d=5; the diagonal design's squares: about 2).
+PAIRS_MAX_PLACES = 1.5
 
 
 # The log-density GEMMs of the product and pair kernels take at most this many design values at a time
@@ -981,6 +986,8 @@ def pair_blocks(pairs: tuple, d: int) -> np.ndarray:
             out.append((u, v0, v1, v2, m0, m1, m2))
     blocks = np.array(out, dtype=np.int64).reshape(-1, 7)
     with _LOCK:
+        if len(_BLOCKS) >= 64:  # pairs made afresh for each call (the library's own are cached): stay bounded
+            _BLOCKS.clear()
         _BLOCKS[key] = (pi, pj, blocks)
     return blocks
 

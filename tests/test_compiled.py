@@ -310,6 +310,19 @@ def test_pair_kernel_equals_the_design_product_and_numpy(dtype, k, monkeypatch):
         np.testing.assert_allclose(pair["moments"], exact, rtol=0, atol=50 * RTOL[dtype] * np.abs(exact).max())
 
 
+def test_the_diagonal_design_keeps_its_own_product(monkeypatch):
+    """The diagonal design's squares share no first row: even in short panels its statistics stay the design's."""
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    d, k = 6, 4
+    pairs = (np.arange(d), np.arange(d))
+    x = np.random.default_rng(2).standard_normal((600, d))
+    assert _compiled.stats_rows(8, d, k, F64) > 8
+    calls = _count_calls(monkeypatch, "pairs")
+    done, record = _product_record(x, None, np.zeros(d), pairs, np.zeros((k, 2 * d + 1)), k, 8)
+    assert done is True and calls == [] and record["wsum"] == 600
+
+
 def test_pair_kernel_stops_at_a_nan_row(monkeypatch):
     """Watching for NaN, the pair kernel returns False at a statistics panel whose log-likelihood is NaN."""
     if _compiled._STATE.get("pairs") is None:

@@ -909,17 +909,17 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
     return None if done is _FAILED else bool(done)
 
 
-# The pair kernel runs where the design's panels are at most this many bytes a design column (32 rows
-# float64, 64 float32: the moment design at d >= ~56 on a 2 MiB L2). Measured one thread, K=8, Intel Xeon
-# (AVX-512, 2 MiB L2), seconds per 500k rows, design against pair kernel: d=64 1.09-1.10 against 0.88-0.91
-# (float32, with the GEMM calls below, 1.07-1.20 against 0.55-0.61); where the panels are longer the
-# design's own product wins: d=48 (64 rows)
-# 0.565 against 0.60-0.62, d=32 (128 rows) 0.25 against 0.28-0.29, d=16 0.285 against 0.41.
-PAIRS_MAX_PANEL_BYTES = 256
+# The pair kernel runs where the design's panels are at most this many bytes a design column (64 rows
+# float64, 128 float32: the moment design at d >= ~45 on a 2 MiB L2). Measured on one thread (one BLAS
+# thread), K=8, Intel Xeon (AVX-512, 2 MiB L2), seconds per 500k rows, design against pair kernel, same
+# process: d=64 (32 rows) 1.13-1.18 against 0.90-0.93, float32 0.65-0.69 against 0.54-0.57; d=48 (64
+# rows) 0.60 against 0.50; d=32 (128 rows) 0.25-0.26 against 0.24, float32 (256 rows) 0.15 both; d=16
+# (512 rows) 0.32 against 0.34-0.37.
+PAIRS_MAX_PANEL_BYTES = 512
 # Its statistics panels: rows whose d + 1 rows of y and K of log-densities take at most this share of one
-# core's L2 (d=64: 256 rows float64, 512 float32; minimum of five runs, float64: 0.99 s at 256 rows,
-# 1.06-1.07 at 128 or 512, 1.22 at 1024; float32 0.55-0.58 at 256-1024, 0.61 at 128), and at most
-# float32's blocks of sums (STATS_BLOCK_FLOAT32).
+# core's L2 (d=64: 256 rows float64, 512 float32; minimum and median of five runs, float64: 0.96-0.97 s
+# at 256 rows, 0.97-0.98 at 512, 0.98-1.03 at 128, 1.08-1.11 at 1024; float32 0.50-0.52 at 256-1024,
+# 0.53-0.54 at 128), and at most float32's blocks of sums (STATS_BLOCK_FLOAT32).
 PAIRS_L2_SHARE = 0.125
 PAIRS_MAX_ROWS = STATS_BLOCK_FLOAT32
 # ... and where its blocks hold at most this many places a design column (the moment design: 1.06 at
@@ -933,7 +933,8 @@ PAIRS_MAX_PLACES = 1.5
 # alike (one thread, Intel Xeon, GFLOP/s): width 2145 (d=64) float64 56 at t=32 against 25 at 64-512,
 # float32 97 against 54; width 153 (d=16) float32 125 at t=512 against 61 at 1024; width 561 (d=32)
 # float32 101 at 128 against 55 at 256. Its Haswell kernels run every such split within 10-20% of one
-# call.
+# call. The whole kernel, float32, seconds per 2M rows, one call against split: d=16 0.200 against 0.170,
+# d=32 0.707 against 0.587, d=48 1.447 against 1.196, d=64 (pair kernel) 2.71 against 2.08.
 GEMM_MAX_VALUES = 2**17
 
 

@@ -445,10 +445,10 @@ MOMENT_PANEL_BYTES = min(2**25, max(2**20, core_caches()[1]))
 # rows), 5.6 at 270 KiB (16 rows), 8.2 at 8 rows. The design and the BLAS's packed copy of it share
 # the cache: a panel takes at most half of one core's L2. Where that holds fewer than 16 rows,
 # panels of 256 rows (float64; 512 in float32) run from the last-level cache instead, as on the AMD
-# EPYC above. Panels of 16 to 32 rows (float64; 64 in float32) take the pair kernel
+# EPYC above. Panels of 16 to 64 rows (float64; 128 in float32) take the pair kernel
 # (dask_em._compiled.stats_rows), whose statistics do not read the design: on the Intel Xeon, d=96,
-# K=8, float64, 2M rows, 8.6-9.4 s at 16 rows against 16.3-17.7 s at 64 or 256 rows (d=64: 3.6 s at
-# 32 rows, 4.0 at 16, 7.3-7.7 at 64 or 256; d=128: 16 rows 24 s, 8 rows 23 s).
+# K=8, float64, 2M rows, one thread, 9.1 s at 16 rows against 19.0 s at 256 rows (d=64, BLAS threads
+# not limited: 3.6 s at 32 rows, 4.0 at 16, 7.3-7.7 at 64 or 256; d=128: 16 rows 24 s, 8 rows 23 s).
 MOMENT_PANEL_BYTES_COMPILED = core_caches()[0] // 2
 MOMENT_PANEL_MIN_ROWS_COMPILED = 16
 MOMENT_PANEL_LLC_ROWS_COMPILED = 256

@@ -1105,6 +1105,15 @@ def rows_estep(x: np.ndarray, w: np.ndarray | None, onehot: np.ndarray | None, c
                 gemm) is not _FAILED
 
 
+def _frozen(values) -> np.ndarray:
+    """A read-only int64 array: the layouts' pairs are read-only, and numba compiles those apart."""
+    out = np.array(values, dtype=np.int64)
+    out.flags.writeable = False
+    return out
+
+
+_WARM_PAIRS = (_frozen([0, 1, 2]), _frozen([0, 1, 2]))
+_WARM_MOMENT_PAIRS = (_frozen([0, 1, 2, 0, 1, 2]), _frozen([0, 1, 2, 1, 2, 0]))
 _NO_OFFSETS = np.zeros(1, dtype=np.int64)
 _NO_PAIRS = np.zeros(0, dtype=np.int64)
 
@@ -1121,15 +1130,20 @@ def warm_up() -> bool:
     buffers = lambda name, shape, dt: np.empty(shape, dtype=dt)  # noqa: E731
     for dtype in FLOORS:
         x = np.linspace(-1.0, 1.0, 24).reshape(8, 3)
-        pairs = (np.arange(3, dtype=np.int64), np.arange(3, dtype=np.int64))
+        pairs = _WARM_PAIRS
         coef = np.full((2, 7), -0.5, dtype=dtype)
+        moment_coef = np.full((2, 10), -0.5, dtype=dtype)
+        moment_record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 10))}
         record = {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0, "moments": np.zeros((2, 7)), "n": np.zeros(2),
                   "xw": np.zeros((6, 4))}
         stacked, const, means = np.eye(6, 4, dtype=dtype), np.zeros(2, dtype=dtype), np.zeros((2, 3), dtype=dtype)
-        # Data in float64, and float32 data computed in float32 (each pair of dtypes is compiled apart).
-        for data in {np.dtype(np.float64), dtype}:
+        # Data in float64 or float32, computed in either (each pair of dtypes is compiled apart).
+        for data in (np.dtype(np.float64), np.dtype(np.float32)):
             for w in (None, np.ones(8)):
                 product_estep(x.astype(data), w, np.zeros(3), pairs, coef, 2, 8, w is None, False, record, buffers)
+                # Panels of 4 rows of a moment design (its pairs ordered as _vech_pairs's): the pair kernel.
+                product_estep(x.astype(data), w, np.zeros(3), _WARM_MOMENT_PAIRS, moment_coef, 2, 4, w is None, False,
+                              moment_record, buffers)
             residual_estep(x.astype(data), None, np.zeros(3), stacked, const, means, False, 8, False, False, record,
                            buffers)
             rows, one = np.arange(8), np.zeros((8, 1), dtype=np.int64)

@@ -323,6 +323,32 @@ def test_the_diagonal_design_keeps_its_own_product(monkeypatch):
     assert done is True and calls == [] and record["wsum"] == 600
 
 
+def test_warm_up_compiles_what_fits_call(monkeypatch):
+    """After ``warm_up()`` (what the container image runs at build time), E-steps on the layouts' own pairs
+    (read-only arrays), float32 data computed in float64 and the pair kernel compile nothing more."""
+    if _compiled._STATE.get("pairs") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    from dask_em import _covariance
+
+    assert _compiled.warm_up()
+    names = ("product", "pairs", "residual", "design", "kernel")
+    before = {name: len(_compiled._STATE[name].signatures) for name in names}
+    rng = np.random.default_rng(8)
+    d = 6
+    width = d * (d + 1) // 2 + d + 1
+    for data in (np.float64, np.float32):
+        x = rng.standard_normal((600, d)).astype(data)
+        for dtype in ("float64", "float32"):
+            family = GaussianFamily(compute_dtype=dtype)
+            for ct in ("full", "diag"):
+                family.estep(x, None, [_gaussian_params(ct, 4, d, rng)], np.zeros(d))
+            itemsize = np.dtype(dtype).itemsize
+            monkeypatch.setattr(_covariance, "MOMENT_PANEL_BYTES_COMPILED", 16 * width * itemsize)
+            family.estep(x, rng.uniform(0.5, 1.5, len(x)), [_gaussian_params("full", 4, d, rng)], np.zeros(d))
+            monkeypatch.undo()
+    assert {name: len(_compiled._STATE[name].signatures) for name in names} == before
+
+
 def test_pair_kernel_stops_at_a_nan_row(monkeypatch):
     """Watching for NaN, the pair kernel returns False at a statistics panel whose log-likelihood is NaN."""
     if _compiled._STATE.get("pairs") is None:

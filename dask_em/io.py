@@ -24,12 +24,18 @@ import numpy as np
 from dask.base import tokenize
 
 from ._namespace import dtype_name, is_foreign, to_numpy
+from ._zarr_read import ChunkFiles, chunk_files
 
 # Attempts beyond the first when a chunk read fails (transient storage errors).
 DEFAULT_READ_RETRIES = 3
 
 # Target bytes per dask chunk when we choose the row chunking ourselves.
 DEFAULT_CHUNK_BYTES = 32 * 2**20
+# ... for chunks read from a store, whose every read allocates its rows: under 32 MiB, the most glibc's
+# malloc ever serves from its heap (larger blocks are mapped afresh, page-faulted and zeroed on every read).
+# A fit of 2M x 16 from a store of 8 MiB chunks, threaded scheduler, 2 cores (Intel Xeon): 0.230-0.255 s an
+# iteration in 32 MiB chunks (0.5-0.6 s of system time), 0.205-0.212 in 24 MiB chunks (0.25-0.29 s).
+STORE_CHUNK_BYTES = 30 * 2**20
 
 
 @dataclass
@@ -101,8 +107,9 @@ def _check_shape(shape, what: str) -> None:
 
 def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int | None = None) -> int:
     """Rows per dask chunk when dask-em chooses: about 32 MiB, at least two chunks
-    per local core when the data allow (so every core has work), a multiple of
-    the store's own row chunk.
+    per local core when the data allow (so every core has work); for a store
+    (``previous``, its row chunk), a multiple of its chunk of at most 30 MiB
+    (``STORE_CHUNK_BYTES``) where its chunks are smaller.
 
     The budget counts 8 bytes per value whatever the stored dtype: the E-step
     works in float64, and a bool store sized by its own bytes made 5 tasks of
@@ -115,7 +122,8 @@ def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int |
     two cores before any other cost); 8 chunks of 250,000 have none.
     """
     cores = os.cpu_count() or 1
-    rows = max(1, DEFAULT_CHUNK_BYTES // max(1, n_features * max(itemsize, 8)))
+    budget = STORE_CHUNK_BYTES if previous else DEFAULT_CHUNK_BYTES
+    rows = max(1, budget // max(1, n_features * max(itemsize, 8)))
     rows = min(rows, max(4096, -(-n_rows // (2 * cores))))
     if previous:
         rows = max(previous, (rows // previous) * previous)
@@ -210,7 +218,8 @@ def open_zarr(
     storage_options : dict, optional
         Passed to fsspec for remote stores (credentials, endpoint).
     chunk_rows : int, optional
-        Rows per chunk; by default a multiple of the store's chunks near 32 MiB.
+        Rows per chunk; by default a multiple of the store's chunks of at most
+        30 MiB (or the store's chunk, where that is larger).
     read_retries : int, default=3
         Attempts beyond the first for a chunk read that fails.
 
@@ -265,17 +274,21 @@ def open_zarr(
     return _from_zarr_array(node, chunk_rows, kind="zarr", read_retries=read_retries)
 
 
-def read_rows(arr, key, *, retries: int, source: str):
+def read_rows(arr, key, *, retries: int, source: str, files: ChunkFiles | None = None):
     """Read one block of rows, retrying transient failures with backoff.
 
+    ``files``: the store's chunk files where dask-em reads them itself
+    (:func:`dask_em._zarr_read.chunk_files`: local stores of the usual
+    layouts, decoded without zarr's event loop); else ``arr[key]``.
     The last failure is re-raised as an ``OSError`` that names the rows and the
     store, with the store's own error (the failing key, a codec error for a
     corrupted chunk) attached.
     """
+    direct = files is not None and files.covers(key)
     last: Exception | None = None
     for attempt in range(retries + 1):
         try:
-            return arr[key]
+            return files.read(key) if direct else arr[key]
         except Exception as exc:  # storage errors come in many types
             last = exc
             if attempt < retries:
@@ -295,7 +308,7 @@ def _from_zarr_array(arr, chunk_rows: int | None, kind: str, read_retries: int =
     rows = chunk_rows or auto_row_chunks(arr.shape[0], arr.shape[1], arr.dtype.itemsize, arr.chunks[0])
     # As da.from_zarr (one task per chunk, the array object in one key), with a
     # reader that retries and names the rows of a chunk that cannot be read.
-    reader = functools.partial(read_rows, retries=read_retries, source=source)
+    reader = functools.partial(read_rows, retries=read_retries, source=source, files=chunk_files(arr))
     name = "from-zarr-" + tokenize(arr, rows, read_retries)
     data = da.from_array(arr, chunks=(rows, -1), name=name, getitem=reader, asarray=False, fancy=False)
     return Prepared(data, kind)

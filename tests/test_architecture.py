@@ -17,7 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "dask_em"
 
 LAYERS = [
     ("foundation", ["_version", "_json", "_validation", "_namespace", "_machine", "_compiled"]),
-    ("input and the family protocol", ["io", "family"]),
+    ("input and the family protocol", ["_zarr_read", "io", "family"]),
     ("families", ["_parsimonious", "_covariance", "_array_api", "_incomplete", "prior", "gaussian", "bayesian", "_discrete_kernel", "discrete", "datasets"]),
     ("starts", ["hierarchical", "starts"]),
     ("engine and runner", ["engine", "runner"]),

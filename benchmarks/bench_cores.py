@@ -13,7 +13,9 @@ of ``--repeats``.
                   the floor (4·n·K·d² flops at that count's DGEMM rate) and the
                   share of it reached.
 * LocalCluster    the same data from a Zarr store (zarr's default codec, in
-                  ``/dev/shm`` where it exists) on ``LocalCluster`` s of 1 x n,
+                  ``/dev/shm`` where it exists, chunks of ``--store-chunk-mib``,
+                  read by dask-em's own reader unless the environment sets
+                  ``DASK_EM_DIRECT_READS=0``) on ``LocalCluster`` s of 1 x n,
                   n/4 x 4 and n x 1 (workers x threads), n the cores, and
                   one worker of n threads over n workers of one thread.
 * GIL             first, the GIL-held share of the kernels measured (see
@@ -105,6 +107,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", default="", help="comma-separated thread counts [1, 2, 4, ... up to the cores]")
     parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster table")
+    parser.add_argument("--store-chunk-mib", type=float, default=30,
+                        help="row chunks of the Zarr store (and of every fit), MiB [30: the most dask-em takes itself]")
     parser.add_argument("--no-gil", action="store_true", help="skip the GIL-held share table")
     parser.add_argument("--gil-seconds", type=float, default=1.0, help="seconds per kernel and py-spy recording")
     parser.add_argument("--gil-repeats", type=int, default=1, help="pairs of py-spy recordings (median)")
@@ -152,7 +156,7 @@ def main(argv=None) -> None:
     try:
         for shape in args.shapes.split(","):
             n, d = (int(v) for v in shape.lower().split("x"))
-            chunk_rows = (32 * 2**20) // (8 * d)
+            chunk_rows = int(args.store_chunk_mib * 2**20) // (8 * d)
             x, _, spec = make_mixture(n, d, args.components, chunk_rows=chunk_rows, seed=1)
             X = x.compute(scheduler="threads")
             data.append((shape, n, d, X, spec, chunk_rows))

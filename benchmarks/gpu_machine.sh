@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_machine.sh run [ARGS]  # there, from the checkout's root, .whl/ carried along:
 #                                              # the CuPy tests, then bench_gpu.py ARGS
 #   bash benchmarks/gpu_machine.sh cores [ARGS] # there: bench_cores.py ARGS (the host's 16 cores)
+#   bash benchmarks/gpu_machine.sh read [ARGS]  # there: bench_read.py ARGS (Zarr reads on 1-16 threads)
 #
 # The GPU machine has Python 3.12, numpy, scipy, scikit-learn, xarray and CuPy, but not dask,
 # distributed, zarr or the small packages dask-em needs beside them: their wheels travel in .whl/.
@@ -26,7 +27,7 @@ download)
         typing-extensions importlib-metadata zipp
     du -sh .whl && echo "python here: $py; carry .whl with the run (carry: [\".whl\"])"
     ;;
-run | cores)
+run | cores | read)
     mode=$1
     shift || true
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -35,13 +36,16 @@ run | cores)
     if [ "$mode" = cores ]; then
         exec timeout 300 python3 benchmarks/bench_cores.py "$@"
     fi
+    if [ "$mode" = read ]; then
+        exec timeout 300 python3 benchmarks/bench_read.py "$@"
+    fi
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     python3 -c 'import cupy, dask, dask_em; print("cupy", cupy.__version__, "dask", dask.__version__)'
     timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/test_array_api.py
     timeout 300 python3 benchmarks/bench_gpu.py "$@"
     ;;
 *)
-    echo "usage: bash benchmarks/gpu_machine.sh download|run|cores [benchmark arguments]" >&2
+    echo "usage: bash benchmarks/gpu_machine.sh download|run|cores|read [benchmark arguments]" >&2
     exit 2
     ;;
 esac

@@ -74,7 +74,8 @@ FLOORS = {np.dtype(np.float64): -600.0, np.dtype(np.float32): -64.0}
 
 _LOCK = threading.Lock()
 # Every kernel's entry in _STATE, where none runs.
-_NO_KERNELS = dict.fromkeys(("kernel", "design", "product", "pairs", "residual", "profile", "rows"))
+_NO_KERNELS = dict.fromkeys(("kernel", "design", "product", "pairs", "residual", "profile", "rows",
+                              "rows-normalize"))
 _STATE: dict = {}
 
 
@@ -189,6 +190,26 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
     scal[0] += loglik
     scal[1] += wsum
     scal[2] += ent
+
+
+def _rows_normalize_kernel(wlp, w, floor, fc, ic, buf, work, log_norm, proba, scal):  # pragma: no cover - compiled
+    """The compiled body of :func:`normalize_rows`: (n, K) rows through :func:`_normalize_kernel` in panels."""
+    n, k = wlp.shape
+    rows = work.shape[1]
+    want = proba.shape[0] > 0
+    for lo in range(0, n, rows):
+        t = min(rows, n - lo)
+        panel = buf[: k * t].reshape((k, t))
+        for r in range(t):
+            for j in range(k):
+                panel[j, r] = wlp[lo + r, j]
+        _normalize_jit(panel, w, floor, False, work, fc, ic, scal)
+        for r in range(t):  # the log of each row's total, and its maximum
+            log_norm[lo + r] = work[2, r] + work[0, r]
+        if want:
+            for r in range(t):
+                for j in range(k):
+                    proba[lo + r, j] = panel[j, r]
 
 
 def _product_kernel(x, w, shift, pi, pj, coef, k, panel, gemm_cols, entropy, stop_at_nan, floor, fc, ic,
@@ -704,6 +725,7 @@ def _compile() -> None:
     _wide_vectors = _wide_intrinsic()
     _pairs_dots_jit = _jit(numba, _pairs_dots_kernel, ("contract", "reassoc"))
     _rows_minus_jit = _jit(numba, _rows_minus_kernel)
+    _STATE["rows-normalize"] = _jit(numba, _rows_normalize_kernel)
     try:
         _STATE["gemm"] = _gemm_functions()
         _gemm_call = _gemm_intrinsic()
@@ -818,6 +840,36 @@ def normalize(wlp: np.ndarray, w: np.ndarray | None, entropy: bool, record: dict
                 ints) is not _FAILED
 
 
+
+
+NORMALIZE_ROWS = 512  # rows per panel of normalize_rows (its (K, rows) panel and work rows stay in L1/L2)
+
+
+def normalize_rows(wlp: np.ndarray, proba: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Each row's log-sum-exp of the (n, K) float64 log-densities ``wlp``, and with ``proba`` the
+    responsibilities (n, K), in one call that releases the GIL (the E-step's log-sum-exp, in panels).
+
+    Rows with NaN give NaN; a row whose largest value is not finite is left to the caller (its result is
+    not finite). None, computing nothing, where the compiled kernels do not run (other dtypes, layouts).
+    """
+    if wlp.dtype != np.float64 or wlp.ndim != 2 or not wlp.flags.c_contiguous or not enabled():
+        return None
+    kernel = _STATE.get("rows-normalize")
+    if kernel is None:
+        return None
+    n, k = wlp.shape
+    rows = max(1, min(NORMALIZE_ROWS, n))
+    fc, ic = _STATE["constants"][wlp.dtype]
+    log_norm = np.empty(n)
+    out = np.empty((n, k)) if proba else np.empty((0, k))
+    buf, work = np.empty(k * rows), np.empty((5, rows))
+    try:
+        kernel(wlp, _EMPTY, wlp.dtype.type(FLOORS[wlp.dtype]), fc, ic, buf, work, log_norm, out, np.zeros(3))
+    except Exception as exc:  # noqa: BLE001 - compiling failed: numpy runs
+        with _LOCK:
+            _disable(exc)
+        return None
+    return log_norm, (out if proba else None)
 
 
 def _design_kernel(x, shift, pi, pj, out):  # pragma: no cover - compiled
@@ -1154,6 +1206,8 @@ def warm_up() -> bool:
         out = np.ones((7, 8), dtype=dtype)
         product_design(x, np.zeros(3), pairs, out)
         normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))
+    for proba in (False, True):  # inference's log-sum-exp of (n, K) rows
+        normalize_rows(np.zeros((8, 2)), proba)
     codes = np.zeros((8, 2), dtype=np.int64)
     for onehot, data in ((None, codes.astype(bool)), (np.array([0, 2, 4]), codes), (None, codes)):
         width = 3 if onehot is None else 5

@@ -22,7 +22,7 @@ from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from ._namespace import is_numpy, like, namespace, to_numpy
 from ._validation import fail, is_int, seed_sequence
-from .engine import infer_block
+from .engine import infer_block, infer_direct, local_rows
 from .family import Family
 from .io import Prepared, as_dask_array
 from .runner import Runner
@@ -88,9 +88,10 @@ class FittedMixture:
         state = self.fitted_state()
         block_state = {"family": state.family, "context": state.context, "params": state.params}
         prep = self._prepare_inference(X, kwargs)
-        if not prep.lazy:
-            rows = prep.foreign if prep.foreign is not None else prep.data.compute(scheduler="sync")
-            out = infer_block(rows, block_state, what)
+        if not prep.lazy and prep.foreign is not None:  # an in-memory array of another library, on its device
+            out = infer_block(prep.foreign, block_state, what)
+        elif not prep.lazy:  # in memory: its row blocks on the local threads, no graph
+            out = infer_direct(local_rows(prep.data), block_state, what)
         else:
             token = tokenize(prep.data, block_state, what)
             key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)

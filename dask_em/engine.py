@@ -32,6 +32,7 @@ from dask.base import tokenize
 from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
+from . import _compiled
 from ._namespace import is_foreign, like, namespace, to_numpy, xp_log_normalize
 from .family import Family, merge_records
 from .io import check_weights
@@ -222,6 +223,11 @@ def infer_block(x, state: dict, what: str, block_info=None):
         if family.lazy_row_check and not math.isfinite(float(wlp.sum())):
             check_rows(family, x, start, stop, where)
         return wlp.argmax(1)
+    # Compiled, without the GIL: the rows' log-sum-exp (and responsibilities); where a row's is not finite
+    # (NaN in the rows, or no finite density), numpy's below, which finds the rows and says what they hold.
+    fast = _compiled.normalize_rows(wlp, what == "proba")
+    if fast is not None and np.isfinite(fast[0]).all():
+        return fast[1] if what == "proba" else fast[0]
     log_norm = logsumexp(wlp, axis=1)
     if family.lazy_row_check and not math.isfinite(float(log_norm.sum())):
         check_rows(family, x, start, stop, where)
@@ -377,6 +383,23 @@ def _pool(size: int) -> ThreadPoolExecutor:
     if size not in _POOLS:
         _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix="dask-em-direct")
     return _POOLS[size]
+
+
+def infer_direct(X: LocalRows, state: dict, what: str):
+    """:func:`infer_block` on in-memory blocks without a graph, on the local threads; the blocks' answers in
+    row order, joined (a bad row raises the complaint of the first block that has one, as in order)."""
+    bounds = np.cumsum((0,) + tuple(X.chunks[0]))
+
+    def one(i: int):
+        info = {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}}
+        return infer_block(X.blocks[i], state, what, block_info=info)
+
+    from threadpoolctl import threadpool_limits
+
+    n, workers = len(X.blocks), _workers()
+    with threadpool_limits(limits=1, user_api="blas"):  # a BLAS thread per block, as in a fit's rounds
+        parts = [one(i) for i in range(n)] if n == 1 or workers == 1 else list(_pool(workers).map(one, range(n)))
+    return parts[0] if n == 1 else np.concatenate(parts)
 
 
 def _tree_combine(parts: list, family: Family, split_every: int | None) -> list:

@@ -146,6 +146,38 @@ def test_normalize_declines_what_it_does_not_cover(switch):
     assert record == {"loglik": 0.0, "wsum": 0.0, "entropy": 0.0}
 
 
+@pytest.mark.parametrize("n, k", [(1, 1), (7, 3), (1100, 8), (513, 2)])
+def test_normalize_rows_equals_scipy(n, k):
+    """Inference's log-sum-exp of (n, K) rows, in panels of 512: scipy's to 1e-13, its responsibilities to 1e-14."""
+    from scipy.special import logsumexp
+
+    rng = np.random.default_rng(n + k)
+    wlp = rng.standard_normal((n, k)) * 200 - 300
+    if k > 1:
+        wlp[::5, 0] = -np.inf  # a component of no density for some rows
+    log_norm, proba = _compiled.normalize_rows(wlp, True)
+    expected = logsumexp(wlp, axis=1)
+    np.testing.assert_allclose(log_norm, expected, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(proba, np.exp(wlp - expected[:, None]), rtol=1e-12, atol=1e-14)
+    alone, none = _compiled.normalize_rows(wlp, False)
+    np.testing.assert_array_equal(alone, log_norm)
+    assert none is None
+
+
+def test_normalize_rows_leaves_what_is_not_finite_to_numpy(switch, rng):
+    """NaN rows and rows of no density give non-finite sums, which inference hands to numpy's path; other
+    dtypes and layouts are declined."""
+    wlp = rng.standard_normal((10, 3))
+    wlp[2, 1] = np.nan
+    wlp[5] = -np.inf
+    log_norm, _ = _compiled.normalize_rows(wlp, False)
+    assert np.isnan(log_norm[2]) and not np.isfinite(log_norm[5]) and np.isfinite(np.delete(log_norm, [2, 5])).all()
+    assert _compiled.normalize_rows(wlp.astype(np.float32), True) is None
+    assert _compiled.normalize_rows(np.asfortranarray(rng.standard_normal((10, 3))), True) is None
+    switch(False)
+    assert _compiled.normalize_rows(rng.standard_normal((10, 3)), True) is None
+
+
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("d", [3, 16])

@@ -247,3 +247,50 @@ def test_float32_switch_to_float64_is_not_a_fall(caplog):
                                                random_state=0), X)
     assert gm.converged_ and gm.restarts_[0]["float64_from"] is not None
     assert not [r for r in caplog.records if "fell" in r.getMessage()]
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_in_memory_inference_on_threads_equals_the_graph(cov_type, rng):
+    """predict, predict_proba and score_samples of in-memory rows run their blocks on local threads, without
+    a graph: bitwise the lazy results of the same chunks, on one thread or two; scikit-learn's to round-off."""
+    import dask
+
+    X = mixture(rng, n=6000, d=4, k=3)[0]
+    start = sklearn_start(X, 3, cov_type)
+    model = fit_quiet(dask_em.GaussianMixture(3, covariance_type=cov_type, max_iter=5, **start), X, chunk_rows=1000)
+    reference = SkGaussianMixture(3, covariance_type=cov_type).fit(X[:50])
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        setattr(reference, name, getattr(model, name))
+    lazy = da.from_array(X, chunks=(1000, -1))
+    for method, tol in (("predict", 0), ("predict_proba", 1e-12), ("score_samples", 1e-12)):
+        expected = getattr(model, method)(lazy).compute()
+        for threads in (1, 2):
+            with dask.config.set(scheduler="threads", num_workers=threads):
+                got = getattr(model, method)(X, chunk_rows=1000)
+            assert isinstance(got, np.ndarray)
+            np.testing.assert_array_equal(got, expected)
+        theirs = getattr(reference, method)(X)
+        if tol:
+            np.testing.assert_allclose(got, theirs, rtol=tol, atol=1e-14)
+        else:
+            np.testing.assert_array_equal(got, theirs)
+
+
+def test_in_memory_rows_are_views_of_the_input(rng):
+    """An in-memory array is neither copied nor hashed: its dask blocks are views of it (row blocks of a
+    C-ordered copy for an array in another order, as the kernels want them)."""
+    from dask_em.io import as_dask_array, row_views
+
+    X = rng.standard_normal((5000, 3))
+    prep = as_dask_array(X, chunk_rows=1200)
+    blocks = engine.local_rows(prep.data).blocks
+    assert prep.data.chunks[0] == (1200, 1200, 1200, 1200, 200)
+    assert all(np.shares_memory(b, X) and b.flags.c_contiguous for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), X)
+    fortran = np.asfortranarray(X)
+    blocks = engine.local_rows(as_dask_array(fortran, chunk_rows=1200).data).blocks
+    assert all(b.flags.c_contiguous for b in blocks) and not np.shares_memory(blocks[0], fortran)
+    w = rng.uniform(size=5000)
+    weights = row_views(w, (prep.data.chunks[0],))
+    assert weights.chunks == (prep.data.chunks[0],)
+    np.testing.assert_array_equal(weights.compute(), w)

@@ -75,7 +75,7 @@ FLOORS = {np.dtype(np.float64): -600.0, np.dtype(np.float32): -64.0}
 _LOCK = threading.Lock()
 # Every kernel's entry in _STATE, where none runs.
 _NO_KERNELS = dict.fromkeys(("kernel", "design", "product", "pairs", "residual", "profile", "rows",
-                              "rows-normalize"))
+                              "rows-normalize", "product-logp"))
 _STATE: dict = {}
 
 
@@ -210,6 +210,25 @@ def _rows_normalize_kernel(wlp, w, floor, fc, ic, buf, work, log_norm, proba, sc
             for r in range(t):
                 for j in range(k):
                     proba[lo + r, j] = panel[j, r]
+
+
+def _product_logp_kernel(x, shift, pi, pj, coef, k, panel, gemm_cols, one, zero, design, logp, gemm,
+                         out):  # pragma: no cover - compiled
+    """The compiled body of :func:`product_logp`: each panel's design and log-density GEMM, rows into ``out``."""
+    n = x.shape[0]
+    kp, width = coef.shape
+    for lo in range(0, n, panel):
+        t = min(panel, n - lo)
+        phi = design[: width * t].reshape((width, t))
+        _design_jit(x[lo : lo + t], shift, pi, pj, phi)
+        ones = phi[width - 1]
+        for r in range(t):
+            ones[r] = one
+        lp = logp[: kp * t].reshape((kp, t))
+        _matmul_jit(gemm, coef, phi, lp, one, zero, gemm_cols)
+        for r in range(t):
+            for j in range(k):
+                out[lo + r, j] = lp[j, r]
 
 
 def _product_kernel(x, w, shift, pi, pj, coef, k, panel, gemm_cols, entropy, stop_at_nan, floor, fc, ic,
@@ -733,6 +752,7 @@ def _compile() -> None:
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None
+    _STATE["product-logp"] = _jit(numba, _product_logp_kernel) if _STATE["gemm"] else None
     _STATE["pairs"] = _jit(numba, _pairs_kernel) if _STATE["gemm"] else None
     _STATE["residual"] = _jit(numba, _residual_kernel) if _STATE["gemm"] else None
     _STATE["rows"] = _jit(numba, _rows_kernel) if _STATE["gemm"] else None
@@ -961,6 +981,37 @@ def product_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, pairs:
                 int(gemm_cols), bool(entropy), bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design,
                 logp, part, work, record["moments"], gemm)
     return None if done is _FAILED else bool(done)
+
+
+def product_logp(x: np.ndarray, shift: np.ndarray, pairs: tuple, coef: np.ndarray, k: int, panel: int,
+                 out: np.ndarray, buffers) -> bool:
+    """The weighted log-densities of the rows ``x`` on a product design into ``out`` (n, K), in one call that
+    releases the GIL: :func:`product_estep`'s panels (the design, its log-density GEMM) without the statistics.
+
+    ``coef`` (Kp, width) float64, as :func:`product_estep` takes it; ``out``
+    C-contiguous float64. False, writing nothing, where the kernel does not
+    run (the caller runs its own).
+    """
+    if (coef.dtype != np.float64 or out.dtype != np.float64 or not out.flags.c_contiguous or not _native_float(x)
+            or not products_run() or _STATE.get("product-logp") is None):
+        return False
+    gemm = _STATE["gemm"].get(coef.dtype)
+    if gemm is None:
+        return False
+    kp, width = coef.shape
+    gemm_cols = _gemm_columns(width)
+    rows = max(1, min(panel, gemm_cols, len(x)))
+    design = buffers("compiled-d-design", (width * rows,), coef.dtype)
+    logp = buffers("compiled-d-logp", (kp * rows,), coef.dtype)
+    try:
+        _STATE["product-logp"](x, np.ascontiguousarray(shift, dtype=np.float64), pairs[0], pairs[1],
+                               np.ascontiguousarray(coef), int(k), int(rows), int(gemm_cols), 1.0, 0.0, design, logp,
+                               gemm, out)
+    except Exception as exc:  # noqa: BLE001 - compiling failed (before any value was written): numpy runs
+        with _LOCK:
+            _disable(exc)
+        return False
+    return True
 
 
 # The pair kernel runs where the design's panels are at most this many bytes a design column (64 rows
@@ -1208,6 +1259,10 @@ def warm_up() -> bool:
         normalize(np.zeros((2, 8), dtype=dtype), None, True, record, np.empty((5, 8), dtype=dtype))
     for proba in (False, True):  # inference's log-sum-exp of (n, K) rows
         normalize_rows(np.zeros((8, 2)), proba)
+    for pairs, width in ((_WARM_PAIRS, 7), (_WARM_MOMENT_PAIRS, 10)):  # inference's log-densities
+        for data in (np.float64, np.float32):
+            product_logp(np.zeros((8, 3), dtype=data), np.zeros(3), pairs, np.zeros((2, width)), 2, 4,
+                         np.empty((8, 2)), buffers)
     codes = np.zeros((8, 2), dtype=np.int64)
     for onehot, data in ((None, codes.astype(bool)), (np.array([0, 2, 4]), codes), (None, codes)):
         width = 3 if onehot is None else 5

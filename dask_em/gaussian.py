@@ -545,6 +545,18 @@ class GaussianFamily(Family):
         layout = LAYOUTS[ct]
         n, d = x.shape
         k = len(params["weights"])
+        # Compiled where the E-step runs a product design (the moment design of full/tied at small d, under
+        # its precision guard; the diagonal and spherical designs): its panels and log-density GEMM, in one
+        # call that releases the GIL.
+        if n and _compiled.products_run():
+            lay = layout.kernel(params)
+            view = lay.prepare(params, 1)
+            product = lay.product_design(view, d)
+            if product is not None:
+                panel = lay.panel_rows(k, d, np.dtype(np.float64)) or panel_rows(k, d, 8, lay.width(d))
+                out = np.empty((n, k))
+                if _compiled.product_logp(x, context, product[0], product[1], product[2], panel, out, work_array):
+                    return out
         tile = max(1, min(tile_rows(k, d), n))
         panel = max(1, min(panel_rows(k, d), n))
         view = layout.prepare(params, tile)

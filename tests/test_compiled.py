@@ -7,6 +7,8 @@ The references are numpy's own ``exp``/``log``/``logaddexp`` and the numpy
 kernels, which the rest of the suite checks against scikit-learn.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -176,6 +178,34 @@ def test_normalize_rows_leaves_what_is_not_finite_to_numpy(switch, rng):
     assert _compiled.normalize_rows(np.asfortranarray(rng.standard_normal((10, 3))), True) is None
     switch(False)
     assert _compiled.normalize_rows(rng.standard_normal((10, 3)), True) is None
+
+
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+@pytest.mark.parametrize("d", [3, 16])
+def test_gaussian_inference_equals_numpy_kernels(switch, monkeypatch, ct, d):
+    """Inference's log-densities on the E-step's product designs (compiled, panels of 64 rows here) equal the
+    numpy kernels' (the residual design for full and tied), float64 and float32 rows, K=3 (padded) and 8."""
+    if _compiled._STATE.get("product-logp") is None:
+        pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
+    from dask_em import _covariance
+
+    monkeypatch.setattr(_covariance, "MOMENT_PANEL_BYTES_COMPILED", 64 * (d * (d + 1) // 2 + d + 1) * 8)
+    rng = np.random.default_rng(d)
+    x = rng.standard_normal((3001, d)) * 2 + 1
+    family = GaussianFamily()
+    calls = []
+    real = _compiled.product_logp
+    monkeypatch.setattr(_compiled, "product_logp", lambda *a: calls.append(a[5]) or real(*a))
+    for k in (3, 8):
+        params = _gaussian_params(ct, k, d, rng)
+        shift = x[:50].mean(0)
+        for rows in (x, x.astype(np.float32)):
+            switch(True)
+            fast = family.weighted_log_prob(rows, params, shift)
+            switch(False)
+            slow = family.weighted_log_prob(rows, params, shift)
+            assert np.abs(fast - slow).max() <= 1e-12 * np.abs(slow).max()
+    assert len(calls) == 4 and (ct not in ("full", "tied") or set(calls) == {64})
 
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
@@ -378,6 +408,16 @@ def test_warm_up_compiles_what_fits_call(monkeypatch):
             monkeypatch.setattr(_covariance, "MOMENT_PANEL_BYTES_COMPILED", 16 * width * itemsize)
             family.estep(x, rng.uniform(0.5, 1.5, len(x)), [_gaussian_params("full", 4, d, rng)], np.zeros(d))
             monkeypatch.undo()
+    assert {name: len(_compiled._STATE[name].signatures) for name in names} == before
+    # ... and neither does inference (its log-densities, its log-sum-exp).
+    names = ("product-logp", "rows-normalize", "design", "kernel")
+    before = {name: len(_compiled._STATE[name].signatures) for name in names}
+    for data in (np.float64, np.float32):
+        x = rng.standard_normal((600, d)).astype(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = dask_em.GaussianMixture(3, max_iter=2).fit(x)
+        model.predict_proba(x), model.score_samples(x)
     assert {name: len(_compiled._STATE[name].signatures) for name in names} == before
 
 

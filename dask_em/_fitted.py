@@ -4,7 +4,8 @@
 it reads only the fitted state (:meth:`FittedMixture.fitted_state`: the family,
 its context and the internal parameters) and the fitted attributes. Inference
 maps :func:`dask_em.engine.infer_block` over the row chunks, lazily for lazy
-input; rows are checked in the pass that computes the result.
+input (in-memory rows: their blocks on local threads, without a graph); rows
+are checked in the pass that computes the result.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import dask
 from ._fitted import information_criteria
 from ._covariance import GAUSSIAN_COVARIANCE_TYPES, MCLUST_MODELS
 from ._json import json_safe
+from .io import STORE_CHUNK_BYTES
 from .output import CODECS, atomic_output, exists, remove
 from .registry import FAMILY_NAMES, GRID_FAMILIES, estimator_for_family
 from .runner import ClusterLost, cluster, connect
@@ -771,7 +772,8 @@ def info(model_path, storage_option, as_json):
 @click.option("--features", "-d", type=int, required=True)
 @click.option("--components", "-k", type=int, required=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--chunk-rows", type=int, default=100_000, show_default=True)
+@click.option("--chunk-rows", type=int, default=None,
+              help="Rows per chunk of the store [100,000, fewer where that passes 30 MiB of float64 rows].")
 @click.option("--separation", type=float, default=6.0, show_default=True, help="gaussian: mean spacing in component standard deviations.")
 @click.option("--family", type=click.Choice(GRID_FAMILIES), default="gaussian", show_default=True,
               help="bernoulli writes bool, poisson uint16 counts, categorical small-int codes.")
@@ -787,6 +789,8 @@ def generate(output, samples, features, components, seed, chunk_rows, separation
 
     The true parameters are in the array's attribute ``dask_em_truth``.
     """
+    if chunk_rows is None:  # chunks under malloc's 32 MiB mmap ceiling read without page faults (see io)
+        chunk_rows = max(1, min(100_000, STORE_CHUNK_BYTES // (8 * max(features, 1))))
     for name, value in (("--samples", samples), ("--features", features), ("--components", components),
                         ("--chunk-rows", chunk_rows), ("--n-categories", n_categories)):
         if value < 1:

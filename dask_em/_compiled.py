@@ -206,10 +206,11 @@ def _rows_normalize_kernel(wlp, w, floor, fc, ic, buf, work, log_norm, proba, sc
         _normalize_jit(panel, w, floor, False, work, fc, ic, scal)
         for r in range(t):  # the log of each row's total, and its maximum
             log_norm[lo + r] = work[2, r] + work[0, r]
-        if want:
+        if want:  # a component below the floor (-600 from the row's best; -inf: none) has exactly none
+            top, zero = work[0], fc[33]
             for r in range(t):
                 for j in range(k):
-                    proba[lo + r, j] = panel[j, r]
+                    proba[lo + r, j] = panel[j, r] if wlp[lo + r, j] - top[r] > floor else zero
 
 
 def _product_logp_kernel(x, shift, pi, pj, coef, k, panel, gemm_cols, one, zero, design, logp, gemm,

@@ -127,11 +127,14 @@ class ChunkFiles:
             if got != size:
                 raise ValueError(f"chunk {path}: read {got} of its {size} bytes")
         declared = _CONTENT_SIZE[self.codec](data)
+        if declared is None:  # a frame that does not state its size (a streaming encoder's): decoded, then checked
+            decoded = np.frombuffer(_decoder(self.codec).decode(data), dtype=np.uint8)
+            if decoded.nbytes != expected:
+                raise ValueError(f"chunk {path} decodes to {decoded.nbytes} bytes; its shape needs {expected}")
+            target.reshape(-1).view(np.uint8)[:] = decoded
+            return True
         if declared != expected:
-            raise ValueError(
-                f"chunk {path} decodes to {declared if declared is not None else 'an unstated number of'} bytes; "
-                f"its shape needs {expected}"
-            )
+            raise ValueError(f"chunk {path} decodes to {declared} bytes; its shape needs {expected}")
         _decoder(self.codec).decode(data, out=target)
         return True
 
@@ -140,9 +143,16 @@ _DECODERS: dict = {}
 _THREAD = threading.local()
 
 
+# The most encoded bytes a thread keeps between chunks (memory a dask worker does not see): larger chunks
+# are read into a buffer of their own, which goes with them.
+KEPT_BUFFER_BYTES = 32 * 2**20
+
+
 def _raw_buffer(size: int) -> memoryview:
-    """This thread's buffer for ``size`` encoded bytes of a chunk: kept, so no chunk allocates (and page-faults)
-    its own; it holds the largest compressed chunk the thread has read."""
+    """A buffer for ``size`` encoded bytes of a chunk: this thread's, kept so no chunk allocates (and
+    page-faults) its own, up to ``KEPT_BUFFER_BYTES``; beyond, a fresh one."""
+    if size > KEPT_BUFFER_BYTES:
+        return memoryview(np.empty(size, dtype=np.uint8))
     buf = getattr(_THREAD, "raw", None)
     if buf is None or buf.nbytes < size:
         buf = _THREAD.raw = np.empty(size, dtype=np.uint8)

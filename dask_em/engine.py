@@ -379,6 +379,10 @@ def _workers() -> int:
     return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
 
 
+if hasattr(os, "register_at_fork"):  # a forked child inherits the pools without their threads
+    os.register_at_fork(after_in_child=_POOLS.clear)
+
+
 def _pool(size: int) -> ThreadPoolExecutor:
     if size not in _POOLS:
         _POOLS[size] = ThreadPoolExecutor(size, thread_name_prefix="dask-em-direct")
@@ -394,11 +398,14 @@ def infer_direct(X: LocalRows, state: dict, what: str):
         info = {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}}
         return infer_block(X.blocks[i], state, what, block_info=info)
 
-    from threadpoolctl import threadpool_limits
-
     n, workers = len(X.blocks), _workers()
-    with threadpool_limits(limits=1, user_api="blas"):  # a BLAS thread per block, as in a fit's rounds
-        parts = [one(i) for i in range(n)] if n == 1 or workers == 1 else list(_pool(workers).map(one, range(n)))
+    if n == 1 or workers == 1:
+        parts = [one(i) for i in range(n)]
+    else:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):  # a BLAS thread per block, as in a fit's rounds
+            parts = list(_pool(workers).map(one, range(n)))
     return parts[0] if n == 1 else np.concatenate(parts)
 
 

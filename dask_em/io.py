@@ -354,7 +354,9 @@ def as_dask_array(
     Prepared
         ``data``, the row-chunked dask array (the feature axis in one chunk,
         nothing computed), with what is needed to shape results like the
-        input (``kind``, the sample coordinate, ``feature_names``).
+        input (``kind``, the sample coordinate, ``feature_names``). For a
+        C-ordered numpy array its chunks are views of ``X``, not a copy:
+        what changes in ``X`` before they are computed changes them.
 
     Examples
     --------

@@ -164,6 +164,9 @@ def test_normalize_rows_equals_scipy(n, k):
     alone, none = _compiled.normalize_rows(wlp, False)
     np.testing.assert_array_equal(alone, log_norm)
     assert none is None
+    if k > 1:  # a component of no density anywhere (no weight): responsibility exactly 0, as scikit-learn's
+        wlp[:, -1] = -np.inf
+        assert (_compiled.normalize_rows(wlp, True)[1][:, -1] == 0).all()
 
 
 def test_normalize_rows_leaves_what_is_not_finite_to_numpy(switch, rng):

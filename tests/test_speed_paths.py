@@ -294,3 +294,17 @@ def test_in_memory_rows_are_views_of_the_input(rng):
     weights = row_views(w, (prep.data.chunks[0],))
     assert weights.chunks == (prep.data.chunks[0],)
     np.testing.assert_array_equal(weights.compute(), w)
+
+
+def test_inference_in_a_forked_child(rng):
+    """The local thread pool of a parent is not the child's: inference in a forked process runs (it hung)."""
+    import multiprocessing
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    X = mixture(rng, n=3000, d=3, k=2)[0]
+    model = fit_quiet(dask_em.GaussianMixture(2, max_iter=3, random_state=0), X, chunk_rows=500)
+    expected = model.predict(X, chunk_rows=500)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(model.predict, (X,), {"chunk_rows": 500}).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)

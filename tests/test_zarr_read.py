@@ -179,3 +179,22 @@ def test_a_fit_reads_the_same_either_way(tmp_path, rng, monkeypatch):
     for name in ("weights_", "means_", "covariances_"):
         np.testing.assert_array_equal(getattr(ours, name), getattr(theirs, name))
     assert ours.lower_bounds_ == theirs.lower_bounds_
+
+
+def test_a_zstd_frame_that_states_no_size(tmp_path, rng):
+    """A Zstandard frame without its content size (what streaming encoders write) is decoded and checked."""
+    X = rng.standard_normal((4, 3))
+    store(tmp_path / "x.zarr", X)  # one chunk (of ROWS rows, 4 of them written)
+    chunk = tmp_path / "x.zarr" / "c" / "0" / "0"
+    raw = chunk.read_bytes()
+    descriptor = raw[4]
+    single, dict_flag, size_flag = (descriptor >> 5) & 1, descriptor & 3, descriptor >> 6
+    at = 5 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single else 0, 2, 4, 8)[size_flag]
+    # No size, no single segment: a window descriptor of 8 KiB (the chunk holds 2,400 bytes) in its place.
+    unsized = raw[:4] + bytes([descriptor & 0b111, 0x18]) + raw[5 + (0 if single else 1) : at] + raw[at + size :]
+    assert np.array_equal(np.frombuffer(numcodecs.Zstd().decode(unsized), "f8").reshape(-1, 3)[:4], X)
+    chunk.write_bytes(unsized)
+    arr = zarr.open_array(tmp_path / "x.zarr", mode="r")
+    assert chunk_files(arr) is not None
+    np.testing.assert_array_equal(read_all(tmp_path / "x.zarr"), X)

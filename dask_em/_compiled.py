@@ -213,20 +213,28 @@ def _rows_normalize_kernel(wlp, w, floor, fc, ic, buf, work, log_norm, proba, sc
                     proba[lo + r, j] = panel[j, r] if wlp[lo + r, j] - top[r] > floor else zero
 
 
+def _panel_logp_kernel(x, shift, pi, pj, coef, design, logp, one, zero, gemm, gemm_cols):  # pragma: no cover
+    """One panel of a product design: the design of the rows ``x`` and its log-density GEMM, ``coef @ phi``;
+    returns the views ``(phi, lp)`` of ``design`` and ``logp`` they fill."""
+    t = x.shape[0]
+    kp, width = coef.shape
+    phi = design[: width * t].reshape((width, t))
+    _design_jit(x, shift, pi, pj, phi)
+    ones = phi[width - 1]
+    for r in range(t):
+        ones[r] = one
+    lp = logp[: kp * t].reshape((kp, t))
+    _matmul_jit(gemm, coef, phi, lp, one, zero, gemm_cols)
+    return phi, lp
+
+
 def _product_logp_kernel(x, shift, pi, pj, coef, k, panel, gemm_cols, one, zero, design, logp, gemm,
                          out):  # pragma: no cover - compiled
     """The compiled body of :func:`product_logp`: each panel's design and log-density GEMM, rows into ``out``."""
     n = x.shape[0]
-    kp, width = coef.shape
     for lo in range(0, n, panel):
         t = min(panel, n - lo)
-        phi = design[: width * t].reshape((width, t))
-        _design_jit(x[lo : lo + t], shift, pi, pj, phi)
-        ones = phi[width - 1]
-        for r in range(t):
-            ones[r] = one
-        lp = logp[: kp * t].reshape((kp, t))
-        _matmul_jit(gemm, coef, phi, lp, one, zero, gemm_cols)
+        _, lp = _panel_logp_jit(x[lo : lo + t], shift, pi, pj, coef, design, logp, one, zero, gemm, gemm_cols)
         for r in range(t):
             for j in range(k):
                 out[lo + r, j] = lp[j, r]
@@ -236,18 +244,11 @@ def _product_kernel(x, w, shift, pi, pj, coef, k, panel, gemm_cols, entropy, sto
                     design, logp, part, work, stats, gemm, scal):  # pragma: no cover - compiled
     """The compiled body of :func:`product_estep`: False where it stopped at a NaN log-likelihood."""
     n = x.shape[0]
-    kp, width = coef.shape
     weighted = w.shape[0] > 0
     block = STATS_BLOCK_FLOAT32 if design.itemsize == 4 else panel
     for lo in range(0, n, panel):
         t = min(panel, n - lo)
-        phi = design[: width * t].reshape((width, t))
-        _design_jit(x[lo : lo + t], shift, pi, pj, phi)
-        ones = phi[width - 1]
-        for r in range(t):
-            ones[r] = 1.0
-        lp = logp[: kp * t].reshape((kp, t))
-        _matmul_jit(gemm, coef, phi, lp, fc[8], fc[33], gemm_cols)  # lp = coef @ phi (kp, t)
+        phi, lp = _panel_logp_jit(x[lo : lo + t], shift, pi, pj, coef, design, logp, fc[8], fc[33], gemm, gemm_cols)
         before = scal[0]
         _normalize_jit(lp[:k], w[lo : lo + t] if weighted else w, floor, entropy, work, fc, ic, scal)
         if stop_at_nan and scal[0] != scal[0] and before == before:
@@ -630,7 +631,7 @@ def _dots_add_kernel(a, b, part, out, at, ka, rows, block, zero):  # pragma: no 
 
 
 # The compiled kernels as the kernels above call them (set by _compile before their first call).
-_normalize_jit = _design_jit = _dots_jit = _dots_add_jit = _matmul_jit = _gemm_call = None
+_normalize_jit = _design_jit = _dots_jit = _dots_add_jit = _matmul_jit = _gemm_call = _panel_logp_jit = None
 _pairs_dots_jit = _rows_minus_jit = None
 _wide_vectors = None
 
@@ -731,7 +732,7 @@ def _wide_intrinsic():
 def _compile() -> None:
     """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
     global _normalize_jit, _design_jit, _dots_jit, _dots_add_jit, _matmul_jit, _gemm_call, _pairs_dots_jit
-    global _rows_minus_jit, _wide_vectors
+    global _rows_minus_jit, _wide_vectors, _panel_logp_jit
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
@@ -750,6 +751,7 @@ def _compile() -> None:
         _STATE["gemm"] = _gemm_functions()
         _gemm_call = _gemm_intrinsic()
         _matmul_jit = _jit(numba, _matmul_kernel)
+        _panel_logp_jit = _jit(numba, _panel_logp_kernel)
     except Exception:  # noqa: BLE001 - no usable C interface: the panel loop stays in Python
         _STATE["gemm"] = {}
     _STATE["product"] = _jit(numba, _product_kernel) if _STATE["gemm"] else None

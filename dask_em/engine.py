@@ -389,24 +389,31 @@ def _pool(size: int) -> ThreadPoolExecutor:
     return _POOLS[size]
 
 
-def infer_direct(X: LocalRows, state: dict, what: str):
-    """:func:`infer_block` on in-memory blocks without a graph, on the local threads; the blocks' answers in
-    row order, joined (a bad row raises the complaint of the first block that has one, as in order)."""
+def _each_block(X: LocalRows, task, limit_blas: bool = False) -> list:
+    """``task(i, block_info)`` for every block ``i`` of ``X``, the answers in row order: on the local threads
+    where there are several blocks and threads (with ``limit_blas``, one BLAS thread each), else here."""
     bounds = np.cumsum((0,) + tuple(X.chunks[0]))
 
     def one(i: int):
-        info = {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}}
-        return infer_block(X.blocks[i], state, what, block_info=info)
+        return task(i, {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}})
 
     n, workers = len(X.blocks), _workers()
     if n == 1 or workers == 1:
-        parts = [one(i) for i in range(n)]
-    else:
-        from threadpoolctl import threadpool_limits
+        return [one(i) for i in range(n)]
+    if not limit_blas:
+        return list(_pool(workers).map(one, range(n)))
+    from threadpoolctl import threadpool_limits
 
-        with threadpool_limits(limits=1, user_api="blas"):  # a BLAS thread per block, as in a fit's rounds
-            parts = list(_pool(workers).map(one, range(n)))
-    return parts[0] if n == 1 else np.concatenate(parts)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return list(_pool(workers).map(one, range(n)))
+
+
+def infer_direct(X: LocalRows, state: dict, what: str):
+    """:func:`infer_block` on in-memory blocks without a graph, on the local threads, a BLAS thread each (as in
+    a fit's rounds); the blocks' answers in row order, joined (a bad row raises the complaint of the first
+    block that has one, as in order)."""
+    parts = _each_block(X, lambda i, info: infer_block(X.blocks[i], state, what, block_info=info), limit_blas=True)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _tree_combine(parts: list, family: Family, split_every: int | None) -> list:
@@ -421,14 +428,8 @@ def _tree_combine(parts: list, family: Family, split_every: int | None) -> list:
 
 def run_direct(X: LocalRows, w: LocalRows | None, state: RoundState, split_every: int | None) -> list[StepResult]:
     """One round on in-memory blocks, without a graph (blocks on a thread pool when there are several)."""
-    bounds = np.cumsum((0,) + tuple(X.chunks[0]))
-
-    def one(i: int):
-        info = {0: {"array-location": [(int(bounds[i]), int(bounds[i + 1]))], "chunk-location": (i, 0)}}
-        return estep_block(X.blocks[i], None if w is None else w.blocks[i], state, block_info=info)
-
-    n, workers = len(X.blocks), _workers()
-    parts = [one(i) for i in range(n)] if n == 1 or workers == 1 else list(_pool(workers).map(one, range(n)))
+    parts = _each_block(X, lambda i, info: estep_block(X.blocks[i], None if w is None else w.blocks[i], state,
+                                                       block_info=info))
     return mstep_round(_tree_combine(parts, state.family, split_every), state, X.shape[0])
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ._covariance import LAYOUTS, log_const
 from ._namespace import (add_likelihood_xp, device, like, likelihood_record, likelihood_sums, namespace, to_numpy,
-                         xp_log_normalize)
+                         weights_like, xp_log_normalize)
 
 # The largest temporary of a tile, in elements (256 MiB in float64): large enough that a GPU
 # runs each GEMM at its rate, small enough that a tile's responsibilities and residuals fit
@@ -109,7 +109,7 @@ def estep(x, w, params_list: list, shift: np.ndarray, entropy: bool, dtypes: lis
     xp = namespace(x)
     n, d = x.shape
     if w is not None:
-        w = like(to_numpy(w, np.float64).reshape(-1), x)
+        w = weights_like(w, x)
     shifts = {dt: like(shift, x, dt) for dt in set(dtypes)}
     views = [_device_view(_host_view(p, dt), x) for p, dt in zip(params_list, dtypes)]
     ks = [len(p["weights"]) for p in params_list]

@@ -576,9 +576,19 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         for name, value in public.items():
             if dtype is not None and name in self._input_dtype_attributes:
                 value = value.astype(dtype) if isinstance(value, np.ndarray) else dtype.type(value)
-            if on is not None and isinstance(value, np.ndarray):
-                value = like(value, on)
+            if on is not None:
+                value = _public_like(value, on)
             setattr(self, name, value)
+
+
+def _public_like(value, on):
+    """A fitted attribute in the namespace and on the device of ``on``: arrays, and the arrays of a tuple or
+    list (``weight_concentration_``, a categorical mixture's ``probabilities_``); anything else as it is."""
+    if isinstance(value, np.ndarray):
+        return like(value, on)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, np.ndarray) for v in value):
+        return type(value)(_public_like(v, on) for v in value)
+    return value
 
 
 def _attributes_like(prep: Prepared):

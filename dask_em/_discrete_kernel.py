@@ -37,7 +37,7 @@ from scipy.special import xlogy
 
 from . import _compiled
 from ._namespace import (add_likelihood_xp, is_foreign, like, likelihood_record, likelihood_sums, namespace,
-                         to_numpy, xp_log_normalize)
+                         to_numpy, weights_like, xp_log_normalize)
 from .family import Family, Params
 
 # Values per panel's design matrix: up to 2**20 (8 MiB), which gives 16384 rows (the cap)
@@ -326,7 +326,7 @@ def device_estep(family: DesignFamily, x, w, params_list: list[Params], entropy:
         return None
     xp, z, constant = made
     n, m = z.shape
-    wd = None if w is None else like(to_numpy(w, np.float64).reshape(-1), x)
+    wd = None if w is None else weights_like(w, x)
     coefs = []
     for params in params_list:
         a, c = family.coefficients(params)

@@ -21,7 +21,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
-from ._namespace import is_numpy, like, namespace, to_numpy
+from ._namespace import dtype_name, is_foreign, is_numpy, like, namespace, to_numpy
 from ._validation import fail, is_int, seed_sequence
 from .engine import infer_block, infer_direct, local_rows
 from .family import Family
@@ -89,27 +89,40 @@ class FittedMixture:
         state = self.fitted_state()
         block_state = {"family": state.family, "context": state.context, "params": state.params}
         prep = self._prepare_inference(X, kwargs)
+        dtype = np.int64 if what == "labels" else self._output_dtype(prep.data.dtype, what)
         if not prep.lazy and prep.foreign is not None:  # an in-memory array of another library, on its device
-            out = infer_block(prep.foreign, block_state, what)
+            out = _rounded(infer_block(prep.foreign, block_state, what), dtype)
         elif not prep.lazy:  # in memory: its row blocks on the local threads, no graph
-            out = infer_direct(local_rows(prep.data), block_state, what)
+            out = _rounded(infer_direct(local_rows(prep.data), block_state, what), dtype)
         else:
             token = tokenize(prep.data, block_state, what)
             key = delayed(block_state, name=f"em-params-{token}", pure=True, traverse=False)
             drop = {"labels": 1, "score_samples": 1}.get(what)
             chunks = {"proba": (prep.data.chunks[0], (self.n_components_,)), "impute": prep.data.chunks}.get(what)
             out = da.map_blocks(
-                infer_block,
+                _infer_rounded,
                 prep.data,
                 key,
                 what,
-                dtype=np.int64 if what == "labels" else np.float64,
+                np.dtype(dtype),
+                dtype=dtype,
                 drop_axis=drop,
                 chunks=chunks,
                 name=f"em-{'predict' if what == 'labels' else what.replace('_', '-')}-{token}",
-                meta=_meta(prep.data, 1 if drop else 2, np.int64 if what == "labels" else np.float64),
+                meta=_meta(prep.data, 1 if drop else 2, dtype),
             )
         return _wrap(out, prep, what)
+
+    def _output_dtype(self, dtype: np.dtype, what: str) -> np.dtype:
+        """float32 for the responsibilities and scores of float32 rows under a model whose parameters are
+        float32 (fitted on float32 rows), as scikit-learn's GaussianMixture gives them; float64 otherwise.
+
+        They are computed in float64 and rounded once.
+        """
+        if (what in ("proba", "score_samples") and np.dtype(dtype) == np.float32
+                and getattr(self, "_public_dtype", None) == np.float32 and "means_" in self._input_dtype_attributes):
+            return np.dtype(np.float32)
+        return np.dtype(np.float64)
 
     def predict(self, X, **kwargs):
         """Component labels of the rows of ``X``.
@@ -351,6 +364,21 @@ def _meta(data, ndim: int, dtype):
     if base is None or is_numpy(base):
         return np.empty((0,) * ndim, dtype=dtype)
     return namespace(base).empty((0,) * ndim, dtype=dtype)
+
+
+def _rounded(out, dtype):
+    """``out`` (numpy or another library's array) in ``dtype``: the same array where it already is."""
+    if dtype == np.int64 or np.dtype(dtype_name(out.dtype)) == dtype:
+        return out
+    if is_foreign(out):
+        xp = namespace(out)
+        return xp.astype(out, getattr(xp, np.dtype(dtype).name))
+    return out.astype(dtype)
+
+
+def _infer_rounded(x, state: dict, what: str, dtype: np.dtype, block_info=None):
+    """:func:`engine.infer_block` in the output's ``dtype``."""
+    return _rounded(infer_block(x, state, what, block_info=block_info), dtype)
 
 
 def _wrap(out, prep: Prepared, what: str):

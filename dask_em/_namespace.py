@@ -67,6 +67,34 @@ def like(a, x, dtype=None):
     return xp.asarray(a, device=_device(x))
 
 
+def weights_like(w, x):
+    """Row weights ``w`` (host or device) as a float64 vector on the device of the chunk ``x``.
+
+    Weights already on a device stay there (no round trip through the host).
+    """
+    if is_foreign(w):
+        xp = array_namespace(w)
+        return xp.reshape(xp.astype(w, xp.float64), (-1,))
+    return like(np.asarray(w, dtype=np.float64).reshape(-1), x)
+
+
+def split_holes(x):
+    """A device chunk's rows without NaN and with, as index vectors on its device, and the order that puts
+    rows taken as ``concat([x[whole], x[part]])`` back in place: ``(whole, part, order)``; None if no row
+    holds NaN. (Integer-array assignment is not in the array API standard; a take is.)"""
+    xp = array_namespace(x)
+    holes = xp.any(xp.isnan(x), axis=1)
+    if not bool(xp.any(holes)):
+        return None
+    whole, part = xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
+    return whole, part, xp.argsort(xp.concat([whole, part]))
+
+
+def dtype_kind(x) -> str:
+    """numpy's kind letter (``"f"``, ``"i"``, ``"u"``, ``"b"``) of the dtype of an array of any library."""
+    return np.dtype(dtype_name(x.dtype)).kind
+
+
 def dtype_name(dtype) -> str:
     """A dtype of any namespace by its standard name ("float64", "int32", ...)."""
     if isinstance(dtype, np.dtype) or isinstance(dtype, type):

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
+from ._namespace import to_numpy
 from ._validation import fail, is_real
 from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, resolve_prior
 from .gaussian_mixture import compute_dtype_name
@@ -213,7 +214,7 @@ class BayesianGaussianMixture(BaseMixture):
     def _check_mean_prior(self, d: int):
         if self.mean_prior is None:
             return None
-        m = np.asarray(self.mean_prior, dtype=np.float64)
+        m = to_numpy(self.mean_prior, np.float64)
         if m.shape != (d,) or not np.isfinite(m).all():
             raise ValueError(
                 f"mean_prior must be a finite array of shape ({d},) for {d} features; received shape {m.shape}."
@@ -228,7 +229,7 @@ class BayesianGaussianMixture(BaseMixture):
             if not is_real(value) or value <= 0:
                 raise fail("covariance_prior", value, "a finite float > 0 for covariance_type='spherical'")
             return float(value)
-        c = np.asarray(value, dtype=np.float64)
+        c = to_numpy(value, np.float64)
         shape = (d, d) if ct in ("full", "tied") else (d,)
         if c.shape != shape:
             raise ValueError(

@@ -37,13 +37,25 @@ import numpy as np
 from scipy.special import gammaln, xlogy
 
 from ._discrete_kernel import DesignFamily, buffer, cached, panel_rows
-from ._namespace import device, like
+from ._namespace import device, dtype_kind, dtype_name, like, namespace
 from .family import MASS_EPS, Family, all_missing_row, fill_columns, responsibilities
 
 # Probabilities are kept inside [_TINY, 1 - 2**-53] so that 0 * log(0) never
 # enters a GEMM as 0 * -inf = NaN; only a pseudo_count of 0 can reach the ends.
 _TINY = np.finfo(np.float64).tiny
 _ONE_MINUS = 1.0 - 2.0**-53
+
+
+def _valid_on_device(family, x, kind: str, valid) -> bool:
+    """:meth:`check_rows`' verdict on a device chunk, computed there: ``valid(xp)`` the valid values
+    (with missing values marginalised, NaN is valid, but not a row of nothing but NaN)."""
+    xp = namespace(x)
+    ok = valid(xp)
+    if family.missing != "error" and kind == "f":
+        nan = xp.isnan(x)
+        empty = xp.any(xp.all(nan, axis=1)) if x.shape[1] else xp.asarray(False, device=device(x))
+        return bool(xp.all(ok | nan) & ~empty)
+    return bool(xp.all(ok))
 
 
 def _first_bad(bad: np.ndarray) -> tuple[int, int] | None:
@@ -167,6 +179,10 @@ class BernoulliFamily(DesignFamily):
         _check_numeric("Bernoulli", dtype, "Store 0/1 values as bool or uint8.")
 
     supports_missing = True
+
+    def rows_valid(self, x):
+        kind = dtype_kind(x)
+        return kind == "b" or _valid_on_device(self, x, kind, lambda xp: (x == 0) | (x == 1))
 
     def check_rows(self, x):
         if x.dtype.kind == "b":
@@ -311,6 +327,14 @@ class PoissonFamily(DesignFamily):
         _check_numeric("Poisson", dtype, "Store counts as an unsigned or signed integer type.")
 
     supports_missing = True
+
+    def rows_valid(self, x):
+        kind = dtype_kind(x)
+        if kind in "bu":
+            return True
+        if kind == "i":
+            return _valid_on_device(self, x, kind, lambda xp: x >= 0)
+        return _valid_on_device(self, x, kind, lambda xp: (x >= 0) & (x == xp.floor(x)) & xp.isfinite(x))
 
     def check_rows(self, x):
         kind = x.dtype.kind
@@ -495,6 +519,19 @@ class CategoricalFamily(DesignFamily):
                 f"n_categories has {len(self.n_categories)} entries but X has {n_features} features; "
                 "give one count per feature, or a single int for all."
             )
+
+    def rows_valid(self, x):
+        kind = dtype_kind(x)
+        if kind not in "iuf":
+            return False
+        dtype = np.dtype(dtype_name(x.dtype))
+        top = self.sizes(x.shape[1]) - 1  # the largest code of each feature, in the chunk's dtype
+        if kind != "f":
+            top = np.minimum(top, np.iinfo(dtype).max)
+        top = like(top.astype(dtype), x)
+        if kind == "f":
+            return _valid_on_device(self, x, kind, lambda xp: (x >= 0) & (x <= top) & (x == xp.floor(x)))
+        return _valid_on_device(self, x, kind, lambda xp: (x >= 0) & (x <= top))
 
     def check_rows(self, x):
         sizes = self.sizes(x.shape[1])

@@ -33,7 +33,7 @@ from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
 from . import _compiled
-from ._namespace import is_foreign, like, namespace, to_numpy, xp_log_normalize
+from ._namespace import dtype_kind, is_foreign, like, namespace, split_holes, to_numpy, weights_like, xp_log_normalize
 from .family import Family, merge_records
 from .io import check_weights
 
@@ -57,6 +57,17 @@ class RoundState:
     check_rows: bool = True
     entropy: bool = False
     keep_stats: bool = False  # send each restart's reduced statistics back (accelerated EM)
+
+    def __post_init__(self):
+        if type(self.params) is list:
+            object.__setattr__(self, "params", ParamsList(self.params))
+
+
+class ParamsList(list):
+    """A round's list of each restart's parameters, which can be weakly referenced: a family may keep what it
+    prepares from them for the round's chunks (:func:`dask_em.gaussian._round_plan`) while the round lives."""
+
+    __slots__ = ("__weakref__",)
 
 
 @dataclass
@@ -96,8 +107,16 @@ def row_range(block_info: dict | None, n_rows: int) -> tuple[int, int, int]:
 
 
 def check_rows(family: Family, x, start: int, stop: int, where: str) -> None:
-    """Raise the family's complaint about the first invalid row, naming the chunk's rows."""
-    bad = family.check_rows(to_numpy(x) if is_foreign(x) else x)
+    """Raise the family's complaint about the first invalid row, naming the chunk's rows.
+
+    A chunk on a device is tested there (:meth:`Family.rows_valid`); only a chunk that
+    fails (or a family without that test) comes to the host, where the row is found.
+    """
+    if is_foreign(x):
+        if family.rows_valid(x):
+            return
+        x = to_numpy(x)
+    bad = family.check_rows(x)
     if bad is None:
         return
     row, what, fix = bad
@@ -118,7 +137,8 @@ def estep_block(x, w, state: RoundState, block_info=None) -> list[dict]:
     if not family.array_api and is_foreign(x):  # a family of numpy kernels: the chunk to the host
         x = to_numpy(x)
     if w is not None:
-        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        # Weights on a device stay there where the chunk is on one (checked there); else float64 on the host.
+        w = weights_like(w, x) if is_foreign(x) else to_numpy(w, np.float64).reshape(-1)
         check_weights(w, f"row {{}} + {start} (chunk {index})")
     where = f"(chunk {index})"
     if not family.lazy_row_check and state.check_rows:
@@ -213,8 +233,15 @@ def infer_block(x, state: dict, what: str, block_info=None):
     if not family.lazy_row_check:
         check_rows(family, x, start, stop, where)
     if what == "impute":
-        if is_foreign(x):  # imputation runs on the host; the completed rows go back to the device
-            return like(family.impute(to_numpy(x), state["params"], state["context"]), x)
+        if is_foreign(x):  # the rows with NaN are imputed on the host and go back; float64, as on the host
+            xp = namespace(x)
+            split = split_holes(x) if dtype_kind(x) == "f" else None
+            if split is None:
+                return xp.astype(x, xp.float64)
+            whole, part, order = split
+            done = family.impute(to_numpy(xp.take(x, part, axis=0)), state["params"], state["context"])
+            both = xp.concat([xp.astype(xp.take(x, whole, axis=0), xp.float64), like(done, x, np.float64)], axis=0)
+            return xp.take(both, order, axis=0)
         return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
     if is_foreign(wlp):

@@ -404,6 +404,15 @@ class Family:
     def check_rows(self, x: np.ndarray) -> tuple[int, str, str] | None:
         raise _missing(self, 'check_rows')
 
+    def rows_valid(self, x) -> bool:
+        """Whether every row of ``x``, a chunk on a device, passes :meth:`check_rows`, tested where it lives.
+
+        True spares the copy of the chunk to the host that :meth:`check_rows`
+        needs; False (the default, for families without a device test) makes
+        that copy, and :meth:`check_rows` finds the row to name.
+        """
+        return False
+
     def log_prob(self, x: np.ndarray, params: Params) -> np.ndarray:
         raise _missing(self, 'log_prob')
 

@@ -16,7 +16,10 @@ additive dicts of float64 arrays, so merging partial statistics is a plain sum
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +27,7 @@ import numpy as np
 
 from . import _array_api, _compiled, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
-from ._namespace import is_foreign, like, namespace, to_numpy
+from ._namespace import dtype_kind, dtype_name, is_foreign, like, namespace, split_holes, to_numpy, weights_like
 from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
                      responsibilities, work_array)
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
@@ -103,6 +106,56 @@ def panel_rows(n_components: int, n_features: int, itemsize: int = 8, width: int
 FLOAT32_BOUND_RTOL = 4.0 * float(np.finfo(np.float32).eps)
 
 
+# The plans of the rounds under way (_round_plan), each kept while its params list lives (a weak reference
+# to it, whose end removes the plan).
+_PLANS: dict = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
+    """Each restart's kernel layout, compute dtype, (tile, panel) rows and prepared view, for chunks of ``n`` rows.
+
+    The same for every chunk of a round, so made once per round and process: a chunk's Python outside
+    the compiled kernel runs on caches the kernel has just filled with rows (0.3-1 ms a chunk where the
+    same lines take 60 us warm, measured at d=16-64), and holds the GIL meanwhile. The plan is found
+    again by the params list's identity and each parameter's (the E-step never writes to them); the views
+    are only read (the numpy route, which writes into a view's work matrices, prepares its own).
+    """
+    # Which kernels run (compiled or numpy's) picks layouts and panels: a switch between rounds makes new plans.
+    key = (id(params_list), n, d, str(compute_dtype), _compiled.products_run())
+    values = [tuple(p.values()) for p in params_list]
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0]() is params_list and len(hit[1]) == len(values) and all(
+        len(a) == len(b) and all(u is v for u, v in zip(a, b)) for a, b in zip(hit[1], values)
+    ):
+        return hit[2]
+    # A restart refined past float32's resolution carries "compute_dtype": "float64".
+    dtypes = [np.dtype(p.get("compute_dtype", compute_dtype)) for p in params_list]
+    # Each restart's kernel: full/tied at small d run on the moment design (_covariance.FullLayout.kernel).
+    layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
+    sizes = [
+        (tile_rows(len(p["weights"]), d, dt.itemsize),
+         lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
+        for lay, p, dt in zip(layouts, params_list, dtypes)
+    ]
+    views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
+    plan = (layouts, dtypes, sizes, views)
+    try:  # a plain list (a caller of the family's E-step of its own) cannot be referenced weakly: no plan kept
+        ref = weakref.ref(params_list, functools.partial(_forget_plans, id(params_list)))
+    except TypeError:
+        return plan
+    with _PLANS_LOCK:
+        _PLANS[key] = (ref, values, plan)
+    return plan
+
+
+def _forget_plans(list_id: int, _ref=None) -> None:
+    """Drop the plans of the params list whose id was ``list_id`` (it has gone)."""
+    with _PLANS_LOCK:
+        for key in [key for key in _PLANS if key[0] == list_id]:
+            del _PLANS[key]
+
+
 def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64) -> np.ndarray:
     """An empty design matrix for panels of up to ``rows`` rows (its ones row set).
 
@@ -152,7 +205,7 @@ def check_initial_parameters(
     k, d, layout = n_components, n_features, LAYOUTS[covariance_type]
     w = m = p = None
     if weights_init is not None:
-        w = np.asarray(weights_init, dtype=np.float64)
+        w = to_numpy(weights_init, np.float64)
         if w.shape != (k,):
             raise ValueError(
                 f"weights_init must have shape ({k},) for n_components={k}; received shape {w.shape}."
@@ -162,7 +215,7 @@ def check_initial_parameters(
         if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
             raise ValueError(f"weights_init must sum to 1; received a sum of {w.sum():.6f}. Divide by its sum.")
     if means_init is not None:
-        m = np.asarray(means_init, dtype=np.float64)
+        m = to_numpy(means_init, np.float64)
         if m.shape != (k, d):
             raise ValueError(
                 f"means_init must have shape ({k}, {d}) for n_components={k} and {d} features; "
@@ -171,7 +224,7 @@ def check_initial_parameters(
         if not np.isfinite(m).all():
             raise ValueError("means_init holds NaN or infinity.")
     if precisions_init is not None:
-        p = np.asarray(precisions_init, dtype=np.float64)
+        p = to_numpy(precisions_init, np.float64)
         shape = layout.shape(k, d)
         if p.shape != shape:
             raise ValueError(
@@ -244,6 +297,14 @@ class GaussianFamily(Family):
         # NaN or inf rows make the log-likelihood non-finite; with missing values
         # marginalised, NaN does not, so the rows are checked in the first round.
         return self.missing == "error"
+
+    def rows_valid(self, x):
+        if dtype_kind(x) != "f":
+            return True
+        xp = namespace(x)
+        if self.missing == "error":
+            return bool(xp.all(xp.isfinite(x)))
+        return not bool(xp.any(xp.isinf(x)) | xp.any(xp.all(xp.isnan(x), axis=1)))
 
     def check_rows(self, x):
         x = to_numpy(x)
@@ -323,11 +384,11 @@ class GaussianFamily(Family):
             # scikit-learn divides the start's masses by n_samples, not by their sum.
             params["weights"] = (mass + MASS_EPS) / total
         if weights_init is not None:
-            params["weights"] = np.asarray(weights_init, dtype=np.float64)
+            params["weights"] = to_numpy(weights_init, np.float64)
         if means_init is not None:
-            params["means"] = np.asarray(means_init, dtype=np.float64) - context
+            params["means"] = to_numpy(means_init, np.float64) - context
         if precisions_init is not None:
-            pc = layout.cholesky_from_precisions(np.asarray(precisions_init, dtype=np.float64))
+            pc = layout.cholesky_from_precisions(to_numpy(precisions_init, np.float64))
             params["precisions_cholesky"] = pc
             params["covariances"] = layout.covariances(pc)
         params["covariance_type"] = ct
@@ -368,12 +429,12 @@ class GaussianFamily(Family):
             holes = xp.any(xp.isnan(x), axis=1)
             if bool(xp.any(holes)):
                 whole, part = xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
-                wh = None if w is None else to_numpy(w, np.float64).reshape(-1)
-                records = _array_api.estep(xp.take(x, whole, axis=0), None if wh is None else wh[to_numpy(whole)],
+                wd = None if w is None else weights_like(w, x)
+                records = _array_api.estep(xp.take(x, whole, axis=0), None if wd is None else xp.take(wd, whole),
                                            params_list, context, entropy, dtypes)
                 rows = to_numpy(xp.take(x, part, axis=0))
                 extras = _incomplete.estep_incomplete(
-                    rows, None if wh is None else wh[to_numpy(part)], params_list, context, entropy,
+                    rows, None if wd is None else to_numpy(xp.take(wd, part)), params_list, context, entropy,
                     self._estep_complete, _incomplete.missing_counts(rows),
                 )
                 return self._merge_records(records, extras, params_list)
@@ -405,16 +466,7 @@ class GaussianFamily(Family):
         """The complete rows' E-step; with ``stop_at_nan``, None as soon as a panel's log-likelihood is NaN."""
         shift = context
         n, d = x.shape[0], shift.shape[0]
-        # A restart refined past float32's resolution carries "compute_dtype": "float64".
-        dtypes = [np.dtype(p.get("compute_dtype", self.compute_dtype)) for p in params_list]
-        # Each restart's kernel: full/tied at small d run on the moment design (_covariance.FullLayout.kernel).
-        layouts = [LAYOUTS[p["covariance_type"]].kernel(p, dt) for p, dt in zip(params_list, dtypes)]
-        sizes = [
-            (tile_rows(len(p["weights"]), d, dt.itemsize),
-             lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
-            for lay, p, dt in zip(layouts, params_list, dtypes)
-        ]
-        views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
+        layouts, dtypes, sizes, views = _round_plan(params_list, self.compute_dtype, n, d)
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
         # A restart runs its whole chunk compiled where it can, in one call that releases the GIL: on a
         # product design (moments, diag) with the same panels and sums as the loop below, its statistics
@@ -435,8 +487,25 @@ class GaussianFamily(Family):
                     x, w, shift, *residual, size[0], entropy, watch, acc, work_array)
             if done is False:
                 return None
-            if done is None:
-                run.append((lay, dt, size, view, acc))
+            if done is None:  # numpy's kernels, on a view of this chunk's own: they write into its work matrices
+                run.append((lay, dt, size, lay.prepare(params_list[i], min(size[0], n), dt), acc))
+        if run and not self._estep_numpy(x, w, shift, run, accs, entropy, stop_at_nan):
+            return None
+        records = []
+        for lay, acc, p, view in zip(layouts, accs, params_list, views):
+            scalars = {key: acc.pop(key) for key in ("loglik", "wsum", "entropy")}
+            if view["means"].dtype == p["means"].dtype:
+                stats = lay.finish(acc, p["means"])
+            else:  # float32: residuals were taken about the rounded means
+                rounded = view["means"].astype(p["means"].dtype)
+                stats = lay.shift_stats(lay.finish(acc, rounded), rounded, p["means"])
+            records.append({**scalars, "nk": np.array(lay.mass(stats)), "stats": stats})
+        return records
+
+    def _estep_numpy(self, x, w, shift, run, accs, entropy, stop_at_nan) -> bool:
+        """The restarts of ``run`` on numpy's kernels, panel by panel, into their ``accs``; with ``stop_at_nan``,
+        False as soon as the first restart's log-likelihood is NaN."""
+        n, d = x.shape[0], shift.shape[0]
         shared = max(1, min(max((size[1] for _, _, size, _, _ in run), default=1), n))
         # One design matrix per design in use, shared by the restarts that read it.
         designs = {(lay.design, dt): lay for lay, dt, _, _, _ in run}
@@ -444,7 +513,7 @@ class GaussianFamily(Family):
         # Each panel's log-sum-exp work rows (the compiled kernel's five; numpy's row maxima and sums).
         rows = {dt: work_array(f"gaussian-rows-{dt.char}", (5, shared), dt) for _, dt, _, _, _ in run}
         with np.errstate(invalid="ignore", over="ignore"):
-            for lo in range(0, n if run else 0, shared):
+            for lo in range(0, n, shared):
                 hi = min(lo + shared, n)
                 xas = {key: designs[key].augment(x[lo:hi], shift, buf) for key, buf in bufs.items()}
                 for lay, dt, (_, panel), view, acc in run:
@@ -462,18 +531,9 @@ class GaussianFamily(Family):
                             log_norm, resp = log_normalize(resp, rows[dt][:2, : end - sub])
                             add_likelihood(acc, log_norm, resp, wp, entropy)
                         if stop_at_nan and acc is accs[0] and math.isnan(acc["loglik"]):
-                            return None
+                            return False
                         lay.accumulate(xp, wp, resp, view["means"], acc, view)
-        records = []
-        for lay, acc, p, view in zip(layouts, accs, params_list, views):
-            scalars = {key: acc.pop(key) for key in ("loglik", "wsum", "entropy")}
-            if view["means"].dtype == p["means"].dtype:
-                stats = lay.finish(acc, p["means"])
-            else:  # float32: residuals were taken about the rounded means
-                rounded = view["means"].astype(p["means"].dtype)
-                stats = lay.shift_stats(lay.finish(acc, rounded), rounded, p["means"])
-            records.append({**scalars, "nk": np.array(lay.mass(stats)), "stats": stats})
-        return records
+        return True
 
     def select(self, params_or_stats, keep):
         per_component = set(_PER_COMPONENT)
@@ -524,10 +584,16 @@ class GaussianFamily(Family):
         return (record["loglik"] + entering) / record["wsum"]
 
     def weighted_log_prob(self, x, params, context):
-        if is_foreign(x):  # on the chunk's device; rows with NaN (marginalised) on the host
-            xp = namespace(x)
-            if self.missing != "error" and bool(xp.any(xp.isnan(x))):
-                return like(self.weighted_log_prob(to_numpy(x), params, context), x)
+        if is_foreign(x):  # on the chunk's device; only the rows with NaN (marginalised) on the host
+            if self.missing != "error" and dtype_kind(x) == "f":
+                split = split_holes(x)
+                if split is not None:
+                    whole, part, order = split
+                    xp = namespace(x)
+                    top = _array_api.weighted_log_prob(xp.take(x, whole, axis=0), params, context)
+                    rest = self.weighted_log_prob(to_numpy(xp.take(x, part, axis=0)), params, context)
+                    both = xp.concat([top, like(rest, x, np.dtype(dtype_name(top.dtype)))], axis=0)
+                    return xp.take(both, order, axis=0)
             return _array_api.weighted_log_prob(x, params, context)
         if self.missing != "error" and _incomplete.any_missing(x):
             holes = np.isnan(x).any(1)

@@ -25,7 +25,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
-from ._namespace import dtype_name, is_foreign, to_numpy
+from ._namespace import dtype_name, is_foreign, namespace, to_numpy
 from ._zarr_read import ChunkFiles, chunk_files
 
 # Attempts beyond the first when a chunk read fails (transient storage errors).
@@ -591,8 +591,17 @@ def _from_xarray(X, variable, chunk_rows, what) -> Prepared:
 # ---------------------------------------------------------------------------
 
 
-def check_weights(w: np.ndarray, where: str) -> None:
-    """Refuse negative or non-finite row weights, naming the first (``where`` formats its index)."""
+def check_weights(w, where: str) -> None:
+    """Refuse negative or non-finite row weights, naming the first (``where`` formats its index).
+
+    Weights on a device are tested there (one boolean back); only weights found
+    bad come to the host, for the message.
+    """
+    if is_foreign(w):
+        xp = namespace(w)
+        if bool(xp.all(xp.isfinite(w) & (w >= 0))):
+            return
+        w = to_numpy(w)
     bad = ~np.isfinite(w) | (w < 0)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
@@ -628,6 +637,8 @@ def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
                 "sample_weight.rechunk(X.chunks[0])."
             )
         return sample_weight
+    if is_foreign(sample_weight):  # on a device, as scikit-learn's array-API convention: kept there
+        return _foreign_weights(sample_weight, X)
     w = np.asarray(sample_weight)
     if w.shape != (n,):
         raise ValueError(f"sample_weight must have shape ({n},) to match X; received {w.shape}.")
@@ -638,6 +649,27 @@ def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
     if not w.sum() > 0:
         raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
     return row_views(w, (X.chunks[0],))
+
+
+def _foreign_weights(sample_weight, X: da.Array) -> da.Array:
+    """In-memory weights of another array-API library checked on their device, as row blocks left there."""
+    n = X.shape[0]
+    shape = tuple(int(s) for s in sample_weight.shape)
+    if shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) to match X; received {shape}.")
+    try:
+        dtype = np.dtype(dtype_name(sample_weight.dtype))
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "fiub":
+        raise TypeError(f"sample_weight must be numeric; received dtype {sample_weight.dtype}.")
+    xp = namespace(sample_weight)
+    w = xp.astype(sample_weight, xp.float64)
+    check_weights(w, "row {}")
+    if not float(xp.sum(w)) > 0:
+        raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
+    return da.from_array(_ForeignRows(w, np.dtype(np.float64)), chunks=(X.chunks[0],), asarray=False,
+                         meta=np.empty((0,), dtype=np.float64))
 
 
 def fingerprint(prepared: Prepared, X) -> dict:

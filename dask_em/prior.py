@@ -83,6 +83,7 @@ from scipy.special import multigammaln, gammaln
 
 from . import _parsimonious
 from ._covariance import COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
+from ._namespace import to_numpy
 
 Prior = dict[str, Any]
 PRIOR_KEYS = ("shrinkage", "mean", "dof", "scale")
@@ -183,12 +184,12 @@ def validate_prior(prior: Prior, covariance_type: str, n_features: int) -> Prior
     out = dict(prior)
     out["shrinkage"] = float(prior["shrinkage"])
     out["dof"] = float(prior["dof"])
-    out["mean"] = np.asarray(prior["mean"], dtype=np.float64).reshape(-1)
+    out["mean"] = to_numpy(prior["mean"], np.float64).reshape(-1)
     if out["shrinkage"] < 0:
         raise ValueError(f"prior shrinkage={out['shrinkage']} is negative; expected >= 0.")
     if out["mean"].shape != (d,):
         raise ValueError(f"prior mean has shape {out['mean'].shape}; expected ({d},).")
-    scale = np.asarray(prior["scale"], dtype=np.float64)
+    scale = to_numpy(prior["scale"], np.float64)
     check_prior_type(covariance_type)
     if covariance_type in MATRIX_SCALE_TYPES:
         if scale.shape != (d, d):
@@ -212,7 +213,7 @@ def validate_prior(prior: Prior, covariance_type: str, n_features: int) -> Prior
 
 def center_prior(prior: Prior, shift: np.ndarray) -> Prior:
     """The same prior in coordinates centered at ``shift`` (its mean moves, nothing else)."""
-    return dict(prior, mean=np.asarray(prior["mean"], dtype=np.float64) - shift)
+    return dict(prior, mean=to_numpy(prior["mean"], np.float64) - shift)
 
 
 def _mean_factor(prior: Prior) -> int:

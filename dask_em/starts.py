@@ -23,7 +23,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.delayed import delayed
 
-from ._namespace import is_foreign, like, namespace, to_numpy
+from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
 from ._validation import seed_sequence
 from .family import Family
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -97,6 +97,10 @@ def _take_rows(block, local_rows, start: int, family: Family):
 
 
 def _take_weights(block, local_rows):
+    if is_foreign(block):  # weights on a device: the sampled ones gathered there, then copied
+        xp = namespace(block)
+        block = xp.take(xp.reshape(block, (-1,)), like(local_rows, block, np.int64), axis=0)
+        return to_numpy(block, np.float64)
     return np.asarray(block, dtype=np.float64).reshape(-1)[local_rows]
 
 
@@ -338,7 +342,7 @@ def _foreign_chunk_moments(x, w, full: bool) -> dict:
         mean = xp.mean(x, axis=0) if x.shape[0] else like(np.zeros(x.shape[1]), x)
         wc = centered = x - mean
     else:
-        w = like(to_numpy(w, np.float64).reshape(-1), x)
+        w = weights_like(w, x)
         n = float(xp.sum(w))
         mean = xp.sum(x * w[:, None], axis=0) / n if n > 0 else like(np.zeros(x.shape[1]), x)
         centered = x - mean

@@ -93,7 +93,7 @@ def test_estep_on_a_device_equals_the_numpy_kernels(data, ct, dtype):
     assert_stats_close(got["stats"], ref["stats"], rtol, data, c, w)
 
 
-@pytest.mark.parametrize("ct", ["full", "diag"])
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical", "VEV", "EEI"])
 def test_the_array_api_kernel_under_numpy_equals_the_numpy_kernels(data, ct):
     """The device kernel itself, run with numpy as its namespace (array_api_compat's numpy)."""
     from dask_em import _array_api
@@ -155,9 +155,10 @@ def test_checkpointed_fit_of_device_chunks_resumes(data, tmp_path):
     assert_close(got.means_, ref.means_, rtol=1e-10)
 
 
-def test_float32_and_weighted_fit_of_device_chunks(data):
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+def test_float32_and_weighted_fit_of_device_chunks(data, ct):
     w = np.random.default_rng(2).uniform(0.2, 3.0, len(data))
-    settings = dict(n_components=3, random_state=0, tol=0, max_iter=15, compute_dtype="float32")
+    settings = dict(n_components=3, covariance_type=ct, random_state=0, tol=0, max_iter=15, compute_dtype="float32")
     ref = GaussianMixture(**settings).fit(data, sample_weight=w)
     got = GaussianMixture(**settings).fit(device_chunks(data, 250), sample_weight=da.from_array(w, chunks=250))
     # Two float32 computations of the same iterations: float32's stated tolerance (1e-4).
@@ -165,8 +166,9 @@ def test_float32_and_weighted_fit_of_device_chunks(data):
     assert_close(got.covariances_, ref.covariances_, rtol=1e-4)
 
 
-def test_bayesian_fit_of_device_chunks(data):
-    settings = dict(n_components=4, random_state=0, tol=1e-8, max_iter=200)
+@pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
+def test_bayesian_fit_of_device_chunks(data, ct):
+    settings = dict(n_components=4, covariance_type=ct, random_state=0, tol=1e-8, max_iter=200)
     ref = BayesianGaussianMixture(**settings).fit(data)
     got = BayesianGaussianMixture(**settings).fit(device_chunks(data, 300))
     assert got.n_iter_ == ref.n_iter_
@@ -280,7 +282,8 @@ def test_in_memory_arrays_follow_scikit_learns_array_api_convention(data, ct, di
     with sklearn.config_context(array_api_dispatch=False):  # the same start for both: the same iterations
         start = sklearn_start(data, 3, ct)
     settings = dict(covariance_type=ct, init_params="random", random_state=0, tol=0, max_iter=12)
-    theirs = SkGaussianMixture(3, **{k: on_device(v) for k, v in start.items()}, **settings).fit(x)
+    start = {k: on_device(v) for k, v in start.items()}  # as scikit-learn takes them: on the data's device
+    theirs = SkGaussianMixture(3, **start, **settings).fit(x)
     ours = GaussianMixture(3, **start, **settings).fit(x)
     for name in ("weights_", "means_", "covariances_", "precisions_cholesky_", "precisions_"):
         value = getattr(ours, name)
@@ -296,6 +299,22 @@ def test_in_memory_arrays_follow_scikit_learns_array_api_convention(data, ct, di
             assert_close(to_numpy(out), to_numpy(getattr(theirs, method)(x)), rtol=1e-10)
     sample, labels = ours.sample(5)
     assert isinstance(sample, ARRAY) and sample.device == DEVICE
+    # scikit-learn's bound is a 0-d array of the input's library; ours a Python float of the same value.
+    assert isinstance(theirs.lower_bound_, ARRAY) and isinstance(ours.lower_bound_, float)
+    assert float(ours.lower_bound_) == pytest.approx(float(theirs.lower_bound_), rel=1e-10)
+
+
+def test_float32_arrays_under_dispatch_keep_scikit_learns_dtypes(data, dispatch):
+    x = on_device(data.astype(np.float32))
+    settings = dict(init_params="random_from_data", random_state=0, max_iter=5, tol=0)
+    theirs = SkGaussianMixture(3, **settings).fit(x)
+    ours = GaussianMixture(3, **settings).fit(x)
+    for name in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        assert getattr(ours, name).dtype == getattr(theirs, name).dtype == xps.float32, name
+    for method in ("predict_proba", "score_samples"):
+        out = getattr(ours, method)(x)
+        assert isinstance(out, ARRAY) and out.device == DEVICE
+        assert out.dtype == getattr(theirs, method)(x).dtype == xps.float32, method
 
 
 def test_in_memory_array_api_input_without_dispatch_gives_numpy_attributes(data):
@@ -315,6 +334,142 @@ def test_bayesian_mixture_on_in_memory_device_arrays(data, dispatch):
     ref = BayesianGaussianMixture(n_components=3, random_state=0).fit(data)
     assert isinstance(model.means_, ARRAY)
     assert_close(to_numpy(model.means_), ref.means_, rtol=1e-10)
+
+
+def test_fitted_attributes_of_tuples_and_lists_are_in_the_inputs_namespace(data, dispatch):
+    from dask_em import CategoricalMixture
+
+    model = BayesianGaussianMixture(n_components=3, random_state=0).fit(on_device(data))
+    ref = BayesianGaussianMixture(n_components=3, random_state=0).fit(data)
+    assert isinstance(model.weight_concentration_, tuple) and len(model.weight_concentration_) == 2
+    for got, want in zip(model.weight_concentration_, ref.weight_concentration_):
+        assert isinstance(got, ARRAY) and got.device == DEVICE
+        assert_close(to_numpy(got), want, rtol=1e-10)
+    X, _ = discrete_data("categorical", np.random.default_rng(4))
+    cat = CategoricalMixture(2, n_categories=[3, 3, 4, 3], random_state=0).fit(on_device(X))
+    ref = CategoricalMixture(2, n_categories=[3, 3, 4, 3], random_state=0).fit(X)
+    assert isinstance(cat.probabilities_, list)
+    for got, want in zip(cat.probabilities_, ref.probabilities_):
+        assert isinstance(got, ARRAY) and got.device == DEVICE
+        assert_close(to_numpy(got), want, rtol=1e-10)
+
+
+def device_weights(w, rows):
+    return da.from_array(w, chunks=rows).map_blocks(on_device, dtype=w.dtype, meta=np.empty((0,), w.dtype))
+
+
+def test_row_weights_on_the_device(data, dispatch, host_copies):
+    w = np.random.default_rng(8).uniform(0.2, 3.0, len(data))
+    settings = dict(n_components=3, random_state=0, tol=1e-8, init_sample_size=250)
+    ref = GaussianMixture(**settings).fit(data, sample_weight=w)
+    in_memory = GaussianMixture(**settings).fit(on_device(data), sample_weight=on_device(w))
+    assert isinstance(in_memory.means_, ARRAY)
+    chunked = GaussianMixture(**settings).fit(device_chunks(data, 300), sample_weight=device_weights(w, 300))
+    for got in (in_memory, chunked):
+        assert got.n_iter_ == ref.n_iter_
+        assert_close(to_numpy(got.means_), ref.means_, rtol=1e-10)
+        assert_close(to_numpy(got.covariances_), ref.covariances_, rtol=1e-10)
+    # The weights stayed on the device: nothing but the start's 250 sampled rows (and their weights) came over.
+    assert all(not shape or shape[0] <= 250 for shape in host_copies), host_copies
+
+
+@pytest.mark.parametrize("where", ["in memory", "chunks"])
+def test_bad_row_weights_on_the_device_are_named(data, dispatch, where):
+    w = np.ones(len(data))
+    w[417] = -1.0
+    if where == "in memory":
+        X, sw, match = on_device(data), on_device(w), "received -1.0 at row 417"
+    else:
+        X, sw, match = device_chunks(data, 300), device_weights(w, 300), r"received -1.0 at row 117 \+ 300"
+    with pytest.raises(ValueError, match=f"sample_weight must be finite and non-negative; {match}"):
+        GaussianMixture(2, random_state=0).fit(X, sample_weight=sw)
+
+
+@pytest.fixture
+def host_copies(monkeypatch):
+    """The shapes of the arrays the library brings from the emulated device to the host
+    (``to_numpy`` reads them through ``np.from_dlpack``)."""
+    shapes, real = [], np.from_dlpack
+
+    def counted(x, *args, **kwargs):
+        shapes.append(tuple(x.shape))
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(np, "from_dlpack", counted)
+    return shapes
+
+
+@pytest.mark.parametrize("name", ["bernoulli", "poisson", "categorical"])
+def test_valid_discrete_chunks_are_checked_on_the_device(name, host_copies):
+    from dask_em import CategoricalMixture, PoissonMixture
+
+    cls = {"bernoulli": BernoulliMixture, "poisson": PoissonMixture, "categorical": CategoricalMixture}[name]
+    X, kw = discrete_data(name, np.random.default_rng(4))
+    kw["missing"] = "marginalize"  # float codes and counts taken too (with NaN for missing values)
+    model = cls(3, random_state=0, max_iter=3, init_sample_size=90, **kw).fit(device_chunks(X, 200))
+    blocks(model.predict_proba(device_chunks(X, 200)))
+    blocks(model.predict_proba(device_chunks(X.astype(np.float32), 200)))
+    # The start's sample (90 rows, gathered on the device) came over; no chunk did.
+    assert all(not s or s[0] < 200 for s in host_copies), host_copies
+
+
+BAD_ROWS = [
+    ("gaussian-inf", np.inf, {"missing": "marginalize"}, "X contains infinity"),
+    ("gaussian-nan", np.nan, {}, "X contains NaN or infinity"),
+    ("gaussian-empty-row", "row", {"missing": "marginalize"}, "a row has every value missing"),
+    ("bernoulli", 2.0, {}, "takes only 0 and 1, but X holds 2.0"),
+    ("bernoulli-nan", np.nan, {}, "X contains NaN or infinity"),
+    ("poisson-negative", -1.0, {}, "non-negative integer counts, but X holds -1.0"),
+    ("poisson-fraction", 1.5, {"missing": "marginalize"}, "non-negative integer counts, but X holds 1.5"),
+    ("categorical", 3.0, {"n_categories": 3, "missing": "marginalize"}, "has 3 categories .* but X holds code 3.0"),
+    ("categorical-fraction", 0.5, {"n_categories": 3, "missing": "marginalize"}, "but X holds code 0.5"),
+    ("categorical-int", 3, {"n_categories": 3}, "has 3 categories .* but X holds code 3"),
+    ("categorical-int-negative", -1, {"n_categories": [3, 2, 3]}, "has 2 categories .* but X holds code -1"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_ROWS, ids=[c[0] for c in BAD_ROWS])
+def test_invalid_device_rows_get_the_hosts_message(case):
+    from dask_em import CategoricalMixture, PoissonMixture
+
+    name, value, kw, message = case
+    cls = {"gaussian": GaussianMixture, "bernoulli": BernoulliMixture, "poisson": PoissonMixture,
+           "categorical": CategoricalMixture}[name.split("-")[0]]
+    X = np.random.default_rng(9).integers(0, 2, (400, 3)).astype(np.float64)
+    if value == "row":
+        X[250] = np.nan
+    else:
+        X[250, 1] = value
+    if "-int" in name:
+        X = X.astype(np.int8)
+    clean = np.where(np.arange(400)[:, None] == 250, 0, X).astype(X.dtype)
+    model = cls(2, random_state=0, **kw).fit(clean)
+    for source in (da.from_array(X, chunks=(200, -1)), device_chunks(X, 200)):
+        # In a fit (by the start's sample, or by the first E-step: 10 rows drawn) and in inference.
+        with pytest.raises(ValueError, match=f"{message}.* in rows 200-399.* row 250"):
+            cls(2, random_state=0, init_sample_size=10, **kw).fit(source)
+        with pytest.raises(ValueError, match=f"{message}.* in rows 200-399 .*the first is row 250"):
+            blocks(model.predict_proba(source))
+
+
+def test_inference_with_missing_values_copies_only_incomplete_rows(data, host_copies):
+    X = data.copy()
+    holes = np.random.default_rng(3).random(len(X)) < 0.1
+    X[np.flatnonzero(holes), np.random.default_rng(4).integers(0, 3, holes.sum())] = np.nan
+    model = GaussianMixture(3, random_state=0, missing="marginalize").fit(X)
+    for method in ("predict", "predict_proba", "score_samples", "impute"):
+        del host_copies[:]
+        parts = blocks(getattr(model, method)(device_chunks(X, 300)))
+        assert all(isinstance(b, ARRAY) and b.device == DEVICE for b in parts), method
+        # Only each chunk's incomplete rows came to the host (the results come over below, for the check).
+        assert host_copies and all(not shape or shape[0] < 100 for shape in host_copies), (method, host_copies)
+        got = np.concatenate([to_numpy(b) for b in parts])
+        want = getattr(model, method)(X)
+        if method == "predict":
+            np.testing.assert_array_equal(got, want)
+        else:
+            assert got.dtype == np.float64
+            assert_close(got, want, rtol=1e-12)
 
 
 def test_device_option_is_checked_before_any_work(data):
@@ -425,3 +580,65 @@ def test_command_line_device_option(tmp_path):
     plain = tmp_path / "plain.zarr"
     assert runner.invoke(main, ["fit", str(store), "-o", str(plain), "-k", "2", "--seed", "0", "-q"]).exit_code == 0
     assert_close(load(str(model)).means_, load(str(plain)).means_, rtol=1e-10)
+
+
+def test_the_gpu_benchmark_runs_on_the_emulated_device(monkeypatch, capsys):
+    """``bench_gpu.py --smoke``: every column's code path (the store's included) on array_api_strict."""
+    import importlib.util
+
+    monkeypatch.setenv("SCIPY_ARRAY_API", "1")
+    here = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+    monkeypatch.syspath_prepend(here)
+    spec = importlib.util.spec_from_file_location("bench_gpu", os.path.join(here, "bench_gpu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (row,) = module.main(["--smoke", "--iters", "2", "--types", "full", "--dtypes", "float64", "--shapes", "2000x4"])
+    shape, cov, k, dtype, gpu_s, sk_s, _, cpu_s, _, floor, _, zarr_s, h2d, _, diff, _ = row
+    assert (shape, cov, k, dtype) == ("2000x4", "full", 8, "float64")
+    assert all(np.isfinite(v) and v > 0 for v in (gpu_s, sk_s, cpu_s, floor, zarr_s, h2d))
+    assert diff < 1e-10  # the device fit equals the host fit from the same start
+    assert "2000x4 | full | 8 | float64" in capsys.readouterr().out
+
+
+ESTIMATORS = ["gaussian", "bayesian", "bernoulli", "poisson", "categorical"]
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_every_estimator_under_dispatch_answers_in_the_inputs_namespace(data, name, dispatch):
+    """scikit-learn code run unchanged on device arrays: every fitted array attribute, and every method's
+    array output, in the input's library on its device, equal to the numpy fit's."""
+    from dask_em import CategoricalMixture, PoissonMixture
+
+    if name in ("gaussian", "bayesian"):
+        X = data
+        cls = GaussianMixture if name == "gaussian" else BayesianGaussianMixture
+        model = lambda: cls(n_components=3, init_params="random_from_data", random_state=0, max_iter=20)  # noqa: E731
+    else:
+        X, kw = discrete_data(name, np.random.default_rng(4))
+        cls = {"bernoulli": BernoulliMixture, "poisson": PoissonMixture, "categorical": CategoricalMixture}[name]
+        model = lambda: cls(3, random_state=0, max_iter=20, **kw)  # noqa: E731
+    with sklearn.config_context(array_api_dispatch=False):
+        ref = model().fit(X)
+    got = model().fit(on_device(X))
+    arrays = {key: value for key, value in vars(ref).items()
+              if key.endswith("_") and not key.startswith("_") and isinstance(value, (np.ndarray, tuple, list))}
+    assert arrays
+    for key, want in arrays.items():
+        value = getattr(got, key)
+        parts = zip(value, want) if isinstance(want, (tuple, list)) else [(value, want)]
+        for part, expected in parts:
+            if isinstance(expected, np.ndarray):
+                assert isinstance(part, ARRAY) and part.device == DEVICE, key
+                assert_close(to_numpy(part), expected, rtol=1e-9, err_msg=key)
+    x = on_device(X)
+    for method in ("predict", "predict_proba", "score_samples", "fit_predict"):
+        fitted = (model(), model()) if method == "fit_predict" else (got, ref)
+        out = getattr(fitted[0], method)(x)
+        assert isinstance(out, ARRAY) and out.device == DEVICE, method
+        with sklearn.config_context(array_api_dispatch=False):
+            want = getattr(fitted[1], method)(X)
+        assert_close(to_numpy(out), want, rtol=1e-9, err_msg=method)
+    rows, labels = got.sample(4)
+    assert isinstance(rows, ARRAY) and isinstance(labels, ARRAY)
+    for criterion in ("score",) if name == "bayesian" else ("score", "bic", "aic"):  # the variational fit has none
+        assert getattr(got, criterion)(x) == pytest.approx(getattr(ref, criterion)(X), rel=1e-10), criterion

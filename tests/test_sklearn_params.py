@@ -188,6 +188,14 @@ def test_float32_in_gives_scikit_learns_dtypes_and_values(rows, ours, theirs, co
         if name.endswith("_") and not name.startswith("_") and isinstance(value, (np.ndarray, np.floating)):
             assert np.asarray(getattr(model, name)).dtype == value.dtype, name
     assert np.asarray(model.lower_bound_).dtype == np.asarray(ref.lower_bound_).dtype
+    # Responsibilities and scores: float32 where scikit-learn's are (float32 rows, float32 parameters), in
+    # memory and lazily; the values are the float64 computation's, rounded once.
+    for x in (X32, X32.astype(np.float64)):
+        for method in ("predict_proba", "score_samples"):
+            want = getattr(ref, method)(x).dtype
+            assert getattr(model, method)(x).dtype == want, (method, x.dtype)
+            lazy = getattr(model, method)(da.from_array(x, chunks=(250, -1)))
+            assert lazy.dtype == want and lazy.compute().dtype == want, (method, x.dtype)
     # scikit-learn computes in float32 for GaussianMixture; dask-em in float64 and rounds at the end,
     # so dask-em's values are scikit-learn's float64 fit of the same rows, to float32's rounding.
     # The distance to scikit-learn's float32 fit is then that fit's own round-off after twenty
@@ -459,8 +467,9 @@ BEHAVIOURS = [
     ("`max_iter=0`", "the start's parameters, `n_iter_=0`, `lower_bound_=-inf`, no warning",
      "the same", "test_max_iter_zero_returns_the_start_as_scikit_learn"),
     ("float32 input", "GaussianMixture: float32 `weights_`, `means_`, `covariances_`, `precisions_`, "
-     "`precisions_cholesky_`, `lower_bound_`; BayesianGaussianMixture: float32 `mean_prior_` only",
-     "the same dtypes; statistics and parameters inside stay float64, the attributes are rounded once",
+     "`precisions_cholesky_`, `lower_bound_`, and float32 `predict_proba` and `score_samples` of float32 rows; "
+     "BayesianGaussianMixture: float32 `mean_prior_` only",
+     "the same dtypes; statistics and parameters inside stay float64, the attributes and outputs are rounded once",
      "test_float32_in_gives_scikit_learns_dtypes_and_values"),
     ("`reg_covar=0`, a collapsed component", "GaussianMixture: `ValueError` for every covariance type; "
      "BayesianGaussianMixture: `ValueError` where its prior leaves a covariance singular",
@@ -468,6 +477,12 @@ BEHAVIOURS = [
      "test_a_collapse_under_reg_covar_zero_as_scikit_learn"),
     ("`warm_start=True` on growing data", "one restart from the last fit", "the same numbers to 1e-8",
      "test_warm_start_sequence_equals_scikit_learn"),
+    ("array-API arrays (CuPy, PyTorch, ...) under `array_api_dispatch=True`",
+     "GaussianMixture: fitted arrays and the outputs of `predict`, `predict_proba`, `score_samples`, `sample` in "
+     "the input's library, on its device; `lower_bound_` a 0-d array of it; BayesianGaussianMixture: refused",
+     "the same arrays, and `sample_weight` and the `*_init` arrays taken on the device; `lower_bound_` a "
+     "Python float (`float()` of either is the same number); BayesianGaussianMixture takes them too",
+     "tests/test_array_api.py"),
     ("empty component (`reg_covar>0`)", "kept, weight ~1e-15",
      "GaussianMixture drops it with a warning (`n_components_` says how many are left)",
      "tests/test_mixture.py"),

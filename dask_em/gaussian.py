@@ -109,7 +109,8 @@ FLOAT32_BOUND_RTOL = 4.0 * float(np.finfo(np.float32).eps)
 # The plans of the rounds under way (_round_plan), each kept while its params list lives (a weak reference
 # to it, whose end removes the plan).
 _PLANS: dict = {}
-_PLANS_LOCK = threading.Lock()
+# Reentrant: a collection inside the locked block may end a list and run _forget_plans in the same thread.
+_PLANS_LOCK = threading.RLock()
 
 
 def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
@@ -152,8 +153,9 @@ def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
 def _forget_plans(list_id: int, _ref=None) -> None:
     """Drop the plans of the params list whose id was ``list_id`` (it has gone)."""
     with _PLANS_LOCK:
-        for key in [key for key in _PLANS if key[0] == list_id]:
-            del _PLANS[key]
+        for key in list(_PLANS):
+            if key[0] == list_id:
+                _PLANS.pop(key, None)
 
 
 def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64) -> np.ndarray:

@@ -211,3 +211,37 @@ def test_random_chunkings_give_the_one_chunk_round(cuts, cov_type):
     for key in ("weights", "means", "covariances"):
         np.testing.assert_allclose(results[0].params[key], results[1].params[key], rtol=1e-11, atol=1e-13)
     assert results[0].lower_bound == pytest.approx(results[1].lower_bound, rel=1e-12)
+
+
+def test_a_rounds_e_step_plan_is_made_once_and_dropped_with_the_round():
+    """The Gaussian E-step prepares a restart's coefficients once per round (its list of parameters), not
+    per chunk; a parameter replaced makes a new plan; the plan goes when the round's list goes."""
+    import gc
+
+    from dask_em import gaussian
+    from dask_em.engine import ParamsList, RoundState, estep_block
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 3))
+    model = dask_em.GaussianMixture(2, random_state=0, max_iter=2).fit(x)
+    params = dict(model.fitted_state().params)
+    state = RoundState(model.fitted_state().family, model.fitted_state().context, [params])
+    assert isinstance(state.params, ParamsList)
+    first = estep_block(x, None, state)
+    plan = gaussian._round_plan(state.params, "float64", len(x), 3)
+    assert gaussian._round_plan(state.params, "float64", len(x), 3) is plan  # found again, not remade
+    again = estep_block(x, None, state)
+    assert again[0]["loglik"] == first[0]["loglik"]
+    params["means"] = params["means"] + 1.0  # a parameter replaced: a new plan, and the E-step sees it
+    assert gaussian._round_plan(state.params, "float64", len(x), 3) is not plan
+    moved = estep_block(x, None, state)
+    fresh = estep_block(x, None, RoundState(state.family, state.context, [dict(params)]))
+    assert moved[0]["loglik"] == fresh[0]["loglik"] != first[0]["loglik"]
+    key = id(state.params)
+    del state, plan
+    gc.collect()
+    assert not [k for k in gaussian._PLANS if k[0] == key]
+    # A plain list (a family's E-step called directly) keeps no plan.
+    before = len(gaussian._PLANS)
+    gaussian._round_plan([params], "float64", len(x), 3)
+    assert len(gaussian._PLANS) == before

@@ -85,11 +85,13 @@ class FittedMixture:
             prep = dataclasses.replace(prep, data=prep.data.map_blocks(transform, dtype=bool))
         return prep
 
-    def _apply(self, X, what: str, kwargs: dict):
+    def _apply(self, X, what: str, kwargs: dict, dtype=None):
+        """``what`` of the rows of ``X``: in ``dtype`` where given, else the output's (:meth:`_output_dtype`)."""
         state = self.fitted_state()
         block_state = {"family": state.family, "context": state.context, "params": state.params}
         prep = self._prepare_inference(X, kwargs)
-        dtype = np.int64 if what == "labels" else self._output_dtype(prep.data.dtype, what)
+        if dtype is None:
+            dtype = np.int64 if what == "labels" else self._output_dtype(prep.data.dtype, what)
         if not prep.lazy and prep.foreign is not None:  # an in-memory array of another library, on its device
             out = _rounded(infer_block(prep.foreign, block_state, what), dtype)
         elif not prep.lazy:  # in memory: its row blocks on the local threads, no graph
@@ -230,7 +232,9 @@ class FittedMixture:
         -------
         score : float
         """
-        values = self.score_samples(X, **kwargs)
+        # From the float64 scores, even where score_samples rounds them to float32: the mean of many rows
+        # (and the criteria made from it) keeps float64's digits.
+        values = self._apply(X, "score_samples", kwargs, np.dtype(np.float64))
         if type(values).__module__.split(".")[0] == "xarray":
             values = values.data
         if isinstance(values, da.Array):

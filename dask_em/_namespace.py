@@ -70,12 +70,14 @@ def like(a, x, dtype=None):
 def weights_like(w, x):
     """Row weights ``w`` (host or device) as a float64 vector on the device of the chunk ``x``.
 
-    Weights already on a device stay there (no round trip through the host).
+    Weights already on the chunk's device stay there (no round trip through the host); weights of
+    another library or device go through the host.
     """
-    if is_foreign(w):
+    if is_foreign(w) and is_foreign(x):
         xp = array_namespace(w)
-        return xp.reshape(xp.astype(w, xp.float64), (-1,))
-    return like(np.asarray(w, dtype=np.float64).reshape(-1), x)
+        if xp is array_namespace(x) and _device(w) == _device(x):
+            return xp.reshape(xp.astype(w, xp.float64), (-1,))
+    return like(to_numpy(w, np.float64).reshape(-1), x)
 
 
 def split_holes(x):

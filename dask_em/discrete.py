@@ -525,9 +525,9 @@ class CategoricalFamily(DesignFamily):
         if kind not in "iuf":
             return False
         dtype = np.dtype(dtype_name(x.dtype))
-        top = self.sizes(x.shape[1]) - 1  # the largest code of each feature, in the chunk's dtype
-        if kind != "f":
-            top = np.minimum(top, np.iinfo(dtype).max)
+        top = np.asarray(self.sizes(x.shape[1]), dtype=np.int64) - 1  # each feature's largest code, in x's dtype
+        if kind != "f":  # a code the dtype cannot hold cannot occur: clip (uint64's top is beyond int64's)
+            top = np.minimum(top, min(np.iinfo(dtype).max, np.iinfo(np.int64).max))
         top = like(top.astype(dtype), x)
         if kind == "f":
             return _valid_on_device(self, x, kind, lambda xp: (x >= 0) & (x <= top) & (x == xp.floor(x)))

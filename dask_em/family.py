@@ -96,8 +96,13 @@ and may override (defaults in brackets):
     True when ``estep`` and ``weighted_log_prob`` take a chunk of any
     array-API library (CuPy, PyTorch, ...) and compute on its device,
     returning host statistics and, for ``weighted_log_prob``, an array of the
-    chunk's library. Otherwise the engine copies such a chunk to the host
+    chunk's library; ``estep``'s row weights ``w`` are then a float64 vector
+    on the chunk's device. Otherwise the engine copies such a chunk to the host
     first (and the inference results back). [False]
+``rows_valid(x)``
+    Whether every row of a device chunk passes ``check_rows``, tested on its
+    device (one boolean back); spares the chunk's copy to the host. [False:
+    the copy is made]
 ``panel_rows``
     Rows per panel of the default ``estep``; set it when ``prepare_rows``
     makes wide rows. [None: PANEL_CELLS // K]

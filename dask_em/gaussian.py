@@ -113,8 +113,8 @@ _PLANS: dict = {}
 _PLANS_LOCK = threading.RLock()
 
 
-def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
-    """Each restart's kernel layout, compute dtype, (tile, panel) rows and prepared view, for chunks of ``n`` rows.
+def _round_plan(params_list: list, compute_dtype, d: int) -> tuple:
+    """Each restart's kernel layout, compute dtype, (tile, panel) rows and prepared view (for whole tiles).
 
     The same for every chunk of a round, so made once per round and process: a chunk's Python outside
     the compiled kernel runs on caches the kernel has just filled with rows (0.3-1 ms a chunk where the
@@ -123,7 +123,7 @@ def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
     are only read (the numpy route, which writes into a view's work matrices, prepares its own).
     """
     # Which kernels run (compiled or numpy's) picks layouts and panels: a switch between rounds makes new plans.
-    key = (id(params_list), n, d, str(compute_dtype), _compiled.products_run())
+    key = (id(params_list), d, str(compute_dtype), _compiled.products_run())
     values = [tuple(p.values()) for p in params_list]
     hit = _PLANS.get(key)
     if hit is not None and hit[0]() is params_list and len(hit[1]) == len(values) and all(
@@ -139,7 +139,7 @@ def _round_plan(params_list: list, compute_dtype, n: int, d: int) -> tuple:
          lay.panel_rows(len(p["weights"]), d, dt) or panel_rows(len(p["weights"]), d, dt.itemsize, lay.width(d)))
         for lay, p, dt in zip(layouts, params_list, dtypes)
     ]
-    views = [lay.prepare(p, min(t, n), dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
+    views = [lay.prepare(p, t, dt) for lay, p, (t, _), dt in zip(layouts, params_list, sizes, dtypes)]
     plan = (layouts, dtypes, sizes, views)
     try:  # a plain list (a caller of the family's E-step of its own) cannot be referenced weakly: no plan kept
         ref = weakref.ref(params_list, functools.partial(_forget_plans, id(params_list)))
@@ -468,7 +468,7 @@ class GaussianFamily(Family):
         """The complete rows' E-step; with ``stop_at_nan``, None as soon as a panel's log-likelihood is NaN."""
         shift = context
         n, d = x.shape[0], shift.shape[0]
-        layouts, dtypes, sizes, views = _round_plan(params_list, self.compute_dtype, n, d)
+        layouts, dtypes, sizes, views = _round_plan(params_list, self.compute_dtype, d)
         accs = [lay.empty_stats(len(p["weights"]), d) for lay, p in zip(layouts, params_list)]
         # A restart runs its whole chunk compiled where it can, in one call that releases the GIL: on a
         # product design (moments, diag) with the same panels and sums as the loop below, its statistics

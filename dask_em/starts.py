@@ -324,7 +324,7 @@ def chunk_moments(x, w=None, full: bool = True) -> dict:
         centered = x - mean
         wc = centered
     else:
-        w = np.asarray(w, dtype=np.float64).reshape(-1)
+        w = to_numpy(w, np.float64).reshape(-1)
         n = float(w.sum())
         mean = (w @ x) / n if n > 0 else np.zeros(x.shape[1])
         centered = x - mean

@@ -371,6 +371,9 @@ def test_row_weights_on_the_device(data, dispatch, host_copies):
         assert_close(to_numpy(got.covariances_), ref.covariances_, rtol=1e-10)
     # The weights stayed on the device: nothing but the start's 250 sampled rows (and their weights) came over.
     assert all(not shape or shape[0] <= 250 for shape in host_copies), host_copies
+    # Weights on another device than the chunks' (array_api_strict's default one) go through the host.
+    other = GaussianMixture(**settings).fit(device_chunks(data, 300), sample_weight=xps.asarray(w))
+    assert_close(to_numpy(other.means_), ref.means_, rtol=1e-10)
 
 
 @pytest.mark.parametrize("where", ["in memory", "chunks"])
@@ -397,6 +400,18 @@ def host_copies(monkeypatch):
 
     monkeypatch.setattr(np, "from_dlpack", counted)
     return shapes
+
+
+def test_categorical_codes_of_every_integer_width_are_checked_on_the_device(host_copies):
+    from dask_em import CategoricalMixture
+
+    X, kw = discrete_data("categorical", np.random.default_rng(4))
+    model = CategoricalMixture(3, random_state=0, max_iter=3, **kw).fit(X)
+    want = model.predict_proba(X)
+    for dtype in (np.int8, np.uint8, np.int64, np.uint64):
+        got = np.concatenate([to_numpy(b) for b in blocks(model.predict_proba(device_chunks(X.astype(dtype), 200)))])
+        assert_close(got, want, rtol=1e-12, err_msg=str(dtype))
+    assert all(not s or s[0] < 200 or s[1:] == (3,) for s in host_copies), host_copies
 
 
 @pytest.mark.parametrize("name", ["bernoulli", "poisson", "categorical"])

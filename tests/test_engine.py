@@ -228,20 +228,28 @@ def test_a_rounds_e_step_plan_is_made_once_and_dropped_with_the_round():
     state = RoundState(model.fitted_state().family, model.fitted_state().context, [params])
     assert isinstance(state.params, ParamsList)
     first = estep_block(x, None, state)
-    plan = gaussian._round_plan(state.params, "float64", len(x), 3)
-    assert gaussian._round_plan(state.params, "float64", len(x), 3) is plan  # found again, not remade
+    plan = gaussian._round_plan(state.params, "float64", 3)
+    assert gaussian._round_plan(state.params, "float64", 3) is plan  # found again, not remade
     again = estep_block(x, None, state)
     assert again[0]["loglik"] == first[0]["loglik"]
     params["means"] = params["means"] + 1.0  # a parameter replaced: a new plan, and the E-step sees it
-    assert gaussian._round_plan(state.params, "float64", len(x), 3) is not plan
+    assert gaussian._round_plan(state.params, "float64", 3) is not plan
     moved = estep_block(x, None, state)
     fresh = estep_block(x, None, RoundState(state.family, state.context, [dict(params)]))
     assert moved[0]["loglik"] == fresh[0]["loglik"] != first[0]["loglik"]
+    # One plan a round, whatever a chunk's rows (the missing-values route E-steps each chunk's complete rows).
+    holes = x.copy()
+    for i, chunk in enumerate(range(0, 600, 200)):
+        holes[chunk : chunk + i + 1, 0] = np.nan
+    missing = RoundState(state.family.with_missing("marginalize"), state.context, [params])
+    for chunk in range(0, 600, 200):
+        estep_block(holes[chunk : chunk + 200], None, missing)
+    assert len([k for k in gaussian._PLANS if k[0] == id(missing.params)]) == 1
     key = id(state.params)
     del state, plan
     gc.collect()
     assert not [k for k in gaussian._PLANS if k[0] == key]
     # A plain list (a family's E-step called directly) keeps no plan.
     before = len(gaussian._PLANS)
-    gaussian._round_plan([params], "float64", len(x), 3)
+    gaussian._round_plan([params], "float64", 3)
     assert len(gaussian._PLANS) == before

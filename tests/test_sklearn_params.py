@@ -196,6 +196,10 @@ def test_float32_in_gives_scikit_learns_dtypes_and_values(rows, ours, theirs, co
             assert getattr(model, method)(x).dtype == want, (method, x.dtype)
             lazy = getattr(model, method)(da.from_array(x, chunks=(250, -1)))
             assert lazy.dtype == want and lazy.compute().dtype == want, (method, x.dtype)
+    # score (and the criteria) average the float64 scores, whatever score_samples' dtype: the same rows in
+    # float32 or float64 storage give the same number.
+    for source in (lambda a: a, lambda a: da.from_array(a, chunks=(250, -1))):
+        assert model.score(source(X32)) == pytest.approx(model.score(source(X32.astype(np.float64))), rel=1e-15)
     # scikit-learn computes in float32 for GaussianMixture; dask-em in float64 and rounds at the end,
     # so dask-em's values are scikit-learn's float64 fit of the same rows, to float32's rounding.
     # The distance to scikit-learn's float32 fit is then that fit's own round-off after twenty

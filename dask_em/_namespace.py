@@ -81,15 +81,25 @@ def weights_like(w, x):
 
 
 def split_holes(x):
-    """A device chunk's rows without NaN and with, as index vectors on its device, and the order that puts
-    rows taken as ``concat([x[whole], x[part]])`` back in place: ``(whole, part, order)``; None if no row
-    holds NaN. (Integer-array assignment is not in the array API standard; a take is.)"""
+    """A device chunk's rows without NaN and with, as index vectors on its device: ``(whole, part)``; None if
+    no row holds NaN."""
     xp = array_namespace(x)
     holes = xp.any(xp.isnan(x), axis=1)
     if not bool(xp.any(holes)):
         return None
-    whole, part = xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
-    return whole, part, xp.argsort(xp.concat([whole, part]))
+    return xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
+
+
+def in_row_order(split, top, rest, x):
+    """Results for a device chunk ``x`` split by :func:`split_holes`: ``top`` for its rows without NaN (on
+    its device), ``rest`` for the others (computed on the host), joined in ``x``'s row order on its device.
+
+    The array API standard has no assignment through integer arrays; a take by the inverse of the split's
+    order puts each row back.
+    """
+    xp = array_namespace(top)
+    both = xp.concat([top, like(rest, x, np.dtype(dtype_name(top.dtype)))], axis=0)
+    return xp.take(both, xp.argsort(xp.concat(list(split))), axis=0)
 
 
 def dtype_kind(x) -> str:

@@ -33,7 +33,8 @@ from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
 from . import _compiled
-from ._namespace import dtype_kind, is_foreign, like, namespace, split_holes, to_numpy, weights_like, xp_log_normalize
+from ._namespace import (dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like,
+                         xp_log_normalize)
 from .family import Family, merge_records
 from .io import check_weights
 
@@ -238,10 +239,9 @@ def infer_block(x, state: dict, what: str, block_info=None):
             split = split_holes(x) if dtype_kind(x) == "f" else None
             if split is None:
                 return xp.astype(x, xp.float64)
-            whole, part, order = split
+            whole, part = split
             done = family.impute(to_numpy(xp.take(x, part, axis=0)), state["params"], state["context"])
-            both = xp.concat([xp.astype(xp.take(x, whole, axis=0), xp.float64), like(done, x, np.float64)], axis=0)
-            return xp.take(both, order, axis=0)
+            return in_row_order(split, xp.astype(xp.take(x, whole, axis=0), xp.float64), done, x)
         return family.impute(x, state["params"], state["context"])
     wlp = family.weighted_log_prob(x, state["params"], state["context"])
     if is_foreign(wlp):

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _array_api, _compiled, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
-from ._namespace import dtype_kind, dtype_name, is_foreign, like, namespace, split_holes, to_numpy, weights_like
+from ._namespace import dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like
 from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
                      responsibilities, work_array)
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
@@ -426,20 +426,19 @@ class GaussianFamily(Family):
         complete rows stay on the device.
         """
         dtypes = [np.dtype(p.get("compute_dtype", self.compute_dtype)) for p in params_list]
-        if self.missing != "error" and "float" in str(x.dtype):
+        split = split_holes(x) if self.missing != "error" and dtype_kind(x) == "f" else None
+        if split is not None:
             xp = namespace(x)
-            holes = xp.any(xp.isnan(x), axis=1)
-            if bool(xp.any(holes)):
-                whole, part = xp.nonzero(~holes)[0], xp.nonzero(holes)[0]
-                wd = None if w is None else weights_like(w, x)
-                records = _array_api.estep(xp.take(x, whole, axis=0), None if wd is None else xp.take(wd, whole),
-                                           params_list, context, entropy, dtypes)
-                rows = to_numpy(xp.take(x, part, axis=0))
-                extras = _incomplete.estep_incomplete(
-                    rows, None if wd is None else to_numpy(xp.take(wd, part)), params_list, context, entropy,
-                    self._estep_complete, _incomplete.missing_counts(rows),
-                )
-                return self._merge_records(records, extras, params_list)
+            whole, part = split
+            wd = None if w is None else weights_like(w, x)
+            records = _array_api.estep(xp.take(x, whole, axis=0), None if wd is None else xp.take(wd, whole),
+                                       params_list, context, entropy, dtypes)
+            rows = to_numpy(xp.take(x, part, axis=0))
+            extras = _incomplete.estep_incomplete(
+                rows, None if wd is None else to_numpy(xp.take(wd, part)), params_list, context, entropy,
+                self._estep_complete, _incomplete.missing_counts(rows),
+            )
+            return self._merge_records(records, extras, params_list)
         return _array_api.estep(x, w, params_list, context, entropy, dtypes)
 
     def _merge_records(self, records, extras, params_list):
@@ -590,12 +589,11 @@ class GaussianFamily(Family):
             if self.missing != "error" and dtype_kind(x) == "f":
                 split = split_holes(x)
                 if split is not None:
-                    whole, part, order = split
+                    whole, part = split
                     xp = namespace(x)
                     top = _array_api.weighted_log_prob(xp.take(x, whole, axis=0), params, context)
                     rest = self.weighted_log_prob(to_numpy(xp.take(x, part, axis=0)), params, context)
-                    both = xp.concat([top, like(rest, x, np.dtype(dtype_name(top.dtype)))], axis=0)
-                    return xp.take(both, order, axis=0)
+                    return in_row_order(split, top, rest, x)
             return _array_api.weighted_log_prob(x, params, context)
         if self.missing != "error" and _incomplete.any_missing(x):
             holes = np.isnan(x).any(1)

@@ -637,39 +637,27 @@ def prepare_weights(sample_weight, X: da.Array) -> da.Array | None:
                 "sample_weight.rechunk(X.chunks[0])."
             )
         return sample_weight
-    if is_foreign(sample_weight):  # on a device, as scikit-learn's array-API convention: kept there
-        return _foreign_weights(sample_weight, X)
-    w = np.asarray(sample_weight)
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight must have shape ({n},) to match X; received {w.shape}.")
-    if w.dtype.kind not in "fiub":
-        raise TypeError(f"sample_weight must be numeric; received dtype {w.dtype}.")
-    w = w.astype(np.float64)
-    check_weights(w, "row {}")
-    if not w.sum() > 0:
-        raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
-    return row_views(w, (X.chunks[0],))
-
-
-def _foreign_weights(sample_weight, X: da.Array) -> da.Array:
-    """In-memory weights of another array-API library checked on their device, as row blocks left there."""
-    n = X.shape[0]
-    shape = tuple(int(s) for s in sample_weight.shape)
+    # In memory: numpy, or another array-API library's array, kept on its device (scikit-learn's convention).
+    foreign = is_foreign(sample_weight)
+    w = sample_weight if foreign else np.asarray(sample_weight)
+    shape = tuple(int(s) for s in w.shape)
     if shape != (n,):
         raise ValueError(f"sample_weight must have shape ({n},) to match X; received {shape}.")
     try:
-        dtype = np.dtype(dtype_name(sample_weight.dtype))
+        dtype = np.dtype(dtype_name(w.dtype)) if foreign else w.dtype
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind not in "fiub":
-        raise TypeError(f"sample_weight must be numeric; received dtype {sample_weight.dtype}.")
-    xp = namespace(sample_weight)
-    w = xp.astype(sample_weight, xp.float64)
+        raise TypeError(f"sample_weight must be numeric; received dtype {w.dtype}.")
+    xp = namespace(w)
+    w = xp.astype(w, xp.float64)
     check_weights(w, "row {}")
     if not float(xp.sum(w)) > 0:
         raise ValueError("sample_weight sums to zero; at least one row needs a positive weight.")
-    return da.from_array(_ForeignRows(w, np.dtype(np.float64)), chunks=(X.chunks[0],), asarray=False,
-                         meta=np.empty((0,), dtype=np.float64))
+    if foreign:
+        return da.from_array(_ForeignRows(w, np.dtype(np.float64)), chunks=(X.chunks[0],), asarray=False,
+                             meta=np.empty((0,), dtype=np.float64))
+    return row_views(w, (X.chunks[0],))
 
 
 def fingerprint(prepared: Prepared, X) -> dict:

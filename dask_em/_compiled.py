@@ -301,7 +301,8 @@ def _pairs_kernel(x, w, shift, pi, pj, blocks, coef, k, panel, stats_rows, entro
 
 
 def _residual_kernel(x, w, shift, stacked, log_const, means, raw, k, tile, entropy, stop_at_nan, floor,
-                     fc, ic, design, resid, logp, part, work, mass, xw, gemm, scal):  # pragma: no cover - compiled
+                     fc, ic, design, resid, ybuf, logp, part, work, mass, xw, gemm,
+                     scal):  # pragma: no cover - compiled
     """The compiled body of :func:`residual_estep`: False where it stopped at a NaN log-likelihood."""
     n, d = x.shape
     kd, width = stacked.shape
@@ -316,6 +317,7 @@ def _residual_kernel(x, w, shift, stacked, log_const, means, raw, k, tile, entro
         for r in range(t):
             ones[r] = one
         z = resid[: kd * t].reshape((kd, t))
+        u = ybuf[: width * t].reshape((width, t))
         # Every component's whitened residuals U_k^T (x - m_k): one GEMM (K d, d + 1) @ (d + 1, t).
         _matmul_jit(gemm, stacked, xa, z, one, zero, t)
         lp = logp[: k * t].reshape((k, t))
@@ -340,16 +342,20 @@ def _residual_kernel(x, w, shift, stacked, log_const, means, raw, k, tile, entro
             for r in range(t):
                 s += np.float64(row[r])
             mass[j] += s
-        # r_k (x - m_k), or r_k (x - c) for raw moments, over the residuals (no longer needed) ...
+        # Per component, u = [sqrt(r_k) y, sqrt(r_k)] with y = x - m_k (x - c for raw moments): the lower
+        # triangle of u u^T holds sum_i r_ik y_i y_i^T (symmetric: half the products of r_k y times [x - c, 1])
+        # and a_k, turned into sum_i r_ik (x_i - m_k)(x_i - c)^T and, last, a_k.
         for j in range(k):
             rj = lp[j]
+            sq = u[d]
+            for r in range(t):
+                sq[r] = np.sqrt(rj[r])
             for i in range(d):
-                zi, xi = z[j * d + i], xa[i]
+                xi, ui = xa[i], u[i]
                 m = zero if raw else means[j, i]
                 for r in range(t):
-                    zi[r] = rj[r] * (xi[r] - m)
-        # ... times the design [x - c, 1]: sum_i r_ik (x_i - m_k)(x_i - c)^T and, last, a_k.
-        _dots_add_jit(z, xa, part, xw, 0, kd, t, block, zero)
+                    ui[r] = sq[r] * (xi[r] - m)
+            _centered_add_jit(u, means[j], raw, part, xw, j * d, t, block, zero)
     return True
 
 
@@ -589,6 +595,86 @@ def _pairs_dots_kernel(a, y, blocks, out, zero, rows, ka):  # pragma: no cover -
             out[i, blocks[b, 4]], out[i, blocks[b, 5]], out[i, blocks[b, 6]] = s0, s1, s2
 
 
+def _gram_kernel(u, out, zero, r0, rows):  # pragma: no cover - compiled
+    """``out[i, j] = sum(u[i, r0:r0 + rows] * u[j, r0:r0 + rows])`` for ``j <= i``: the lower triangle of
+    ``u u^T`` over a block of columns (``u`` C-contiguous).
+
+    :func:`_dots_kernel`'s 4 x 3 blocks, each block of four rows against the
+    rows up to its diagonal only: half the multiply-adds of the whole
+    product. Entries just above the diagonal may be written too; the caller
+    reads the lower triangle. Sums in ``zero``'s type.
+    """
+    lo, hi = np.uint64(r0), np.uint64(r0 + rows)
+    n = u.shape[0]
+    i4 = n - n % 4
+    for i in range(0, i4, 4):
+        a0, a1, a2, a3 = u[i], u[i + 1], u[i + 2], u[i + 3]
+        top = i + 4
+        j3 = top - top % 3
+        for j in range(0, j3, 3):
+            b0, b1, b2 = u[j], u[j + 1], u[j + 2]
+            s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = zero
+            for r in range(lo, hi):
+                x0, x1, x2, x3, y0, y1, y2 = a0[r], a1[r], a2[r], a3[r], b0[r], b1[r], b2[r]
+                s00 += x0 * y0
+                s01 += x0 * y1
+                s02 += x0 * y2
+                s10 += x1 * y0
+                s11 += x1 * y1
+                s12 += x1 * y2
+                s20 += x2 * y0
+                s21 += x2 * y1
+                s22 += x2 * y2
+                s30 += x3 * y0
+                s31 += x3 * y1
+                s32 += x3 * y2
+            out[i, j], out[i, j + 1], out[i, j + 2] = s00, s01, s02
+            out[i + 1, j], out[i + 1, j + 1], out[i + 1, j + 2] = s10, s11, s12
+            out[i + 2, j], out[i + 2, j + 1], out[i + 2, j + 2] = s20, s21, s22
+            out[i + 3, j], out[i + 3, j + 1], out[i + 3, j + 2] = s30, s31, s32
+        for j in range(j3, top):  # the last one or two rows up to the block's diagonal
+            y = u[j]
+            s0 = s1 = s2 = s3 = zero
+            for r in range(lo, hi):
+                v = y[r]
+                s0 += a0[r] * v
+                s1 += a1[r] * v
+                s2 += a2[r] * v
+                s3 += a3[r] * v
+            out[i, j], out[i + 1, j], out[i + 2, j], out[i + 3, j] = s0, s1, s2, s3
+    for i in range(i4, n):  # the last one to three rows
+        x = u[i]
+        for j in range(i + 1):
+            y = u[j]
+            s0 = zero
+            for r in range(lo, hi):
+                s0 += x[r] * y[r]
+            out[i, j] = s0
+
+
+def _centered_add_kernel(u, means, raw, part, out, at, rows, block, zero):  # pragma: no cover - compiled
+    """``out[at + i, c] += sum(r y_i (y_c + m_c))`` and ``out[at + i, d] += sum(r y_i)`` over ``rows``, from
+    ``u = [sqrt(r) y, sqrt(r)]`` (d + 1 rows), ``y = x - m`` (``raw``: ``m`` taken as 0).
+
+    The symmetric ``sum r y y^T`` and ``sum r y`` are the lower triangle of
+    ``u u^T`` (:func:`_gram_kernel`), plus ``sum r y m^T``; each block of
+    ``block`` rows is added into the float64 ``out``.
+    """
+    d = u.shape[0] - 1
+    for s0 in range(0, rows, block):
+        _gram_jit(u, part, zero, s0, min(block, rows - s0))
+        for i in range(d):
+            ai = np.float64(part[d, i])
+            row = out[at + i]
+            for c in range(i + 1):
+                v = np.float64(part[i, c])
+                row[c] += v if raw else v + ai * np.float64(means[c])
+            for c in range(i + 1, d):
+                v = np.float64(part[c, i])
+                row[c] += v if raw else v + ai * np.float64(means[c])
+            row[d] += ai
+
+
 def _rows_minus_kernel(x, shift, out):  # pragma: no cover - compiled
     """``out[a, :t] = x[:, a] - shift[a]`` (in float64, rounded to ``out``'s type), ``t`` the rows of ``x``."""
     t, d = x.shape
@@ -632,7 +718,7 @@ def _dots_add_kernel(a, b, part, out, at, ka, rows, block, zero):  # pragma: no 
 
 # The compiled kernels as the kernels above call them (set by _compile before their first call).
 _normalize_jit = _design_jit = _dots_jit = _dots_add_jit = _matmul_jit = _gemm_call = _panel_logp_jit = None
-_pairs_dots_jit = _rows_minus_jit = None
+_pairs_dots_jit = _rows_minus_jit = _gram_jit = _centered_add_jit = None
 _wide_vectors = None
 
 
@@ -732,7 +818,7 @@ def _wide_intrinsic():
 def _compile() -> None:
     """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
     global _normalize_jit, _design_jit, _dots_jit, _dots_add_jit, _matmul_jit, _gemm_call, _pairs_dots_jit
-    global _rows_minus_jit, _wide_vectors, _panel_logp_jit
+    global _rows_minus_jit, _wide_vectors, _panel_logp_jit, _gram_jit, _centered_add_jit
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
@@ -743,6 +829,8 @@ def _compile() -> None:
     # Reassociation lets LLVM split each dot product into vector lanes (the sums change in the last digits).
     _STATE["dots"] = _dots_jit = _jit(numba, _dots_kernel, ("contract", "reassoc"))
     _dots_add_jit = _jit(numba, _dots_add_kernel)
+    _gram_jit = _jit(numba, _gram_kernel, ("contract", "reassoc"))
+    _centered_add_jit = _jit(numba, _centered_add_kernel)
     _wide_vectors = _wide_intrinsic()
     _pairs_dots_jit = _jit(numba, _pairs_dots_kernel, ("contract", "reassoc"))
     _rows_minus_jit = _jit(numba, _rows_minus_kernel)
@@ -1127,14 +1215,15 @@ def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stack
     rows = max(1, min(tile, len(x)))
     design = buffers(f"compiled-{dtype.char}-residual-design", (width * rows,), dtype)
     resid = buffers(f"compiled-{dtype.char}-residual", (kd * rows,), dtype)
+    ybuf = buffers(f"compiled-{dtype.char}-residual-u", (width * rows,), dtype)
     logp = buffers(f"compiled-{dtype.char}-residual-logp", (k * rows,), dtype)
-    part = buffers(f"compiled-{dtype.char}-residual-part", (kd, width), dtype)
+    part = buffers(f"compiled-{dtype.char}-residual-part", (max(kd, width), width), dtype)
     work = buffers(f"compiled-{dtype.char}-residual-lse", (5, rows), dtype)
     floats, ints = _STATE["constants"][dtype]
     done = _run("residual", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64),
                 np.ascontiguousarray(stacked), np.ascontiguousarray(log_const, dtype=dtype).reshape(-1),
                 np.ascontiguousarray(means, dtype=dtype), bool(raw), int(k), int(rows), bool(entropy),
-                bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design, resid, logp, part, work,
+                bool(stop_at_nan), dtype.type(FLOORS[dtype]), floats, ints, design, resid, ybuf, logp, part, work,
                 record["n"], record["xw"], gemm)
     return None if done is _FAILED else bool(done)
 

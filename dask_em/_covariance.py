@@ -412,8 +412,14 @@ MOMENT_MAX_FEATURES = (8, 16, 32, 56)
 # at 96); K=16 0.94 at 96, 0.99 at 128. With the pair kernel for short panels (Intel, 2M rows, one
 # thread, float64): K=8 0.80 at d=96 (9.5 against 11.9 s), 0.75 at 112 (12.2 against 16.4), 1.25 at
 # 128 (27.2 against 21.7: there the panels fall back to the last-level cache's); float32 1.00, 1.02,
-# 1.12. On the AMD machine the moment design was at 0.92 at 96 and 0.98 at 128. K=8-15 stop at 112.
-MOMENT_MAX_FEATURES_COMPILED = (16, 32, 112, 128)
+# 1.12. On the AMD machine the moment design was at 0.92 at 96 and 0.98 at 128. Then the residual
+# design's statistics became a symmetric product (half the multiply-adds: 1.2-1.3x faster in float64,
+# 1.1-1.15x in float32); again on the Intel Xeon, one thread, moment over residual, float64 (float32):
+# K=3 0.79 (0.93) at d=16; K=4 0.57 (0.72) at 16; K=5 0.97 (1.15) at 32; K=6 0.94 (1.12) at 32;
+# K=8 0.79-0.85 (0.87-1.00) at 80, 1.17-1.20 (1.29-1.32) at 88, 0.98-1.06 (1.44) at 96, 1.09 (1.54) at 112;
+# K=12 0.93-0.96 (0.96-1.11) at 80-88, 0.80 (1.03) at 96; K=16 0.95-0.96 (0.93-1.07) at 80-88, 1.05-1.24
+# (1.29) at 96, 2.26 (1.84) at 128; K=32 0.94 (0.99) at 96. K=8-15 stop at 80, K >= 16 at 88.
+MOMENT_MAX_FEATURES_COMPILED = (16, 32, 80, 88)
 
 # ... and every component's mean lies within this squared Mahalanobis distance
 # (under its own precision) of the shift: the moments are raw, about the shift,

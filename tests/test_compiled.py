@@ -241,16 +241,40 @@ def test_statistics_kernel_equals_numpy_products(dtype):
         assert (out[ka:] == 7.0).all()  # rows past ka are left alone
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_gram_kernel_equals_numpy_lower_triangle(dtype):
+    """The residual design's symmetric statistics (the lower triangle of ``u u^T``, blocks of 4 x 3 outputs and
+    every tail shape) equal numpy's over any rows, and write nothing past the ``n x n`` corner of ``out``."""
+    rng = np.random.default_rng(12)
+    tol = 1e-14 if dtype == F64 else 2e-6
+    for n, start, rows in [(65, 0, 1024), (17, 5, 513), (8, 3, 33), (7, 0, 64), (2, 1, 9), (1, 0, 5), (4, 0, 0),
+                           (6, 100, 1)]:
+        u = rng.standard_normal((n, start + rows + 9)).astype(dtype)
+        out = np.full((n + 2, n + 3), 7.0, dtype=dtype)
+        _compiled._gram_jit(u, out, dtype.type(0), start, rows)
+        part = u[:, start : start + rows].astype(np.float64)
+        exact = part @ part.T
+        lower = np.tril_indices(n)
+        np.testing.assert_allclose(out[:n, :n][lower], exact[lower], rtol=0,
+                                   atol=tol * max(1.0, np.abs(exact).max()) * max(1, rows))
+        assert (out[n:] == 7.0).all() and (out[:, n:] == 7.0).all()  # only the n x n corner is written
+
+
 @pytest.mark.parametrize("ct", ["full", "tied"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("case", ["raw moments (d above the moment design's)", "about the means (far from the shift)"])
-def test_residual_design_equals_numpy_kernels(switch, ct, dtype, case):
-    """Full/tied on the residual design: one compiled call per restart and chunk, equal to the numpy kernels."""
+@pytest.mark.parametrize("shape", ["usual", (1, 1), (1, 6), (2, 7)])
+def test_residual_design_equals_numpy_kernels(switch, ct, dtype, case, shape):
+    """Full/tied on the residual design: one compiled call per restart and chunk, equal to the numpy kernels.
+
+    The shapes cover every remainder of the statistics' blocks of four rows (``d + 1`` of 2, 7, 8, 25 and 7)
+    and a component count whose ``K d`` is below ``d + 1``.
+    """
     if _compiled._STATE.get("residual") is None:
         pytest.skip("numpy's BLAS C interface was not found: the panel loop runs in Python")
     rng = np.random.default_rng(3)
     raw = case.startswith("raw")
-    k, d = (3, 24) if raw else (8, 6)
+    k, d = ((3, 24) if raw else (8, 6)) if shape == "usual" else shape
     x = rng.standard_normal((6007, d)) * 2 + 1
     w = rng.uniform(0.2, 2.0, len(x))
     params = [_gaussian_params(ct, k, d, rng)]

@@ -139,18 +139,21 @@ def _normalize_kernel(wlp, w, floor, entropy, work, fc, ic, scal):  # pragma: no
             scale[r] = s
         for r in range(p):  # 2**k from the integer in the low bits of s
             scale_bits[r] = (scale_bits[r] - shift_bits + bias) << mant
-        if zero_below:
-            for r in range(p):
-                scale[r] = zero if last[r] <= floor else scale[r]
+        # float32: zero at the floor, selected in the loop that takes the products. As a pass of its own
+        # (over scale, a view of the same work array as last) it doubled the float32 log-sum-exp's time
+        # where most values sit at the floor, as they do with well separated components (0.040 against
+        # 0.020 s per 2M rows, K=8, one thread, Intel Xeon).
         if entropy:
             for r in range(p):
                 e = row[r] * scale[r]
+                e = zero if zero_below and last[r] <= floor else e
                 row[r] = e
                 total[r] += e
                 vsum[r] += e * last[r]
         else:
             for r in range(p):
                 e = row[r] * scale[r]
+                e = zero if zero_below and last[r] <= floor else e
                 row[r] = e
                 total[r] += e
     # log(total): total = m 2**e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh((m - 1) / (m + 1)).

@@ -425,14 +425,17 @@ def _profile_kernel(x, w, group, cols, pidx, shift, stacked, means, cond, log_de
                 total += row[r]
                 pattern_mass[j, pidx[lo + r]] += row[r]
             mass[j] += total
-            # r_k (x^ - mu_k) over g's block (no longer needed), times [x^ - mu_k; 1]: [b_k | a_k].
-            gj = g[j * d * t : (j + 1) * d * t].reshape((d, t))
+            # sum r_k (x^ - mu_k)(x^ - mu_k)^T and sum r_k (x^ - mu_k), [b_k | a_k]: the lower triangle of u u^T,
+            # u = sqrt(r_k) [x^ - mu_k; 1] (e's block, no longer needed), as the residual design's statistics.
             ej = e[j * width * t : (j + 1) * width * t].reshape((width, t))
+            sq = ej[d]
+            for r in range(t):
+                sq[r] = np.sqrt(row[r])
             for i in range(d):
-                gi, ei = gj[i], ej[i]
+                ei = ej[i]
                 for r in range(t):
-                    gi[r] = ei[r] * row[r]
-            _dots_add_jit(gj, ej, part, ab, j * d, d, t, t, zero)
+                    ei[r] *= sq[r]
+            _centered_add_jit(ej, means[j], True, part, ab, j * d, t, t, zero)
 
 
 def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, design, logp, part, work, stats,
@@ -1265,7 +1268,7 @@ def profile_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, group:
     e = buffers("compiled-d-profile-e", (k * width * rows,), f64)
     logp = buffers("compiled-d-profile-logp", (k * rows,), f64)
     wt = buffers("compiled-d-profile-w", (rows,), f64)
-    part = buffers("compiled-d-profile-part", (d, width), f64)
+    part = buffers("compiled-d-profile-part", (width, width), f64)
     work = buffers("compiled-d-profile-lse", (5, rows), f64)
     floats, ints = _STATE["constants"][f64]
     ints64 = [np.ascontiguousarray(a, dtype=np.int64) for a in (group, cols, pidx)]

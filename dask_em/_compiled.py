@@ -1206,7 +1206,7 @@ def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stack
     summed per component and ``log_const`` (K,) added give the weighted
     log-densities; then the responsibilities (:func:`normalize`'s kernel),
     their sums into ``record["n"]``, and ``sum_i r_ik (x_i - m_k) [x_i - c,
-    1]`` (``raw``: ``x_i - c`` in place of ``x_i - m_k``, ``means`` unused)
+    1]`` (``raw``: ``x_i - c`` in place of ``x_i - m_k``, ``means`` taken as 0)
     into ``record["xw"]`` (K d, d + 1), float64. ``stacked``, ``log_const``
     and ``means`` are in the compute dtype. Returns as :func:`product_estep`.
     """
@@ -1223,7 +1223,7 @@ def residual_estep(x: np.ndarray, w: np.ndarray | None, shift: np.ndarray, stack
     resid = buffers(f"compiled-{dtype.char}-residual", (kd * rows,), dtype)
     ybuf = buffers(f"compiled-{dtype.char}-residual-u", (width * rows,), dtype)
     logp = buffers(f"compiled-{dtype.char}-residual-logp", (k * rows,), dtype)
-    part = buffers(f"compiled-{dtype.char}-residual-part", (max(kd, width), width), dtype)
+    part = buffers(f"compiled-{dtype.char}-residual-part", (width, width), dtype)
     work = buffers(f"compiled-{dtype.char}-residual-lse", (5, rows), dtype)
     floats, ints = _STATE["constants"][dtype]
     done = _run("residual", record, x, _weights(w), np.ascontiguousarray(shift, dtype=np.float64),

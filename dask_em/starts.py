@@ -26,6 +26,7 @@ from dask.delayed import delayed
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
 from ._validation import seed_sequence
 from .family import Family
+from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
@@ -96,12 +97,20 @@ def _take_rows(block, local_rows, start: int, family: Family):
     return rows
 
 
-def _take_weights(block, local_rows):
+def _take_weights(block, local_rows, lo=0, index=0):
+    """The sampled rows' weights (float64, on the host), refused as the E-step would refuse them: a bad weight
+    among them would otherwise reach the start as a numerical failure."""
     if is_foreign(block):  # weights on a device: the sampled ones gathered there, then copied
         xp = namespace(block)
         block = xp.take(xp.reshape(block, (-1,)), like(local_rows, block, np.int64), axis=0)
-        return to_numpy(block, np.float64)
-    return np.asarray(block, dtype=np.float64).reshape(-1)[local_rows]
+        taken = to_numpy(block, np.float64)
+    else:
+        taken = np.asarray(block, dtype=np.float64).reshape(-1)[local_rows]
+    bad = np.flatnonzero(~np.isfinite(taken) | (taken < 0))
+    if bad.size:  # named as the E-step names it: the row within its chunk
+        first = int(bad[0])
+        check_weights(taken[first : first + 1], f"row {int(local_rows[first])} + {lo} (chunk {index})")
+    return taken
 
 
 def _concat(parts):
@@ -127,7 +136,7 @@ def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, family: F
         if wblocks[i] is not None:
             weights.append(
                 delayed(_take_weights, pure=True)(
-                    wblocks[i], sel, dask_key_name=(f"em-init-sample-weight-{token}", i)
+                    wblocks[i], sel, int(lo), i, dask_key_name=(f"em-init-sample-weight-{token}", i)
                 )
             )
     sample = delayed(_concat, pure=True)(rows, dask_key_name=f"em-init-sample-{token}")

@@ -193,6 +193,27 @@ def test_bad_sample_weight(weights, match, no_compute):
         dask_em.GaussianMixture(1).fit(X, sample_weight=weights)
 
 
+def test_dask_sample_weight_checked_where_the_start_samples_it(rng):
+    """A bad weight among the start's sampled rows is refused there, named as the E-step names it (it reached the
+    start as a numerical failure: 'every restart failed numerically ... not positive definite')."""
+    from dask_em.gaussian import GaussianFamily
+    from dask_em.starts import sample_graph
+
+    X = da.from_array(rng.normal(size=(100, 2)), chunks=(50, -1))
+    w = np.ones(100)
+    w[55] = -2
+    _, sampled = sample_graph(X, da.from_array(w, chunks=50), np.array([3, 55, 70]), GaussianFamily())
+    with pytest.raises(ValueError, match=r"non-negative; received -2.0 at row 5 \+ 50 \(chunk 1\)"):
+        sampled.compute(scheduler="sync")
+    _, sampled = sample_graph(X, da.from_array(w, chunks=50), np.array([3, 54, 70]), GaussianFamily())
+    np.testing.assert_array_equal(sampled.compute(scheduler="sync"), [1.0, 1.0, 1.0])
+    # random_state=26 draws row 55 into the start's sample of 3 rows (0 does not): both fits are refused alike.
+    for seed in (26, 0):
+        with pytest.raises(ValueError, match=r"non-negative; received -2.0 at row 5 \+ 50 \(chunk 1\)"):
+            dask_em.GaussianMixture(1, init_sample_size=3, random_state=seed).fit(
+                X, sample_weight=da.from_array(w, chunks=50))
+
+
 def test_dask_sample_weight_checked_in_the_e_step(rng):
     X = rng.normal(size=(100, 2))
     w = np.ones(100)

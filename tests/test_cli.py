@@ -236,7 +236,8 @@ def assert_same_model(path, ref):
 @pytest.mark.parametrize("k", [0, 1, 4])
 def test_sigkill_then_resume_equals_uninterrupted(k, points, tmp_path, uninterrupted):
     model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
-    proc = start_fit(points, model, checkpoint)
+    # Each checkpoint write pauses 0.2 s: the fit outlasts the kill on a slow, loaded machine too.
+    proc = start_fit(points, model, checkpoint, write_delay=0.2)
     wait_for_iteration(proc, k)
     proc.kill()
     proc.wait()
@@ -266,7 +267,8 @@ def test_sigkill_during_a_checkpoint_write(points, tmp_path, uninterrupted):
 
 def test_sigterm_checkpoints_and_exits_preempted(points, tmp_path, uninterrupted):
     model, checkpoint = tmp_path / "m.zarr", tmp_path / "ck.npz"
-    proc = start_fit(points, model, checkpoint)
+    # Each checkpoint write pauses 0.2 s: the fit is still running when the signal lands, however slow the machine.
+    proc = start_fit(points, model, checkpoint, write_delay=0.2)
     wait_for_iteration(proc, 2)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

@@ -55,6 +55,14 @@ class Cluster:
         with Client(self.address, timeout="60s") as client:
             client.wait_for_workers(n, timeout=60)
 
+    def wait_for_no_workers(self, timeout=30):
+        """Until the scheduler has dropped every worker (a killed one leaves when its connection breaks)."""
+        deadline = time.monotonic() + timeout
+        with Client(self.address, timeout="30s") as client:
+            while client.scheduler_info()["workers"]:
+                assert time.monotonic() < deadline, f"the scheduler still lists workers after {timeout} s"
+                time.sleep(0.05)
+
     def kill_scheduler(self):
         _kill(self.scheduler)
 
@@ -226,7 +234,8 @@ def test_sigterm_while_waiting_for_the_scheduler_exits_75_at_once(cluster, store
 def test_every_worker_killed_and_new_ones_started_fit_finishes_bitwise(cluster, store, reference, tmp_path):
     def replace_workers():
         cluster.kill_workers()
-        time.sleep(1.5)  # long enough for the scheduler to see no worker at all
+        cluster.wait_for_no_workers()
+        time.sleep(1.5)  # then several of the fit's polls (every 0.5 s) see no worker at all
         cluster.start_worker()
 
     rc, lines = run_until(fit_command(store[0], tmp_path, cluster.address, 120), 3, replace_workers)

@@ -485,8 +485,10 @@ def _rows_kernel(x, w, onehot, offsets, coef, k, panel, entropy, floor, fc, ic, 
 STATS_BLOCK_FLOAT32 = 1024
 
 
-def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
-    """``out[i, j] = sum(a[i, r0:r0 + rows] * b[j, r0:r0 + rows])`` for ``i < ka`` and every row ``j`` of ``b``.
+def _dots_kernel(a, b, out, zero, r0, rows, ka, lower=False):  # pragma: no cover - compiled
+    """``out[i, j] = sum(a[i, r0:r0 + rows] * b[j, r0:r0 + rows])`` for ``i < ka`` and every row ``j`` of ``b``;
+    with ``lower``, for ``j <= i`` only (the lower triangle of a symmetric product, ``b`` is ``a``: half the
+    multiply-adds; entries just above the diagonal may be written too).
 
     A dot product per output along contiguous rows (``a``, ``b`` C-contiguous),
     in blocks of 4 x 3 outputs: each step loads 7 values for 12 fused
@@ -497,9 +499,11 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
     """
     lo, hi = np.uint64(r0), np.uint64(r0 + rows)
     kb = b.shape[0]
-    i4, j3 = ka - ka % 4, kb - kb % 3
+    i4 = ka - ka % 4
     for i in range(0, i4, 4):
         a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
+        top = min(kb, i + 4) if lower else kb
+        j3 = top - top % 3
         for j in range(0, j3, 3):
             b0, b1, b2 = b[j], b[j + 1], b[j + 2]
             s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = zero
@@ -521,7 +525,7 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
             out[i + 1, j], out[i + 1, j + 1], out[i + 1, j + 2] = s10, s11, s12
             out[i + 2, j], out[i + 2, j + 1], out[i + 2, j + 2] = s20, s21, s22
             out[i + 3, j], out[i + 3, j + 1], out[i + 3, j + 2] = s30, s31, s32
-        for j in range(j3, kb):  # the last one or two columns, four rows at a time
+        for j in range(j3, top):  # the last one or two columns, four rows at a time
             y = b[j]
             s0 = s1 = s2 = s3 = zero
             for r in range(lo, hi):
@@ -533,6 +537,8 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
             out[i, j], out[i + 1, j], out[i + 2, j], out[i + 3, j] = s0, s1, s2, s3
     for i in range(i4, ka):  # the last one to three rows, three columns at a time
         x = a[i]
+        top = min(kb, i + 1) if lower else kb
+        j3 = top - top % 3
         for j in range(0, j3, 3):
             b0, b1, b2 = b[j], b[j + 1], b[j + 2]
             s0 = s1 = s2 = zero
@@ -542,13 +548,12 @@ def _dots_kernel(a, b, out, zero, r0, rows, ka):  # pragma: no cover - compiled
                 s1 += v * b1[r]
                 s2 += v * b2[r]
             out[i, j], out[i, j + 1], out[i, j + 2] = s0, s1, s2
-        for j in range(j3, kb):
+        for j in range(j3, top):
             y = b[j]
             s0 = zero
             for r in range(lo, hi):
                 s0 += x[r] * y[r]
             out[i, j] = s0
-
 
 
 def _pairs_dots_kernel(a, y, blocks, out, zero, rows, ka):  # pragma: no cover - compiled
@@ -601,74 +606,17 @@ def _pairs_dots_kernel(a, y, blocks, out, zero, rows, ka):  # pragma: no cover -
             out[i, blocks[b, 4]], out[i, blocks[b, 5]], out[i, blocks[b, 6]] = s0, s1, s2
 
 
-def _gram_kernel(u, out, zero, r0, rows):  # pragma: no cover - compiled
-    """``out[i, j] = sum(u[i, r0:r0 + rows] * u[j, r0:r0 + rows])`` for ``j <= i``: the lower triangle of
-    ``u u^T`` over a block of columns (``u`` C-contiguous).
-
-    :func:`_dots_kernel`'s 4 x 3 blocks, each block of four rows against the
-    rows up to its diagonal only: half the multiply-adds of the whole
-    product. Entries just above the diagonal may be written too; the caller
-    reads the lower triangle. Sums in ``zero``'s type.
-    """
-    lo, hi = np.uint64(r0), np.uint64(r0 + rows)
-    n = u.shape[0]
-    i4 = n - n % 4
-    for i in range(0, i4, 4):
-        a0, a1, a2, a3 = u[i], u[i + 1], u[i + 2], u[i + 3]
-        top = i + 4
-        j3 = top - top % 3
-        for j in range(0, j3, 3):
-            b0, b1, b2 = u[j], u[j + 1], u[j + 2]
-            s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = s30 = s31 = s32 = zero
-            for r in range(lo, hi):
-                x0, x1, x2, x3, y0, y1, y2 = a0[r], a1[r], a2[r], a3[r], b0[r], b1[r], b2[r]
-                s00 += x0 * y0
-                s01 += x0 * y1
-                s02 += x0 * y2
-                s10 += x1 * y0
-                s11 += x1 * y1
-                s12 += x1 * y2
-                s20 += x2 * y0
-                s21 += x2 * y1
-                s22 += x2 * y2
-                s30 += x3 * y0
-                s31 += x3 * y1
-                s32 += x3 * y2
-            out[i, j], out[i, j + 1], out[i, j + 2] = s00, s01, s02
-            out[i + 1, j], out[i + 1, j + 1], out[i + 1, j + 2] = s10, s11, s12
-            out[i + 2, j], out[i + 2, j + 1], out[i + 2, j + 2] = s20, s21, s22
-            out[i + 3, j], out[i + 3, j + 1], out[i + 3, j + 2] = s30, s31, s32
-        for j in range(j3, top):  # the last one or two rows up to the block's diagonal
-            y = u[j]
-            s0 = s1 = s2 = s3 = zero
-            for r in range(lo, hi):
-                v = y[r]
-                s0 += a0[r] * v
-                s1 += a1[r] * v
-                s2 += a2[r] * v
-                s3 += a3[r] * v
-            out[i, j], out[i + 1, j], out[i + 2, j], out[i + 3, j] = s0, s1, s2, s3
-    for i in range(i4, n):  # the last one to three rows
-        x = u[i]
-        for j in range(i + 1):
-            y = u[j]
-            s0 = zero
-            for r in range(lo, hi):
-                s0 += x[r] * y[r]
-            out[i, j] = s0
-
-
 def _centered_add_kernel(u, means, raw, part, out, at, rows, block, zero):  # pragma: no cover - compiled
     """``out[at + i, c] += sum(r y_i (y_c + m_c))`` and ``out[at + i, d] += sum(r y_i)`` over ``rows``, from
     ``u = [sqrt(r) y, sqrt(r)]`` (d + 1 rows), ``y = x - m`` (``raw``: ``m`` taken as 0).
 
     The symmetric ``sum r y y^T`` and ``sum r y`` are the lower triangle of
-    ``u u^T`` (:func:`_gram_kernel`), plus ``sum r y m^T``; each block of
+    ``u u^T`` (:func:`_dots_kernel` with ``lower``), plus ``sum r y m^T``; each block of
     ``block`` rows is added into the float64 ``out``.
     """
     d = u.shape[0] - 1
     for s0 in range(0, rows, block):
-        _gram_jit(u, part, zero, s0, min(block, rows - s0))
+        _dots_jit(u, u, part, zero, s0, min(block, rows - s0), d + 1, True)
         for i in range(d):
             ai = np.float64(part[d, i])
             row = out[at + i]
@@ -724,7 +672,7 @@ def _dots_add_kernel(a, b, part, out, at, ka, rows, block, zero):  # pragma: no 
 
 # The compiled kernels as the kernels above call them (set by _compile before their first call).
 _normalize_jit = _design_jit = _dots_jit = _dots_add_jit = _matmul_jit = _gemm_call = _panel_logp_jit = None
-_pairs_dots_jit = _rows_minus_jit = _gram_jit = _centered_add_jit = None
+_pairs_dots_jit = _rows_minus_jit = _centered_add_jit = None
 _wide_vectors = None
 
 
@@ -824,7 +772,7 @@ def _wide_intrinsic():
 def _compile() -> None:
     """Set up numba's dispatchers of the kernels (compiled on their first call), or None where numba is missing."""
     global _normalize_jit, _design_jit, _dots_jit, _dots_add_jit, _matmul_jit, _gemm_call, _pairs_dots_jit
-    global _rows_minus_jit, _wide_vectors, _panel_logp_jit, _gram_jit, _centered_add_jit
+    global _rows_minus_jit, _wide_vectors, _panel_logp_jit, _centered_add_jit
     try:
         import numba
     except Exception:  # noqa: BLE001 - not installed, or broken against this numpy
@@ -835,7 +783,6 @@ def _compile() -> None:
     # Reassociation lets LLVM split each dot product into vector lanes (the sums change in the last digits).
     _STATE["dots"] = _dots_jit = _jit(numba, _dots_kernel, ("contract", "reassoc"))
     _dots_add_jit = _jit(numba, _dots_add_kernel)
-    _gram_jit = _jit(numba, _gram_kernel, ("contract", "reassoc"))
     _centered_add_jit = _jit(numba, _centered_add_kernel)
     _wide_vectors = _wide_intrinsic()
     _pairs_dots_jit = _jit(numba, _pairs_dots_kernel, ("contract", "reassoc"))

@@ -591,8 +591,9 @@ def _from_xarray(X, variable, chunk_rows, what) -> Prepared:
 # ---------------------------------------------------------------------------
 
 
-def check_weights(w, where: str) -> None:
-    """Refuse negative or non-finite row weights, naming the first (``where`` formats its index).
+def check_weights(w, where: str, rows=None) -> None:
+    """Refuse negative or non-finite row weights, naming the first (``where`` formats its index, or ``rows[index]``
+    where ``rows`` says which rows ``w`` holds).
 
     Weights on a device are tested there (one boolean back); only weights found
     bad come to the host, for the message.
@@ -607,7 +608,7 @@ def check_weights(w, where: str) -> None:
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"sample_weight must be finite and non-negative; received {float(w[first])!r} "
-            f"at {where.format(first)}. Replace or drop those rows."
+            f"at {where.format(first if rows is None else int(rows[first]))}. Replace or drop those rows."
         )
 
 

@@ -106,10 +106,7 @@ def _take_weights(block, local_rows, lo=0, index=0):
         taken = to_numpy(block, np.float64)
     else:
         taken = np.asarray(block, dtype=np.float64).reshape(-1)[local_rows]
-    bad = np.flatnonzero(~np.isfinite(taken) | (taken < 0))
-    if bad.size:  # named as the E-step names it: the row within its chunk
-        first = int(bad[0])
-        check_weights(taken[first : first + 1], f"row {int(local_rows[first])} + {lo} (chunk {index})")
+    check_weights(taken, f"row {{}} + {lo} (chunk {index})", rows=local_rows)  # as the E-step names a row
     return taken
 
 

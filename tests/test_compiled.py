@@ -242,7 +242,7 @@ def test_statistics_kernel_equals_numpy_products(dtype):
 
 
 @pytest.mark.parametrize("dtype", [F64, F32])
-def test_gram_kernel_equals_numpy_lower_triangle(dtype):
+def test_statistics_kernel_lower_triangle_equals_numpy(dtype):
     """The residual design's symmetric statistics (the lower triangle of ``u u^T``, blocks of 4 x 3 outputs and
     every tail shape) equal numpy's over any rows, and write nothing past the ``n x n`` corner of ``out``."""
     rng = np.random.default_rng(12)
@@ -251,7 +251,7 @@ def test_gram_kernel_equals_numpy_lower_triangle(dtype):
                            (6, 100, 1)]:
         u = rng.standard_normal((n, start + rows + 9)).astype(dtype)
         out = np.full((n + 2, n + 3), 7.0, dtype=dtype)
-        _compiled._gram_jit(u, out, dtype.type(0), start, rows)
+        _compiled._dots_jit(u, u, out, dtype.type(0), start, rows, n, True)
         part = u[:, start : start + rows].astype(np.float64)
         exact = part @ part.T
         lower = np.tril_indices(n)

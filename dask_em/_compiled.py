@@ -55,7 +55,7 @@ import warnings
 
 import numpy as np
 
-from ._machine import core_caches
+from ._machine import aligned_empty, core_caches
 
 __all__ = ["ENV_SWITCH", "enabled", "normalize", "product_design", "product_estep", "products_run", "profile_estep",
            "residual_estep", "rows_estep"]
@@ -926,7 +926,7 @@ def normalize_rows(wlp: np.ndarray, proba: bool) -> tuple[np.ndarray, np.ndarray
     fc, ic = _STATE["constants"][wlp.dtype]
     log_norm = np.empty(n)
     out = np.empty((n, k)) if proba else np.empty((0, k))
-    buf, work = np.empty(k * rows), np.empty((5, rows))
+    buf, work = aligned_empty(k * rows, np.float64), aligned_empty(5 * rows, np.float64).reshape(5, rows)
     try:
         kernel(wlp, _EMPTY, wlp.dtype.type(FLOORS[wlp.dtype]), fc, ic, buf, work, log_norm, out, np.zeros(3))
     except Exception as exc:  # noqa: BLE001 - compiling failed: numpy runs

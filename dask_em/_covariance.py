@@ -66,6 +66,7 @@ import numpy as np
 from scipy import linalg
 
 from . import _compiled, _parsimonious
+from ._machine import aligned_empty
 from .family import MASS_EPS, core_caches, gemm_nt, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -232,7 +233,7 @@ class FullLayout:
         stacked = np.empty((k * d, d + 1))
         stacked[:, :d] = pc.transpose(0, 2, 1).reshape(k * d, d)
         stacked[:, d] = -np.einsum("kd,kde->ke", means, pc).reshape(k * d)
-        resid = np.empty((k * d, tile), dtype=dtype)
+        resid = aligned_empty(k * d * tile, dtype).reshape(k * d, tile)
         return {
             "stacked": stacked.astype(dtype, copy=False),
             # log(w_k) + log det(U_k) - d/2 log(2 pi), added once per panel.
@@ -241,7 +242,7 @@ class FullLayout:
             "tile": tile,
             # Work matrices reused by every tile.
             "resid": resid,
-            "weighted": np.empty((k, d, tile), dtype=dtype),
+            "weighted": aligned_empty(k * d * tile, dtype).reshape(k, d, tile),
             "work": log_density_work(dtype),
         }
 

@@ -36,6 +36,7 @@ import numpy as np
 from scipy.special import xlogy
 
 from . import _compiled
+from ._machine import aligned_empty
 from ._namespace import (add_likelihood_xp, is_foreign, like, likelihood_record, likelihood_sums, namespace,
                          to_numpy, weights_like, xp_log_normalize)
 from .family import Family, Params
@@ -70,7 +71,7 @@ def buffer(name: str, shape: tuple[int, ...], dtype=np.float64) -> np.ndarray:
     key = (name, np.dtype(dtype).str)
     buf = store.get(key)
     if buf is None or buf.size < size:
-        buf = store[key] = np.empty(max(size, 1), dtype=dtype)
+        buf = store[key] = aligned_empty(max(size, 1), dtype)
     return buf[:size].reshape(shape)
 
 

@@ -59,6 +59,7 @@ import numpy as np
 
 from . import _compiled
 from ._covariance import LAYOUTS
+from ._machine import aligned_empty
 from .family import responsibilities, weighted_responsibilities, work_array
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -449,13 +450,13 @@ class _ProfileTiles:
         self.x, self.shift, self.group, self.cols = x, shift, group, cols
         d = x.shape[1]
         self.step = min(len(group), step)
-        self.xa = np.empty((d + 1) * self.step)
+        self.xa = aligned_empty((d + 1) * self.step, np.float64)
 
     def buffers(self, k: int, step: int):
         """Work arrays for a restart of k components in tiles of ``step`` rows:
         ``g`` (K*d*T,) and ``e`` (K*(d+1)*T,)."""
         d, step = self.x.shape[1], min(step, self.step)
-        return np.empty(k * d * step), np.empty(k * (d + 1) * step)
+        return aligned_empty(k * d * step, np.float64), aligned_empty(k * (d + 1) * step, np.float64)
 
     def slots(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo:hi's missing values as positions ``j * T + row`` in a (d, T) matrix, slot-major."""

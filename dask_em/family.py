@@ -172,7 +172,7 @@ import numpy as np
 from scipy.special import xlogy
 
 from . import _compiled
-from ._machine import core_caches  # the families size their panels by it
+from ._machine import aligned_empty, core_caches  # the families size their panels by it
 
 Params = dict[str, Any]
 Stats = dict[str, Any]
@@ -201,7 +201,8 @@ def work_array(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     8 MiB designs, 7% of a diagonal E-step thread's GIL-held samples were
     the allocation of a panel's log-densities and 6% the end of a chunk's
     E-step, where its design was freed; py-spy ``--native``). Here one array per name and thread grows to the
-    largest size asked for and is reused; the view of the last shape asked
+    largest size asked for and is reused (starting on a cache line:
+    :func:`dask_em._machine.aligned_empty`); the view of the last shape asked
     for is kept, so a panel's call costs a dict lookup. Its contents are
     whatever the last user left. A thread holds a few of them (its panels'
     working set, a few MiB).
@@ -213,7 +214,7 @@ def work_array(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     size = math.prod(shape)
     base = store.get(name + "/base")
     if base is None or base.dtype != dtype or base.size < size:
-        base = store[name + "/base"] = np.empty(max(size, 1), dtype=dtype)
+        base = store[name + "/base"] = aligned_empty(max(size, 1), dtype)
     view = base[:size].reshape(shape)
     store[name] = (shape, dtype, view)
     return view

@@ -27,6 +27,7 @@ import numpy as np
 
 from . import _array_api, _compiled, _incomplete
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
+from ._machine import aligned_empty
 from ._namespace import dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like
 from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
                      responsibilities, work_array)
@@ -164,7 +165,8 @@ def design_buffer(covariance_type, n_features: int, rows: int, dtype=np.float64)
     ``covariance_type``: a name, or the layout object whose design it is.
     """
     layout = LAYOUTS[covariance_type] if isinstance(covariance_type, str) else covariance_type
-    buf = np.empty((layout.buffer_rows(n_features), rows), dtype=dtype)
+    rows_in = layout.buffer_rows(n_features)
+    buf = aligned_empty(rows_in * rows, dtype).reshape(rows_in, rows)
     buf[layout.width(n_features) - 1] = 1.0
     return buf
 

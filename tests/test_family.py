@@ -4,6 +4,7 @@ import ast
 import pathlib
 import runpy
 import subprocess
+import threading
 import sys
 
 import numpy as np
@@ -170,3 +171,30 @@ def test_core_caches_are_read_from_the_machine():
     for entry in pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):  # Linux: what it reports
         if (entry / "level").read_text().strip() == "2" and (entry / "type").read_text().strip() != "Instruction":
             assert l2 == _size((entry / "size").read_text())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint8])
+def test_work_arrays_start_on_a_cache_line(dtype):
+    """aligned_empty and every thread's work arrays start on 64 bytes (numpy's own start 16 bytes past a
+    page), at every size and after growing; a view of the asked shape and dtype, writable, its own memory."""
+    from dask_em._machine import ALIGN_BYTES, aligned_empty
+    from dask_em.family import work_array
+
+    dt = np.dtype(dtype)
+    for size in (1, 3, 17, 4096, 300_001):
+        a = aligned_empty(size, dt)
+        assert a.shape == (size,) and a.dtype == dt and a.flags.c_contiguous and a.flags.writeable
+        assert a.ctypes.data % ALIGN_BYTES == 0
+        a[:] = 1
+        assert (a == 1).all()
+    assert aligned_empty(8, np.float64, align=4096).ctypes.data % 4096 == 0
+    name = f"test-aligned-{dt.char}"
+    for shape in ((5, 3), (2, 100_000), (7,), (3, 4, 5)):  # grows, then views of the grown array
+        w = work_array(name, shape, dt)
+        assert w.shape == shape and w.dtype == dt and w.flags.c_contiguous
+        assert w.ctypes.data % ALIGN_BYTES == 0
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(work_array(name, (4, 4), dt).ctypes.data % ALIGN_BYTES))
+    thread.start()
+    thread.join()
+    assert seen == [0]

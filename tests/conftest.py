@@ -58,7 +58,34 @@ def sklearn_start(X, k, cov_type, seed=0):
     }
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel draws outgoing connections' ports from (Linux; elsewhere IANA's)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = (int(v) for v in f.read().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 nothing listens on, for a `dask scheduler` started next (and perhaps restarted).
+
+    Drawn below the ephemeral range: a port the kernel hands out for bind(0) is also one it may give
+    any outgoing connection (a worker's, a client's) between this call and the scheduler's bind, or
+    while a test restarts the scheduler on it.
+    """
+    import random
+
+    low = _ephemeral_ports()[0]
+    if low > 12000:
+        for port in random.Random().sample(range(10000, low), 200):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

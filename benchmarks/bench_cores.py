@@ -11,13 +11,21 @@ of ``--repeats``.
                   DGEMM with that many BLAS threads, measured in the same run),
                   the share of DGEMM's speedup reached, and for full covariance
                   the floor (4·n·K·d² flops at that count's DGEMM rate) and the
-                  share of it reached.
+                  share of it reached; then what tells the causes apart where
+                  the threads scale worse than DGEMM: how busy the threads
+                  were (the process's CPU seconds over wall x threads: low
+                  when they wait for the GIL or a lock, high when they compute
+                  but contend for memory or cache), its minor page faults
+                  (memory the allocator maps afresh) and the involuntary
+                  context switches, per iteration.
 * LocalCluster    the same data from a Zarr store (zarr's default codec, in
                   ``/dev/shm`` where it exists, chunks of ``--store-chunk-mib``,
                   read by dask-em's own reader unless the environment sets
                   ``DASK_EM_DIRECT_READS=0``) on ``LocalCluster`` s of 1 x n,
                   n/4 x 4 and n x 1 (workers x threads), n the cores, and
-                  one worker of n threads over n workers of one thread.
+                  one worker of n threads over n workers of one thread; and
+                  the same busy share and page faults, summed over the
+                  workers.
 * GIL             first, the GIL-held share of the kernels measured (see
                   ``bench_gil.py``; needs ``pip install py-spy``) with the
                   Amdahl bound at 16 and 64 threads.
@@ -67,18 +75,48 @@ def dgemm_rate(threads: int) -> float:
     return dgemm_gflops(2048, threads=threads) * 1e9
 
 
-def seconds_per_iter(X, k, cov, init, iters, dtype, repeats, **fit_kw) -> float:
+def _usage() -> tuple[float, int, int]:
+    """This process's CPU seconds (user + system), minor page faults and involuntary context switches so far."""
+    import resource
+
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime, u.ru_minflt, u.ru_nivcsw
+
+
+def _usage_delta(before, after, wall: float, threads: int, iters: int) -> dict:
+    cpu = sum(a[0] - b[0] for b, a in zip(before, after))
+    return {"busy": cpu / (wall * threads), "faults": sum(a[1] - b[1] for b, a in zip(before, after)) / iters,
+            "preempted": sum(a[2] - b[2] for b, a in zip(before, after)) / iters}
+
+
+def seconds_per_iter(X, k, cov, init, iters, dtype, repeats, *, threads=1, client=None, **fit_kw) -> tuple[float, dict]:
+    """Seconds per iteration (best of ``repeats``) and, for that fit, how busy its threads were.
+
+    ``busy``: the CPU seconds of the processes that ran the fit (this one, or every worker of ``client``)
+    over the fit's wall time times ``threads`` (all the threads that ran it): near 100% when the threads
+    compute, low when they wait (for the GIL, a lock, the scheduler). ``faults``: minor page faults per
+    iteration (memory mapped afresh and touched: an allocator returning large blocks to the system).
+    ``preempted``: involuntary context switches per iteration (more runnable threads than cores).
+    """
     import dask_em
 
-    best = np.inf
+    def usage():
+        if client is None:
+            return [_usage()]
+        return list(client.run(_usage).values())
+
+    best, seen = np.inf, {}
     for _ in range(repeats):
         gm = dask_em.GaussianMixture(k, covariance_type=cov, tol=0, max_iter=iters, compute_dtype=dtype, **init)
+        before, tic = usage(), time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gm.fit(X, **fit_kw)
+        wall, after = time.perf_counter() - tic, usage()
         r = gm.restarts_[0]
-        best = min(best, r["seconds"] / r["n_iter"])
-    return best
+        if r["seconds"] / r["n_iter"] < best:
+            best, seen = r["seconds"] / r["n_iter"], _usage_delta(before, after, wall, threads, r["n_iter"])
+    return best, seen
 
 
 def write_store(X: np.ndarray, path: str, chunk_rows: int) -> str:
@@ -164,8 +202,9 @@ def main(argv=None) -> None:
             data.append((shape, n, d, X, spec, chunk_rows))
 
         print("\n## direct rounds: in memory, threads of this process")
-        print("| data | cov | dtype | threads | s/iter | speedup | DGEMM speedup | of DGEMM's | floor s | of floor |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| data | cov | dtype | threads | s/iter | speedup | DGEMM speedup | of DGEMM's | floor s | of floor "
+              "| busy | minor faults/iter | preempted/iter |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         inits, direct = {}, {}
         for shape, n, d, X, spec, _ in data:
             for cov in args.types.split(","):
@@ -174,13 +213,15 @@ def main(argv=None) -> None:
                     one = None
                     for t in counts:
                         with dask.config.set(num_workers=t, scheduler="threads"):
-                            sec = seconds_per_iter(X, args.components, cov, init, args.iters, dtype, args.repeats)
+                            sec, use = seconds_per_iter(X, args.components, cov, init, args.iters, dtype,
+                                                        args.repeats, threads=t)
                         one = sec if one is None else one
                         direct[shape, cov, dtype, t] = sec
                         speedup, gemm = one / sec, rates[t] / rates[1]
                         floor = 4 * n * args.components * d * d / rates[t] if cov == "full" else float("nan")
                         print(f"| {shape} | {cov} | {dtype} | {t} | {sec:.3f} | {speedup:.2f}x | {gemm:.2f}x | "
-                              f"{speedup / gemm:.0%} | {floor:.3f} | {floor / sec:.0%} |")
+                              f"{speedup / gemm:.0%} | {floor:.3f} | {floor / sec:.0%} | {use['busy']:.0%} | "
+                              f"{use['faults']:.0f} | {use['preempted']:.0f} |")
                         sys.stdout.flush()
 
         if {"float64", "float32"} <= set(args.dtypes.split(",")):
@@ -215,14 +256,25 @@ def main(argv=None) -> None:
                             for dtype in args.dtypes.split(","):
                                 table[shape, cov, dtype, workers] = seconds_per_iter(
                                     paths[shape], args.components, cov, inits[shape, cov], args.iters, dtype,
-                                    args.repeats, chunk_rows=rows)
+                                    args.repeats, threads=workers * threads, client=client, chunk_rows=rows)
             for shape, n, d, _, _, _ in data:
                 for cov in args.types.split(","):
                     for dtype in args.dtypes.split(","):
-                        secs = [table[shape, cov, dtype, w] for w, _ in cluster_shapes(n_cores)]
+                        secs = [table[shape, cov, dtype, w][0] for w, _ in cluster_shapes(n_cores)]
                         floor = 4 * n * args.components * d * d / rates[counts[-1]] if cov == "full" else float("nan")
                         print(f"| {shape} | {cov} | {dtype} | " + " | ".join(f"{s:.3f}" for s in secs)
                               + f" | {secs[0] / secs[-1]:.2f}x | {floor:.3f} | {floor / min(secs):.0%} |")
+            print("\n## LocalCluster: how busy the workers' threads were (their CPU seconds over wall x threads), "
+                  "and their minor page faults per iteration")
+            print("| data | cov | dtype | " + " | ".join(f"{w} x {t} busy | faults/iter" for w, t in cluster_shapes(n_cores))
+                  + " |")
+            print("| --- | --- | --- | " + " | ".join("--- | ---" for _ in cluster_shapes(n_cores)) + " |")
+            for shape, n, d, _, _, _ in data:
+                for cov in args.types.split(","):
+                    for dtype in args.dtypes.split(","):
+                        uses = [table[shape, cov, dtype, w][1] for w, _ in cluster_shapes(n_cores)]
+                        print(f"| {shape} | {cov} | {dtype} | "
+                              + " | ".join(f"{u['busy']:.0%} | {u['faults']:.0f}" for u in uses) + " |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n# load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}; "

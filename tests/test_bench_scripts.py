@@ -30,3 +30,13 @@ def test_bench_cores_runs_and_prints_every_table():
         busy = float(cells[10].rstrip("%"))
         assert 0 < busy <= 400, cells  # a share of wall x threads (other processes' threads are not counted)
         assert float(cells[4]) > 0  # s/iter
+
+
+@pytest.mark.timeout(200)
+def test_bench_read_runs_and_prints_every_table():
+    out = subprocess.run([sys.executable, os.path.join(BENCH, "bench_read.py"), "--quick", "--threads", "1,2"],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "## one pass, chunk by chunk" in out.stdout and "## a fit from the store" in out.stdout, out.stdout
+    readers = [line for line in out.stdout.splitlines() if line.startswith("| zstd |")]
+    assert {"zarr", "dask-em"} <= {line.split(" | ")[2] for line in readers}, out.stdout

@@ -60,6 +60,19 @@ def core_caches() -> tuple[int, int]:
     return l2, max(share, l2)
 
 
+def local_cores() -> int:
+    """The cores this process may run on: the machine's, less what its affinity mask and its cgroup's CPU
+    quota (a container's CPU limit, as Kubernetes sets it) leave it.
+
+    dask's own count (``dask.system.CPU_COUNT``), which sizes its threaded scheduler's pool and a
+    ``LocalCluster``: ``os.cpu_count()`` gives the node's cores, and 64 threads sharing a 4-CPU quota
+    would each run in bursts and then wait out the rest of every scheduling period.
+    """
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
+
+
 # Work arrays start on a cache line. numpy's large allocations start 16 bytes past a page (glibc's mmap chunk
 # header); a panel design there ran OpenBLAS's SkylakeX (AVX-512) GEMM of the log-densities 1.4x slower than
 # one on 64 bytes, and the whole E-step 1.15x (full covariance, d=16, K=8, float64, one thread, Intel Xeon: 0.093

@@ -33,6 +33,7 @@ from dask.delayed import Delayed, delayed
 from scipy.special import logsumexp
 
 from . import _compiled
+from ._machine import local_cores
 from ._namespace import (dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like,
                          xp_log_normalize)
 from .family import Family, merge_records
@@ -355,7 +356,8 @@ def compute_round(runner, X: da.Array, graph):
 # a whole fit), more than the E-step of every restart on a few thousand rows; on
 # 2M rows it was the serial part that held a Bernoulli fit's two-thread scaling
 # to 1.68x (3.7 ms of a 45 ms round). Larger data gains less, loses nothing: the
-# blocks run on a pool of dask's ``num_workers`` threads (all cores by default).
+# blocks run on a pool of dask's ``num_workers`` threads (by default the cores this process may use: its affinity
+# mask and a container's CPU quota count, as for dask's own pool).
 
 
 @dataclass(frozen=True)
@@ -403,7 +405,7 @@ def _workers() -> int:
     """The threads dask's threaded scheduler would use now (``num_workers``; 1 when set synchronous)."""
     if dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded"):
         return 1
-    return max(1, int(dask.config.get("num_workers", None) or os.cpu_count() or 1))
+    return max(1, int(dask.config.get("num_workers", None) or local_cores()))
 
 
 if hasattr(os, "register_at_fork"):  # a forked child inherits the pools without their threads

@@ -25,6 +25,7 @@ import dask.array as da
 import numpy as np
 from dask.base import tokenize
 
+from ._machine import local_cores
 from ._namespace import dtype_name, is_foreign, namespace, to_numpy
 from ._zarr_read import ChunkFiles, chunk_files
 
@@ -123,7 +124,7 @@ def auto_row_chunks(n_rows: int, n_features: int, itemsize: int, previous: int |
     164,992, so two threads worked 4 blocks against 3.6 (a 1.91x ceiling on
     two cores before any other cost); 8 chunks of 250,000 have none.
     """
-    cores = os.cpu_count() or 1
+    cores = local_cores()
     budget = STORE_CHUNK_BYTES if previous else DEFAULT_CHUNK_BYTES
     rows = max(1, budget // max(1, n_features * max(itemsize, 8)))
     rows = min(rows, max(4096, -(-n_rows // (2 * cores))))

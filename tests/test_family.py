@@ -1,6 +1,7 @@
 """The family protocol: a family defined outside dask-em runs on the whole engine."""
 
 import ast
+import os
 import pathlib
 import runpy
 import subprocess
@@ -198,3 +199,26 @@ def test_work_arrays_start_on_a_cache_line(dtype):
     thread.start()
     thread.join()
     assert seen == [0]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_local_threads_and_chunks_follow_the_cores_this_process_may_use():
+    """A process pinned to one core (as a container's cpuset or CPU limit leaves it) runs its direct rounds on one
+    thread and chunks for one core, as dask's own pool does, not for every core of the node."""
+    code = (
+        "import os\n"
+        "os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+        "import dask.system\n"
+        "from dask_em import engine, io\n"
+        "from dask_em._machine import local_cores\n"
+        "print(os.cpu_count(), local_cores(), dask.system.CPU_COUNT, engine._workers(),"
+        " io.auto_row_chunks(100_000, 16, 8))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    _, mine, dasks, workers, rows = (int(v) for v in out.stdout.split())
+    assert mine == dasks == workers == 1
+    assert rows == 50_000  # two chunks for its one core (for two cores four of 25,000, for 16 cores 4096-row ones)
+    from dask_em._machine import local_cores
+
+    assert 1 <= local_cores() <= len(os.sched_getaffinity(0))  # fewer where a cgroup quota is set

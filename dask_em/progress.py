@@ -30,17 +30,24 @@ class FitProgress:
         ]
 
     def update(self, event: dict) -> None:
-        """Advance one restart's bar by an iteration (``event`` as fit's callback gets it)."""
+        """Advance one restart's bar by an iteration (``event`` as fit's callback gets it).
+
+        The iteration's own figures are set before the bar moves (moving it may draw it), and a restart's
+        last iteration is drawn once.
+        """
         bar = self.bars[event["restart"]]
-        bar.update(event["iteration"] - bar.n)
         change = "first" if event["change"] is None else f"{event['change']:+.2e}"
         bar.set_postfix(lower_bound=f"{event['lower_bound']:.6f}", change=change, refresh=False)
+        done = event["converged"] or event["failed"]
         if event["converged"]:
             # A bar closed short of its total is drawn red (tqdm's "danger") in Jupyter:
             # a converged restart ends here, so this is its total.
-            bar.total = bar.n
-        if event["converged"] or event["failed"]:
-            bar.set_description(f"restart {event['restart']} " + ("converged" if event["converged"] else "failed"))
+            bar.total = event["iteration"]
+        if done:
+            bar.set_description(f"restart {event['restart']} " + ("converged" if event["converged"] else "failed"),
+                                refresh=False)
+        drawn = bar.update(event["iteration"] - bar.n)
+        if done and not drawn:
             bar.refresh()
 
     def close(self) -> None:

@@ -65,7 +65,7 @@ class CountingBar:
     def set_postfix(self, **kw):
         self.postfix = kw
 
-    def set_description(self, d):
+    def set_description(self, d, refresh=True):
         self.desc = d
 
     def refresh(self):
@@ -86,6 +86,38 @@ def test_progress_updates_once_per_iteration_per_restart(monkeypatch, rng):
     for bar, r in zip(CountingBar.instances, gm.restarts_):
         assert bar.updates == r["n_iter"] and bar.n == r["n_iter"]
         assert float(bar.postfix["lower_bound"]) == pytest.approx(r["lower_bound"], abs=1e-6)
+
+
+def test_progress_draws_each_iteration_with_its_own_figures_and_the_last_once():
+    """The real tqdm bar, drawn on every update: the frame that shows iteration i shows iteration i's bound and
+    change (not the previous iteration's), and a converged restart's last frame is drawn once."""
+    import re
+
+    from dask_em.progress import FitProgress
+
+    out = io.StringIO()
+    events = [
+        {"restart": 0, "iteration": 1, "lower_bound": -3.5, "change": None, "converged": False, "failed": False},
+        {"restart": 0, "iteration": 2, "lower_bound": -2.25, "change": 1.25, "converged": False, "failed": False},
+        {"restart": 0, "iteration": 3, "lower_bound": -2.0, "change": 0.25, "converged": True, "failed": False},
+    ]
+    with FitProgress(1, 100, file=out) as progress:
+        progress.bars[0].mininterval = 0  # draw on every update, as a slow round would
+        for event in events:
+            progress.update(event)
+    frames = [f for f in re.split(r"[\r\n]+", out.getvalue()) if "restart 0" in f]
+    seen = {}
+    for frame in frames:
+        m = re.search(r"(\d+)/(\d+)", frame)
+        if m and int(m.group(1)) in (1, 2, 3):
+            seen.setdefault(int(m.group(1)), []).append(frame)
+    assert set(seen) == {1, 2, 3}, frames
+    assert all("lower_bound=-3.500000" in f and "change=first" in f for f in seen[1]), seen[1]
+    assert all("lower_bound=-2.250000" in f and "change=+1.25e+00" in f for f in seen[2]), seen[2]
+    assert all("lower_bound=-2.000000" in f and "change=+2.50e-01" in f for f in seen[3]), seen[3]
+    converged = [f for f in frames if "converged" in f and "3/3" in f]
+    assert len(converged) == 2, frames  # drawn once when it converged, once more as the bar closes
+    assert not any("converged" in f for f in seen[1] + seen[2])
 
 
 def test_progress_writes_a_text_bar_and_nothing_when_off(capsys, rng):

@@ -136,10 +136,16 @@ def clusters(model, X: Any, dims: tuple[int, int] = (0, 1), n: int = 10_000, *, 
             f"clusters draws Gaussian covariance ellipses; received a {type(model).__name__}. "
             "For the other families plot model.probabilities_ or model.rates_ (e.g. as a heat map)."
         )
-    data = as_dask_array(X).data
+    prep = as_dask_array(X)
+    data = prep.data
     rows = sample_indices(data.shape[0], min(n, data.shape[0]), np.random.default_rng(random_state))
     points = np.asarray(data[rows].compute())
-    labels = model.predict(points)
+    if prep.feature_names is not None:  # the sample keeps X's column names, so predict checks them as for X
+        import pandas as pd  # installed with xarray
+
+        labels = model.predict(pd.DataFrame(points, columns=list(prep.feature_names)))
+    else:
+        labels = model.predict(points)
     ax = _axes(ax)
     i, j = dims
     colors = _pyplot().get_cmap("tab10")

@@ -170,6 +170,25 @@ def test_clusters_plot(cov_type, rng):
     assert len(buf.getvalue()) > 1000
 
 
+def test_clusters_plot_of_named_features_keeps_their_names(rng):
+    """A model fitted on an xarray Dataset with feature names, drawn on the same Dataset: the sampled rows keep
+    the names, so no "X does not have valid feature names" warning; the axes are labelled by them."""
+    import warnings
+
+    import xarray as xr
+
+    X = mixture(rng, n=2000, d=3, k=2)[0]
+    ds = xr.Dataset({"points": (("sample", "feature"), X)}, coords={"feature": ["a", "b", "c"]})
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(ds, variable="points")
+    assert list(gm.feature_names_in_) == ["a", "b", "c"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ax = dask_em.plot.clusters(gm, ds["points"], dims=(0, 2), n=500)
+    assert ax.get_xlabel() == "a" and ax.get_ylabel() == "c"
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):  # unnamed rows: scikit-learn's
+        dask_em.plot.clusters(gm, X, n=500)
+
+
 def test_plots_for_another_family(rng):
     """convergence works for every family; clusters says why it is Gaussian-only."""
     X = (rng.random((2000, 4)) < 0.3)

@@ -689,8 +689,8 @@ def fit_models(
         if runs_directly(data, not prep.lazy, runner):
             rows, row_w = local_rows(data), (local_rows(w) if w is not None else None)
         logger.info(
-            "fitting %d x %d in %d chunks on %s: %s, %d restart(s)",
-            n, d, data.numblocks[0], runner.description,
+            "fitting %d x %d in %d chunk%s on %s: %s, %d restart(s)",
+            n, d, data.numblocks[0], "" if data.numblocks[0] == 1 else "s", runner.description,
             ", ".join(f"K={m.n_components} {m._describe()}" for m in models), sum(len(p.seeds) for p in plans),
         )
         if saved is not None:

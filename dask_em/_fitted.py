@@ -73,9 +73,8 @@ class FittedMixture:
         d = prep.data.shape[1]
         if d != self.n_features_in_:
             name = type(self).__name__
-            raise ValueError(  # scikit-learn's sentence first (its checks look for it), then ours
-                f"X has {d} features, but {name} is expecting {self.n_features_in_} features as input: "
-                f"X has {d} features, but {name} was fitted with {self.n_features_in_} features. "
+            raise ValueError(  # scikit-learn's sentence (its checks look for it), then how to mend it
+                f"X has {d} features, but {name} is expecting {self.n_features_in_} features as input. "
                 "Pass the columns it was fitted on."
             )
         _check_feature_names(self, _names_frame(prep.feature_names), reset=False)

@@ -121,12 +121,18 @@ def _setup_logging(quiet: bool, as_json: bool) -> None:
     client_log = logging.getLogger("distributed.client")
     if _no_reconnect_noise not in client_log.filters:
         client_log.addFilter(_no_reconnect_noise)
+    # --json: progress comes as JSON lines instead (NOTSET: a command run after one with --json in the same process)
+    logger.setLevel(logging.WARNING if as_json else logging.NOTSET)
     if as_json:
-        logger.setLevel(logging.WARNING)  # progress comes as JSON lines instead
         for handler in logging.getLogger().handlers:
             handler.setFormatter(_EventsAsJson("%(message)s"))
 
 
+VARIABLE_HELP = "Variable of an xarray-written Zarr group."
+STORAGE_OPTION_HELP = "fsspec option for remote stores (repeatable; dotted keys nest)."
+SCHEDULER_HELP = "Dask scheduler address; default DASK_SCHEDULER_ADDRESS, else local threads."
+CHUNK_ROWS_HELP = ("Rows per chunk when reading INPUT [a multiple of the store's chunk of at most 30 MiB, or the "
+                   "store's chunk where that is larger].")
 RECONNECT_HELP = ("Seconds to wait for the scheduler after a lost connection (same address), and for a worker when "
                   "every worker is gone; then the interrupted step runs again. Past it: exit 75.")
 
@@ -184,16 +190,6 @@ def main() -> None:
 # fit
 # ---------------------------------------------------------------------------
 
-_FIT_CONFIG_KEYS = {
-    "input", "output", "components", "covariance_type", "n_init", "max_iter", "tol", "accelerate", "stopping",
-    "stepwise_passes",
-    "reg_covar", "init_params", "seed", "variable", "storage_options", "scheduler",
-    "checkpoint", "resume", "chunk_rows", "overwrite", "fail_on_no_converge", "quiet", "json",
-    "clear_checkpoint", "kube_cluster", "family", "pseudo_count", "n_categories", "missing",
-    "weight_concentration_prior_type", "weight_concentration_prior", "prior", "compute_dtype",
-    "warm_start", "verbose_interval",
-    "reconnect_timeout",
-}
 # What --warm-start MODEL may change on the stored estimator; its other settings define the model.
 _WARM_SETTABLE = ("max_iter", "tol", "accelerate", "stopping", "reg_covar", "compute_dtype", "verbose_interval")
 GAUSSIAN_FAMILIES = ("gaussian", "bayesian_gaussian")
@@ -216,8 +212,6 @@ def _warm_estimator(ctx: click.Context, path: str, options: dict, settings: dict
     """The stored estimator at ``path`` with ``warm_start=True`` and the settings given on the command line."""
     from click.core import ParameterSource
 
-    from .store import load
-
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
@@ -235,8 +229,8 @@ def _warm_estimator(ctx: click.Context, path: str, options: dict, settings: dict
             f"{', '.join('--' + n.replace('_', '-') for n in _WARM_SETTABLE)} may change. Leave {flags} out, or fit "
             "afresh without --warm-start."
         )
+    model = _load_model(path, options)
     with _user_errors():
-        model = load(path, storage_options=options)
         model.set_params(warm_start=True, **{name: value for name, value in settings.items() if given(name)})
         model.check_params()
     return model
@@ -306,12 +300,32 @@ def _load_config(ctx: click.Context, _param, value: str | None):
     if not isinstance(data, dict):
         raise click.BadParameter(f"{value!r} must hold a mapping of option: value; received {type(data).__name__}.")
     config = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(config) - _FIT_CONFIG_KEYS)
+    names = _config_keys(ctx.command)
+    unknown = sorted(set(config) - set(names))
     if unknown:
-        raise click.BadParameter(f"unknown keys {unknown} in {value!r}; allowed: {sorted(_FIT_CONFIG_KEYS)}.")
+        raise click.BadParameter(f"unknown keys {unknown} in {value!r}; allowed: {sorted(names)}.")
     ctx.meta["config"] = config
-    ctx.default_map = {k: v for k, v in config.items() if k not in ("input", "storage_options")}
+    ctx.default_map = {names[k]: v for k, v in config.items() if k not in ("input", "storage_options")}
     return value
+
+
+def _config_keys(command: click.Command) -> dict[str, str]:
+    """The --config keys of ``command``: each option's long name with underscores -> its parameter's name.
+
+    Read from the command's own options, so that every option can be set in the file (``json`` sets
+    ``--json``). ``storage_options`` takes a mapping (the fsspec options themselves) in place of
+    ``--storage-option KEY=VALUE``; ``input`` is the INPUT argument.
+    """
+    keys = {"storage_options": "storage_option"}
+    for param in command.params:
+        if param.name in ("config", "storage_option"):
+            continue
+        if isinstance(param, click.Option):
+            flag = next(opt for opt in param.opts if opt.startswith("--"))
+            keys[flag[2:].replace("-", "_")] = param.name
+        else:
+            keys[param.name] = param.name
+    return keys
 
 
 @main.command()
@@ -319,7 +333,8 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
               help="YAML file with the same options (a ConfigMap); flags override it.")
 @click.option("--output", "-o", help="Model store to write (Zarr path or URL).")
-@click.option("--components", "-k", type=int, default=1, show_default=True)
+@click.option("--components", "-k", type=int, default=1, show_default=True,
+              help="Number of mixture components K (bayesian_gaussian: the most it may use).")
 @click.option("--family", type=click.Choice(FAMILIES), default="gaussian", show_default=True,
               help="Component distribution: gaussian (real values), bernoulli (0/1), poisson (counts), categorical "
                    "(codes), bayesian_gaussian (variational: picks its number of components).")
@@ -334,10 +349,14 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--n-init", type=int, default=1, show_default=True, help="Restarts, run side by side.")
 @click.option("--missing", type=click.Choice(["error", "marginalize"]), default="error", show_default=True,
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
-@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--max-iter", type=int, default=100, show_default=True,
+              help="EM iterations per restart, at most.")
 @click.option("--tol", type=float, default=None,
-              help="default: the estimator's (1e-3, scikit-learn's, for gaussian and bayesian_gaussian; under "
-                   "--stopping auto Aitken's rule also stops no later than at 1/n_samples in [1e-6, 1e-3]).")
+              help="Stopping threshold in nats per row (see --stopping). Default: 1e-3 for gaussian and "
+                   "bayesian_gaussian; for bernoulli, poisson and categorical, 1/n_samples clipped to [1e-6, 1e-3] "
+                   "under aitken and 1e-3 under change. Whenever --stopping auto picks aitken (with --accelerate "
+                   "squarem, or for bernoulli, poisson, categorical), the threshold is at most 1/n_samples clipped "
+                   "to [1e-6, 1e-3], whatever --tol is.")
 @click.option("--accelerate", type=click.Choice(["none", "squarem"]), default="none", show_default=True,
               help="squarem: SQUAREM-accelerated EM, the same fixed point in fewer passes.")
 @click.option("--warm-start", "warm_start", metavar="MODEL",
@@ -348,8 +367,9 @@ def _load_config(ctx: click.Context, _param, value: str | None):
               help="Iterations between text progress lines (the last one always shows; --json shows every "
                    "iteration); the model's verbose_interval.")
 @click.option("--stopping", type=click.Choice(["auto", "change", "aitken"]), default="auto", show_default=True,
-              help="change: the change of the bound below tol; aitken: estimated remaining gain per row < tol; auto: "
-                   "change for plain Gaussian EM, else aitken.")
+              help="change: stop when the lower bound changes by less than --tol per row in an iteration; aitken: "
+                   "when the estimated remaining gain per row stays below --tol; auto: change for gaussian and "
+                   "bayesian_gaussian without --accelerate, else aitken.")
 @click.option("--stepwise-passes", type=int, default=0, show_default=True,
               help="Passes of stepwise (online) EM over random mini-batches of chunks before batch EM; "
                    "the answer is still batch EM's fixed point. Below --max-iter.")
@@ -360,15 +380,16 @@ def _load_config(ctx: click.Context, _param, value: str | None):
 @click.option("--prior", type=click.Choice(("none", "default")), default="none", show_default=True,
               help="gaussian only: 'default' fits by MAP-EM under mclust's conjugate prior (defaultPrior from the "
                    "data): a monotone bound and regular components; --reg-covar is then not used.")
-@click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True)
+@click.option("--init-params", type=click.Choice(INIT_METHODS), default="kmeans", show_default=True,
+              help="How each restart starts, computed on a sample of rows; hierarchical is mclust's start.")
 @click.option("--init-strategy", type=click.Choice(("single", "emEM")), default="single", show_default=True,
               help="emEM: 20 short runs from mixed starts (mclust's hierarchical tree among them) side by side, "
                    "the trees and the best --n-init of the others run to convergence; better optima for more "
                    "work per pass. --init-params is then not used.")
 @click.option("--seed", type=int, default=None, help="random_state.")
-@click.option("--variable", help="Variable of an xarray-written Zarr group.")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help="fsspec option for remote stores (repeatable; dotted keys nest).")
-@click.option("--scheduler", help="Dask scheduler address; default DASK_SCHEDULER_ADDRESS, else local threads.")
+@click.option("--variable", help=VARIABLE_HELP)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
+@click.option("--scheduler", help=SCHEDULER_HELP)
 @click.option("--checkpoint", help="Checkpoint file, replaced atomically after every iteration.")
 @click.option("--resume/--no-resume", default=False, help="Continue from --checkpoint when it exists.")
 @click.option("--clear-checkpoint", is_flag=True, help="Delete --checkpoint once the model is written.")
@@ -465,7 +486,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
     finally:
         signal.signal(signal.SIGTERM, previous)
         logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
-    summary = _summary(model, output)
+    summary = _summary(model, output, fitted_here=True)
     summary["seconds"] = round(time.perf_counter() - tic, 3)
     if as_json:
         _echo_json(summary)
@@ -473,13 +494,39 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         click.echo(_summary_text(summary))
     if fail_on_no_converge and not model.converged_:
         raise Failure(
-            f"the best restart did not converge in {model.max_iter} iterations; model written to {output}",
+            f"the best restart did not converge in {_count(model.max_iter, 'iteration')}; model written to {output}",
             EXIT_NOT_CONVERGED,
         )
 
 
-def _summary(model, path: str | None = None) -> dict:
-    return {
+# The keys a --config file may hold (fit's own options: they cannot drift apart).
+_FIT_CONFIG_KEYS = set(_config_keys(fit))
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 iteration', '3 iterations'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _fitted_row_chunks(training_data: dict) -> list[int]:
+    """[rows, count] of the chunks a fit on this machine passed over: those read, split for the local cores.
+
+    The fit splits every chunk read that is larger than its own target (``io.split_rows``); the
+    training data record the chunks as read.
+    """
+    import dask.array as da
+
+    from .io import split_rows
+
+    (n, d), (rows, count) = training_data["shape"], training_data["row_chunks"]
+    read = (rows,) * (count - 1) + (n - rows * (count - 1),)
+    fitted, _ = split_rows(da.empty((n, d), chunks=(read, d)))
+    return [int(fitted.chunks[0][0]), len(fitted.chunks[0])]
+
+
+def _summary(model, path: str | None = None, fitted_here: bool = False) -> dict:
+    """What fit and info print; ``fitted_here``: the model was fitted by this command (its chunks are known)."""
+    summary = {
         "model": path,
         "family": model.make_family().name,
         "estimator": type(model).__name__,
@@ -496,6 +543,9 @@ def _summary(model, path: str | None = None) -> dict:
             for r in model.restarts_
         ],
     }
+    if fitted_here and summary["training_data"]:
+        summary["fitted_row_chunks"] = _fitted_row_chunks(summary["training_data"])
+    return summary
 
 
 def _summary_text(s: dict) -> str:
@@ -503,20 +553,23 @@ def _summary_text(s: dict) -> str:
         f"model:           {s['model'] or '(not saved)'}",
         f"family:          {s['family']}" + (f" ({s['covariance_type']} covariance)" if s.get("covariance_type") else ""),
         f"components:      {s['n_components']}    features: {s['n_features']}",
-        f"converged:       {s['converged']} after {s['n_iter']} iterations",
+        f"converged:       {s['converged']} after {_count(s['n_iter'], 'iteration')}",
         f"lower bound:     {s['lower_bound']:.10g} (mean log-likelihood per row)",
         "weights:         " + " ".join(f"{w:.4f}" for w in s["weights"]),
     ]
     td = s.get("training_data")
     if td:
+        (rows, count), fitted = td["row_chunks"], s.get("fitted_row_chunks")
+        chunks = f"{_count(count, 'chunk')} of {_count(rows, 'row')}"
+        if fitted and fitted != [rows, count]:  # as the fit's first line says: the chunks it passed over
+            chunks = f"read in {chunks}, fitted in {_count(fitted[1], 'chunk')} of {_count(fitted[0], 'row')}"
         lines.append(
-            f"training data:   {td.get('source') or '(in memory)'} shape {tuple(td['shape'])} "
-            f"{td['dtype']}, {td['row_chunks'][1]} chunks of {td['row_chunks'][0]} rows"
+            f"training data:   {td.get('source') or '(in memory)'} shape {tuple(td['shape'])} {td['dtype']}, {chunks}"
         )
     for r in s["restarts"]:
         lb = "nan" if r["lower_bound"] is None else f"{r['lower_bound']:.10g}"
         lines.append(
-            f"  restart {r['restart']}: lower bound {lb}, {r['n_iter']} iterations, "
+            f"  restart {r['restart']}: lower bound {lb}, {_count(r['n_iter'], 'iteration')}, "
             f"{'converged' if r['converged'] else 'not converged'}, {r['status']}"
             + (f" ({r['error']})" if r["error"] else "")
         )
@@ -556,23 +609,37 @@ def _parse_components(text: str) -> list[int]:
               help="gaussian only: a comma list [full,tied,diag,spherical], or mclust (its fourteen models).")
 @click.option("--pseudo-count", type=float, default=None, help="bernoulli/poisson/categorical: prior pseudo-count [1e-3].")
 @click.option("--n-categories", default=None, help="categorical: categories of every feature (5) or of each (3,5,2).")
-@click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True)
+@click.option("--criterion", type=click.Choice(["bic", "aic", "icl"]), default="bic", show_default=True,
+              help="What picks the best candidate (--table holds all three); icl is BIC plus twice the "
+                   "classification entropy, which penalises overlapping components.")
 @click.option("--missing", type=click.Choice(["error", "marginalize"]), default="error", show_default=True,
               help="NaN in the data: refused (error), or marginalised by EM under missing-at-random.")
-@click.option("--n-init", type=int, default=1, show_default=True)
-@click.option("--max-iter", type=int, default=100, show_default=True)
+@click.option("--n-init", type=int, default=1, show_default=True, help="Restarts per candidate, run side by side.")
+@click.option("--max-iter", type=int, default=100, show_default=True, help="EM iterations per restart, at most.")
 @click.option("--tol", type=float, default=None,
-              help="default: 1e-3 for the change rule; 1/n_samples in [1e-6, 1e-3] for aitken.")
-@click.option("--seed", type=int, default=None)
-@click.option("--variable")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
-@click.option("--scheduler")
-@click.option("--chunk-rows", type=int, default=None)
-@click.option("--overwrite", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+              help="Stopping threshold, in nats per row. gaussian stops when the lower bound changes by less than "
+                   "--tol in an iteration [1e-3]; bernoulli, poisson and categorical when the estimated remaining "
+                   "gain per row stays below it [1/n_samples clipped to [1e-6, 1e-3], and never above that].")
+@click.option("--seed", type=int, default=None,
+              help="random_state: each candidate gets the seeds `dask-em fit --seed` would give it.")
+@click.option("--variable", help=VARIABLE_HELP)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
+@click.option("--scheduler", help=SCHEDULER_HELP)
+@click.option("--chunk-rows", type=int, default=None, help=CHUNK_ROWS_HELP)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output and --table.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Progress as JSON lines on stderr, the result as JSON on stdout.")
 def select(input, output, table_path, components, family, covariance_types, pseudo_count, n_categories, criterion,
-           missing, n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, as_json):
-    """Fit a grid of K (and covariance types) side by side; write the best model and the table."""
+           missing, n_init, max_iter, tol, seed, variable, storage_option, scheduler, chunk_rows, overwrite, quiet,
+           as_json):
+    """Fit a grid of K (and covariance types) side by side; write the best model and the table.
+
+    Every candidate runs in the same passes over INPUT. When the grid is
+    done, a line per candidate goes to stderr (its criterion, iterations, and
+    the seconds of the passes it ran in, shared with the others), then the
+    table to stdout.
+    """
     from .selection import select_model
     from .store import save
 
@@ -601,19 +668,24 @@ def select(input, output, table_path, components, family, covariance_types, pseu
             raise Failure(f"--n-categories applies to --family categorical; received --family {family}.")
     if table_path and not table_path.endswith((".csv", ".json")):
         raise Failure(f"--table must end in .csv or .json; received {table_path!r}.")
-    _setup_logging(True, as_json)
+    _setup_logging(quiet, as_json)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
         if table_path:
             _refuse_existing(table_path, overwrite)
+    if as_json and not quiet:
+        _echo_json({"event": "started", "input": input, "pid": os.getpid()}, err=True)
+    mclust_grid = bool(types) and set(types) <= set(MCLUST_MODELS) and criterion != "aic"
     tic = time.perf_counter()
     with _user_errors(), connect(scheduler), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # unconverged candidates: reported in the lines below
         result = select_model(
             input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
             random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
             storage_options=options, chunk_rows=chunk_rows, family=family, missing=missing, **family_params,
         )
+        if not quiet:
+            _report_candidates(result, criterion, mclust_grid, as_json)
         with atomic_output(output, options, overwrite) as tmp:
             save(result.best_estimator_, tmp, storage_options=options)
     frame = result.criteria.to_dataframe().reset_index()
@@ -626,11 +698,42 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         _echo_json({"best": result.best_params_, "criterion": criterion, "model": output,
                     "seconds": round(time.perf_counter() - tic, 3), "table": frame.to_dict(orient="records")})
     else:
-        mclust_grid = bool(types) and set(types) <= set(MCLUST_MODELS) and criterion != "aic"
         click.echo(result.table(criterion, sign="mclust") if mclust_grid else result.table())
         variant = result.best_params_.get("covariance_type", family)
         click.echo(f"best: K={result.best_params_['n_components']} {variant} "
                    f"-> {output}" + (f"; table -> {table_path}" if table_path else ""))
+
+
+def _report_candidates(result, criterion: str, mclust_sign: bool, as_json: bool) -> None:
+    """One stderr line per candidate of a grid: K (and covariance type), its criterion, iterations, seconds.
+
+    ``mclust_sign``: the text gives the criterion as the table then prints it, ``2 log L - p log n``
+    (higher is better); JSON keeps scikit-learn's sign, as the --table file. The seconds are those of
+    the passes the candidate ran in, which it shared with the others.
+    """
+    import math
+
+    criteria = result.criteria
+    family = criteria.attrs["family"]
+    types = [str(t) for t in criteria["covariance_type"].values] if "covariance_type" in criteria.dims else [None]
+    name, sign = (criterion.upper() + " (mclust sign)", -1) if mclust_sign else (criterion.upper(), 1)
+    for k in (int(k) for k in criteria["n_components"].values):
+        for t in types:
+            at = {"n_components": k} if t is None else {"n_components": k, "covariance_type": t}
+            value = float(criteria[criterion].sel(at))
+            n_iter, converged = int(criteria["n_iter"].sel(at)), bool(criteria["converged"].sel(at))
+            estimator = result.estimators_.get((k, family if t is None else t))
+            failed = estimator is None or not math.isfinite(value)
+            seconds = None if failed else round(max(r["seconds"] for r in estimator.restarts_), 3)
+            if as_json:
+                _echo_json({"event": "candidate", "n_components": k, "covariance_type": t, criterion: value,
+                            "n_iter": n_iter, "converged": converged, "failed": failed, "seconds": seconds}, err=True)
+            elif failed:
+                click.echo(f"K={k} {t or family}: every restart failed", err=True)
+            else:
+                click.echo(f"K={k} {t or family}: {name} {sign * value:.10g}, "
+                           f"{'converged' if converged else 'not converged'} after "
+                           f"{_count(n_iter, 'iteration')}, {seconds:.1f} s", err=True)
 
 
 # ---------------------------------------------------------------------------
@@ -639,10 +742,43 @@ def select(input, output, table_path, components, family, covariance_types, pseu
 
 
 def _load_model(path: str, options: dict | None):
-    from .store import load
+    """The model stored at ``path``; a data array there is named as what it is."""
+    from .store import ModelStoreError, load
 
     with _user_errors():
-        return load(path, storage_options=options)
+        try:
+            return load(path, storage_options=options)
+        except ModelStoreError:
+            array = _zarr_array_at(path, options)
+            if array is None:
+                raise
+            raise Failure(
+                f"{str(path)!r} holds a Zarr array of shape {array.shape} ({array.dtype}), not a dask-em model store; "
+                "a model store is the Zarr group that `dask-em fit -o PATH` or dask_em.save(model, PATH) writes."
+            ) from None
+
+
+def _zarr_array_at(path: str, options: dict | None):
+    """The Zarr array at ``path``, or None where there is none."""
+    import zarr
+
+    try:
+        return zarr.open_array(store=str(path), mode="r", storage_options=options)
+    except Exception:  # noqa: BLE001 - nothing readable as an array: the caller's error stands
+        return None
+
+
+def _input_shape(model, model_path: str, input: str, kw: dict) -> tuple[int, int]:
+    """INPUT's shape (from metadata), refused in one sentence naming both when its feature count is not MODEL's."""
+    from .io import as_dask_array
+
+    n, d = as_dask_array(input, **kw).data.shape
+    if d != model.n_features_in_:
+        raise Failure(
+            f"X has {d} features, but {type(model).__name__} was fitted with {model.n_features_in_} features "
+            f"(INPUT {str(input)!r}, MODEL {str(model_path)!r}). Pass the columns it was fitted on."
+        )
+    return n, d
 
 
 @main.command()
@@ -650,14 +786,14 @@ def _load_model(path: str, options: dict | None):
 @click.argument("input")
 @click.option("--output", "-o", required=True, help="Zarr store for the labels (or responsibilities).")
 @click.option("--proba", is_flag=True, help="Write responsibilities (n_samples, n_components) instead of labels.")
-@click.option("--variable")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
-@click.option("--scheduler")
-@click.option("--chunk-rows", type=int, default=None)
+@click.option("--variable", help=VARIABLE_HELP)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
+@click.option("--scheduler", help=SCHEDULER_HELP)
+@click.option("--chunk-rows", type=int, default=None, help=CHUNK_ROWS_HELP)
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="Where the E-steps run: cuda copies each chunk to the GPU as it is read (CuPy); "
                    "default: where the chunks are read (host memory).")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @click.option("--reconnect-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help=RECONNECT_HELP)
 def predict(model_path, input, output, proba, variable, storage_option, scheduler, chunk_rows, device, overwrite,
@@ -675,7 +811,9 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
     _setup_logging(False, False)
     with _user_errors():
         _refuse_existing(output, overwrite, options)
-        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows, "device": device}
+        kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
+        _input_shape(model, model_path, input, kw)
+        kw["device"] = device
         result = model.predict_proba(input, **kw) if proba else model.predict(input, **kw)
         result = getattr(result, "data", result)  # xarray -> dask
         if device == "cuda":  # the results of each chunk come back to the host to be written
@@ -700,7 +838,8 @@ def predict(model_path, input, output, proba, variable, storage_option, schedule
         logging.disable(logging.NOTSET)  # after _exit_lost, once the lost Client is closed
     resumed = f" ({found} written before, kept)" if found else ""
     click.echo(
-        f"wrote {what} {result.shape} in {total} chunks{resumed} to {output} in {time.perf_counter() - tic:.1f} s"
+        f"wrote {what} {result.shape} in {_count(total, 'chunk')}{resumed} to {output} "
+        f"in {time.perf_counter() - tic:.1f} s"
     )
 
 
@@ -722,20 +861,18 @@ def _model_digest(model) -> str:
 @main.command()
 @click.argument("model_path", metavar="MODEL")
 @click.argument("input")
-@click.option("--variable")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
-@click.option("--scheduler")
-@click.option("--chunk-rows", type=int, default=None)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--variable", help=VARIABLE_HELP)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
+@click.option("--scheduler", help=SCHEDULER_HELP)
+@click.option("--chunk-rows", type=int, default=None, help=CHUNK_ROWS_HELP)
+@click.option("--json", "as_json", is_flag=True, help="The result as JSON.")
 def score(model_path, input, variable, storage_option, scheduler, chunk_rows, as_json):
     """Mean log-likelihood, BIC and AIC of INPUT under MODEL (one pass)."""
-    from .io import as_dask_array
-
     options = _parse_storage_options(storage_option)
     model = _load_model(model_path, options)
     with _user_errors(), connect(scheduler):
         kw = {"variable": variable, "storage_options": options, "chunk_rows": chunk_rows}
-        n = as_dask_array(input, **kw).data.shape[0]
+        n, _ = _input_shape(model, model_path, input, kw)
         mean = model.score(input, **kw)
     p = model.n_parameters()
     result = {"n_samples": n, "mean_log_likelihood": mean, **information_criteria(mean, n, p), "n_parameters": p}
@@ -748,8 +885,9 @@ def score(model_path, input, variable, storage_option, scheduler, chunk_rows, as
 
 @main.command()
 @click.argument("model_path", metavar="MODEL")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a remote MODEL (repeatable; dotted keys nest).")
+@click.option("--json", "as_json", is_flag=True, help="The summary as JSON, with each restart's per-iteration history.")
 def info(model_path, storage_option, as_json):
     """Summary of a stored model: family, K, d, training data, restarts."""
     model = _load_model(model_path, _parse_storage_options(storage_option))
@@ -768,10 +906,12 @@ def info(model_path, storage_option, as_json):
 
 @main.command()
 @click.argument("output")
-@click.option("--samples", "-n", type=int, required=True)
-@click.option("--features", "-d", type=int, required=True)
-@click.option("--components", "-k", type=int, required=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--samples", "-n", type=int, required=True, help="Rows to generate.")
+@click.option("--features", "-d", type=int, required=True, help="Columns to generate.")
+@click.option("--components", "-k", type=int, required=True, help="Components of the true mixture.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the true parameters and of every chunk's rows (the same seed and --chunk-rows give "
+                   "the same data).")
 @click.option("--chunk-rows", type=int, default=None,
               help="Rows per chunk of the store [100,000, fewer where that passes 30 MiB of float64 rows].")
 @click.option("--separation", type=float, default=6.0, show_default=True, help="gaussian: mean spacing in component standard deviations.")
@@ -780,9 +920,11 @@ def info(model_path, storage_option, as_json):
 @click.option("--n-categories", type=int, default=5, show_default=True, help="categorical: categories per feature.")
 @click.option("--codec", type=click.Choice(sorted(CODECS)), default="none", show_default=True,
               help="Compression of the store (random float64 barely compresses).")
-@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE")
-@click.option("--scheduler")
-@click.option("--overwrite", is_flag=True)
+@click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE",
+              help="fsspec option for a remote OUTPUT (repeatable; dotted keys nest).")
+@click.option("--scheduler", help="Dask scheduler address to generate the chunks on; default DASK_SCHEDULER_ADDRESS, "
+                                  "else local threads.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
 def generate(output, samples, features, components, seed, chunk_rows, separation, family, n_categories, codec,
              storage_option, scheduler, overwrite):
     """Write a synthetic mixture (--family, default gaussian) to a Zarr store, chunk by chunk.
@@ -838,49 +980,85 @@ def _generate(output, samples, features, components, seed, chunk_rows, separatio
 @click.option("--features", default=8, show_default=True, help="Columns to generate.")
 @click.option("--components", default=6, show_default=True, help="True (and fitted) number of components.")
 @click.option("--n-init", default=3, show_default=True, help="Restarts, run side by side.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the data and of the fit's starts.")
 @click.option("--keep", type=click.Path(file_okay=False), default=None, help="Write the store here and keep it.")
 def demo(samples: int, features: int, components: int, n_init: int, seed: int, keep: str | None) -> None:
-    """Generate a mixture into a Zarr store, fit it on the local default, print the model."""
+    """Generate a mixture into a Zarr store, fit it, print the model.
+
+    Both run on threads of this process, or on the scheduler at
+    DASK_SCHEDULER_ADDRESS when that is set.
+    """
     import numpy as np
     from scipy.optimize import linear_sum_assignment
 
     from .gaussian_mixture import GaussianMixture
+    from .runner import active_client, scheduler_address
 
     _setup_logging(False, False)
     workdir = keep or tempfile.mkdtemp(prefix="dask-em-demo-")
     path = os.path.join(workdir, "points.zarr")
+    address = scheduler_address()
+    if address:
+        logger.info("connecting to the scheduler at %s", address)
     try:
-        tic = time.perf_counter()
-        spec = _generate(path, samples, features, components, seed, 125_000, 6.0, None, None, True)
-        click.echo(f"wrote {samples:,} x {features} rows to {path} in {time.perf_counter() - tic:.1f} s", err=True)
-        gm = GaussianMixture(components, n_init=n_init, random_state=seed, verbose=1)
-        tic = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            gm.fit(path)
-        summary = _summary(gm, None)
-        summary["seconds"] = round(time.perf_counter() - tic, 3)
+        # One Client for the generation and the fit: the dashboard line names the scheduler that ran them.
+        with _user_errors(), connect(address):
+            client = active_client()
+            tic = time.perf_counter()
+            spec = _generate(path, samples, features, components, seed, 125_000, 6.0, None, None, True)
+            click.echo(f"wrote {samples:,} x {features} rows to {path} in {time.perf_counter() - tic:.1f} s", err=True)
+            gm = GaussianMixture(components, n_init=n_init, random_state=seed, verbose=1)
+            tic = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm.fit(path)
+            seconds = time.perf_counter() - tic
+            dashboard = _dashboard_link(client, "set DASK_SCHEDULER_ADDRESS=ADDRESS")
+        summary = _summary(gm, None, fitted_here=True)
+        summary["seconds"] = round(seconds, 3)
         click.echo(_summary_text(summary))
         cost = ((gm.means_[:, None] - spec.means[None]) ** 2).sum(-1)
         rows, cols = linear_sum_assignment(cost)
         click.echo(f"largest distance from a fitted mean to its true mean: {np.sqrt(cost[rows, cols]).max():.4f}")
-        click.echo(f"dashboard:       {_dashboard_link()}")
+        click.echo(f"dashboard:       {dashboard}")
     finally:
         if keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _dashboard_link() -> str:
-    try:
-        from distributed import default_client
+def _dashboard_link(client, to_connect: str) -> str:
+    """The dashboard of the scheduler behind ``client`` (the one the command ran on), or why there is none.
 
-        return default_client().dashboard_link
-    except (ImportError, ValueError):
-        return (
-            "none: the local default runs on threads. For the dashboard, start a "
-            "distributed.Client() (or `dask scheduler` + `dask worker`) and pass --scheduler."
-        )
+    ``to_connect``: how the command is pointed at a scheduler (an option, or an environment variable).
+    """
+    if client is None:
+        return (f"none: this ran on threads of this process. For the dashboard, start `dask scheduler` and "
+                f"`dask worker ADDRESS`, then {to_connect}.")
+    address = client.scheduler.address
+    try:
+        link = client.dashboard_link
+    except KeyError:  # the scheduler lists no HTTP server among its services
+        link = None
+    # A scheduler lists its HTTP server as the dashboard even when it serves none (--no-dashboard, no bokeh).
+    served = _page_answers(link) if link else False
+    if served is None:
+        return f"{link} (not reachable from this machine)"
+    return link if served else f"none: the scheduler at {address} serves no dashboard"
+
+
+def _page_answers(url: str) -> bool | None:
+    """Whether ``url`` answers with a page; None when it cannot be reached from here."""
+    import urllib.error
+    import urllib.request
+
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # as a browser beside the scheduler
+    try:
+        with direct.open(url, timeout=5) as response:
+            return response.status == 200
+    except urllib.error.HTTPError:
+        return False
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -536,3 +536,180 @@ def test_mclust_models_on_the_command_line(tmp_path):
     assert dask_em.load(best).covariance_type in dask_em.gaussian.GAUSSIAN_COVARIANCE_TYPES
     bad = run("fit", store, "-o", tmp_path / "b.zarr", "--covariance-type", "VVX")
     assert bad.exit_code == 2 and "VVV" in bad.output
+
+
+# -- what a new user reads: config keys, messages, progress, help -----------------------------
+
+
+def test_config_takes_every_option_of_fit(small_points, tmp_path):
+    from dask_em.cli import _FIT_CONFIG_KEYS, fit
+
+    # Every option of fit can be set in the file, under its long name (dashes or underscores).
+    options = {p.opts[0] for p in fit.params if p.name != "config" and p.opts[0].startswith("--")}
+    options = {o.removeprefix("--").replace("-", "_") for o in options} - {"storage_option"}
+    assert options and options <= _FIT_CONFIG_KEYS, options - _FIT_CONFIG_KEYS
+    config, model = tmp_path / "job.yaml", tmp_path / "m.zarr"
+    config.write_text("components: 3\ninit-strategy: emEM\ndevice: cpu\nmax_iter: 5\nseed: 0\nquiet: true\n"
+                      "json: true\n")
+    result = run("fit", small_points, "-o", model, "--config", config)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["n_components"] == 3  # json: true is --json
+    loaded = dask_em.load(model)
+    assert loaded.init_strategy == "emEM" and loaded.max_iter == 5
+
+
+def demo_args():
+    return ["demo", "--samples", 20_000, "--features", 2, "--components", 2, "--n-init", 1]
+
+
+def dashboard_line(stdout):
+    (line,) = [line for line in stdout.splitlines() if line.startswith("dashboard:")]
+    return line.removeprefix("dashboard:").strip()
+
+
+def test_demo_on_threads_says_how_to_get_a_dashboard(monkeypatch):
+    from dask_em.cli import demo
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    result = run(*demo_args())
+    assert result.exit_code == 0, result.output
+    line = dashboard_line(result.stdout)
+    assert line.startswith("none: this ran on threads of this process") and "DASK_SCHEDULER_ADDRESS" in line
+    named = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", line))
+    assert named <= {opt for p in demo.params for opt in p.opts}, named  # no option demo lacks
+
+
+def start_demo(address):
+    return subprocess.run(
+        [sys.executable, "-m", "dask_em", *map(str, demo_args())], capture_output=True, text=True, timeout=180,
+        env={**os.environ, "DASK_SCHEDULER_ADDRESS": address},
+    )
+
+
+def test_demo_on_a_scheduler_without_a_dashboard_says_so(dask_cluster_processes):
+    address = dask_cluster_processes  # started with --no-dashboard
+    result = start_demo(address)
+    assert result.returncode == 0, result.stderr
+    assert f"connecting to the scheduler at {address}" in result.stderr
+    assert dashboard_line(result.stdout) == f"none: the scheduler at {address} serves no dashboard"
+    from distributed import Client
+
+    with Client(address) as client:  # the demo did run there
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert "em-estep" in prefixes
+
+
+def test_demo_on_a_scheduler_prints_its_dashboard():
+    pytest.importorskip("bokeh", reason="bokeh is not installed: no scheduler serves a dashboard")
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0") as cluster:
+        result = start_demo(cluster.scheduler_address)
+        assert result.returncode == 0, result.stderr
+        assert cluster.dashboard_link.startswith("http://127.0.0.1:")
+        assert dashboard_line(result.stdout) == cluster.dashboard_link
+
+
+def test_wrong_feature_count_is_said_once(points, a_model, tmp_path):
+    other = tmp_path / "three.zarr"
+    zarr.create_array(other, shape=(10, 3), chunks=(5, 3), dtype="f8")[:] = 0
+    for args in (["predict", a_model, other, "-o", tmp_path / "out.zarr"], ["score", a_model, other]):
+        result = run(*args)
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("features, but") == 1, result.stderr
+        assert "X has 3 features, but GaussianMixture was fitted with 4 features" in result.stderr
+        assert str(other) in result.stderr and "Pass the columns it was fitted on." in result.stderr
+
+
+def test_info_on_a_data_array_says_what_it_found(points):
+    result = run("info", points)
+    assert result.exit_code == 2
+    assert "holds a Zarr array of shape (60000, 4) (float64), not a dask-em model store" in result.stderr
+    assert "`dask-em fit -o PATH` or dask_em.save(model, PATH)" in result.stderr
+    assert "already exists" not in result.stderr
+
+
+def test_one_iteration_and_one_chunk_are_singular(small_points, tmp_path):
+    model = tmp_path / "m.zarr"
+    result = run("fit", small_points, "-o", model, "-k", 3, "--max-iter", 1, "--seed", 0, "--fail-on-no-converge")
+    assert result.exit_code == 3, result.output
+    assert "False after 1 iteration\n" in result.stdout and ", 1 iteration, not converged" in result.stdout
+    assert "did not converge in 1 iteration;" in result.stderr
+    assert not re.search(r"\b1 (iterations|chunks|rows)\b", result.stdout)
+    labels = run("predict", model, small_points, "-o", tmp_path / "l.zarr", "--chunk-rows", 3000)
+    assert labels.exit_code == 0, labels.output
+    assert " in 1 chunk to " in labels.stdout
+
+
+def test_fit_summary_states_the_chunks_of_its_first_line(tmp_path):
+    # A store in 3 chunks of 10,000 rows: read as such, split by the fit where the local cores need more chunks.
+    store, model = tmp_path / "x.zarr", tmp_path / "m.zarr"
+    assert run("generate", store, "-n", 30_000, "-d", 4, "-k", 2, "--chunk-rows", 10_000).exit_code == 0
+    result = run("fit", store, "-o", model, "-k", 2, "--max-iter", 3, "--seed", 0)
+    assert result.exit_code == 0, result.output
+    (used,) = re.findall(r"fitting 30000 x 4 in (\d+) chunks", result.stderr)
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("training data:")]
+    if used == "3":
+        assert line.endswith(", 3 chunks of 10000 rows"), line
+    else:
+        assert re.search(rf", read in 3 chunks of 10000 rows, fitted in {used} chunks of \d+ rows$", line), line
+    summary = json.loads(run("fit", store, "-o", model, "-k", 2, "--max-iter", 3, "--seed", 0, "--overwrite",
+                             "--json", "-q").stdout)
+    assert summary["fitted_row_chunks"][1] == int(used)
+    assert summary["training_data"]["row_chunks"] == [10_000, 3]
+
+
+CANDIDATE = re.compile(r"K=(\d+) (full|diag): BIC (\S+), (?:not )?converged after \d+ iterations?, [\d.]+ s")
+
+
+def test_select_reports_each_candidate_and_quiet_silences_it(small_points, tmp_path):
+    table = tmp_path / "t.json"
+    result = run("select", small_points, "-o", tmp_path / "b.zarr", "-k", "1-3", "--covariance-types", "full,diag",
+                 "--seed", 0, "--table", table)
+    assert result.exit_code == 0, result.output
+    lines = [CANDIDATE.fullmatch(line) for line in result.stderr.splitlines() if line.startswith("K=")]
+    assert all(lines) and len(lines) == 6, result.stderr
+    rows = {(r["n_components"], r["covariance_type"]): r["bic"] for r in json.loads(table.read_text())}
+    shown = {(int(m[1]), m[2]): float(m[3]) for m in lines}
+    assert shown.keys() == rows.keys()
+    for key, bic in rows.items():
+        assert shown[key] == pytest.approx(bic, rel=1e-9)
+    quiet = run("select", small_points, "-o", tmp_path / "q.zarr", "-k", "1-2", "--covariance-types", "full",
+                "--seed", 0, "-q")
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and "best: K=" in quiet.stdout
+    as_json = run("select", small_points, "-o", tmp_path / "j.zarr", "-k", "1-2", "--covariance-types", "full",
+                  "--seed", 0, "--json")
+    events = [json.loads(line) for line in as_json.stderr.splitlines()]
+    candidates = [e for e in events if e["event"] == "candidate"]
+    assert [(e["n_components"], e["covariance_type"]) for e in candidates] == [(1, "full"), (2, "full")]
+    assert all(np.isfinite(e["bic"]) and e["seconds"] >= 0 for e in candidates)
+
+
+def test_every_option_has_help():
+    missing = [(name, p.opts[0]) for name, command in main.commands.items() for p in command.params
+               if p.param_type_name == "option" and not p.help]
+    assert not missing, missing
+
+
+def test_help_of_tol_states_the_defaults_in_force():
+    from dask_em.registry import estimator_for_family
+
+    def tol(family, **settings):
+        n = 10**5  # 1/n_samples within [1e-6, 1e-3]
+        return estimator_for_family(family)(2, **settings).tol_in_force(n) * n
+
+    # What the help says, as the estimators apply it (1 stands for 1/n_samples).
+    assert tol("gaussian") == tol("bayesian_gaussian") == tol("gaussian", stopping="aitken") == 100
+    assert tol("bernoulli") == tol("poisson") == 1 and tol("bernoulli", stopping="change") == 100
+    assert tol("gaussian", accelerate="squarem") == tol("gaussian", accelerate="squarem", tol=0.1) == 1
+    assert tol("poisson", tol=0.1) == 1
+    fit_help = " ".join(run("fit", "--help").stdout.split())
+    assert "Default: 1e-3 for gaussian and bayesian_gaussian;" in fit_help
+    assert "categorical, 1/n_samples clipped to [1e-6, 1e-3] under aitken and 1e-3 under change" in fit_help
+    assert "the threshold is at most 1/n_samples clipped to [1e-6, 1e-3], whatever --tol is" in fit_help
+    select_help = run("select", "--help").stdout
+    assert "aitken" not in select_help.lower() and "--stopping" not in select_help
+    demo_help = " ".join(run("demo", "--help").stdout.split())
+    assert "threads of this process, or on the scheduler at DASK_SCHEDULER_ADDRESS" in demo_help

@@ -261,7 +261,7 @@ def test_bad_constructor_parameters(params, match, no_compute):
 
 def test_predict_checks_feature_count(rng):
     gm = dask_em.GaussianMixture(2, random_state=0).fit(rng.normal(size=(50, 3)))
-    with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture was fitted with 3 features"):
+    with pytest.raises(ValueError, match="X has 4 features, but GaussianMixture is expecting 3 features as input. Pass the columns"):
         gm.predict(rng.normal(size=(5, 4)))
 
 

@@ -621,6 +621,7 @@ def fit_models(
     resume: bool = False,
     checkpoint_options: dict | None = None,
     callback=None,
+    on_model_done=None,
     read_retries: int = 3,
     score: bool = False,
     reconnect_timeout: float | None = None,
@@ -636,6 +637,11 @@ def fit_models(
     is returned per model (None for a model whose every restart failed, which
     then stays unfitted). A checkpoint is supported for a single model.
     ``reconnect_timeout``, ``device``: see :meth:`BaseMixture.fit`.
+    ``on_model_done(i, restarts)``: called once for each model, with its
+    index in ``models`` and its restarts, as soon as none of them iterates
+    any more (converged, failed, stopped or at ``max_iter``), while the
+    others go on; a model whose every restart failed at its start, after
+    the passes.
     """
     if reconnect_timeout is not None and not (is_real(reconnect_timeout) and reconnect_timeout >= 0):
         raise ValueError(
@@ -714,6 +720,16 @@ def fit_models(
                 if r.n_iter:
                     bars.update(r.event())
 
+        owner = {id(r): i for i, group in enumerate(groups) for r in group}
+        done: set[int] = set()
+
+        def report_done(i: int) -> None:
+            if on_model_done is not None and i not in done and not any(
+                r.running and r.n_iter < lead.max_iter for r in groups[i]
+            ):
+                done.add(i)
+                on_model_done(i, groups[i])
+
         def on_iteration(r: Restart) -> None:
             if bars is not None:
                 bars.update(r.event())
@@ -723,6 +739,7 @@ def fit_models(
                 _log_iteration(r)
             if callback is not None:
                 callback(r.event())
+            report_done(owner[id(r)])
 
         with contextlib.ExitStack() as stack:
             if bars is not None:
@@ -731,6 +748,8 @@ def fit_models(
                 rows, row_w, groups, schedule, family=family, context=context, split_every=lead.split_every,
                 runner=runner, on_iteration=on_iteration, save=save if checkpoint is not None else None,
             )
+        for i in range(len(groups)):  # those that never iterated (every start failed)
+            report_done(i)
         best = []
         for model, group in zip(models, groups):
             try:

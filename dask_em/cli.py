@@ -635,10 +635,10 @@ def select(input, output, table_path, components, family, covariance_types, pseu
            as_json):
     """Fit a grid of K (and covariance types) side by side; write the best model and the table.
 
-    Every candidate runs in the same passes over INPUT. When the grid is
-    done, a line per candidate goes to stderr (its criterion, iterations, and
-    the seconds of the passes it ran in, shared with the others), then the
-    table to stdout.
+    Every candidate runs in the same passes over INPUT. A line goes to stderr
+    as each candidate stops iterating (its best restart's lower bound and
+    iterations, the seconds since the start); when all are done, one more pass
+    gives the criteria, and the table goes to stdout.
     """
     from .selection import select_model
     from .store import save
@@ -677,15 +677,26 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         _echo_json({"event": "started", "input": input, "pid": os.getpid()}, err=True)
     mclust_grid = bool(types) and set(types) <= set(MCLUST_MODELS) and criterion != "aic"
     tic = time.perf_counter()
+
+    def candidate_done(c: dict) -> None:  # as each candidate stops iterating; the others go on
+        seconds = round(time.perf_counter() - tic, 3)
+        if as_json:
+            _echo_json({"event": "candidate", **c, "seconds": seconds}, err=True)
+        elif c["lower_bound"] is None:
+            click.echo(f"K={c['n_components']} {c['covariance_type']}: every restart failed ({seconds:.1f} s)", err=True)
+        else:
+            click.echo(f"K={c['n_components']} {c['covariance_type']}: lower bound {c['lower_bound']:.10g}, "
+                       f"{'converged' if c['converged'] else 'not converged'} after "
+                       f"{_count(c['n_iter'], 'iteration')} ({seconds:.1f} s)", err=True)
+
     with _user_errors(), connect(scheduler), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # unconverged candidates: reported in the lines below
+        warnings.simplefilter("ignore")  # unconverged candidates: reported as they end, and in the table
         result = select_model(
             input, n_components=ks, covariance_types=types, criterion=criterion, n_init=n_init,
             random_state=seed, max_iter=max_iter, tol=tol, variable=variable,
-            storage_options=options, chunk_rows=chunk_rows, family=family, missing=missing, **family_params,
+            storage_options=options, chunk_rows=chunk_rows, family=family, missing=missing,
+            callback=None if quiet else candidate_done, **family_params,
         )
-        if not quiet:
-            _report_candidates(result, criterion, mclust_grid, as_json)
         with atomic_output(output, options, overwrite) as tmp:
             save(result.best_estimator_, tmp, storage_options=options)
     frame = result.criteria.to_dataframe().reset_index()
@@ -702,38 +713,6 @@ def select(input, output, table_path, components, family, covariance_types, pseu
         variant = result.best_params_.get("covariance_type", family)
         click.echo(f"best: K={result.best_params_['n_components']} {variant} "
                    f"-> {output}" + (f"; table -> {table_path}" if table_path else ""))
-
-
-def _report_candidates(result, criterion: str, mclust_sign: bool, as_json: bool) -> None:
-    """One stderr line per candidate of a grid: K (and covariance type), its criterion, iterations, seconds.
-
-    ``mclust_sign``: the text gives the criterion as the table then prints it, ``2 log L - p log n``
-    (higher is better); JSON keeps scikit-learn's sign, as the --table file. The seconds are those of
-    the passes the candidate ran in, which it shared with the others.
-    """
-    import math
-
-    criteria = result.criteria
-    family = criteria.attrs["family"]
-    types = [str(t) for t in criteria["covariance_type"].values] if "covariance_type" in criteria.dims else [None]
-    name, sign = (criterion.upper() + " (mclust sign)", -1) if mclust_sign else (criterion.upper(), 1)
-    for k in (int(k) for k in criteria["n_components"].values):
-        for t in types:
-            at = {"n_components": k} if t is None else {"n_components": k, "covariance_type": t}
-            value = float(criteria[criterion].sel(at))
-            n_iter, converged = int(criteria["n_iter"].sel(at)), bool(criteria["converged"].sel(at))
-            estimator = result.estimators_.get((k, family if t is None else t))
-            failed = estimator is None or not math.isfinite(value)
-            seconds = None if failed else round(max(r["seconds"] for r in estimator.restarts_), 3)
-            if as_json:
-                _echo_json({"event": "candidate", "n_components": k, "covariance_type": t, criterion: value,
-                            "n_iter": n_iter, "converged": converged, "failed": failed, "seconds": seconds}, err=True)
-            elif failed:
-                click.echo(f"K={k} {t or family}: every restart failed", err=True)
-            else:
-                click.echo(f"K={k} {t or family}: {name} {sign * value:.10g}, "
-                           f"{'converged' if converged else 'not converged'} after "
-                           f"{_count(n_iter, 'iteration')}, {seconds:.1f} s", err=True)
 
 
 # ---------------------------------------------------------------------------

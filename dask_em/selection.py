@@ -212,6 +212,7 @@ def select_model(
     storage_options: dict | None = None,
     chunk_rows: int | None = None,
     device: str | None = None,
+    callback=None,
     **gaussian_mixture_params,
 ) -> SelectionResult:
     """Fit every (K, covariance type) candidate side by side and rank them.
@@ -245,6 +246,13 @@ def select_model(
         Rows per chunk where dask-em chooses the chunking.
     device : {None, "cuda", "cpu"}, default=None
         Where the E-steps run, as in :meth:`GaussianMixture.fit`.
+    callback : callable, optional
+        Called once per candidate as soon as its restarts stop iterating
+        (the others go on in the same passes), with a dict: ``n_components``,
+        ``covariance_type`` (the family's name outside the Gaussian grid),
+        ``n_iter``, ``converged`` and ``lower_bound`` of its best restart so
+        far (None where every restart failed). The criteria come after every
+        candidate is done, with one more pass.
 
     Returns
     -------
@@ -277,9 +285,21 @@ def select_model(
         cls = estimator_for_family(family)
         estimators = {(k, types[0]): cls(k, **common) for k in ks}
     template = next(iter(estimators.values()))
+    keys = list(estimators)
+
+    def candidate_done(i: int, restarts: list) -> None:
+        ok = [r for r in restarts if r.error is None and r.params is not None]
+        best = max(ok, key=lambda r: r.lower_bound) if ok else None
+        callback({
+            "n_components": keys[i][0], "covariance_type": keys[i][1],
+            "n_iter": None if best is None else best.n_iter, "converged": best is not None and best.converged,
+            "lower_bound": None if best is None else float(best.lower_bound),
+        })
+
     scores = fit_models(
         list(estimators.values()), X, sample_weight=sample_weight, variable=variable,
         storage_options=storage_options, chunk_rows=chunk_rows, score=True, device=device,
+        on_model_done=None if callback is None else candidate_done,
     )
     fitted = {key: est for key, est in estimators.items() if hasattr(est, "weights_")}
     n = next(iter(fitted.values())).training_data_["shape"][0] if fitted else 0

@@ -162,3 +162,46 @@ def test_select_k_for_the_other_families(family, tmp_path):
     assert all(len(line.split()) == 2 for line in result.table().splitlines()[2:])
     with pytest.raises(ValueError, match="covariance_types applies to family='gaussian'"):
         dask_em.select_model(X, n_components=[1, 2], family=family, covariance_types="full", **extra)
+
+
+def test_callback_reports_each_candidate_as_it_stops(rng):
+    """One call per candidate, as soon as its restarts stop iterating (the quick ones first, while the others go
+    on in the same passes), with its best restart's figures: those the fitted candidate keeps."""
+    X = mixture(rng, n=1500, d=2, k=3)[0]
+    events = []
+
+    def seen(event):
+        events.append(event)
+
+    result = dask_em.select_model(X, n_components=[1, 3, 4], covariance_types=("full", "diag"), n_init=2,
+                                  random_state=0, chunk_rows=500, callback=seen)
+    assert sorted((e["n_components"], e["covariance_type"]) for e in events) == sorted(result.estimators_)
+    for e in events:
+        est = result.estimators_[(e["n_components"], e["covariance_type"])]
+        assert e["n_iter"] == est.n_iter_ and e["converged"] == est.converged_
+        assert e["lower_bound"] == est.lower_bound_
+    # Reported in the order they stopped: never a candidate that ran more iterations before one that ran fewer.
+    iterations = [max(r["n_iter"] for r in result.estimators_[(e["n_components"], e["covariance_type"])].restarts_)
+                  for e in events]
+    assert iterations == sorted(iterations), (events, iterations)
+    assert iterations[0] < iterations[-1]  # K=1 stops after its second iteration, the others later
+    # Without a callback, the same fits.
+    plain = dask_em.select_model(X, n_components=[1, 3, 4], covariance_types=("full", "diag"), n_init=2,
+                                 random_state=0, chunk_rows=500)
+    for key, est in plain.estimators_.items():
+        assert est.lower_bounds_ == result.estimators_[key].lower_bounds_
+
+
+def test_callback_reports_a_candidate_whose_every_restart_failed(rng):
+    """A candidate with no healthy restart is reported too (lower_bound None), after the passes."""
+    X = np.repeat(mixture(rng, n=40, d=2, k=2)[0][:3], 20, axis=0)  # 3 distinct rows: K=5 cannot fit
+    events = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dask_em.select_model(X, n_components=[1, 5], covariance_types="full", random_state=0,
+                                      reg_covar=0.0, callback=events.append)
+    by_k = {e["n_components"]: e for e in events}
+    assert set(by_k) == {1, 5}
+    assert by_k[1]["lower_bound"] is not None
+    assert (5, "full") not in result.estimators_  # every restart failed: it has no fitted estimator
+    assert by_k[5]["lower_bound"] is None and by_k[5]["n_iter"] is None and by_k[5]["converged"] is False

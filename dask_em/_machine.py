@@ -1,5 +1,5 @@
-"""What the kernels read of the machine: the sizes of one core's caches (their working sets fit them), and
-work arrays that start on a cache line."""
+"""What the kernels read of the machine: the sizes of one core's caches (their working sets fit them), the
+cores this process may use, and work arrays that start on a cache line."""
 
 from __future__ import annotations
 

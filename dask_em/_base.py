@@ -34,7 +34,7 @@ from ._fitted import FittedMixture
 from .engine import RoundState, StepResult, compute_round, local_rows, round_graph, runs_directly
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
-from .restarts import STOP_REQUESTED, Restart, Schedule, restarts_from, run_schedule, score_restarts
+from .restarts import STOP_REQUESTED, Restart, RestartsFailed, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
 from .starts import INIT_METHODS, StartPlan, default_sample_size, emem_methods
 
@@ -279,8 +279,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         starts and ``n_init``, and the first iteration's change is measured from
         the last fit's ``lower_bound_``.
         """
-        if not self.warm_start or not hasattr(self, "_params"):
-            return None
+        if not self.warm_start or not hasattr(self, "_params") or not hasattr(self, "converged_"):
+            return None  # as scikit-learn's: a model built from its attributes by hand starts afresh
+        self.fitted_state()  # attributes changed since the last fit are where it continues from
         if d != self.n_features_in_:
             raise ValueError(
                 f"warm_start=True continues the last fit, which had {self.n_features_in_} features; X has {d}. "
@@ -440,13 +441,14 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             if stream is not None:
                 context, restarts = stream["context"], stream["restarts"]
             elif hasattr(self, "_params"):  # after fit: one restart from the fitted parameters
+                self.fitted_state()  # attributes changed since are where it continues from
                 context = self._context
                 restarts = [Restart(0, 0, dict(self._params), self._variant(), start="fit")]
             else:
                 if n < self.n_components:
                     raise ValueError(
-                        f"the first batch has {n} rows, fewer than n_components={self.n_components}; "
-                        "pass a larger first batch."
+                        f"Expected n_samples >= n_components, but the first batch has {n} row{'s' * (n != 1)} and "
+                        f"n_components={self.n_components}; pass a larger first batch."
                     )
                 context, (restarts,) = _start([self._start_plan(n, d)], data, w, family, runner)
             running = [r for r in restarts if r.error is None and r.params is not None]
@@ -510,7 +512,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         ok = [r for r in restarts if r.error is None and r.params is not None]
         if not ok:
             reasons = "; ".join(f"restart {r.index}: {r.error}" for r in restarts)
-            raise ValueError(f"every restart failed numerically ({reasons}).")
+            summary = self.make_family().failure_summary([r.error or "" for r in restarts])
+            raise RestartsFailed(f"{summary + ' ' if summary else ''}Every restart failed numerically ({reasons}).")
         for r in restarts:
             if r.error is not None:
                 warnings.warn(f"restart {r.index} failed and was skipped: {r.error}", RuntimeWarning, stacklevel=4)
@@ -546,8 +549,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         if not self.converged_ and self.max_iter > 0:  # max_iter=0 asks for the start, as scikit-learn
             last = abs(best.history[-1] - best.history[-2]) if len(best.history) > 1 else float("nan")
             warnings.warn(
-                f"the best restart did not converge in max_iter={self.max_iter} iterations "
-                f"(last change of the lower bound {last:.3g} >= tol={self.tol_in_force(prep.data.shape[0]):.3g}). Raise max_iter or tol.",
+                "Best performing initialization did not converge. Try different init parameters, or increase "
+                f"max_iter, tol, or check for degenerate data. It stopped at max_iter={self.max_iter} iterations "
+                f"with a last change of the lower bound of {last:.3g} >= tol={self.tol_in_force(prep.data.shape[0]):.3g}.",
                 ConvergenceWarning,
                 stacklevel=4,
             )
@@ -579,6 +583,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             if on is not None:
                 value = _public_like(value, on)
             setattr(self, name, value)
+        self._published = self._snapshot(self._attribute_parameters or list(public))
 
 
 def _public_like(value, on):
@@ -661,8 +666,8 @@ def fit_models(
     k_max = max(model.n_components for model in models)
     if n < k_max:
         raise ValueError(
-            f"X has {n} rows, fewer than n_components={k_max} (n_samples={n} should be >= n_components="
-            f"{k_max}); lower n_components or pass more rows."
+            f"Expected n_samples >= n_components, but X has {n} row{'s' * (n != 1)} and n_components={k_max}; lower n_components "
+            "or pass more rows."
         )
     family = lead.make_family()  # one for every model: the Gaussian covariance type travels in params
     family.check_dtype(data.dtype, d)

@@ -79,11 +79,21 @@ class NotPositiveDefiniteError(ArithmeticError):
     """A covariance estimate is not positive definite."""
 
 
+# What a restart's error says when a covariance collapsed (the fit's error then leads with scikit-learn's words).
+COLLAPSED = "not positive definite (a component collapsed onto a point or a line)"
+
+# scikit-learn's error when a fit's covariances collapse, word for word: code written against it matches it.
+ILL_DEFINED = (
+    "Fitting the mixture model failed because some components have ill-defined empirical covariance (for instance "
+    "caused by singleton or collapsed samples). Try to decrease the number of components, increase reg_covar, or "
+    "scale the input data."
+)
+
+
 def not_positive_definite(component: int | None) -> NotPositiveDefiniteError:
     which = "the tied covariance" if component is None else f"component {component}"
     return NotPositiveDefiniteError(
-        f"the covariance of {which} is not positive definite (a component "
-        "collapsed onto a point or a line). Increase reg_covar, reduce "
+        f"the covariance of {which} is {COLLAPSED}. Increase reg_covar, reduce "
         "n_components, or scale the features."
     )
 
@@ -167,7 +177,10 @@ class FullLayout:
     def check_precisions(self, p: np.ndarray) -> None:
         for i, mat in enumerate(p):
             if not np.allclose(mat, mat.T) or np.linalg.eigvalsh(mat).min() <= 0:
-                raise ValueError(f"precisions_init[{i}] must be symmetric positive definite.")
+                raise ValueError(
+                    f"The parameter 'full precision' should be symmetric, positive-definite, but precisions_init[{i}] "
+                    "is not: pass each component's inverse covariance."
+                )
 
     def _stacked_factors(self, prec_chol: np.ndarray, k: int, d: int) -> np.ndarray:
         return prec_chol
@@ -367,7 +380,10 @@ class TiedLayout(FullLayout):
 
     def check_precisions(self, p):
         if not np.allclose(p, p.T) or np.linalg.eigvalsh(p).min() <= 0:
-            raise ValueError("precisions_init must be symmetric positive definite.")
+            raise ValueError(
+                "The parameter 'tied precision' should be symmetric, positive-definite, but precisions_init is not: "
+                "pass the inverse of the shared covariance."
+            )
 
     def _stacked_factors(self, prec_chol, k, d):
         return np.broadcast_to(prec_chol, (k, d, d))
@@ -747,7 +763,10 @@ class DiagLayout:
 
     def check_precisions(self, p):
         if (p <= 0).any():
-            raise ValueError(f"precisions_init must be positive; received {p}.")
+            raise ValueError(
+                f"The parameter '{self.name} precision' should be positive, but precisions_init holds "
+                f"{int((p <= 0).sum())} value(s) <= 0 (the smallest {p.min():.5g}): pass inverse variances."
+            )
 
     def _precision_rows(self, prec_chol, k, d):
         return prec_chol**2
@@ -897,8 +916,8 @@ class ParsimoniousLayout(FullLayout):
                 cov = _parsimonious.covariances(self.name, nk, scatter, previous)
             except np.linalg.LinAlgError:  # a singular scatter met an inverse or a decomposition
                 raise NotPositiveDefiniteError(
-                    f"the {self.name} covariances are not positive definite (a component collapsed onto a "
-                    "point or a line). Increase reg_covar, reduce n_components, or scale the features."
+                    f"the {self.name} covariances are {COLLAPSED}. Increase reg_covar, reduce n_components, or "
+                    "scale the features."
                 ) from None
         bad = np.flatnonzero(~np.isfinite(cov).reshape(len(cov), -1).all(1))
         if bad.size:

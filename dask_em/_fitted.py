@@ -51,9 +51,48 @@ class FittedMixture:
     """Inference, criteria, sampling and reprs of a fitted mixture (mixed into every estimator)."""
 
     def fitted_state(self) -> FittedState:
-        """The fitted model's family, context and internal parameters (for inference and the model store)."""
+        """The fitted model's family, context and internal parameters (for inference and the model store).
+
+        As scikit-learn's estimators read their fitted attributes, fitted
+        attributes assigned after fit (``model.means_ = ...``, or in place), or
+        on an estimator never fitted, are the model from then on where the
+        estimator can take them (:meth:`_adopt_attributes`); an estimator that
+        cannot says so rather than use parameters its attributes no longer show.
+        """
         check_is_fitted(self, "weights_")
+        edited = self._edited_attributes()
+        if edited:
+            self._adopt_attributes(edited)
+            self._published = self._snapshot(self._attribute_parameters)
         return FittedState(self._family, self._context, self._params)
+
+    # The fitted attributes :meth:`_adopt_attributes` builds a model from, as scikit-learn's inference reads
+    # them; None: the estimator cannot, and every attribute its fitted state sets is watched for edits.
+    _attribute_parameters: tuple[str, ...] | None = None
+
+    def _snapshot(self, names) -> dict:
+        """numpy copies of the attributes ``names`` as they are now, to tell later edits from them."""
+        return {name: _numpy_copy(getattr(self, name, None)) for name in names}
+
+    def _edited_attributes(self) -> list[str]:
+        """The watched attributes that differ from the fitted state's (those set, when there is none)."""
+        published = getattr(self, "_published", None)
+        if published is None or not hasattr(self, "_params"):
+            return [name for name in self._attribute_parameters or ("weights_",) if hasattr(self, name)]
+        return [name for name, value in published.items() if not _same(getattr(self, name, None), value)]
+
+    def _adopt_attributes(self, edited: list[str]) -> None:
+        """Make the current fitted attributes the model (here: refused, naming what changed)."""
+        name = type(self).__name__
+        if not hasattr(self, "_params"):
+            raise AttributeError(
+                f"this {name} has {', '.join(edited)} but was not fitted: {name} takes its parameters from fit, "
+                "partial_fit or a model store, not from attributes set by hand. Call fit first."
+            )
+        raise ValueError(
+            f"{', '.join(edited)} of this {name} changed after fit, and {name} does not read its parameters back "
+            "from its attributes. Refit (warm_start=False), or restore the fitted values."
+        )
 
     def n_parameters(self) -> int:
         """Free parameters of the fitted model: the family's plus the K - 1 of the weights."""
@@ -302,7 +341,7 @@ class FittedMixture:
         """
         check_is_fitted(self, "weights_")
         if not is_int(n_samples) or n_samples < 1:
-            raise fail("n_samples", n_samples, "an int >= 1")
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sample draws an int >= 1 rows.")
         rng = np.random.default_rng(seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
         counts = rng.multinomial(n_samples, to_numpy(self.weights_))
         labels = np.repeat(np.arange(len(counts)), counts)
@@ -393,6 +432,36 @@ def _wrap(out, prep: Prepared, what: str):
     dims = (prep.sample_dim,) if out.ndim == 1 else (prep.sample_dim, "feature" if what == "impute" else "component")
     coords = {prep.sample_dim: prep.sample_coord} if prep.sample_coord is not None else {}
     return xr.DataArray(out, dims=dims, coords=coords, name=what)
+
+
+def _numpy_copy(value):
+    """A numpy copy of a fitted attribute (arrays of any array-API library, tuples and lists of them)."""
+    if isinstance(value, (tuple, list)):
+        return type(value)(_numpy_copy(v) for v in value)
+    if value is None or isinstance(value, (str, bytes, dict)):
+        return value
+    try:
+        return np.array(to_numpy(value), copy=True)
+    except (TypeError, ValueError):
+        return value
+
+
+def _same(value, snapshot) -> bool:
+    """Whether a fitted attribute still holds what ``snapshot`` recorded (NaN equal to NaN)."""
+    if isinstance(snapshot, (tuple, list)):
+        return (isinstance(value, (tuple, list)) and len(value) == len(snapshot)
+                and all(_same(v, s) for v, s in zip(value, snapshot)))
+    if not isinstance(snapshot, np.ndarray):
+        try:
+            return value is snapshot or bool(value == snapshot)
+        except (TypeError, ValueError):  # containers of arrays: only the same object is known unchanged
+            return False
+    try:
+        current = to_numpy(value)
+    except (TypeError, ValueError):
+        return False
+    return (isinstance(current, np.ndarray) and current.shape == snapshot.shape
+            and np.array_equal(current, snapshot, equal_nan=current.dtype.kind in "fc"))
 
 
 def restore_fitted(model, state: FittedState, fitted: dict):

@@ -206,8 +206,8 @@ class BayesianGaussianMixture(BaseMixture):
         dof = self.degrees_of_freedom_prior
         if dof is not None and not dof > d - 1:
             raise ValueError(
-                f"degrees_of_freedom_prior must be greater than n_features - 1 = {d - 1}; received {dof!r}. "
-                f"Leave it None for the default {d}."
+                f"The parameter 'degrees_of_freedom_prior' should be greater than {d - 1}, but got {dof:.3f}. "
+                f"It must exceed n_features - 1 = {d - 1}; leave it None for the default {d} (n_features)."
             )
         return dof
 

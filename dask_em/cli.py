@@ -413,7 +413,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
         as_json):
     """Fit a mixture (--family, default gaussian) to the Zarr array at INPUT and write the model to --output."""
     from .store import save
-    from .restarts import Preempted, request_stop
+    from .restarts import Preempted, RestartsFailed, request_stop
 
     config = ctx.meta.get("config", {})
     input = input or config.get("input")
@@ -475,10 +475,8 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
                 sys.exit(EXIT_PREEMPTED)
             except ClusterLost as exc:
                 _exit_lost(_fit_lost(exc, checkpoint, options))
-            except ValueError as exc:
-                if str(exc).startswith("every restart failed"):
-                    raise Failure(str(exc), EXIT_FAILED) from None
-                raise
+            except RestartsFailed as exc:
+                raise Failure(str(exc), EXIT_FAILED) from None
             with atomic_output(output, options, overwrite) as tmp:
                 save(model, tmp, storage_options=options)
             if clear_checkpoint and checkpoint and exists(checkpoint, options):

@@ -470,6 +470,10 @@ class Family:
     def bound_resolution(self, bound: float, params: Params) -> float:
         return 0.0
 
+    def failure_summary(self, errors: list[str]) -> str | None:
+        """The sentence that leads the error of a fit whose every restart failed with ``errors`` (None: none)."""
+        return None
+
     def init_features(self, sample: np.ndarray, context: Any) -> np.ndarray:
         return np.asarray(sample, dtype=np.float64)
 

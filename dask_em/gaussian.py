@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from . import _array_api, _compiled, _incomplete
-from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, NotPositiveDefiniteError
+from ._covariance import COLLAPSED, COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, ILL_DEFINED, LAYOUTS, NotPositiveDefiniteError
 from ._machine import aligned_empty
 from ._namespace import dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like
 from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
@@ -212,18 +212,25 @@ def check_initial_parameters(
         w = to_numpy(weights_init, np.float64)
         if w.shape != (k,):
             raise ValueError(
-                f"weights_init must have shape ({k},) for n_components={k}; received shape {w.shape}."
+                f"The parameter 'weights' should have the shape of ({k},), but got {w.shape}: weights_init takes "
+                f"one weight per component (n_components={k})."
             )
         if (w < 0).any() or (w > 1).any() or not np.isfinite(w).all():
-            raise ValueError(f"weights_init must lie in [0, 1]; received {w}.")
+            raise ValueError(
+                f"The parameter 'weights' should be in the range [0, 1], but got min value {np.min(w):.5f}, "
+                f"max value {np.max(w):.5f}: weights_init received {w}."
+            )
         if not np.isclose(w.sum(), 1.0, rtol=0, atol=1e-6):
-            raise ValueError(f"weights_init must sum to 1; received a sum of {w.sum():.6f}. Divide by its sum.")
+            raise ValueError(
+                f"The parameter 'weights' should be normalized, but got sum(weights) = {w.sum():.5f}: "
+                "divide weights_init by its sum."
+            )
     if means_init is not None:
         m = to_numpy(means_init, np.float64)
         if m.shape != (k, d):
             raise ValueError(
-                f"means_init must have shape ({k}, {d}) for n_components={k} and {d} features; "
-                f"received shape {m.shape}."
+                f"The parameter 'means' should have the shape of ({k}, {d}), but got {m.shape}: means_init takes "
+                f"a row of {d} features per component (n_components={k})."
             )
         if not np.isfinite(m).all():
             raise ValueError("means_init holds NaN or infinity.")
@@ -232,11 +239,60 @@ def check_initial_parameters(
         shape = layout.shape(k, d)
         if p.shape != shape:
             raise ValueError(
-                f"precisions_init must have shape {shape} for covariance_type={covariance_type!r}; "
-                f"received shape {p.shape}."
+                f"The parameter '{covariance_type} precision' should have the shape of {shape}, but got {p.shape}: "
+                f"precisions_init for covariance_type={covariance_type!r} and n_components={k}."
             )
         layout.check_precisions(p)
     return w, m, p
+
+
+def parameters_from_attributes(covariance_type: str, attributes: dict, previous: dict | None, context) -> tuple:
+    """The internal parameters and context of the model scikit-learn's fitted attributes describe.
+
+    ``attributes`` holds ``weights_`` and ``means_`` and at least one of
+    ``covariances_`` and ``precisions_cholesky_`` (the other is derived, as
+    scikit-learn's inference reads the Cholesky factors and its ``sample``
+    the covariances). ``previous`` (a fitted model's parameters, or None)
+    lends what the attributes do not show (a prior); ``context`` is its
+    centering point (None: the weighted mean of the means).
+    """
+    layout = LAYOUTS[covariance_type]
+    values = {name: None if value is None else to_numpy(value, np.float64) for name, value in attributes.items()}
+    w, m = values.get("weights_"), values.get("means_")
+    cov, chol = values.get("covariances_"), values.get("precisions_cholesky_")
+    if w is None or m is None or (cov is None and chol is None):
+        missing = [name for name, value in values.items() if value is None]
+        raise AttributeError(
+            f"a GaussianMixture built from its attributes needs weights_, means_ and covariances_ or "
+            f"precisions_cholesky_; {', '.join(missing)} not set. Set them, or call fit."
+        )
+    k = w.shape[0] if w.ndim == 1 else -1
+    if w.ndim != 1 or m.ndim != 2 or m.shape[0] != k:
+        raise ValueError(
+            f"weights_ has shape {w.shape} and means_ {m.shape}: expected (n_components,) and (n_components, "
+            "n_features) with the same n_components. Set one weight and one mean row per component."
+        )
+    d = m.shape[1]
+    shape = layout.shape(k, d)
+    for name, value in (("covariances_", cov), ("precisions_cholesky_", chol)):
+        if value is not None and value.shape != shape:
+            raise ValueError(
+                f"{name} has shape {value.shape}; covariance_type={covariance_type!r} with {k} components and "
+                f"{d} features expects {shape}. Set it in that layout."
+            )
+    if not all(np.isfinite(v).all() for v in (w, m, cov, chol) if v is not None):
+        raise ValueError("weights_, means_, covariances_ and precisions_cholesky_ must be finite; one holds NaN or inf.")
+    if chol is None:
+        chol = layout.precision_cholesky(cov)
+    if cov is None:
+        cov = layout.covariances(chol)
+    if context is None or np.shape(context) != (d,):
+        context = (w @ m) / w.sum() if w.sum() > 0 else m.mean(0)
+    kept = {key: value for key, value in (previous or {}).items()
+            if key not in ("means", "covariances", "precisions_cholesky", "weights", "covariance_type")}
+    params = {**kept, "means": m - context, "covariances": cov, "precisions_cholesky": chol,
+              "covariance_type": covariance_type, "weights": w}
+    return params, np.asarray(context, dtype=np.float64)
 
 
 def _shift(sample: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
@@ -681,6 +737,10 @@ class GaussianFamily(Family):
         if params.get("compute_dtype", self.compute_dtype) != "float32":
             return 0.0
         return FLOAT32_BOUND_RTOL * max(abs(bound), params["means"].shape[1], 1.0)
+
+    def failure_summary(self, errors):
+        # scikit-learn's own words when covariances collapsed, so that code matching its error still matches.
+        return ILL_DEFINED if any(COLLAPSED in error for error in errors) else None
 
     def bound_fell_hint(self, params):
         if self.prior is not None:

@@ -9,7 +9,7 @@ from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, M
 from ._validation import fail, is_real
 from .starts import data_moments_graph
 from .family import Family
-from .gaussian import GaussianFamily, check_initial_parameters
+from .gaussian import GaussianFamily, check_initial_parameters, parameters_from_attributes
 from .prior import MATRIX_SCALE_TYPES, PRIOR_TYPES, check_spec, needs_moments, prior_spec, resolve_prior
 from .starts import StartPlan
 
@@ -286,6 +286,30 @@ class GaussianMixture(BaseMixture):
         d = params["means"].shape[1]
         prior = resolve_prior(spec, self.covariance_type, self.n_components, d, data_settings["prior_moments"], context)
         return {**params, **prior}
+
+    # As scikit-learn's inference reads them: a model built by setting these, or a fitted model whose
+    # attributes were changed, predicts, scores, samples and warm-starts from them.
+    _attribute_parameters = ("weights_", "means_", "covariances_", "precisions_cholesky_")
+
+    def _adopt_attributes(self, edited: list[str]) -> None:
+        fitted = hasattr(self, "_params")
+        covariance_type = self._params["covariance_type"] if fitted else self.covariance_type
+        if covariance_type not in GAUSSIAN_COVARIANCE_TYPES:
+            raise fail("covariance_type", covariance_type, f"one of {GAUSSIAN_COVARIANCE_TYPES}")
+        attributes = {name: getattr(self, name, None) for name in self._attribute_parameters}
+        self._params, self._context = parameters_from_attributes(
+            covariance_type, attributes, self._params if fitted else None, self._context if fitted else None
+        )
+        if not fitted:
+            self._family = self.make_family()
+            self._transform = self._input_transform()
+        self.n_components_ = len(self._params["weights"])
+        if not hasattr(self, "n_features_in_"):
+            self.n_features_in_ = self._params["means"].shape[1]
+
+    def _n_parameters(self) -> int:
+        """scikit-learn's private spelling of :meth:`n_parameters`, kept so code that calls it runs unchanged."""
+        return self.n_parameters()
 
     def make_family(self) -> Family:
         spec = prior_spec(self.prior)

@@ -131,6 +131,14 @@ def restarts_from(plan: StartPlan, starts: list[dict]) -> list[Restart]:
 # ---------------------------------------------------------------------------
 
 
+class RestartsFailed(ValueError):
+    """Every restart of a fit failed numerically; the message gives each one's reason.
+
+    A ``ValueError``, as scikit-learn raises when a fit's covariances collapse;
+    the command line exits with code 4 on it.
+    """
+
+
 class Preempted(RuntimeError):
     """A stop was requested (SIGTERM): the round in flight finished and was checkpointed.
 

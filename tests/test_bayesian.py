@@ -242,7 +242,7 @@ def _gauss_log_prob(X, ref):
         ({"weight_concentration_prior_type": "dirichlet"}, "weight_concentration_prior_type must be one of"),
         ({"weight_concentration_prior": 0.0}, "weight_concentration_prior must be None or a finite float > 0"),
         ({"mean_precision_prior": -1.0}, "mean_precision_prior must be None or a finite float > 0"),
-        ({"degrees_of_freedom_prior": 1.5}, "degrees_of_freedom_prior must be greater than n_features - 1 = 2"),
+        ({"degrees_of_freedom_prior": 1.5}, "'degrees_of_freedom_prior' should be greater than 2, but got 1.500. It must exceed n_features - 1 = 2"),
         ({"mean_prior": [0.0, 1.0]}, r"mean_prior must be a finite array of shape \(3,\)"),
         ({"covariance_prior": np.eye(2)}, r"covariance_prior must have shape \(3, 3\)"),
         ({"covariance_prior": -np.eye(3)}, "covariance_prior must be symmetric positive definite"),

@@ -135,9 +135,9 @@ def test_m_step_equals_scikit_learn(cov_type, rng):
 
 
 def test_initial_parameters_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match=r"precisions_init must have shape \(3,\) for covariance_type='spherical'"):
+    with pytest.raises(ValueError, match=r"'spherical precision' should have the shape of \(3,\), but got \(3, 2\)"):
         gaussian.check_initial_parameters(3, 2, "spherical", None, None, np.ones((3, 2)))
-    with pytest.raises(ValueError, match="precisions_init must be symmetric positive definite"):
+    with pytest.raises(ValueError, match="'tied precision' should be symmetric, positive-definite"):
         gaussian.check_initial_parameters(3, 2, "tied", None, None, -np.eye(2))
 
 

@@ -161,7 +161,7 @@ def test_missing_store(tmp_path):
 
 
 def test_fewer_rows_than_components(no_compute):
-    with pytest.raises(ValueError, match="X has 3 rows, fewer than n_components=4"):
+    with pytest.raises(ValueError, match="Expected n_samples >= n_components, but X has 3 rows and n_components=4"):
         dask_em.GaussianMixture(4).fit(da.zeros((3, 2), chunks=(2, -1)))
 
 
@@ -243,12 +243,13 @@ BAD_PARAMS = [
     ({"split_every": 1}, r"split_every must be None or an int >= 2; received 1"),
     ({"verbose": -1}, r"verbose must be an int >= 0; received -1"),
     ({"random_state": "seed"}, r"random_state must be None, an int, .*; received 'seed'"),
-    ({"weights_init": [0.5, 0.5]}, r"weights_init must have shape \(3,\) for n_components=3; received shape \(2,\)"),
-    ({"weights_init": [0.5, 0.6, 0.1]}, r"weights_init must sum to 1; received a sum of 1.2"),
-    ({"means_init": np.zeros((3, 5))}, r"means_init must have shape \(3, 2\) .*; received shape \(3, 5\)"),
-    ({"precisions_init": np.zeros((3, 2))}, r"precisions_init must have shape \(3, 2, 2\) for covariance_type='full'"),
-    ({"precisions_init": np.stack([np.eye(2), -np.eye(2), np.eye(2)])}, r"precisions_init\[1\] must be symmetric positive definite"),
-    ({"covariance_type": "diag", "precisions_init": -np.ones((3, 2))}, r"precisions_init must be positive"),
+    ({"weights_init": [0.5, 0.5]}, r"'weights' should have the shape of \(3,\), but got \(2,\): weights_init takes one"),
+    ({"weights_init": [1.5, 0.6, 0.1]}, r"'weights' should be in the range \[0, 1\], but got min value 0.10000, max value 1.5"),
+    ({"weights_init": [0.5, 0.6, 0.1]}, r"'weights' should be normalized, but got sum\(weights\) = 1.20000: divide"),
+    ({"means_init": np.zeros((3, 5))}, r"'means' should have the shape of \(3, 2\), but got \(3, 5\): means_init takes"),
+    ({"precisions_init": np.zeros((3, 2))}, r"'full precision' should have the shape of \(3, 2, 2\), but got \(3, 2\)"),
+    ({"precisions_init": np.stack([np.eye(2), -np.eye(2), np.eye(2)])}, r"'full precision' should be symmetric, positive-definite, but precisions_init\[1\] is not"),
+    ({"covariance_type": "diag", "precisions_init": -np.ones((3, 2))}, r"'diag precision' should be positive, but precisions_init holds 6 value\(s\) <= 0"),
 ]
 
 

@@ -293,7 +293,7 @@ def test_collapse_mid_fit_is_reported_not_nan():
         "means_init": [[0.0, 0.0], [6.0, 6.0]],
         "precisions_init": [np.eye(2), np.eye(2)],
     }
-    with pytest.raises(ValueError, match="every restart failed numerically.*not positive definite"):
+    with pytest.raises(ValueError, match="Every restart failed numerically.*not positive definite"):
         dask_em.GaussianMixture(2, reg_covar=0.0, **start).fit(X)
     gm = dask_em.GaussianMixture(2, **start).fit(X)  # the default reg_covar keeps it finite
     assert np.isfinite(gm.covariances_).all() and np.isfinite(gm.lower_bound_)

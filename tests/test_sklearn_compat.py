@@ -109,7 +109,7 @@ def test_bad_array_likes_say_what_and_how(rng):
         dask_em.GaussianMixture(1).fit(np.array([[{"a": 1}, 1.0]], dtype=object))
     with pytest.raises(TypeError, match="dense data is required"):
         dask_em.GaussianMixture(1).fit(sparse.csr_matrix(np.ones((4, 2))))
-    with pytest.raises(ValueError, match=r"X has 1 rows, fewer than n_components=2 \(n_samples=1"):
+    with pytest.raises(ValueError, match=r"Expected n_samples >= n_components, but X has 1 row and n_components=2"):
         dask_em.GaussianMixture(2).fit([[1.0, 2.0]])
 
 
@@ -295,3 +295,108 @@ def test_nan_is_found_by_the_pass_that_computes_the_result(method, rng):
             with pytest.raises(ValueError, match=r"rows 700-799 \(block 7\); the first is row 790"):
                 dask.compute(getattr(gm, method)(counted))
             assert len(READS) == len(set(READS)) <= 8
+
+
+# -- fitted attributes set by hand ----------------------------------------------------------
+
+
+def _sklearn_model(covariance_type, weights, means, covariances):
+    """scikit-learn's GaussianMixture built from parameters, as its users build one without fitting."""
+    from sklearn.mixture import GaussianMixture
+    from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+    sk = GaussianMixture(len(weights), covariance_type=covariance_type)
+    sk.weights_, sk.means_, sk.covariances_ = weights, means, covariances
+    sk.precisions_cholesky_ = _compute_precision_cholesky(covariances, covariance_type)
+    return sk
+
+
+def _parameters(rng, covariance_type, k=3, d=4):
+    weights = rng.dirichlet(np.ones(k))
+    means = rng.normal(scale=4.0, size=(k, d)) + 50.0  # far from the origin: the context matters
+    a = rng.normal(size=(k, d, d)) / 2
+    full = a @ a.transpose(0, 2, 1) + np.eye(d)
+    covariances = {"full": full, "tied": full[0], "diag": np.diagonal(full, axis1=1, axis2=2).copy(),
+                   "spherical": np.diagonal(full, axis1=1, axis2=2).mean(1)}[covariance_type]
+    return weights, means, covariances
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_a_model_built_from_its_attributes_infers_as_scikit_learn(rng, covariance_type):
+    weights, means, covariances = _parameters(rng, covariance_type)
+    sk = _sklearn_model(covariance_type, weights, means, covariances)
+    X = means[rng.integers(0, 3, 500)] + rng.normal(size=(500, 4))
+    gm = dask_em.GaussianMixture(3, covariance_type=covariance_type)
+    gm.weights_, gm.means_, gm.covariances_ = weights, means, covariances
+    gm.precisions_cholesky_ = sk.precisions_cholesky_
+    assert_close(gm.score_samples(X), sk.score_samples(X), rtol=1e-10)
+    assert_close(gm.predict_proba(X), sk.predict_proba(X), rtol=1e-10)
+    np.testing.assert_array_equal(gm.predict(X), sk.predict(X))
+    assert gm.bic(X) == pytest.approx(sk.bic(X), rel=1e-10)
+    rows, labels = gm.sample(20_000)
+    assert rows.shape == (20_000, 4) and np.bincount(labels, minlength=3).sum() == 20_000
+    for j in range(3):  # the draws follow the means set by hand
+        assert_close(rows[labels == j].mean(0), means[j], rtol=0.02)
+    # covariances_ alone is enough: the Cholesky factors of the precisions follow from it
+    alone = dask_em.GaussianMixture(3, covariance_type=covariance_type)
+    alone.weights_, alone.means_, alone.covariances_ = weights, means, covariances
+    assert_close(alone.score_samples(X), sk.score_samples(X), rtol=1e-10)
+
+
+def test_attributes_changed_after_fit_are_the_model_as_in_scikit_learn(rng):
+    X = rng.normal(scale=5.0, size=(3, 3))[rng.integers(0, 3, 600)] + rng.normal(size=(600, 3))
+    gm = dask_em.GaussianMixture(3, random_state=0).fit(X)
+    sk = _sklearn_model("full", gm.weights_, gm.means_, gm.covariances_)
+    assert_close(gm.score_samples(X), sk.score_samples(X), rtol=1e-10)
+    gm.means_ = gm.means_ + 0.3  # assigned
+    sk.means_ = sk.means_ + 0.3
+    assert_close(gm.score_samples(X), sk.score_samples(X), rtol=1e-10)
+    gm.means_[0] -= 0.5  # in place
+    sk.means_[0] -= 0.5
+    assert_close(gm.score_samples(X), sk.score_samples(X), rtol=1e-10)
+    np.testing.assert_array_equal(gm.predict(X), sk.predict(X))
+    # a warm start continues from the changed parameters, as scikit-learn's does
+    from sklearn.mixture import GaussianMixture
+
+    gm.set_params(warm_start=True, max_iter=1)
+    ref = GaussianMixture(3, warm_start=True, max_iter=1)
+    ref.weights_, ref.means_, ref.covariances_ = gm.weights_.copy(), gm.means_.copy(), gm.covariances_.copy()
+    ref.precisions_cholesky_, ref.converged_, ref.lower_bound_ = gm.precisions_cholesky_.copy(), False, -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+        ref.fit(X)
+    assert_close(gm.means_, ref.means_, rtol=1e-8)
+    assert_close(gm.covariances_, ref.covariances_, rtol=1e-8)
+
+
+def test_an_unchanged_fitted_model_keeps_its_float64_state(rng):
+    X, _, _ = mixture(rng, n=400, d=3, k=2)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X.astype(np.float32))
+    assert gm.means_.dtype == np.float32
+    before = gm.score_samples(X)
+    gm.means_ = gm.means_.copy()  # the same values: nothing to take back
+    np.testing.assert_array_equal(gm.score_samples(X), before)
+    state = gm.fitted_state()
+    assert state.params["means"].dtype == np.float64
+    restored = pickle.loads(pickle.dumps(gm))
+    np.testing.assert_array_equal(restored.score_samples(X), before)
+
+
+def test_attributes_a_model_cannot_read_back_are_refused_not_ignored(rng):
+    X, _, _ = mixture(rng, n=400, d=2, k=2)
+    bgm = dask_em.BayesianGaussianMixture(n_components=2, random_state=0, max_iter=20).fit(X)
+    bgm.means_ = bgm.means_ + 5.0
+    with pytest.raises(ValueError, match="means_ of this BayesianGaussianMixture changed after fit"):
+        bgm.predict(X)
+    hand = dask_em.BayesianGaussianMixture(n_components=2)
+    hand.weights_ = np.array([0.5, 0.5])
+    with pytest.raises(AttributeError, match="has weights_ but was not fitted"):
+        hand.predict(X)
+    partial = dask_em.GaussianMixture(2)
+    partial.weights_, partial.means_ = np.array([0.5, 0.5]), np.zeros((2, 2))
+    with pytest.raises(AttributeError, match="covariances_, precisions_cholesky_ not set"):
+        partial.predict(X)
+    partial.covariances_ = np.ones((3, 2, 2))
+    with pytest.raises(ValueError, match=r"covariances_ has shape \(3, 2, 2\); covariance_type='full' with 2 "):
+        partial.predict(X)

@@ -76,9 +76,13 @@ class FittedMixture:
 
     def _edited_attributes(self) -> list[str]:
         """The watched attributes that differ from the fitted state's (those set, when there is none)."""
-        published = getattr(self, "_published", None)
-        if published is None or not hasattr(self, "_params"):
+        if not hasattr(self, "_params"):
             return [name for name in self._attribute_parameters or ("weights_",) if hasattr(self, name)]
+        published = getattr(self, "_published", None)
+        if published is None:  # pickled by a dask-em that kept no record: its attributes are taken as fitted
+            names = self._attribute_parameters or ["weights_", *self._family.to_public(self._params, self._context)]
+            self._published = self._snapshot(names)
+            return []
         return [name for name, value in published.items() if not _same(getattr(self, name, None), value)]
 
     def _adopt_attributes(self, edited: list[str]) -> None:

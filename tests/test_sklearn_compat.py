@@ -381,6 +381,11 @@ def test_an_unchanged_fitted_model_keeps_its_float64_state(rng):
     assert state.params["means"].dtype == np.float64
     restored = pickle.loads(pickle.dumps(gm))
     np.testing.assert_array_equal(restored.score_samples(X), before)
+    del gm._published  # as a model pickled before attributes were watched: its float64 state stands
+    older = pickle.loads(pickle.dumps(gm))
+    np.testing.assert_array_equal(older.score_samples(X), before)
+    older.means_ = older.means_ + np.float32(1.0)  # and later changes still count
+    assert not np.allclose(older.score_samples(X), before)
 
 
 def test_attributes_a_model_cannot_read_back_are_refused_not_ignored(rng):

@@ -105,3 +105,18 @@ def test_scikit_learn_mixture_suite_passes_against_dask_em(tmp_path):
     passed = sum(got.count("passed") for got in outcomes.values())
     # scikit-learn 1.9: 134 passing cases with numpy and array-api-strict, float32 and float64.
     assert passed >= 130, f"only {passed} of scikit-learn's test cases ran and passed:\n{run.stdout[-3000:]}"
+
+
+def test_scikit_learn_array_api_checks_pass_with_scipy_array_api():
+    """``check_array_api_input``, which scikit-learn skips unless ``SCIPY_ARRAY_API=1`` is set before scipy is
+    imported: run for the five estimators in a child pytest that sets it."""
+    pytest.importorskip("array_api_strict")
+    checks = Path(__file__).with_name("test_sklearn_checks.py")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "-k", "check_array_api_input",
+         str(checks)],
+        cwd=checks.parent.parent, env={**os.environ, "SCIPY_ARRAY_API": "1"}, capture_output=True, text=True,
+        timeout=600,
+    )
+    summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-2000:]
+    assert run.returncode == 0 and re.search(r"\b5 passed\b", summary) and "skipped" not in summary, run.stdout[-4000:]

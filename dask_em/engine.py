@@ -27,6 +27,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.local
 import numpy as np
 from dask.base import tokenize
 from dask.delayed import Delayed, delayed
@@ -389,7 +390,8 @@ def take_blocks(X, index: list[int]):
 
 def local_rows(X: da.Array) -> LocalRows:
     """The blocks of an in-memory dask array (one compute, views of its numpy array)."""
-    blocks = list(dask.compute(*X.to_delayed().ravel(), scheduler="sync"))
+    # The getter itself, not its name: a name makes dask import distributed to look for a Client (0.3 s).
+    blocks = list(dask.compute(*X.to_delayed().ravel(), scheduler=dask.local.get_sync))
     return LocalRows(blocks, X.chunks, X.shape)
 
 

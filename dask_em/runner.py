@@ -28,11 +28,13 @@ import logging
 import os
 import threading
 import time
+import sys
 import uuid
 from typing import Any, Callable, Iterator
 
 import dask
 import dask.array as da
+import dask.threaded
 
 logger = logging.getLogger("dask_em")
 
@@ -86,6 +88,8 @@ def scheduler_address() -> str | None:
 
 def active_client():
     """The Client the user made, or None."""
+    if "distributed" not in sys.modules:  # no Client can exist: importing distributed to ask costs 0.3 s
+        return None
     try:
         from distributed import default_client
     except ImportError:  # pragma: no cover - distributed is a dependency
@@ -164,7 +168,8 @@ class Runner:
         out what the lost attempt already finished (chunks written to a store).
         """
         if self.client is None:
-            (value,) = dask.compute(build(), scheduler="threads")
+            # The getter itself, not "threads": a name makes dask import distributed to look for a Client.
+            (value,) = dask.compute(build(), scheduler=dask.threaded.get)
             return value
         if self.reconnect_timeout is None:
             return self.client.gather(self.client.compute(build()))

@@ -308,3 +308,23 @@ def test_inference_in_a_forked_child(rng):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(model.predict, (X,), {"chunk_rows": 500}).get(timeout=60)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_a_local_fit_does_not_import_distributed():
+    """No Client can exist before ``distributed`` is imported, and importing it to look for one cost 0.3 s of a
+    small first fit: in-memory fits, inference and sampling on local threads leave it unimported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dask.array as da, dask_em\n"
+        "X = np.random.default_rng(0).standard_normal((400, 2))\n"
+        "gm = dask_em.GaussianMixture(2, random_state=0).fit(X)\n"
+        "gm.predict(X); gm.score(X); gm.sample(5); gm.bic(X)\n"
+        "gm.fit(da.from_array(X, chunks=100))\n"
+        "dask_em.BernoulliMixture(2, random_state=0).fit((X > 0).astype(np.uint8))\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False"

@@ -279,15 +279,16 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         starts and ``n_init``, and the first iteration's change is measured from
         the last fit's ``lower_bound_``.
         """
-        if not self.warm_start or not hasattr(self, "_params") or not hasattr(self, "converged_"):
-            return None  # as scikit-learn's: a model built from its attributes by hand starts afresh
-        self.fitted_state()  # attributes changed since the last fit are where it continues from
+        if not self.warm_start or not hasattr(self, "converged_") or not hasattr(self, "weights_"):
+            return None  # as scikit-learn's: warm only after a fit (or with converged_ set by hand)
+        self.fitted_state()  # attributes set or changed by hand are where it continues from
         if d != self.n_features_in_:
             raise ValueError(
                 f"warm_start=True continues the last fit, which had {self.n_features_in_} features; X has {d}. "
                 "Pass the columns of the last fit, or set warm_start=False to start afresh."
             )
-        best = self.restarts_[self.best_restart_] if 0 <= self.best_restart_ < len(self.restarts_) else {}
+        restarts, index = getattr(self, "restarts_", []), getattr(self, "best_restart_", -1)
+        best = restarts[index] if 0 <= index < len(restarts) else {}
         wanted = self._settings_shape()
         fitted = getattr(self, "_fitted_with", wanted)  # a model pickled by an older dask-em has none
         if fitted != wanted:
@@ -297,7 +298,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             )
         restart = Restart(0, int(best.get("seed", 0)), dict(self._params), self._variant(), start="warm_start")
         # float64 even for float32 input; a store keeps -inf (no iteration yet) as null
-        bound = best.get("lower_bound", self.lower_bound_)
+        bound = best.get("lower_bound", getattr(self, "lower_bound_", -np.inf))
         restart.entry_bound = -np.inf if bound is None else float(bound)
         return restart
 
@@ -426,6 +427,9 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         data = prep.data
         n, d = data.shape
         stream = getattr(self, "_stream", None)
+        if hasattr(self, "weights_") and self._edited_attributes():
+            self.fitted_state()  # attributes set or changed by hand: the stream goes on from them
+            stream = self._stream = None
         if (stream is not None or hasattr(self, "_params")) and d != self.n_features_in_:
             raise ValueError(
                 f"X has {d} features, but {type(self).__name__} is expecting {self.n_features_in_} features "
@@ -441,7 +445,6 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             if stream is not None:
                 context, restarts = stream["context"], stream["restarts"]
             elif hasattr(self, "_params"):  # after fit: one restart from the fitted parameters
-                self.fitted_state()  # attributes changed since are where it continues from
                 context = self._context
                 restarts = [Restart(0, 0, dict(self._params), self._variant(), start="fit")]
             else:

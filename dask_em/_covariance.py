@@ -178,7 +178,7 @@ class FullLayout:
         for i, mat in enumerate(p):
             if not np.allclose(mat, mat.T) or np.linalg.eigvalsh(mat).min() <= 0:
                 raise ValueError(
-                    f"The parameter 'full precision' should be symmetric, positive-definite, but precisions_init[{i}] "
+                    f"The parameter '{self.name} precision' should be symmetric, positive-definite, but precisions_init[{i}] "
                     "is not: pass each component's inverse covariance."
                 )
 

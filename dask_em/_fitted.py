@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,10 @@ def information_criteria(mean_log_likelihood: float, n_samples: int, n_parameter
     }
 
 
+# Held while an estimator takes its fitted attributes as its parameters (FittedMixture.fitted_state).
+_ADOPTING = threading.RLock()
+
+
 @dataclass
 class FittedState:
     """What inference and the model store need of a fitted model: its family, context and parameters."""
@@ -60,11 +65,27 @@ class FittedMixture:
         cannot says so rather than use parameters its attributes no longer show.
         """
         check_is_fitted(self, "weights_")
-        edited = self._edited_attributes()
-        if edited:
-            self._adopt_attributes(edited)
-            self._published = self._snapshot(self._attribute_parameters)
+        if self._edited_attributes():
+            with _ADOPTING:  # one thread takes the attributes; the others find them taken
+                edited = self._edited_attributes()
+                if edited:
+                    self._adopt_attributes(edited)
+                    self._published = self._snapshot(self._attribute_parameters)
         return FittedState(self._family, self._context, self._params)
+
+    def __getstate__(self):
+        # Attributes changed since the last inference are made the model first, so that the copy (which records
+        # its attributes as fitted when it is loaded) is the model they show.
+        refused = False
+        if hasattr(self, "_params") and hasattr(self, "weights_"):
+            try:
+                self.fitted_state()
+            except (ValueError, AttributeError):  # refused edits travel with their record, refused again
+                refused = True
+        state = dict(super().__getstate__())  # object's is the instance's own __dict__: not to be popped
+        if not refused:
+            state.pop("_published", None)  # recorded again on load: half the size of the parameters
+        return state
 
     # The fitted attributes :meth:`_adopt_attributes` builds a model from, as scikit-learn's inference reads
     # them; None: the estimator cannot, and every attribute its fitted state sets is watched for edits.
@@ -105,13 +126,13 @@ class FittedMixture:
 
     # -- inference --------------------------------------------------------------
 
-    def _prepare_inference(self, X, kwargs: dict) -> Prepared:
+    def _prepare_inference(self, X, kwargs: dict, state: FittedState | None = None) -> Prepared:
         """``X`` checked as fit checks it, from metadata only: shape, feature count and names, dtype.
 
         Its rows (NaN, inf, a family's invalid values) are checked by the pass that computes
         the result (``engine.infer_block``), not by another one.
         """
-        state = self.fitted_state()
+        state = state or self.fitted_state()
         prep = as_dask_array(X, **kwargs)
         d = prep.data.shape[1]
         if d != self.n_features_in_:
@@ -131,7 +152,7 @@ class FittedMixture:
         """``what`` of the rows of ``X``: in ``dtype`` where given, else the output's (:meth:`_output_dtype`)."""
         state = self.fitted_state()
         block_state = {"family": state.family, "context": state.context, "params": state.params}
-        prep = self._prepare_inference(X, kwargs)
+        prep = self._prepare_inference(X, kwargs, state)
         if dtype is None:
             dtype = np.int64 if what == "labels" else self._output_dtype(prep.data.dtype, what)
         if not prep.lazy and prep.foreign is not None:  # an in-memory array of another library, on its device
@@ -357,9 +378,12 @@ class FittedMixture:
     # -- reprs --------------------------------------------------------------------
 
     def _summary_rows(self) -> list[tuple[str, str]]:
+        self.fitted_state()  # a model built from its attributes by hand: its counts
         weights = " ".join(f"{w:.3f}" for w in to_numpy(self.weights_))
-        return [
-            ("components", f"{self.n_components_} ({self._describe()}, {self.n_features_in_} features)"),
+        rows = [("components", f"{self.n_components_} ({self._describe()}, {self.n_features_in_} features)")]
+        if not hasattr(self, "restarts_"):  # set by hand, not fitted
+            return rows + [("fitted", "no: parameters set by hand"), ("weights", weights)]
+        return rows + [
             ("converged", f"{self.converged_} after {self.n_iter_} iterations"),
             ("lower bound", f"{self.lower_bound_:.6f} (mean log-likelihood per row)"),
             ("restarts", f"{len(self.restarts_)}, best: {self.best_restart_}"),
@@ -464,8 +488,9 @@ def _same(value, snapshot) -> bool:
         current = to_numpy(value)
     except (TypeError, ValueError):
         return False
-    return (isinstance(current, np.ndarray) and current.shape == snapshot.shape
-            and np.array_equal(current, snapshot, equal_nan=current.dtype.kind in "fc"))
+    # Bytes, not values: a memcmp (NaN equal to the same NaN), without the boolean array of an elementwise ==.
+    return (isinstance(current, np.ndarray) and current.shape == snapshot.shape and current.dtype == snapshot.dtype
+            and current.tobytes() == snapshot.tobytes())
 
 
 def restore_fitted(model, state: FittedState, fitted: dict):

@@ -261,10 +261,11 @@ def parameters_from_attributes(covariance_type: str, attributes: dict, previous:
     w, m = values.get("weights_"), values.get("means_")
     cov, chol = values.get("covariances_"), values.get("precisions_cholesky_")
     if w is None or m is None or (cov is None and chol is None):
-        missing = [name for name, value in values.items() if value is None]
+        missing = [name for name, value in (("weights_", w), ("means_", m)) if value is None]
+        missing += ["covariances_ (or precisions_cholesky_)"] if cov is None and chol is None else []
         raise AttributeError(
             f"a GaussianMixture built from its attributes needs weights_, means_ and covariances_ or "
-            f"precisions_cholesky_; {', '.join(missing)} not set. Set them, or call fit."
+            f"precisions_cholesky_; {' and '.join(missing)} not set. Set them, or call fit."
         )
     k = w.shape[0] if w.ndim == 1 else -1
     if w.ndim != 1 or m.ndim != 2 or m.shape[0] != k:

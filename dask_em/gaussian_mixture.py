@@ -297,15 +297,27 @@ class GaussianMixture(BaseMixture):
         if covariance_type not in GAUSSIAN_COVARIANCE_TYPES:
             raise fail("covariance_type", covariance_type, f"one of {GAUSSIAN_COVARIANCE_TYPES}")
         attributes = {name: getattr(self, name, None) for name in self._attribute_parameters}
-        self._params, self._context = parameters_from_attributes(
+        if fitted:  # what was not changed keeps its float64 value (a float32 attribute is a rounded copy)
+            p = self._params
+            kept = {"weights_": p["weights"], "means_": p["means"] + self._context, "covariances_": p["covariances"],
+                    "precisions_cholesky_": p["precisions_cholesky"]}
+            attributes.update({name: value for name, value in kept.items() if name not in edited})
+            # One of the pair changed: the other follows from it, so that inference and sample agree.
+            pair = {"covariances_", "precisions_cholesky_"}
+            if len(pair & set(edited)) == 1:
+                attributes[(pair - set(edited)).pop()] = None
+        params, context = parameters_from_attributes(
             covariance_type, attributes, self._params if fitted else None, self._context if fitted else None
         )
+        # The parameters last: another thread's inference that sees them finds the rest in place.
         if not fitted:
             self._family = self.make_family()
             self._transform = self._input_transform()
-        self.n_components_ = len(self._params["weights"])
+        self.n_components_ = len(params["weights"])
         if not hasattr(self, "n_features_in_"):
-            self.n_features_in_ = self._params["means"].shape[1]
+            self.n_features_in_ = params["means"].shape[1]
+        self._context = context
+        self._params = params
 
     def _n_parameters(self) -> int:
         """scikit-learn's private spelling of :meth:`n_parameters`, kept so code that calls it runs unchanged."""

@@ -400,8 +400,59 @@ def test_attributes_a_model_cannot_read_back_are_refused_not_ignored(rng):
         hand.predict(X)
     partial = dask_em.GaussianMixture(2)
     partial.weights_, partial.means_ = np.array([0.5, 0.5]), np.zeros((2, 2))
-    with pytest.raises(AttributeError, match="covariances_, precisions_cholesky_ not set"):
+    with pytest.raises(AttributeError, match=r"covariances_ \(or precisions_cholesky_\) not set"):
         partial.predict(X)
     partial.covariances_ = np.ones((3, 2, 2))
     with pytest.raises(ValueError, match=r"covariances_ has shape \(3, 2, 2\); covariance_type='full' with 2 "):
         partial.predict(X)
+
+
+def test_a_hand_built_model_warm_starts_and_streams_from_its_attributes(rng):
+    from sklearn.mixture import GaussianMixture
+
+    X = rng.normal(scale=5.0, size=(2, 3))[rng.integers(0, 2, 400)] + rng.normal(size=(400, 3))
+    weights, means, covariances = np.array([0.4, 0.6]), X[:2] + 0.5, np.stack([np.eye(3), 2 * np.eye(3)])
+    sk = _sklearn_model("full", weights, means, covariances)
+    sk.set_params(warm_start=True, max_iter=2)
+    sk.converged_, sk.lower_bound_ = False, -np.inf  # scikit-learn continues a model that has converged_
+    gm = dask_em.GaussianMixture(2, warm_start=True, max_iter=2)
+    gm.weights_, gm.means_, gm.covariances_ = weights, means, covariances
+    gm.precisions_cholesky_, gm.converged_, gm.lower_bound_ = sk.precisions_cholesky_, False, -np.inf
+    assert "parameters set by hand" in gm.summary() and "GaussianMixture" in repr(gm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+        sk.fit(X)
+    assert_close(gm.means_, sk.means_, rtol=1e-8)
+    assert_close(gm.covariances_, sk.covariances_, rtol=1e-8)
+    # a partial_fit stream goes on from attributes changed between its batches
+    stream = dask_em.GaussianMixture(2, random_state=0).partial_fit(X[:200])
+    stream.means_ = stream.means_ + 0.3
+    hand = dask_em.GaussianMixture(2)
+    hand.weights_, hand.means_, hand.covariances_ = stream.weights_, stream.means_, stream.covariances_
+    stream.partial_fit(X[200:])
+    hand.partial_fit(X[200:])
+    assert_close(stream.means_, hand.means_, rtol=1e-10)
+
+
+def test_one_of_covariances_and_their_cholesky_factors_changed_moves_the_other(rng):
+    X = rng.normal(scale=5.0, size=(2, 3))[rng.integers(0, 2, 400)] + rng.normal(size=(400, 3))
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    gm.covariances_ = gm.covariances_ * 4.0
+    ref = _sklearn_model("full", gm.weights_, gm.means_, gm.covariances_)
+    assert_close(gm.score_samples(X), ref.score_samples(X), rtol=1e-10)
+    rows, labels = gm.sample(20_000)
+    assert_close(np.cov(rows[labels == 0].T), gm.covariances_[0], rtol=0.1)
+
+
+def test_a_pickle_carries_changed_attributes_and_refusals(rng):
+    X = rng.normal(scale=5.0, size=(2, 2))[rng.integers(0, 2, 300)] + rng.normal(size=(300, 2))
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    gm.means_ = gm.means_ + 0.5  # pickled before any inference read it
+    ref = _sklearn_model("full", gm.weights_, gm.means_, gm.covariances_)
+    copy = pickle.loads(pickle.dumps(gm))
+    assert_close(copy.score_samples(X), ref.score_samples(X), rtol=1e-10)
+    bgm = dask_em.BayesianGaussianMixture(n_components=2, random_state=0, max_iter=20).fit(X)
+    bgm.means_ = bgm.means_ + 0.5
+    with pytest.raises(ValueError, match="means_ of this BayesianGaussianMixture changed after fit"):
+        pickle.loads(pickle.dumps(bgm)).predict(X)

@@ -419,6 +419,8 @@ def test_a_hand_built_model_warm_starts_and_streams_from_its_attributes(rng):
     gm.weights_, gm.means_, gm.covariances_ = weights, means, covariances
     gm.precisions_cholesky_, gm.converged_, gm.lower_bound_ = sk.precisions_cholesky_, False, -np.inf
     assert "parameters set by hand" in gm.summary() and "GaussianMixture" in repr(gm)
+    with pytest.raises(ValueError, match="parameters were set by hand, and the model store keeps fitted models"):
+        dask_em.save(gm, "never-written.zarr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gm.fit(X)

@@ -98,6 +98,14 @@ def not_positive_definite(component: int | None) -> NotPositiveDefiniteError:
     )
 
 
+def _multivariate_normal(rng, mean: np.ndarray, cov: np.ndarray, count: int) -> np.ndarray:
+    """``count`` draws: a ``RandomState`` draws as scikit-learn's ``sample`` (its SVD method, its rows for its
+    seed), a ``Generator`` by the Cholesky factor."""
+    if isinstance(rng, np.random.RandomState):
+        return rng.multivariate_normal(mean, cov, count)
+    return rng.multivariate_normal(mean, cov, count, method="cholesky")
+
+
 def _chol_precision_from_cov(cov: np.ndarray, component: int | None) -> np.ndarray:
     # The finiteness check once, here: scipy's own (check_finite) on both calls cost
     # half of a small fit's M-step (breast_cancer, K=2, n_init=10), with the same LAPACK results.
@@ -348,7 +356,7 @@ class FullLayout:
     # -- sampling -----------------------------------------------------------
 
     def draw(self, mean, cov, j: int, count: int, rng: np.random.Generator) -> np.ndarray:
-        return rng.multivariate_normal(mean, cov[j], count, method="cholesky")
+        return _multivariate_normal(rng, mean, cov[j], count)
 
 
 class TiedLayout(FullLayout):
@@ -396,7 +404,7 @@ class TiedLayout(FullLayout):
         return nk, new_means, cov
 
     def draw(self, mean, cov, j, count, rng):
-        return rng.multivariate_normal(mean, cov, count, method="cholesky")
+        return _multivariate_normal(rng, mean, cov, count)
 
 
 # ---------------------------------------------------------------------------

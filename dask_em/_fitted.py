@@ -360,17 +360,25 @@ class FittedMixture:
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
-            The rows, grouped by component.
+            The rows, grouped by component. For the Gaussian mixtures with an
+            int ``random_state``, drawn as scikit-learn draws them (its
+            ``RandomState`` stream): a model equal to scikit-learn's gives its
+            rows.
         y : ndarray of shape (n_samples,)
             The component each row was drawn from.
         """
         check_is_fitted(self, "weights_")
         if not is_int(n_samples) or n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sample draws an int >= 1 rows.")
-        rng = np.random.default_rng(seed_sequence(self.random_state).spawn(1)[0] if self.random_state is not None else None)
+        state = self.fitted_state()
+        seed = self.random_state
+        if state.family.draws_as_scikit_learn and is_int(seed) and 0 <= seed < 2**32:
+            # scikit-learn's stream and draws: the same random_state gives its rows (to the parameters' round-off)
+            rng = np.random.RandomState(int(seed))
+        else:
+            rng = np.random.default_rng(seed_sequence(seed).spawn(1)[0] if seed is not None else None)
         counts = rng.multinomial(n_samples, to_numpy(self.weights_))
         labels = np.repeat(np.arange(len(counts)), counts)
-        state = self.fitted_state()
         rows = state.family.sample(state.params, labels, state.context, rng)
         on = getattr(self, "_public_like", None)  # scikit-learn's array-API convention: the fit's namespace
         return (rows, labels) if on is None else (like(rows, on), like(labels, on))

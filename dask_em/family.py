@@ -470,6 +470,10 @@ class Family:
     def bound_resolution(self, bound: float, params: Params) -> float:
         return 0.0
 
+    # Whether :meth:`sample` takes a ``RandomState`` and draws as scikit-learn's mixtures do (its rows for its
+    # random_state); otherwise it gets a ``Generator``.
+    draws_as_scikit_learn = False
+
     def failure_summary(self, errors: list[str]) -> str | None:
         """The sentence that leads the error of a fit whose every restart failed with ``errors`` (None: none)."""
         return None

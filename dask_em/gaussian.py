@@ -703,6 +703,8 @@ class GaussianFamily(Family):
         k, d = params["means"].shape
         return n_parameters(k, d, params["covariance_type"]) - (k - 1)
 
+    draws_as_scikit_learn = True
+
     def sample(self, params, labels, context, rng):
         layout = LAYOUTS[params["covariance_type"]]
         counts = np.bincount(labels, minlength=len(params["weights"]))

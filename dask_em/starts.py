@@ -24,7 +24,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
-from ._validation import seed_sequence
+from ._validation import is_int, seed_sequence
 from .family import Family
 from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -300,6 +300,10 @@ class StartPlan:
     ) -> "StartPlan":
         *children, sample_seed = seed_sequence(random_state).spawn(n_starts + 1)
         seeds = [int(c.generate_state(1)[0]) for c in children]
+        if is_int(random_state) and 0 <= random_state < 2**32 and seeds:
+            # scikit-learn's first initialisation draws from RandomState(random_state): so does the first
+            # restart's, and the same random_state gives scikit-learn's start where the sample is every row.
+            seeds[0] = int(random_state)
         size = sample_size or default_sample_size(n_samples, settings["n_components"])
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)

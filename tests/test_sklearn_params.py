@@ -123,6 +123,31 @@ def test_the_default_tol_is_the_change_rule_at_scikit_learns_threshold(rows, cov
     assert_same_model(ours, ref, cov_type)
 
 
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+@pytest.mark.parametrize("init_params", ["kmeans", "random"])
+def test_the_same_random_state_gives_scikit_learns_fit(rows, ours, theirs, init_params):
+    """No start passed, no seed looked up: an int random_state seeds the first restart as scikit-learn's first
+    initialisation, so code that fixes random_state gets scikit-learn's numbers (a sample of every row)."""
+    for cov_type in COV_TYPES:
+        for seed in (0, 7):
+            kw = dict(n_components=3, covariance_type=cov_type, init_params=init_params, random_state=seed)
+            model, ref = quiet(ours(**kw).fit, rows), quiet(theirs(**kw).fit, rows)
+            assert model.restarts_[0]["seed"] == seed
+            assert_same_model(model, ref, f"{ours.__name__} {cov_type} {init_params} seed {seed}")
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_the_same_random_state_samples_scikit_learns_rows(rows, ours, theirs):
+    for cov_type in COV_TYPES:
+        kw = dict(n_components=3, covariance_type=cov_type, random_state=4)
+        model, ref = quiet(ours(**kw).fit, rows), quiet(theirs(**kw).fit, rows)
+        for n in (1, 500):
+            X, y = model.sample(n)
+            X_ref, y_ref = ref.sample(n)
+            np.testing.assert_array_equal(y, y_ref)
+            close(X, X_ref, f"{ours.__name__} {cov_type}: sample({n})", 1e-6)
+
+
 def test_aitken_under_auto_stops_no_later_than_one_nat_in_all():
     """tol=1e-3 with acceleration keeps the rule's own threshold: 1/n_samples within [1e-6, 1e-3]."""
     gm = dask_em.GaussianMixture(accelerate="squarem")
@@ -437,8 +462,9 @@ DIFFERENCES = {
     ),
     "max_iter": "none (`0` returns the start); a SQUAREM or stepwise pass counts as one iteration",
     "n_init": (
-        "restarts run side by side, sharing every read; each has its own seed from "
-        "`SeedSequence.spawn`, reported in `restarts_`"
+        "restarts run side by side, sharing every read; each has its own seed (the first an int "
+        "`random_state` itself, the others from `SeedSequence.spawn`), reported in `restarts_`: scikit-learn's later "
+        "initialisations continue the first one's stream, so with `n_init > 1` the later starts differ"
     ),
     "init_params": (
         "same names (plus `\"hierarchical\"` for GaussianMixture), computed on a uniform sample of "
@@ -454,7 +480,11 @@ DIFFERENCES = {
     "mean_prior": "none (the default's mean of all rows comes from a pass shared with the start's reads)",
     "degrees_of_freedom_prior": "none",
     "covariance_prior": "none (the default's covariance of all rows comes from the same pass)",
-    "random_state": "any seed, `SeedSequence`, `Generator` or `RandomState`; it drives the sample, every restart's stream and `sample`",
+    "random_state": (
+        "any seed, `SeedSequence`, `Generator` or `RandomState`; it drives the sample, every restart's stream and "
+        "`sample`. An int seeds the first restart's `RandomState` as scikit-learn's first initialisation: with "
+        "`n_init=1` on a sample of every row, the same `random_state` gives scikit-learn's fit"
+    ),
     "warm_start": (
         "none: each `fit` is one restart from the last fit's parameters (fitted by `fit`, `partial_fit` or "
         "loaded from a model store), its first change measured from the last `lower_bound_`, the "

@@ -355,7 +355,7 @@ class FullLayout:
 
     # -- sampling -----------------------------------------------------------
 
-    def draw(self, mean, cov, j: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    def draw(self, mean, cov, j: int, count: int, rng: np.random.Generator | np.random.RandomState) -> np.ndarray:
         return _multivariate_normal(rng, mean, cov[j], count)
 
 

@@ -431,7 +431,7 @@ class Family:
     def n_parameters(self, params: Params) -> int:
         raise _missing(self, 'n_parameters')
 
-    def sample(self, params: Params, labels: np.ndarray, context: Any, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, params: Params, labels: np.ndarray, context: Any, rng: np.random.Generator | np.random.RandomState) -> np.ndarray:
         raise _missing(self, 'sample')
 
     # -- optional, with defaults --------------------------------------------
@@ -470,8 +470,9 @@ class Family:
     def bound_resolution(self, bound: float, params: Params) -> float:
         return 0.0
 
-    # Whether :meth:`sample` takes a ``RandomState`` and draws as scikit-learn's mixtures do (its rows for its
-    # random_state); otherwise it gets a ``Generator``.
+    # Part of the contract: whether :meth:`sample` takes a ``RandomState`` (an int random_state) and draws as
+    # scikit-learn's mixtures do, its rows for its random_state; otherwise it always gets a ``Generator``. A
+    # subclass of the Gaussian family that overrides sample with Generator-only calls sets it back to False.
     draws_as_scikit_learn = False
 
     def failure_summary(self, errors: list[str]) -> str | None:

@@ -74,10 +74,11 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
     if not hasattr(model, "weights_"):
         raise ValueError("the model is not fitted; call fit before save.")
     if not hasattr(model, "restarts_"):
+        how = (" max_iter=0 with weights_init, means_init and precisions_init gives a fitted model holding exactly "
+               "those parameters." if "precisions_init" in model.get_params() else "")
         raise ValueError(
             f"this {type(model).__name__}'s parameters were set by hand, and the model store keeps fitted models "
-            "(with their iterations and bounds). Fit it first: max_iter=0 with weights_init, means_init and "
-            "precisions_init gives a fitted model holding exactly those parameters."
+            f"(with their iterations and bounds). Fit it first.{how}"
         )
     state = model.fitted_state()
     context = state.context

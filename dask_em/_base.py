@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from . import checkpoint as ckpt
 from ._namespace import device, like, namespace
-from ._validation import fail, is_int, is_real, seed_sequence
+from ._validation import check_random_state_kind, fail, is_int, is_real
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from . import stepwise
 from ._fitted import FittedMixture
@@ -205,7 +205,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             raise fail("verbose", self.verbose, "an int >= 0")
         if not is_int(self.verbose_interval) or self.verbose_interval < 1:
             raise fail("verbose_interval", self.verbose_interval, "an int >= 1")
-        seed_sequence(self.random_state)
+        check_random_state_kind(self.random_state)  # nothing drawn: a RandomState's stream is the start's
         if self.missing not in MISSING_MODES:
             raise fail("missing", self.missing, f"one of {MISSING_MODES} (NaN refused, or marginalised by EM)")
         self.make_family()  # a family that cannot marginalise is refused here, with the reason
@@ -794,6 +794,11 @@ def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
     starts = runner.compute([plan.graph(data, w, salt) for plan in plans])
     context = starts[0][0]
     groups = []
+    for plan, (_, own_starts) in zip(plans, starts):
+        # A RandomState given as random_state is left where its start left the stream, as scikit-learn's is.
+        state = own_starts[0].pop("rng_state", None) if own_starts else None
+        if state is not None and plan.owner is not None:
+            plan.owner.set_state(state)
     for plan, (own_context, own_starts) in zip(plans, starts):
         # Models whose samples differ (a Gaussian grid with K > 20) are re-expressed under one context.
         if own_context is not context:

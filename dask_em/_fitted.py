@@ -375,6 +375,8 @@ class FittedMixture:
         if state.family.draws_as_scikit_learn and is_int(seed) and 0 <= seed < 2**32:
             # scikit-learn's stream and draws: the same random_state gives its rows (to the parameters' round-off)
             rng = np.random.RandomState(int(seed))
+        elif state.family.draws_as_scikit_learn and isinstance(seed, np.random.RandomState):
+            rng = seed  # drawn from and advanced, as scikit-learn's sample does
         else:
             rng = np.random.default_rng(seed_sequence(seed).spawn(1)[0] if seed is not None else None)
         counts = rng.multinomial(n_samples, to_numpy(self.weights_))

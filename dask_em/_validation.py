@@ -22,6 +22,21 @@ def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def check_random_state_kind(random_state) -> None:
+    """``random_state`` refused unless it is one of the kinds :func:`seed_sequence` takes (nothing drawn)."""
+    if random_state is None or is_int(random_state) or isinstance(
+        random_state, (np.random.SeedSequence, np.random.Generator, np.random.RandomState)
+    ):
+        return
+    raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
+
+
+def state_sequence(random_state: np.random.RandomState) -> np.random.SeedSequence:
+    """A root stream from a ``RandomState``'s current state, drawing nothing from it."""
+    _, keys, position, *_ = random_state.get_state()
+    return np.random.SeedSequence([int(k) for k in keys] + [int(position)])
+
+
 def seed_sequence(random_state) -> np.random.SeedSequence:
     """The root of every random stream of a fit, from scikit-learn's kinds of ``random_state``."""
     if random_state is None:

@@ -83,11 +83,13 @@ class GaussianMixture(BaseMixture):
         Shape (K, d, d) full, (d, d) tied, (K, d) diag, (K,) spherical.
     random_state : int, SeedSequence, Generator, RandomState or None
         Drives the sample, every start and :meth:`sample`. Each restart gets
-        its own stream from ``SeedSequence.spawn``, but for an int the first
-        restart draws from ``RandomState(random_state)``, as scikit-learn's
-        first initialisation does: with ``n_init=1`` and a sample of every row
-        (up to ``max(20_000, 1_000 * n_components)`` rows by default), the same
-        ``random_state`` gives scikit-learn's start and fit.
+        its own stream from ``SeedSequence.spawn``, but the first restart
+        draws as scikit-learn's first initialisation does: from
+        ``RandomState(random_state)`` for an int, from a ``RandomState``
+        given (which it leaves advanced, as scikit-learn's fit does). With
+        ``n_init=1`` and a sample of every row (up to ``max(20_000, 1_000 *
+        n_components)`` rows by default), the same ``random_state`` gives
+        scikit-learn's start and fit.
     warm_start : bool, default=False
         As scikit-learn's: each :meth:`fit` of a fitted estimator (by
         :meth:`fit`, :meth:`partial_fit` or :func:`dask_em.load`) is one

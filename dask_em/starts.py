@@ -24,7 +24,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
-from ._validation import is_int, seed_sequence
+from ._validation import is_int, seed_sequence, state_sequence
 from .family import Family
 from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -146,18 +146,25 @@ def sample_graph(X: da.Array, w: da.Array | None, indices: np.ndarray, family: F
 
 
 def start_responsibilities(
-    xc: np.ndarray, n_components: int, method: str, seed: int,
+    xc: np.ndarray, n_components: int, method: str, seed: int | np.random.RandomState,
     merge_term: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Responsibilities of the sample rows under one restart's start.
 
-    ``merge_term`` (:meth:`Family.merge_criterion`) replaces the Gaussian tree of
-    the hierarchical starts by the family's own criterion.
+    ``seed``: an int (the start draws from ``RandomState(seed)``), or a
+    ``RandomState`` drawn from (and advanced) as scikit-learn draws its
+    starts. ``merge_term`` (:meth:`Family.merge_criterion`) replaces the
+    Gaussian tree of the hierarchical starts by the family's own criterion.
     """
     from sklearn.cluster import KMeans, kmeans_plusplus
 
     n = xc.shape[0]
-    rng = np.random.RandomState(seed)
+    if isinstance(seed, np.random.RandomState):
+        rng = seed
+        if method.startswith("hierarchical"):  # the trees take an int seed
+            seed = int(rng.randint(2**31))
+    else:
+        rng = np.random.RandomState(seed)
     resp = np.zeros((n, n_components))
     if method == "kmeans":
         with warnings.catch_warnings():
@@ -206,8 +213,24 @@ def start_responsibilities(
     return resp
 
 
-def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int) -> dict:
-    """Initial parameters of one restart: a start's responsibilities, then the family's M-step."""
+def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
+                 state: tuple | None = None) -> dict:
+    """Initial parameters of one restart: a start's responsibilities, then the family's M-step.
+
+    With ``state`` (a ``RandomState``'s state), the start draws from that state instead of
+    ``seed``, and the state it leaves is returned under ``"rng_state"``.
+    """
+    rng = None
+    if state is not None:
+        rng = np.random.RandomState()
+        rng.set_state(state)
+    params = _init_restart(family, sample, sample_weight, context, settings, method, seed if rng is None else rng)
+    if rng is not None:
+        params["rng_state"] = rng.get_state()
+    return params
+
+
+def _init_restart(family: Family, sample, sample_weight, context, settings: dict, method: str, seed) -> dict:
     resp = None
     if family.missing != "error":
         sample = np.asarray(sample)
@@ -243,22 +266,24 @@ def init_graph(
     seeds: list[int],
     sample_rows: np.ndarray,
     salt: str = "",
+    first_state: tuple | None = None,
 ):
     """Delayed (context, [params of each restart]) for one compute.
 
     ``settings`` (``n_components`` and anything family-specific, such as
-    user-given initial parameters) go to :meth:`Family.init_params`.
+    user-given initial parameters) go to :meth:`Family.init_params`;
+    ``first_state``, a ``RandomState``'s state the first restart draws from.
     """
     methods = [method] * len(seeds) if isinstance(method, str) else list(method)
     sample, sw = sample_graph(X, w, sample_rows, family, salt)
-    token = tokenize(sample, sw, seeds, methods, family, settings)
+    token = tokenize(sample, sw, seeds, methods, family, settings, first_state)
     context = delayed(family.context, pure=True)(
         sample, sw, dask_key_name=f"em-init-context-{tokenize(sample, sw, family)}"
     )
     starts = [
         delayed(init_restart, pure=True)(
             family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
-            dask_key_name=f"em-init-{token}-{i}",
+            state=first_state if i == 0 else None, dask_key_name=f"em-init-{token}-{i}",
         )
         for i, seed in enumerate(seeds)
     ]
@@ -283,6 +308,10 @@ class StartPlan:
     # Settings that need the data (e.g. a prior from the moments of all rows):
     # a function (X, w) -> {name: Delayed}, computed with the start, sharing its reads.
     data_settings: Callable[[da.Array, da.Array | None], dict] | None = None
+    # A RandomState given as random_state: the first restart draws from its state, as scikit-learn's first
+    # initialisation draws from it, and the instance is left where that start left its stream (owner).
+    first_state: tuple | None = None
+    owner: np.random.RandomState | None = None
 
     @classmethod
     def make(
@@ -298,7 +327,9 @@ class StartPlan:
         variant: str | None = None,
         data_settings: Callable[[da.Array, da.Array | None], dict] | None = None,
     ) -> "StartPlan":
-        *children, sample_seed = seed_sequence(random_state).spawn(n_starts + 1)
+        given = isinstance(random_state, np.random.RandomState)
+        root = state_sequence(random_state) if given else seed_sequence(random_state)
+        *children, sample_seed = root.spawn(n_starts + 1)
         seeds = [int(c.generate_state(1)[0]) for c in children]
         if is_int(random_state) and 0 <= random_state < 2**32 and seeds:
             # scikit-learn's first initialisation draws from RandomState(random_state): so does the first
@@ -307,6 +338,9 @@ class StartPlan:
         size = sample_size or default_sample_size(n_samples, settings["n_components"])
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
+        if given:
+            return cls(family, settings, seeds, methods, rows, variant, data_settings,
+                       random_state.get_state(), random_state)
         return cls(family, settings, seeds, methods, rows, variant, data_settings)
 
     def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
@@ -314,7 +348,7 @@ class StartPlan:
         settings = self.settings if self.data_settings is None else {**self.settings, **self.data_settings(X, w)}
         return init_graph(
             X, w, family=self.family, settings=settings, method=self.methods, seeds=self.seeds,
-            sample_rows=self.sample_rows, salt=salt,
+            sample_rows=self.sample_rows, salt=salt, first_state=self.first_state,
         )
 
 

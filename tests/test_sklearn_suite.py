@@ -47,7 +47,14 @@ DIFFERENCES = {
         "scikit-learn refuses init_params='kmeans' and 'k-means++' under array_api_dispatch; dask-em runs its "
         "k-means start on every array namespace"
     ),
+    "test_score": (
+        "float32 case: dask-em's score is the float64 mean of float64 log-densities (as in a pass over chunks), "
+        "the test compares it with the float32 mean of the float32 score_samples to 7 decimals, finer than "
+        "float32 resolves a score of -2.6 (3e-7); whether the two round alike depends on the BLAS kernel"
+    ),
 }
+# Differences whose failure depends on round-off (the BLAS kernel): they may pass.
+MAY_PASS = {"test_score"}
 
 IMPORTS = re.compile(r"^from sklearn\.mixture import (.+)$", re.MULTILINE)
 
@@ -73,6 +80,7 @@ SIGNATURES = {
     "test_gaussian_mixture_all_init_does_not_estimate_gaussian_parameters": "call_count",
     "test_gaussian_mixture_setting_best_params": "ill-defined empirical covariance",
     "test_gaussian_mixture_raises_where_array_api_not_implemented": "DID NOT RAISE",
+    "test_score": "not almost equal to 7 decimals",
 }
 
 
@@ -116,16 +124,16 @@ def test_scikit_learn_mixture_suite_passes_against_dask_em(tmp_path):
     failed = {name for name, got in outcomes.items() if "failed" in got}
     unexpected = sorted(failed - set(DIFFERENCES))
     assert not unexpected, f"scikit-learn's tests that fail against dask-em: {unexpected}\n{run.stdout[-6000:]}"
-    stale = sorted(name for name in DIFFERENCES if name not in failed)
+    stale = sorted(name for name in DIFFERENCES if name not in failed and name not in MAY_PASS)
     assert not stale, f"listed as differences but passing (or gone): {stale}; remove them from DIFFERENCES"
     assert set(SIGNATURES) == set(DIFFERENCES)
     for name in DIFFERENCES:
-        other = [m[:1500] for m in messages[name] if SIGNATURES[name] not in m]
+        other = [m[:1500] for m in messages.get(name, []) if SIGNATURES[name] not in m]
         assert not other, f"{name} fails for another reason than the one listed:\n{other[0]}"
     passed = sum(got.count("passed") for got in outcomes.values())
-    # scikit-learn 1.9: 134 passing cases with numpy and array-api-strict, float32 and float64 (more where
-    # PyTorch or CuPy is installed).
-    assert passed >= 134, f"only {passed} of scikit-learn's test cases ran and passed:\n{run.stdout[-3000:]}"
+    # scikit-learn 1.9: 133 passing cases with numpy and array-api-strict, float32 and float64, 134 where
+    # test_score[float32] rounds alike (more where PyTorch or CuPy is installed).
+    assert passed >= 133, f"only {passed} of scikit-learn's test cases ran and passed:\n{run.stdout[-3000:]}"
 
 
 def test_scikit_learn_array_api_checks_pass_with_scipy_array_api():

@@ -794,12 +794,11 @@ def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
     starts = runner.compute([plan.graph(data, w, salt) for plan in plans])
     context = starts[0][0]
     groups = []
-    for plan, (_, own_starts) in zip(plans, starts):
+    for plan, (own_context, own_starts) in zip(plans, starts):
         # A RandomState given as random_state is left where its start left the stream, as scikit-learn's is.
         state = own_starts[0].pop("rng_state", None) if own_starts else None
         if state is not None and plan.owner is not None:
             plan.owner.set_state(state)
-    for plan, (own_context, own_starts) in zip(plans, starts):
         # Models whose samples differ (a Gaussian grid with K > 20) are re-expressed under one context.
         if own_context is not context:
             own_starts = [family.recenter(p, own_context, context) for p in own_starts]

@@ -24,11 +24,10 @@ def is_real(v) -> bool:
 
 def check_random_state_kind(random_state) -> None:
     """``random_state`` refused unless it is one of the kinds :func:`seed_sequence` takes (nothing drawn)."""
-    if random_state is None or is_int(random_state) or isinstance(
+    if not (random_state is None or is_int(random_state) or isinstance(
         random_state, (np.random.SeedSequence, np.random.Generator, np.random.RandomState)
-    ):
-        return
-    raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
+    )):
+        raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
 
 
 def state_sequence(random_state: np.random.RandomState) -> np.random.SeedSequence:
@@ -47,6 +46,5 @@ def seed_sequence(random_state) -> np.random.SeedSequence:
         return random_state
     if isinstance(random_state, np.random.Generator):
         return np.random.SeedSequence(int(random_state.integers(2**63)))
-    if isinstance(random_state, np.random.RandomState):
-        return np.random.SeedSequence(int(random_state.randint(2**31)))
-    raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
+    check_random_state_kind(random_state)  # refused with the kinds taken; a RandomState passes on
+    return np.random.SeedSequence(int(random_state.randint(2**31)))

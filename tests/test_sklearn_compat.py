@@ -311,6 +311,16 @@ def _sklearn_model(covariance_type, weights, means, covariances):
     return sk
 
 
+def _assert_warm_fits_agree(ours, theirs, X):
+    """One warm ``fit`` of each on ``X``: the same means and covariances (1e-8)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours.fit(X)
+        theirs.fit(X)
+    assert_close(ours.means_, theirs.means_, rtol=1e-8)
+    assert_close(ours.covariances_, theirs.covariances_, rtol=1e-8)
+
+
 def _parameters(rng, covariance_type, k=3, d=4):
     weights = rng.dirichlet(np.ones(k))
     means = rng.normal(scale=4.0, size=(k, d)) + 50.0  # far from the origin: the context matters
@@ -362,12 +372,7 @@ def test_attributes_changed_after_fit_are_the_model_as_in_scikit_learn(rng):
     ref = GaussianMixture(3, warm_start=True, max_iter=1)
     ref.weights_, ref.means_, ref.covariances_ = gm.weights_.copy(), gm.means_.copy(), gm.covariances_.copy()
     ref.precisions_cholesky_, ref.converged_, ref.lower_bound_ = gm.precisions_cholesky_.copy(), False, -np.inf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm.fit(X)
-        ref.fit(X)
-    assert_close(gm.means_, ref.means_, rtol=1e-8)
-    assert_close(gm.covariances_, ref.covariances_, rtol=1e-8)
+    _assert_warm_fits_agree(gm, ref, X)
 
 
 def test_an_unchanged_fitted_model_keeps_its_float64_state(rng):
@@ -421,12 +426,7 @@ def test_a_hand_built_model_warm_starts_and_streams_from_its_attributes(rng):
     assert "parameters set by hand" in gm.summary() and "GaussianMixture" in repr(gm)
     with pytest.raises(ValueError, match="parameters were set by hand, and the model store keeps fitted models"):
         dask_em.save(gm, "never-written.zarr")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        gm.fit(X)
-        sk.fit(X)
-    assert_close(gm.means_, sk.means_, rtol=1e-8)
-    assert_close(gm.covariances_, sk.covariances_, rtol=1e-8)
+    _assert_warm_fits_agree(gm, sk, X)
     # a partial_fit stream goes on from attributes changed between its batches
     stream = dask_em.GaussianMixture(2, random_state=0).partial_fit(X[:200])
     stream.means_ = stream.means_ + 0.3

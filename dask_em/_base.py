@@ -220,7 +220,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             methods = self.init_params
         return StartPlan.make(
             self.make_family(), self._start_settings(d), n_samples=n, n_starts=n_starts, methods=methods,
-            random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(),
+            random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(), chain=not emem,
         )
 
     def _schedule(self, n_samples: int) -> Schedule:
@@ -296,7 +296,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 f"warm_start=True continues the last fit (n_components, variant, family) = {fitted}, but the "
                 f"estimator now asks for {wanted}. Set warm_start=False to start afresh with the new settings."
             )
-        restart = Restart(0, int(best.get("seed", 0)), dict(self._params), self._variant(), start="warm_start")
+        restart = Restart(0, int(best.get("seed") or 0), dict(self._params), self._variant(), start="warm_start")
         # float64 even for float32 input; a store keeps -inf (no iteration yet) as null
         bound = best.get("lower_bound", getattr(self, "lower_bound_", -np.inf))
         restart.entry_bound = -np.inf if bound is None else float(bound)
@@ -795,8 +795,9 @@ def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
     context = starts[0][0]
     groups = []
     for plan, (own_context, own_starts) in zip(plans, starts):
-        # A RandomState given as random_state is left where its start left the stream, as scikit-learn's is.
-        state = own_starts[0].pop("rng_state", None) if own_starts else None
+        # A RandomState given as random_state is left where its starts left the stream, as scikit-learn's is.
+        states = [p.pop("rng_state", None) for p in own_starts]
+        state = states[-1] if plan.chained else states[0] if states else None
         if state is not None and plan.owner is not None:
             plan.owner.set_state(state)
         # Models whose samples differ (a Gaussian grid with K > 20) are re-expressed under one context.

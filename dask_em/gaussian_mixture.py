@@ -213,8 +213,9 @@ class GaussianMixture(BaseMixture):
     lower_bounds_ : list of float
         The best restart's lower bound at every iteration.
     restarts_ : list of dict
-        Every restart: seed, lower_bound, n_iter, converged, status, error,
-        history, dropped_components.
+        Every restart: seed (None for a start that drew on from the restart
+        before it), lower_bound, n_iter, converged, status, error, history,
+        dropped_components.
     n_components_ : int
         Components left after empty ones were dropped (usually n_components).
     n_features_in_ : int

@@ -42,7 +42,7 @@ class Restart:
     """One EM run from one start; what ``restarts_`` reports."""
 
     index: int
-    seed: int
+    seed: int | None  # the int its start drew from; None where it drew on from the restart before it
     params: dict | None
     variant: str | None = None  # the family's variant (the Gaussian covariance type), for summaries
     history: list[float] = field(default_factory=list)
@@ -119,7 +119,8 @@ def restarts_from(plan: StartPlan, starts: list[dict]) -> list[Restart]:
     for i, (seed, params) in enumerate(zip(plan.seeds, starts)):
         error = params.pop("error", None)
         dropped = params.pop("dropped", [])
-        r = Restart(i, seed, None if error else params, plan.variant, error=error)
+        # A chained start drew on from the restart before it, not from its own seed: it records none.
+        r = Restart(i, None if plan.chained and i else seed, None if error else params, plan.variant, error=error)
         r.dropped = [(0, k) for k in dropped]
         r.start = plan.methods[i]
         restarts.append(r)

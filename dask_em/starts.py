@@ -214,12 +214,15 @@ def start_responsibilities(
 
 
 def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
-                 state: tuple | None = None) -> dict:
+                 state: tuple | None = None, after: dict | None = None) -> dict:
     """Initial parameters of one restart: a start's responsibilities, then the family's M-step.
 
     With ``state`` (a ``RandomState``'s state), the start draws from that state instead of
-    ``seed``, and the state it leaves is returned under ``"rng_state"``.
+    ``seed``, and the state it leaves is returned under ``"rng_state"``; with ``after`` (the
+    previous restart's start), it draws on from the state that start left.
     """
+    if after is not None:
+        state = after["rng_state"]
     rng = None
     if state is not None:
         rng = np.random.RandomState()
@@ -267,26 +270,30 @@ def init_graph(
     sample_rows: np.ndarray,
     salt: str = "",
     first_state: tuple | None = None,
+    chained: bool = False,
 ):
     """Delayed (context, [params of each restart]) for one compute.
 
     ``settings`` (``n_components`` and anything family-specific, such as
     user-given initial parameters) go to :meth:`Family.init_params`;
     ``first_state``, a ``RandomState``'s state the first restart draws from.
+    ``chained``: each later restart draws on from the state the one before it
+    left, as scikit-learn's initialisations share one stream (the starts then
+    run one after another); otherwise each draws from its own seed, side by side.
     """
     methods = [method] * len(seeds) if isinstance(method, str) else list(method)
     sample, sw = sample_graph(X, w, sample_rows, family, salt)
-    token = tokenize(sample, sw, seeds, methods, family, settings, first_state)
+    token = tokenize(sample, sw, seeds, methods, family, settings, first_state, chained)
     context = delayed(family.context, pure=True)(
         sample, sw, dask_key_name=f"em-init-context-{tokenize(sample, sw, family)}"
     )
-    starts = [
-        delayed(init_restart, pure=True)(
+    starts = []
+    for i, seed in enumerate(seeds):
+        after = starts[-1] if chained and starts else None
+        starts.append(delayed(init_restart, pure=True)(
             family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
-            state=first_state if i == 0 else None, dask_key_name=f"em-init-{token}-{i}",
-        )
-        for i, seed in enumerate(seeds)
-    ]
+            state=first_state if i == 0 else None, after=after, dask_key_name=f"em-init-{token}-{i}",
+        ))
     return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")
 
 
@@ -312,6 +319,10 @@ class StartPlan:
     # initialisation draws from it, and the instance is left where that start left its stream (owner).
     first_state: tuple | None = None
     owner: np.random.RandomState | None = None
+    # Where the sample is every row and restart 0 draws from a RandomState, the later restarts draw on
+    # from the stream it leaves, one after another, as scikit-learn's initialisations: the same
+    # random_state then gives scikit-learn's starts for every n_init.
+    chained: bool = False
 
     @classmethod
     def make(
@@ -326,7 +337,11 @@ class StartPlan:
         sample_size: int | None,
         variant: str | None = None,
         data_settings: Callable[[da.Array, da.Array | None], dict] | None = None,
+        chain: bool = False,
     ) -> "StartPlan":
+        """The plan of ``n_starts`` restarts; ``chain``: scikit-learn's ``n_init`` scheme (one kind of start),
+        whose restarts draw on from one stream where the sample is every row and ``random_state`` is an int
+        or a ``RandomState`` (:attr:`chained`)."""
         given = isinstance(random_state, np.random.RandomState)
         root = state_sequence(random_state) if given else seed_sequence(random_state)
         *children, sample_seed = root.spawn(n_starts + 1)
@@ -338,17 +353,22 @@ class StartPlan:
         size = sample_size or default_sample_size(n_samples, settings["n_components"])
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
+        sklearn_stream = given or (is_int(random_state) and 0 <= random_state < 2**32)
+        chained = bool(chain and sklearn_stream and n_starts > 1 and len(rows) == n_samples)
+        first_state = None
         if given:
-            return cls(family, settings, seeds, methods, rows, variant, data_settings,
-                       random_state.get_state(), random_state)
-        return cls(family, settings, seeds, methods, rows, variant, data_settings)
+            first_state = random_state.get_state()
+        elif chained:
+            first_state = np.random.RandomState(seeds[0]).get_state()
+        return cls(family, settings, seeds, methods, rows, variant, data_settings,
+                   first_state, random_state if given else None, chained)
 
     def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
         """Delayed (context, [params of each start]) for one compute."""
         settings = self.settings if self.data_settings is None else {**self.settings, **self.data_settings(X, w)}
         return init_graph(
             X, w, family=self.family, settings=settings, method=self.methods, seeds=self.seeds,
-            sample_rows=self.sample_rows, salt=salt, first_state=self.first_state,
+            sample_rows=self.sample_rows, salt=salt, first_state=self.first_state, chained=self.chained,
         )
 
 

@@ -401,7 +401,11 @@ class GaussianFamily(Family):
         return self.prior is None
 
     def init_features(self, sample, context):
-        return np.asarray(sample, dtype=np.float64) - context
+        # The rows as scikit-learn's starts see them: not centred (its KMeans centres them itself, and a
+        # centring of ours changes the round-off that breaks ties between equal distances on repeated rows),
+        # in their own float type. The hierarchical trees transform their rows by their own moments.
+        sample = np.asarray(sample)
+        return sample if sample.dtype in (np.float32, np.float64) else sample.astype(np.float64)
 
     def start_given(self, settings):
         return all(settings.get(k) is not None for k in ("weights_init", "means_init", "precisions_init"))

@@ -173,6 +173,22 @@ def test_the_same_random_state_gives_scikit_learns_fit_with_several_restarts(ove
             assert mine.randint(2**31) == theirs_rs.randint(2**31), f"{what}: the stream left where scikit-learn's is"
 
 
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_repeated_rows_give_scikit_learns_k_means_start(ours, theirs):
+    """Binary and rounded data (many equal rows, so equal distances): k-means breaks its ties as scikit-learn's
+    does only on the rows as scikit-learn passes them (uncentred, in their own float type)."""
+    rng = np.random.default_rng(0)
+    binary = (rng.random((400, 6)) < 0.3).astype(np.float64)
+    rounded = np.round(rng.uniform(-6, 6, size=(4, 3))[rng.integers(0, 4, 300)] + rng.standard_normal((300, 3)))
+    for name, X in (("binary", binary), ("rounded", rounded), ("rounded float32", rounded.astype(np.float32))):
+        assert len(np.unique(X, axis=0)) < 0.7 * len(X), name
+        for k, seed in ((3, 0), (5, 1), (4, 2)):
+            kw = dict(n_components=k, covariance_type="diag", reg_covar=1e-3, random_state=seed)
+            model, ref = quiet(ours(**kw).fit, X), quiet(theirs(**kw).fit, X)
+            rtol = 1e-8 if X.dtype == np.float64 else 1e-5
+            assert_same_model(model, ref, f"{ours.__name__} {name} K={k} seed {seed}", rtol=rtol)
+
+
 def test_starts_on_a_sample_of_the_rows_keep_streams_of_their_own(overlapping):
     """Where the sample is not every row (scikit-learn's starts cannot be reproduced), each restart has its
     own seed and the starts are independent of one another: the first two are the same with n_init=2 and 4."""

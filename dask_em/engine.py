@@ -37,7 +37,7 @@ from . import _compiled
 from ._machine import local_cores
 from ._namespace import (dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like,
                          xp_log_normalize)
-from .family import Family, merge_records
+from .family import Family, empty_components, merge_records
 from .io import check_weights
 
 # ---------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
     The family's ``mixture_weights`` gives the new weights (by default
     ``(n_k + eps) / sum``) and its ``round_bound`` the reported bound (by default
     the mean log-likelihood of the entering parameters); a component with less
-    than a millionth of an average row's weight is empty and, unless the family
+    than 10 eps of an average row's weight (``family.empty_components``) is empty and, unless the family
     keeps empty components, is dropped from the statistics and the parameters
     before the family's M-step.
     """
@@ -201,7 +201,7 @@ def mstep_round(records, state: RoundState, n_rows: int) -> list[StepResult]:
             continue
         extra = {"entropy": rec["entropy"], "wsum": wsum, "log_likelihood": lower_bound}
         nk, stats = rec["nk"], rec["stats"]
-        keep = nk >= 1e-6 * wsum / max(n_rows, 1) if family.drops_empty_components else np.ones(len(nk), bool)
+        keep = ~empty_components(nk, wsum, n_rows) if family.drops_empty_components else np.ones(len(nk), bool)
         dropped = [int(i) for i in np.flatnonzero(~keep)]
         if dropped:
             if not keep.any():

@@ -117,8 +117,8 @@ and may override (defaults in brackets):
     True makes every E-step sum ``sum_k r log r`` into ``record["entropy"]``
     (a variational bound needs it). [False]
 ``drops_empty_components``
-    False keeps a component whose mass falls below a millionth of a row's
-    (a prior keeps it regular). [True]
+    False keeps a component whose mass falls below 10 eps of a row's
+    (:func:`empty_components`; a prior keeps it regular). [True]
 ``align_stats(stats, params, reference)``
     Statistics E-stepped under ``params`` as an E-step under ``reference``
     would report them for the same responsibilities (statistics taken about a
@@ -179,6 +179,15 @@ Stats = dict[str, Any]
 
 # Components get 10 eps of mass so an empty one divides by a tiny number, not zero.
 MASS_EPS = 10 * np.finfo(np.float64).eps
+# A component is empty, and dropped, when its mass is below MASS_EPS of an average row's weight: there
+# scikit-learn's estimates are its 10 eps floor's (a mean pulled to the origin). A component of more mass,
+# however little, is kept, as scikit-learn keeps it: it can gain mass again.
+EMPTY_MASS = MASS_EPS
+
+
+def empty_components(nk: np.ndarray, total_weight: float, n_rows: int) -> np.ndarray:
+    """True where a component's mass ``nk`` is below :data:`EMPTY_MASS` of an average row's weight."""
+    return nk < EMPTY_MASS * total_weight / max(n_rows, 1)
 # Rows per panel of the default E-step: the (K, rows) log-probabilities hold 2**18
 # values (32768 rows at K=8). Each numpy call on a panel holds the GIL for a few
 # microseconds, so panels must be long for two threads to overlap: measured on
@@ -498,7 +507,7 @@ class Family:
         """
         rw = resp if w is None else resp * np.asarray(w, dtype=np.float64)[:, None]
         nk = rw.sum(0)
-        keep = nk >= 1e-6 * nk.sum() / max(x.shape[0], 1)
+        keep = ~empty_components(nk, float(nk.sum()), x.shape[0])
         if not keep.any():
             return {"error": "at the start: the sample has no weight"}
         dropped = [int(k) for k in np.flatnonzero(~keep)]

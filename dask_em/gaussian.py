@@ -29,7 +29,7 @@ from . import _array_api, _compiled, _incomplete
 from ._covariance import COLLAPSED, COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, ILL_DEFINED, LAYOUTS, NotPositiveDefiniteError
 from ._machine import aligned_empty
 from ._namespace import dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like
-from .family import (MASS_EPS, Family, add_likelihood, all_missing_row, core_caches, log_normalize,
+from .family import (MASS_EPS, Family, empty_components, add_likelihood, all_missing_row, core_caches, log_normalize,
                      responsibilities, work_array)
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
@@ -430,7 +430,7 @@ class GaussianFamily(Family):
             stats = layout.finish(acc, ref)
             mass = layout.mass(stats)
             total = float(mass.sum())
-            keep = mass >= 1e-6 * total / max(x.shape[0], 1)
+            keep = ~empty_components(mass, total, x.shape[0])
             if not keep.all() and weights_init is None and means_init is None and self.prior is None:
                 # More components than distinct rows: the start's empty clusters are
                 # dropped here as the engine drops components that empty. (With

@@ -189,6 +189,32 @@ def test_repeated_rows_give_scikit_learns_k_means_start(ours, theirs):
             assert_same_model(model, ref, f"{ours.__name__} {name} K={k} seed {seed}", rtol=rtol)
 
 
+def test_a_component_of_little_mass_is_kept_as_scikit_learn_keeps_it():
+    """25 components on 75 rows: a component falls below a millionth of a row (and, in the full model, gains
+    mass again). Only an empty one (below 10 eps of a row) is dropped, so the model, its columns and its BIC
+    are scikit-learn's."""
+    from sklearn.datasets import make_blobs
+
+    X, _ = make_blobs(n_samples=60, n_features=2, centers=3, random_state=0, cluster_std=[1.0, 2.0, 0.5])
+    X = np.vstack([X, np.repeat(X[:3], 5, axis=0)])
+    for cov_type, seed in (("full", 2), ("diag", 2)):
+        kw = dict(n_components=25, covariance_type=cov_type, init_params="random", random_state=seed)
+        ref = quiet(SkGM(max_iter=500, **kw).fit, X)
+        # scikit-learn one iteration at a time: the smallest component's mass, in rows, at every iteration.
+        stepped, masses = SkGM(warm_start=True, max_iter=1, **kw), []
+        for _ in range(ref.n_iter_):
+            quiet(stepped.fit, X)
+            masses.append(stepped.weights_.min() * len(X))
+        assert min(masses) < 1e-6, f"{cov_type}: the case needs a component below a millionth of a row"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no component dropped
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = dask_em.GaussianMixture(max_iter=500, **kw).fit(X)
+        assert model.n_components_ == 25 and model.predict_proba(X).shape == (75, 25)
+        close(model.bic(X), ref.bic(X), f"{cov_type}: bic", 1e-8)
+        close(model.weights_, ref.weights_, f"{cov_type}: weights_", 1e-6)
+
+
 def test_starts_on_a_sample_of_the_rows_keep_streams_of_their_own(overlapping):
     """Where the sample is not every row (scikit-learn's starts cannot be reproduced), each restart has its
     own seed and the starts are independent of one another: the first two are the same with n_init=2 and 4."""
@@ -604,7 +630,8 @@ BEHAVIOURS = [
      "Python float (`float()` of either is the same number); BayesianGaussianMixture takes them too",
      "tests/test_array_api.py"),
     ("empty component (`reg_covar>0`)", "kept, weight ~1e-15",
-     "GaussianMixture drops it with a warning (`n_components_` says how many are left)",
+     "GaussianMixture drops a component whose mass is below 10 eps of a row, with a warning (`n_components_` says "
+     "how many are left); one with more mass, however little, is kept as in scikit-learn",
      "tests/test_mixture.py"),
     ("fitted attributes set by hand (`gm.means_ = ...`, in place too, or on an estimator never fitted)",
      "inference, `sample` and a warm start read `weights_`, `means_`, `precisions_cholesky_` and `covariances_`",

@@ -132,6 +132,10 @@ and may override (defaults in brackets):
 ``bound_fell_hint(params)``
     Why this family's EM bound can fall beyond round-off (logged with the
     warning when it does). [a generic sentence]
+``bound_falls_by_design(params)``
+    True where the M-step is not the bound's maximiser by construction (a
+    covariance floor added after it): a fall is then logged at INFO, not as a
+    warning, as scikit-learn stays silent on it. [False]
 ``bound_resolution(bound, params)``
     The round-off of a round's bound near ``bound`` (of ``params``), absolute: the size of the
     changes its arithmetic cannot resolve (a reduced-precision E-step's). A
@@ -475,6 +479,9 @@ class Family:
             "EM's bound cannot fall in exact arithmetic when the M-step maximises it; a prior "
             "(pseudo-count) or round-off in near-degenerate components can make it fall"
         )
+
+    def bound_falls_by_design(self, params: Params) -> bool:
+        return False
 
     def bound_resolution(self, bound: float, params: Params) -> float:
         return 0.0

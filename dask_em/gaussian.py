@@ -749,6 +749,9 @@ class GaussianFamily(Family):
         # scikit-learn's own words when covariances collapsed, so that code matching its error still matches.
         return ILL_DEFINED if any(COLLAPSED in error for error in errors) else None
 
+    def bound_falls_by_design(self, params):
+        return self.reg_covar > 0 or (self.prior is not None and params.get("covariance_type") == "EEI")
+
     def bound_fell_hint(self, params):
         if self.prior is not None:
             if self.reg_covar > 0:

@@ -256,7 +256,8 @@ def advance(
         return
     current = result.lower_bound
     # A fall within the E-step's round-off is not a fall (float32: Family.bound_resolution);
-    # beyond it, the first of a restart is warned, the others logged at DEBUG.
+    # beyond it, the first of a restart is warned (logged at INFO where the family's M-step lets the bound
+    # fall by design, e.g. reg_covar added after it: scikit-learn is silent there), the others logged at DEBUG.
     # The first float64 bound of a refined restart follows a float32 one: their difference is
     # float32's bias in the bound (on iris, 5e-6 at a bound of -1.2), not a step of EM.
     first_refined = restart.refined_at == len(restart.history) - 1
@@ -265,7 +266,8 @@ def advance(
     if fell and not first_refined:
         restart.falls += 1
         hint = family.bound_fell_hint(restart.params) if family is not None else ""
-        log = logger.warning if restart.falls == 1 else logger.debug
+        by_design = family is not None and family.bound_falls_by_design(restart.params)
+        log = logger.debug if restart.falls > 1 else logger.info if by_design else logger.warning
         log(
             "restart %d: the lower bound fell at iteration %d, from %.12g to %.12g (more than "
             "round-off)%s%s",

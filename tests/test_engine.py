@@ -166,6 +166,23 @@ def test_falling_bound_is_logged_with_the_iteration(caplog):
     assert r.falls == 2 and r.summary()["bound_falls"] == 2
 
 
+def test_a_fall_reg_covar_explains_is_logged_at_info_not_warned(caplog):
+    """reg_covar is added after the M-step, so the bound may fall by design (scikit-learn is silent): INFO.
+    Without it the same fall is unexpected: a warning."""
+    from dask_em import gaussian
+
+    params = {"weights": np.ones(1), "means": np.zeros((1, 2))}
+    for reg_covar, level in ((1e-6, logging.INFO), (0.0, logging.WARNING)):
+        r = restarts.Restart(0, 0, params)
+        r.history, r.n_iter = [-1.0], 1
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="dask_em"):
+            restarts.advance(r, engine.StepResult(-1.5, params=params), tol=1e-3,
+                             family=gaussian.GaussianFamily(reg_covar=reg_covar))
+        assert [rec.levelno for rec in caplog.records] == [level] and "fell at iteration 2" in caplog.text
+        assert r.falls == 1
+
+
 def test_float32_falls_within_its_resolution_are_not_falls(caplog):
     """A float32 bound that falls by less than its stated resolution: no warning, no count."""
     from dask_em import gaussian

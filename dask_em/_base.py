@@ -530,8 +530,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         self._set_public()
         self.converged_ = best.converged
         self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = list(best.history)
+        self.lower_bound_ = np.float64(best.lower_bound)  # numpy's float, as scikit-learn's
+        self.lower_bounds_ = [np.float64(b) for b in best.history]
         self._cast_bounds()
         self.restarts_ = [r.summary() for r in restarts]
         self.best_restart_ = best.index
@@ -667,6 +667,11 @@ def fit_models(
     data = prep.data
     n, d = data.shape
     k_max = max(model.n_components for model in models)
+    if n < 2:  # scikit-learn's mixtures fit two rows at least, whatever n_components
+        raise ValueError(
+            f"Found array with {n} sample(s) (shape={(n, d)}) while a minimum of 2 is required by "
+            f"{type(lead).__name__}; pass at least two rows."
+        )
     if n < k_max:
         raise ValueError(
             f"Expected n_samples >= n_components, but X has {n} row{'s' * (n != 1)} and n_components={k_max}; lower n_components "

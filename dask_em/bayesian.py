@@ -382,6 +382,7 @@ def resolve_prior(settings: dict, context: np.ndarray) -> Params:
         "weight_concentration_prior": 1.0 / k if wcp is None else float(wcp),
         "mean_precision_prior": 1.0 if mpp is None else float(mpp),
         "mean_prior": np.asarray(mean_prior, dtype=np.float64) - context,
-        "degrees_of_freedom_prior": float(d) if dofp is None else float(dofp),
+        # scikit-learn's default is n_features itself, an int.
+        "degrees_of_freedom_prior": int(d) if dofp is None else float(dofp),
         "covariance_prior": covariance_prior,
     }

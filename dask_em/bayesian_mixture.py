@@ -17,6 +17,16 @@ from .starts import data_moments_graph
 from .family import Family
 
 
+def _absent(name: str, instead: str) -> property:
+    """A method the estimator does not have: absent to ``hasattr``, an AttributeError saying why."""
+
+    def get(model):
+        raise AttributeError(f"This {type(model).__name__!r} has no attribute {name!r}: {instead}")
+
+    return property(get, doc=f"Not defined for a variational model (scikit-learn's has no ``{name}`` either): "
+                             "reading it raises ``AttributeError``.")
+
+
 class BayesianGaussianMixture(BaseMixture):
     """Variational Bayesian Gaussian mixture fitted on data larger than memory.
 
@@ -282,42 +292,13 @@ class BayesianGaussianMixture(BaseMixture):
             for name, value in rows
         ]
 
-    def bic(self, X, **kwargs) -> float:
-        """Not defined for a variational model (scikit-learn's has none either).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Ignored.
-        **kwargs
-            Ignored.
-
-        Returns
-        -------
-        float
-            Never: it raises ``TypeError``.
-        """
-        raise TypeError(
-            "BayesianGaussianMixture has no BIC: its evidence lower bound (lower_bound_) scores the fit, and "
-            "its weights_ show the components the data support. For a BIC grid use dask_em.select_model."
-        )
-
-    def aic(self, X, **kwargs) -> float:
-        """Not defined for a variational model (scikit-learn's has none either).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Ignored.
-        **kwargs
-            Ignored.
-
-        Returns
-        -------
-        float
-            Never: it raises ``TypeError``.
-        """
-        raise TypeError(
-            "BayesianGaussianMixture has no AIC: its evidence lower bound (lower_bound_) scores the fit. "
-            "For an information-criterion grid use dask_em.select_model."
-        )
+    # No information criteria, as scikit-learn's variational mixture has none: hasattr(model, "bic") is False,
+    # and model.bic raises AttributeError saying what to use instead.
+    bic = _absent(
+        "bic", "its evidence lower bound (lower_bound_) scores the fit, and its weights_ show the components the "
+        "data support. For a BIC grid use dask_em.select_model."
+    )
+    aic = _absent(
+        "aic", "its evidence lower bound (lower_bound_) scores the fit. For an information-criterion grid use "
+        "dask_em.select_model."
+    )

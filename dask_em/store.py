@@ -274,11 +274,11 @@ def load(path: str | os.PathLike, *, storage_options: dict | None = None, family
         raise ModelStoreError(f"{os.fspath(path)!r} names public_dtype {fitted['public_dtype']!r}; expected null or 'float32'.")
     model._public_dtype = None if fitted.get("public_dtype") is None else np.dtype(fitted["public_dtype"])
     restore_fitted(model, FittedState(model.make_family(), context, params), {
-        "lower_bounds_": group["lower_bounds"][...].tolist(),
+        "lower_bounds_": [np.float64(b) for b in group["lower_bounds"][...]],
         "converged_": fitted["converged"],
         "n_iter_": fitted["n_iter"],
         # JSON has no -inf: a model of max_iter=0 (no iteration, as scikit-learn's) stores null
-        "lower_bound_": -np.inf if fitted["lower_bound"] is None else fitted["lower_bound"],
+        "lower_bound_": np.float64(-np.inf if fitted["lower_bound"] is None else fitted["lower_bound"]),
         "n_components_": fitted["n_components"],
         "n_features_in_": fitted["n_features_in"],
         "best_restart_": fitted["best_restart"],

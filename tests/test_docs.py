@@ -27,7 +27,8 @@ ESTIMATORS = ["GaussianMixture", "BayesianGaussianMixture", "BernoulliMixture", 
 
 def public_names() -> list[str]:
     names = [f"dask_em.{n}" for n in dask_em.__all__ if n != "__version__"]
-    methods = [f"dask_em.{cls}.{m}" for cls in ESTIMATORS for m in METHODS if hasattr(getattr(dask_em, cls), m)]
+    methods = [f"dask_em.{cls}.{m}" for cls in ESTIMATORS for m in METHODS
+               if callable(getattr(getattr(dask_em, cls), m, None))]  # BayesianGaussianMixture has no bic, aic
     # Every public method a result class defines (the API reference renders them all).
     results = [f"dask_em.SelectionResult.{m}" for m, v in vars(dask_em.SelectionResult).items()
                if callable(v) and not m.startswith("_")]

@@ -109,8 +109,13 @@ def test_bad_array_likes_say_what_and_how(rng):
         dask_em.GaussianMixture(1).fit(np.array([[{"a": 1}, 1.0]], dtype=object))
     with pytest.raises(TypeError, match="dense data is required"):
         dask_em.GaussianMixture(1).fit(sparse.csr_matrix(np.ones((4, 2))))
-    with pytest.raises(ValueError, match=r"Expected n_samples >= n_components, but X has 1 row and n_components=2"):
-        dask_em.GaussianMixture(2).fit([[1.0, 2.0]])
+    # Two rows at least, whatever n_components, as scikit-learn's mixtures (its sentence).
+    for k in (1, 2):
+        with pytest.raises(ValueError, match=r"^Found array with 1 sample\(s\) \(shape=\(1, 2\)\) while a minimum of 2 "
+                                             r"is required by GaussianMixture"):
+            dask_em.GaussianMixture(k).fit([[1.0, 2.0]])
+    with pytest.raises(ValueError, match=r"Expected n_samples >= n_components, but X has 2 rows and n_components=3"):
+        dask_em.GaussianMixture(3).fit([[1.0, 2.0], [3.0, 4.0]])
 
 
 def test_dask_dataframe(rng):

@@ -294,7 +294,9 @@ class FullLayout:
         rw = resp if w is None else np.multiply(resp, w, out=resp)
         p = xa.shape[1]
         k, d = means.shape
-        t = view["tile"] if view else p
+        # Without an E-step's view (a start's M-step on its whole sample), tiles of at most 2**20 weighted
+        # values (8 MiB) keep the work array small whatever the sample's rows.
+        t = view["tile"] if view else max(1, min(p, 2**20 // max(k * d, 1)))
         work = view["weighted"] if view else np.empty((k, d, t))
         acc["n"] += rw.sum(1, dtype=np.float64)
         for lo in range(0, p, t):

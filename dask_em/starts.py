@@ -214,45 +214,82 @@ def start_responsibilities(
 
 
 def init_restart(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
-                 state: tuple | None = None, after: dict | None = None) -> dict:
+                 state: tuple | None = None) -> dict:
     """Initial parameters of one restart: a start's responsibilities, then the family's M-step.
 
     With ``state`` (a ``RandomState``'s state), the start draws from that state instead of
-    ``seed``, and the state it leaves is returned under ``"rng_state"``; with ``after`` (the
-    previous restart's start), it draws on from the state that start left.
+    ``seed``, and the state it leaves is returned under ``"rng_state"``.
     """
-    if after is not None:
-        state = after["rng_state"]
-    rng = None
-    if state is not None:
-        rng = np.random.RandomState()
-        rng.set_state(state)
-    params = _init_restart(family, sample, sample_weight, context, settings, method, seed if rng is None else rng)
+    rows = _whole_rows(family, sample, sample_weight)
+    rng = _state_rng(state)
+    resp = _draw(family, rows, context, settings, method, seed if rng is None else rng)
+    params = _start_params(family, rows, sample_weight, resp, context, settings)
     if rng is not None:
         params["rng_state"] = rng.get_state()
     return params
 
 
-def _init_restart(family: Family, sample, sample_weight, context, settings: dict, method: str, seed) -> dict:
-    resp = None
+def draw_start(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
+               state: tuple | None = None, after: dict | None = None) -> dict:
+    """The random part of :func:`init_restart`: ``{"resp": the start's responsibilities (None for a start the
+    user gave), "rng_state": the state a RandomState drawn from is left in (None when drawing from seed)}``.
+
+    ``after``: the previous restart's draw, whose stream this one draws on from (``state`` otherwise).
+    The family's M-step (:func:`start_params`) draws nothing, so chained restarts wait for each
+    other's draws only and compute their M-steps side by side.
+    """
+    if after is not None:
+        state = after["rng_state"]
+    rng = _state_rng(state)
+    resp = _draw(family, _whole_rows(family, sample, sample_weight), context, settings, method,
+                 seed if rng is None else rng)
+    return {"resp": resp, "rng_state": None if rng is None else rng.get_state()}
+
+
+def start_params(family: Family, sample, sample_weight, context, *, settings: dict, drawn: dict) -> dict:
+    """Initial parameters of a restart from its :func:`draw_start` (its ``rng_state`` passed on)."""
+    rows = _whole_rows(family, sample, sample_weight, log=False)
+    params = _start_params(family, rows, sample_weight, drawn["resp"], context, settings)
+    if drawn["rng_state"] is not None:
+        params["rng_state"] = drawn["rng_state"]
+    return params
+
+
+def _state_rng(state: tuple | None) -> np.random.RandomState | None:
+    if state is None:
+        return None
+    rng = np.random.RandomState()
+    rng.set_state(state)
+    return rng
+
+
+def _whole_rows(family: Family, sample, sample_weight, log: bool = True):
+    """The sample with its missing values filled for the start (k-means and the start's M-step need whole
+    rows; EM itself marginalises)."""
     if family.missing != "error":
         sample = np.asarray(sample)
         if sample.dtype.kind == "f":
             holes = int(np.isnan(sample).sum())
             if holes:
-                # k-means and the start's M-step need whole rows; EM itself marginalises.
-                logger.info(
-                    "the start filled %d missing value(s) of its %d-row sample (family.fill_for_start: "
-                    "column means of the observed values), for the start only", holes, sample.shape[0],
-                )
+                if log:
+                    logger.info(
+                        "the start filled %d missing value(s) of its %d-row sample (family.fill_for_start: "
+                        "column means of the observed values), for the start only", holes, sample.shape[0],
+                    )
                 sample = family.fill_for_start(sample, sample_weight)
-    if not family.start_given(settings):
-        features = family.init_features(sample, context)
-        resp = start_responsibilities(
-            features, settings["n_components"], method, seed, merge_term=family.merge_criterion()
-        )
+    return sample
+
+
+def _draw(family: Family, rows, context, settings: dict, method: str, seed) -> np.ndarray | None:
+    if family.start_given(settings):
+        return None
+    features = family.init_features(rows, context)
+    return start_responsibilities(features, settings["n_components"], method, seed, merge_term=family.merge_criterion())
+
+
+def _start_params(family: Family, rows, sample_weight, resp, context, settings: dict) -> dict:
     try:
-        params = family.init_params(sample, sample_weight, resp, context, settings)
+        params = family.init_params(rows, sample_weight, resp, context, settings)
     except (ArithmeticError, np.linalg.LinAlgError) as exc:
         return {"error": f"at the start: {exc}"}
     params.setdefault("dropped", [])
@@ -278,8 +315,9 @@ def init_graph(
     user-given initial parameters) go to :meth:`Family.init_params`;
     ``first_state``, a ``RandomState``'s state the first restart draws from.
     ``chained``: each later restart draws on from the state the one before it
-    left, as scikit-learn's initialisations share one stream (the starts then
-    run one after another); otherwise each draws from its own seed, side by side.
+    left, as scikit-learn's initialisations share one stream (the draws then
+    run one after another, the M-steps side by side); otherwise each draws from
+    its own seed, side by side.
     """
     methods = [method] * len(seeds) if isinstance(method, str) else list(method)
     sample, sw = sample_graph(X, w, sample_rows, family, salt)
@@ -287,13 +325,29 @@ def init_graph(
     context = delayed(family.context, pure=True)(
         sample, sw, dask_key_name=f"em-init-context-{tokenize(sample, sw, family)}"
     )
-    starts = []
+    if not chained:
+        starts = [
+            delayed(init_restart, pure=True)(
+                family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
+                state=first_state if i == 0 else None, dask_key_name=f"em-init-{token}-{i}",
+            )
+            for i, seed in enumerate(seeds)
+        ]
+        return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")
+    # Chained: the draws wait for one another; each start's M-step runs as soon as its draw is done.
+    draws: list = []
     for i, seed in enumerate(seeds):
-        after = starts[-1] if chained and starts else None
-        starts.append(delayed(init_restart, pure=True)(
+        draws.append(delayed(draw_start, pure=True)(
             family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
-            state=first_state if i == 0 else None, after=after, dask_key_name=f"em-init-{token}-{i}",
+            state=first_state if i == 0 else None, after=draws[-1] if draws else None,
+            dask_key_name=f"em-init-draw-{token}-{i}",
         ))
+    starts = [
+        delayed(start_params, pure=True)(
+            family, sample, sw, context, settings=settings, drawn=draw, dask_key_name=f"em-init-{token}-{i}",
+        )
+        for i, draw in enumerate(draws)
+    ]
     return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")
 
 

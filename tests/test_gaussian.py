@@ -96,6 +96,32 @@ def test_layout_algebra_against_numpy(cov_type, rng):
 
 
 @pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_a_starts_statistics_of_many_rows_in_tiles_equal_numpy(cov_type, rng):
+    """A start's M-step on its whole sample (no E-step view): the full layout weighs the rows a tile at a time
+    (8 MiB of work, not K x d x rows); its statistics are numpy's weighted moments."""
+    from dask_em.gaussian import design_buffer
+
+    k, d, n = 64, 32, 1500  # 2**20 // (k * d) = 512 rows a tile: three tiles
+    layout = LAYOUTS[cov_type]
+    x = rng.standard_normal((n, d)) + 5.0
+    resp = rng.dirichlet(np.ones(k), size=n)
+    centre = x.mean(0)
+    xa = layout.augment(x, centre, design_buffer(cov_type, d, n))
+    acc = layout.empty_stats(k, d)
+    layout.accumulate(xa, None, resp.T.copy(), np.zeros((k, d)), acc)
+    stats = layout.finish(acc, np.zeros((k, d)))
+    nk = resp.sum(0)
+    assert_close(layout.mass(stats), nk, rtol=1e-12)
+    means = (resp.T @ x) / nk[:, None]
+    params = gaussian.m_step(stats, np.zeros((k, d)), cov_type, 0.0)
+    assert_close(params["means"] + centre, means, rtol=1e-10)
+    scatter = np.einsum("nk,nkd,nke->kde", resp, x[:, None] - means, x[:, None] - means) / nk[:, None, None]
+    expected = {"full": scatter, "tied": np.einsum("k,kde->de", nk, scatter) / n,
+                "diag": np.einsum("kdd->kd", scatter), "spherical": np.einsum("kdd->k", scatter) / d}[cov_type]
+    assert_close(params["covariances"], expected, rtol=1e-9)
+
+
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
 def test_parameter_count_and_log_density_against_scikit_learn(cov_type, rng):
     X = mixture(rng, n=300, d=3, k=2)[0]
     ref = SkGaussianMixture(2, covariance_type=cov_type, max_iter=5, random_state=0).fit(X)

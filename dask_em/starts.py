@@ -230,16 +230,14 @@ def init_restart(family: Family, sample, sample_weight, context, *, settings: di
 
 
 def draw_start(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
-               state: tuple | None = None, after: dict | None = None) -> dict:
+               state: tuple | None = None) -> dict:
     """The random part of :func:`init_restart`: ``{"resp": the start's responsibilities (None for a start the
     user gave), "rng_state": the state a RandomState drawn from is left in (None when drawing from seed)}``.
 
-    ``after``: the previous restart's draw, whose stream this one draws on from (``state`` otherwise).
-    The family's M-step (:func:`start_params`) draws nothing, so chained restarts wait for each
-    other's draws only and compute their M-steps side by side.
+    The family's M-step (:func:`start_params`) draws nothing, so chained restarts (each drawing from
+    the ``state`` the one before left) wait for each other's draws only and compute their M-steps
+    side by side.
     """
-    if after is not None:
-        state = after["rng_state"]
     rng = _state_rng(state)
     resp = _draw(family, _whole_rows(family, sample, sample_weight), context, settings, method,
                  seed if rng is None else rng)
@@ -334,13 +332,13 @@ def init_graph(
             for i, seed in enumerate(seeds)
         ]
         return delayed(tuple, pure=True)([context, starts], dask_key_name=f"em-init-collect-{token}")
-    # Chained: the draws wait for one another; each start's M-step runs as soon as its draw is done.
+    # Chained: each draw waits for the state the one before left (not its responsibilities); each start's
+    # M-step runs as soon as its draw is done.
     draws: list = []
     for i, seed in enumerate(seeds):
         draws.append(delayed(draw_start, pure=True)(
             family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
-            state=first_state if i == 0 else None, after=draws[-1] if draws else None,
-            dask_key_name=f"em-init-draw-{token}-{i}",
+            state=draws[-1]["rng_state"] if draws else first_state, dask_key_name=f"em-init-draw-{token}-{i}",
         ))
     starts = [
         delayed(start_params, pure=True)(

@@ -53,8 +53,18 @@ def test_cluster_fit_equals_threaded_fit(cluster, store):
     assert on_cluster.lower_bound_ == threaded.lower_bound_
     np.testing.assert_array_equal(labels, threaded.predict(X))
     assert len(workers) == 2
+    # The restarts' draws chained through the workers' processes (each from the state the one before left):
+    # scikit-learn's fit with the same random_state and n_init.
+    from sklearn.mixture import GaussianMixture as SkGM
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = SkGM(3, n_init=2, random_state=0, max_iter=50).fit(X)
+    np.testing.assert_allclose(on_cluster.means_, ref.means_, rtol=1e-8, atol=1e-10)
+    assert on_cluster.n_iter_ == ref.n_iter_
     prefixes = collections.Counter(key_split(t["key"]) for t in stream.data)
-    for name in ("em-init-sample", "em-init", "em-estep", "em-combine-aggregate", "em-mstep", "em-predict"):
+    for name in ("em-init-sample", "em-init-draw", "em-init", "em-estep", "em-combine-aggregate", "em-mstep",
+                 "em-predict"):
         assert prefixes[name] > 0, (name, prefixes)
     # 12 chunks read by the E-step in each round.
     rounds = max(r["n_iter"] for r in on_cluster.restarts_)

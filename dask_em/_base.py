@@ -296,7 +296,10 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
                 f"warm_start=True continues the last fit (n_components, variant, family) = {fitted}, but the "
                 f"estimator now asks for {wanted}. Set warm_start=False to start afresh with the new settings."
             )
-        restart = Restart(0, int(best.get("seed") or 0), dict(self._params), self._variant(), start="warm_start")
+        # The seed orders stepwise EM's batches only; a chained best restart has none: its chain's first seed.
+        seed = best.get("seed", None)
+        seed = seed if seed is not None else (restarts[0].get("seed") if restarts else None)
+        restart = Restart(0, int(seed or 0), dict(self._params), self._variant(), start="warm_start")
         # float64 even for float32 input; a store keeps -inf (no iteration yet) as null
         bound = best.get("lower_bound", getattr(self, "lower_bound_", -np.inf))
         restart.entry_bound = -np.inf if bound is None else float(bound)

@@ -23,7 +23,7 @@ from dask.delayed import delayed
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from ._namespace import dtype_name, is_foreign, is_numpy, like, namespace, to_numpy
-from ._validation import fail, is_int, seed_sequence
+from ._validation import child_sequence, fail, is_int, seed_sequence
 from .engine import infer_block, infer_direct, local_rows
 from .family import Family
 from .io import Prepared, as_dask_array
@@ -378,7 +378,7 @@ class FittedMixture:
         elif state.family.draws_as_scikit_learn and isinstance(seed, np.random.RandomState):
             rng = seed  # drawn from and advanced, as scikit-learn's sample does
         else:
-            rng = np.random.default_rng(seed_sequence(seed).spawn(1)[0] if seed is not None else None)
+            rng = np.random.default_rng(child_sequence(seed_sequence(seed), 0) if seed is not None else None)
         counts = rng.multinomial(n_samples, to_numpy(self.weights_))
         labels = np.repeat(np.arange(len(counts)), counts)
         rows = state.family.sample(state.params, labels, state.context, rng)

@@ -36,6 +36,12 @@ def state_sequence(random_state: np.random.RandomState) -> np.random.SeedSequenc
     return np.random.SeedSequence([int(k) for k in keys] + [int(position)])
 
 
+def child_sequence(root: np.random.SeedSequence, key: int) -> np.random.SeedSequence:
+    """The child of ``root`` at ``key``, as ``root.spawn`` makes it, without spawning: a ``SeedSequence``
+    given as ``random_state`` is left as it was, so fits with it are the same every time."""
+    return np.random.SeedSequence(root.entropy, spawn_key=(*root.spawn_key, key), pool_size=root.pool_size)
+
+
 def seed_sequence(random_state) -> np.random.SeedSequence:
     """The root of every random stream of a fit, from scikit-learn's kinds of ``random_state``."""
     if random_state is None:

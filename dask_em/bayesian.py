@@ -47,6 +47,7 @@ from scipy.special import betaln, digamma, gammaln
 
 from . import gaussian
 from ._covariance import LAYOUTS, NotPositiveDefiniteError
+from ._validation import is_int
 from .family import MASS_EPS
 from .gaussian import GaussianFamily
 
@@ -382,7 +383,7 @@ def resolve_prior(settings: dict, context: np.ndarray) -> Params:
         "weight_concentration_prior": 1.0 / k if wcp is None else float(wcp),
         "mean_precision_prior": 1.0 if mpp is None else float(mpp),
         "mean_prior": np.asarray(mean_prior, dtype=np.float64) - context,
-        # scikit-learn's default is n_features itself, an int.
-        "degrees_of_freedom_prior": int(d) if dofp is None else float(dofp),
+        # As scikit-learn's: n_features itself (an int) by default, an int given stays one.
+        "degrees_of_freedom_prior": int(d) if dofp is None else int(dofp) if is_int(dofp) else float(dofp),
         "covariance_prior": covariance_prior,
     }

@@ -17,14 +17,18 @@ from .starts import data_moments_graph
 from .family import Family
 
 
-def _absent(name: str, instead: str) -> property:
-    """A method the estimator does not have: absent to ``hasattr``, an AttributeError saying why."""
+class _Absent:
+    """A method the estimator does not have: absent to ``hasattr`` on the estimator and its class (as the
+    method of a parent class it hides), an AttributeError saying why."""
 
-    def get(model):
-        raise AttributeError(f"This {type(model).__name__!r} has no attribute {name!r}: {instead}")
+    def __init__(self, name: str, instead: str):
+        self.name, self.instead = name, instead
+        self.__doc__ = (f"Not defined for a variational model (scikit-learn's has no ``{name}`` either): "
+                        "reading it raises ``AttributeError``.")
 
-    return property(get, doc=f"Not defined for a variational model (scikit-learn's has no ``{name}`` either): "
-                             "reading it raises ``AttributeError``.")
+    def __get__(self, model, owner=None):
+        kind = owner.__name__ if model is None else type(model).__name__
+        raise AttributeError(f"This {kind!r} has no attribute {self.name!r}: {self.instead}")
 
 
 class BayesianGaussianMixture(BaseMixture):
@@ -294,11 +298,11 @@ class BayesianGaussianMixture(BaseMixture):
 
     # No information criteria, as scikit-learn's variational mixture has none: hasattr(model, "bic") is False,
     # and model.bic raises AttributeError saying what to use instead.
-    bic = _absent(
+    bic = _Absent(
         "bic", "its evidence lower bound (lower_bound_) scores the fit, and its weights_ show the components the "
         "data support. For a BIC grid use dask_em.select_model."
     )
-    aic = _absent(
+    aic = _Absent(
         "aic", "its evidence lower bound (lower_bound_) scores the fit. For an information-criterion grid use "
         "dask_em.select_model."
     )

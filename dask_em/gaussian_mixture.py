@@ -82,14 +82,16 @@ class GaussianMixture(BaseMixture):
     precisions_init : array-like, optional
         Shape (K, d, d) full, (d, d) tied, (K, d) diag, (K,) spherical.
     random_state : int, SeedSequence, Generator, RandomState or None
-        Drives the sample, every start and :meth:`sample`. Each restart gets
-        its own stream from ``SeedSequence.spawn``, but the first restart
+        Drives the sample, every start and :meth:`sample`. The first restart
         draws as scikit-learn's first initialisation does: from
         ``RandomState(random_state)`` for an int, from a ``RandomState``
-        given (which it leaves advanced, as scikit-learn's fit does). With
-        ``n_init=1`` and a sample of every row (up to ``max(20_000, 1_000 *
-        n_components)`` rows by default), the same ``random_state`` gives
-        scikit-learn's start and fit.
+        given (which the starts leave advanced, as scikit-learn's fit does).
+        On a sample of every row (up to ``max(20_000, 1_000 * n_components)``
+        rows by default) each later restart draws on from where the one
+        before left the stream, as scikit-learn's initialisations, so the
+        same ``random_state`` gives scikit-learn's starts and fit for any
+        ``n_init``; on a sample of the rows each restart has its own stream
+        (``SeedSequence.spawn``).
     warm_start : bool, default=False
         As scikit-learn's: each :meth:`fit` of a fitted estimator (by
         :meth:`fit`, :meth:`partial_fit` or :func:`dask_em.load`) is one

@@ -7,11 +7,16 @@ sample and fits every start.
 The sample is read in one pass (tasks ``em-init-sample-*``, one per row chunk
 that holds sampled rows); each restart then fits its start on the sample in a
 task of its own (``em-init-*``), so the restarts' k-means runs side by side on
-the cluster. The initial parameters are the M-step of the sample's statistics
-under the start's responsibilities, as scikit-learn computes them on all rows.
+the cluster. Restarts that follow scikit-learn's one stream (:attr:`StartPlan.chained`)
+draw one after another instead (``em-init-draw-*``, each waiting for the state
+the one before left, ``em-init-state-*``), and fit their starts side by side.
+The initial parameters are the M-step of the sample's statistics under the
+start's responsibilities, as scikit-learn computes them on all rows.
 """
 
 from __future__ import annotations
+
+import operator
 
 import logging
 import warnings
@@ -24,7 +29,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
-from ._validation import is_int, seed_sequence, state_sequence
+from ._validation import child_sequence, is_int, seed_sequence, state_sequence
 from .family import Family
 from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -66,6 +71,11 @@ def emem_methods(n_starts: int, sample_size: int | None = None) -> list[str]:
     return methods
 
 logger = logging.getLogger("dask_em")
+
+
+# The key of the sample's stream among the children of a fit's root stream (restart i's is i): fixed, so
+# the sample is the same for any n_init.
+SAMPLE_STREAM = 2**31
 
 
 def default_sample_size(n_samples: int, n_components: int) -> int:
@@ -336,9 +346,13 @@ def init_graph(
     # M-step runs as soon as its draw is done.
     draws: list = []
     for i, seed in enumerate(seeds):
+        state = first_state
+        if draws:  # a small task beside the draw before: its state travels, its responsibilities do not
+            state = delayed(operator.getitem, pure=True)(draws[-1], "rng_state",
+                                                         dask_key_name=f"em-init-state-{token}-{i}")
         draws.append(delayed(draw_start, pure=True)(
-            family, sample, sw, context, settings=settings, method=methods[i], seed=seed,
-            state=draws[-1]["rng_state"] if draws else first_state, dask_key_name=f"em-init-draw-{token}-{i}",
+            family, sample, sw, context, settings=settings, method=methods[i], seed=seed, state=state,
+            dask_key_name=f"em-init-draw-{token}-{i}",
         ))
     starts = [
         delayed(start_params, pure=True)(
@@ -396,8 +410,9 @@ class StartPlan:
         or a ``RandomState`` (:attr:`chained`)."""
         given = isinstance(random_state, np.random.RandomState)
         root = state_sequence(random_state) if given else seed_sequence(random_state)
-        *children, sample_seed = root.spawn(n_starts + 1)
-        seeds = [int(c.generate_state(1)[0]) for c in children]
+        # Children at fixed keys: restart i's stream is the same for any n_init, and so is the sample's.
+        seeds = [int(child_sequence(root, i).generate_state(1)[0]) for i in range(n_starts)]
+        sample_seed = child_sequence(root, SAMPLE_STREAM)
         if is_int(random_state) and 0 <= random_state < 2**32 and seeds:
             # scikit-learn's first initialisation draws from RandomState(random_state): so does the first
             # restart's, and the same random_state gives scikit-learn's start where the sample is every row.

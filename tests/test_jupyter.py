@@ -39,7 +39,8 @@ def test_task_prefixes_reaching_the_scheduler(tmp_path):
         prefixes = set(cluster.scheduler.task_prefixes)
     ours = {p for p in prefixes if p.startswith("em-")}
     assert ours == {
-        "em-init-sample", "em-init-context", "em-init", "em-init-collect", "em-params",
+        "em-init-sample", "em-init-context", "em-init", "em-init-draw", "em-init-state", "em-init-collect",
+        "em-params",
         "em-estep", "em-combine-partial", "em-combine-aggregate", "em-mstep",
         "em-predict", "em-proba",
     }, ours

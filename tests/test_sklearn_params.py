@@ -217,13 +217,28 @@ def test_a_component_of_little_mass_is_kept_as_scikit_learn_keeps_it():
 
 def test_starts_on_a_sample_of_the_rows_keep_streams_of_their_own(overlapping):
     """Where the sample is not every row (scikit-learn's starts cannot be reproduced), each restart has its
-    own seed and the starts are independent of one another: the first two are the same with n_init=2 and 4."""
-    kw = dict(n_components=4, init_params="random_from_data", init_sample_size=300, random_state=5, max_iter=0)
+    own seed and the starts are independent of one another and of n_init (the sample too): the first two
+    restarts start at the same points with n_init=2 and 4, so more restarts only add candidates."""
+    kw = dict(n_components=4, init_params="random_from_data", init_sample_size=300, random_state=5, max_iter=1)
     two = quiet(dask_em.GaussianMixture(n_init=2, **kw).fit, overlapping)
     four = quiet(dask_em.GaussianMixture(n_init=4, **kw).fit, overlapping)
     seeds = [r["seed"] for r in four.restarts_]
     assert None not in seeds and len(set(seeds)) == 4 and seeds[0] == 5
     assert [r["seed"] for r in two.restarts_] == seeds[:2]
+    starts = [r["history"][0] for r in four.restarts_]  # each start's bound on every row
+    assert len(set(starts)) == 4
+    assert [r["history"][0] for r in two.restarts_] == pytest.approx(starts[:2], rel=1e-12)
+
+
+def test_a_seed_sequence_is_a_seed_not_a_stream(overlapping):
+    """A SeedSequence given as random_state is not spawned from: two fits with it are the same."""
+    seq = np.random.SeedSequence(17)
+    kw = dict(n_components=4, n_init=3, init_sample_size=300, random_state=seq, max_iter=3)
+    first = quiet(dask_em.GaussianMixture(**kw).fit, overlapping)
+    again = quiet(dask_em.GaussianMixture(**kw).fit, overlapping)
+    assert seq.n_children_spawned == 0
+    np.testing.assert_array_equal(first.means_, again.means_)
+    np.testing.assert_array_equal(first.sample(5)[0], again.sample(5)[0])
 
 
 @pytest.mark.parametrize("ours, theirs", PAIRS)
@@ -627,7 +642,7 @@ BEHAVIOURS = [
      "GaussianMixture: fitted arrays and the outputs of `predict`, `predict_proba`, `score_samples`, `sample` in "
      "the input's library, on its device; `lower_bound_` a 0-d array of it; BayesianGaussianMixture: refused",
      "the same arrays, and `sample_weight` and the `*_init` arrays taken on the device; `lower_bound_` a "
-     "Python float (`float()` of either is the same number); BayesianGaussianMixture takes them too",
+     "numpy float (`float()` of either is the same number); BayesianGaussianMixture takes them too",
      "tests/test_array_api.py"),
     ("empty component (`reg_covar>0`)", "kept, weight ~1e-15",
      "GaussianMixture drops a component whose mass is below 10 eps of a row, with a warning (`n_components_` says "

@@ -76,8 +76,9 @@ and may override (defaults in brackets):
     classification log-likelihood (up to terms additive in rows) is the usual
     choice. [``None``: mclust's Gaussian ``"VVV"`` tree on ``init_features``]
 ``init_params(x, w, resp, context, settings)``
-    Initial parameters from the sample; ``settings`` holds ``n_components``
-    and whatever the estimator passes (user-given initial parameters).
+    Initial parameters from the sample; ``settings`` holds ``n_components``,
+    the start's kind (``"start"``) and whatever the estimator passes
+    (user-given initial parameters).
     [the M-step of the sample's statistics under the start's ``resp``]
 ``start_given(settings)``
     True when ``settings`` leave nothing for a start to compute. [False]
@@ -180,6 +181,10 @@ from ._machine import aligned_empty, core_caches  # the families size their pane
 
 Params = dict[str, Any]
 Stats = dict[str, Any]
+
+# The start kinds scikit-learn's mixtures have (``init_params``); a family's ``init_params`` finds the
+# kind of its start in ``settings["start"]``.
+SCIKIT_LEARN_STARTS = ("kmeans", "k-means++", "random", "random_from_data")
 
 # Components get 10 eps of mass so an empty one divides by a tiny number, not zero.
 MASS_EPS = 10 * np.finfo(np.float64).eps

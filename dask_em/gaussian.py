@@ -29,8 +29,10 @@ from . import _array_api, _compiled, _incomplete
 from ._covariance import COLLAPSED, COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, ILL_DEFINED, LAYOUTS, NotPositiveDefiniteError
 from ._machine import aligned_empty
 from ._namespace import dtype_kind, in_row_order, is_foreign, like, namespace, split_holes, to_numpy, weights_like
-from .family import (MASS_EPS, Family, empty_components, add_likelihood, all_missing_row, core_caches, log_normalize,
-                     responsibilities, work_array)
+from .family import (
+    MASS_EPS, SCIKIT_LEARN_STARTS, Family, empty_components, add_likelihood, all_missing_row,
+    core_caches, log_normalize, responsibilities, work_array,
+)
 from .prior import PARAM_KEYS, log_prior, map_m_step, prior_of, resolve_prior
 
 __all__ = ["COVARIANCE_TYPES", "GAUSSIAN_COVARIANCE_TYPES", "GaussianFamily", "NotPositiveDefiniteError", "check_initial_parameters",
@@ -446,7 +448,11 @@ class GaussianFamily(Family):
                     params.update(map_m_step(stats, ref, ct, self.reg_covar, prior_of(params)))
             except NotPositiveDefiniteError as exc:
                 return {"error": f"at the start: {exc}"}
-            # scikit-learn divides the start's masses by n_samples, not by their sum.
+            # scikit-learn's starts divide their masses by n_samples, not by their sum: k-means++ and
+            # random_from_data (one row a component) begin with weights summing to K / n_samples. mclust's
+            # tree weighs the rows it clustered (a subset of the sample) by their own count.
+            if settings.get("start") in SCIKIT_LEARN_STARTS:
+                total = float(x.shape[0]) if w is None else float(np.sum(w))
             params["weights"] = (mass + MASS_EPS) / total
         if weights_init is not None:
             params["weights"] = to_numpy(weights_init, np.float64)

@@ -30,11 +30,11 @@ from dask.delayed import delayed
 
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
 from ._validation import child_sequence, is_int, seed_sequence, state_sequence
-from .family import Family
+from .family import SCIKIT_LEARN_STARTS, Family
 from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
 
-INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data", "hierarchical")
+INIT_METHODS = (*SCIKIT_LEARN_STARTS, "hierarchical")
 # The starts of init_strategy="emEM": EMEM_FIRST (mclust's own start, the hierarchical tree
 # of the sample), then MIXED_STARTS in turn. Measured by benchmarks/bench_optima.py at
 # convergence (docs/optima.md): the tree alone, or k-means-like starts alone, each lose cases the
@@ -233,7 +233,7 @@ def init_restart(family: Family, sample, sample_weight, context, *, settings: di
     rows = _whole_rows(family, sample, sample_weight)
     rng = _state_rng(state)
     resp = _draw(family, rows, context, settings, method, seed if rng is None else rng)
-    params = _start_params(family, rows, sample_weight, resp, context, settings)
+    params = _start_params(family, rows, sample_weight, resp, context, settings, method)
     if rng is not None:
         params["rng_state"] = rng.get_state()
     return params
@@ -251,13 +251,13 @@ def draw_start(family: Family, sample, sample_weight, context, *, settings: dict
     rng = _state_rng(state)
     resp = _draw(family, _whole_rows(family, sample, sample_weight), context, settings, method,
                  seed if rng is None else rng)
-    return {"resp": resp, "rng_state": None if rng is None else rng.get_state()}
+    return {"resp": resp, "rng_state": None if rng is None else rng.get_state(), "method": method}
 
 
 def start_params(family: Family, sample, sample_weight, context, *, settings: dict, drawn: dict) -> dict:
     """Initial parameters of a restart from its :func:`draw_start` (its ``rng_state`` passed on)."""
     rows = _whole_rows(family, sample, sample_weight, log=False)
-    params = _start_params(family, rows, sample_weight, drawn["resp"], context, settings)
+    params = _start_params(family, rows, sample_weight, drawn["resp"], context, settings, drawn["method"])
     if drawn["rng_state"] is not None:
         params["rng_state"] = drawn["rng_state"]
     return params
@@ -295,9 +295,11 @@ def _draw(family: Family, rows, context, settings: dict, method: str, seed) -> n
     return start_responsibilities(features, settings["n_components"], method, seed, merge_term=family.merge_criterion())
 
 
-def _start_params(family: Family, rows, sample_weight, resp, context, settings: dict) -> dict:
+def _start_params(family: Family, rows, sample_weight, resp, context, settings: dict, method: str) -> dict:
     try:
-        params = family.init_params(rows, sample_weight, resp, context, settings)
+        # The start's kind travels with the settings: the Gaussian start weighs its components as the
+        # library whose start it is (scikit-learn's four, or mclust's trees).
+        params = family.init_params(rows, sample_weight, resp, context, {**settings, "start": method})
     except (ArithmeticError, np.linalg.LinAlgError) as exc:
         return {"error": f"at the start: {exc}"}
     params.setdefault("dropped", [])

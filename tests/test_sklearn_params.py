@@ -60,16 +60,10 @@ def fitted_arrays(model) -> dict:
     return out
 
 
-def assert_same_model(ours, ref, what, rtol=1e-8, start_rtol=None):
-    """``start_rtol``: the first bound's tolerance where a start of one row per component makes it ill-conditioned
-    (covariances at ``reg_covar``, a bound of ~-1e7 whose round-off is ~1e-7 of it)."""
+def assert_same_model(ours, ref, what, rtol=1e-8):
     assert ours.n_iter_ == ref.n_iter_, f"{what}: n_iter_ {ours.n_iter_} != {ref.n_iter_}"
     assert ours.converged_ == ref.converged_, what
-    bounds, ref_bounds = np.ravel(ours.lower_bounds_), np.ravel(ref.lower_bounds_)
-    if start_rtol is not None:
-        close(bounds[:1], ref_bounds[:1], f"{what}: the start's bound", start_rtol)
-        bounds, ref_bounds = bounds[1:], ref_bounds[1:]
-    close(bounds, ref_bounds, f"{what}: lower_bounds_", rtol)
+    close(np.ravel(ours.lower_bounds_), np.ravel(ref.lower_bounds_), f"{what}: lower_bounds_", rtol)
     ref_arrays = fitted_arrays(ref)
     for name, value in fitted_arrays(ours).items():
         close(value, ref_arrays[name], f"{what}: {name}", rtol)
@@ -167,8 +161,7 @@ def test_the_same_random_state_gives_scikit_learns_fit_with_several_restarts(ove
         what = f"{ours.__name__} {init_params} random_state={random_state}"
         assert len({round(r["lower_bound"], 6) for r in model.restarts_}) > 1, f"{what}: the starts must differ"
         assert [r["seed"] is None for r in model.restarts_] == [False, True, True, True], what
-        one_row_starts = init_params in ("k-means++", "random_from_data")
-        assert_same_model(model, ref, what, start_rtol=1e-6 if one_row_starts else None)
+        assert_same_model(model, ref, what)
         if random_state == "instance":
             assert mine.randint(2**31) == theirs_rs.randint(2**31), f"{what}: the stream left where scikit-learn's is"
 
@@ -288,22 +281,35 @@ def test_aitken_under_auto_stops_no_later_than_one_nat_in_all():
 # -- max_iter=0 ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random_from_data"])
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 @pytest.mark.parametrize("ours, theirs", PAIRS)
-def test_max_iter_zero_returns_the_start_as_scikit_learn(rows, ours, theirs, cov_type):
+def test_max_iter_zero_returns_the_start_as_scikit_learn(rows, ours, theirs, cov_type, init_params):
+    """The start itself, weights included: a start of one row a component (k-means++, random_from_data) has
+    scikit-learn's weights of 1 / n_samples each, summing to K / n_samples, not to one."""
+    if cov_type == "tied" and init_params != "kmeans":
+        pytest.skip("scikit-learn's tied start of one row a component counts every row (a documented difference)")
     X = rows[:400]
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)  # neither warns: the start was asked for
-        model = ours(3, covariance_type=cov_type, max_iter=0, random_state=0).fit(X)
-        ref = theirs(n_components=3, covariance_type=cov_type, max_iter=0,
+        model = ours(3, covariance_type=cov_type, max_iter=0, init_params=init_params, random_state=0).fit(X)
+        ref = theirs(n_components=3, covariance_type=cov_type, max_iter=0, init_params=init_params,
                      random_state=model.restarts_[0]["seed"]).fit(X)
     assert model.n_iter_ == ref.n_iter_ == 0
     assert model.converged_ is ref.converged_ is False
     assert model.lower_bound_ == ref.lower_bound_ == -np.inf
     assert model.lower_bounds_ == ref.lower_bounds_ == []
     ref_arrays = fitted_arrays(ref)
+    if init_params != "kmeans" and cov_type in ("diag", "spherical"):
+        # One row a component: the variances are reg_covar (1e-6) plus nothing, which scikit-learn's diagonal
+        # estimate E[x^2] - 2 m E[x] + m^2 finds through cancellation, off by up to a few eps of max x^2
+        # (1.4e-12 here: 1e-6 relative); dask-em's, about the mean, is reg_covar. Its inverses are derived.
+        floor = 16 * np.finfo(np.float64).eps * float((X**2).max())
+        np.testing.assert_allclose(model.covariances_, ref.covariances_, rtol=0, atol=floor)
+        ref_arrays = {k: v for k, v in ref_arrays.items() if k in ("weights_", "means_")}
     for name, value in fitted_arrays(model).items():
-        close(value, ref_arrays[name], name)
+        if name in ref_arrays:
+            close(value, ref_arrays[name], name)
     np.testing.assert_array_equal(model.predict(X), ref.predict(X))
 
 

@@ -8,6 +8,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -371,18 +372,27 @@ def test_data_lost_with_the_scheduler_is_named_not_retried_forever(store):
 @pytest.mark.timeout(240)
 def test_library_fit_with_your_own_client_waits_for_it_to_reconnect(cluster, store, reference, caplog):
     """fit(reconnect_timeout=...) with a Client you made: the same Client reconnects; the fit finishes bitwise."""
+    restarted = threading.Event()
+
+    def start_again():
+        cluster.start_scheduler()
+        cluster.start_worker()
+        restarted.set()
+
     def restart_at_iteration_3(event):
         if event["iteration"] == 3:
             cluster.kill_scheduler()
             cluster.kill_workers()
-            cluster.start_scheduler()
-            cluster.start_worker()
+            # Back after a pause, so that the fit's next step finds no scheduler (a new one started at once
+            # could take the Client back before the fit asked, and the fit would see only missing workers).
+            threading.Timer(2.0, start_again).start()
 
     with Client(cluster.address, timeout="120s") as client:
         gm = dask_em.GaussianMixture(3, max_iter=MAX_ITER, tol=0, random_state=0)
         with warnings.catch_warnings(), caplog.at_level("WARNING", logger="dask_em"):
             warnings.simplefilter("ignore")
             gm.fit(store[0], callback=restart_at_iteration_3, reconnect_timeout=120)
+        assert restarted.is_set()
         assert client.status == "running"  # yours, reconnected by itself; never replaced
     assert any("lost the connection to the scheduler" in r.getMessage() for r in caplog.records)
     assert any("reconnected to the scheduler" in r.getMessage() and "new Client" not in r.getMessage()

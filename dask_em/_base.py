@@ -803,9 +803,10 @@ def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
     context = starts[0][0]
     groups = []
     for plan, (own_context, own_starts) in zip(plans, starts):
-        # A RandomState given as random_state is left where its starts left the stream, as scikit-learn's is.
-        states = [p.pop("rng_state", None) for p in own_starts]
-        state = states[-1] if plan.chained else states[0] if states else None
+        # A RandomState given as random_state is left where its starts left the stream (the last that drew
+        # from it), as scikit-learn's is.
+        states = [s for s in (p.pop("rng_state", None) for p in own_starts) if s is not None]
+        state = states[-1] if states else None
         if state is not None and plan.owner is not None:
             plan.owner.set_state(state)
         # Models whose samples differ (a Gaussian grid with K > 20) are re-expressed under one context.

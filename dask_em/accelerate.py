@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine import RoundState, mstep_round
-from .family import Family
+from .family import Family, empty_components
 
 logger = logging.getLogger("dask_em")
 
@@ -312,7 +312,7 @@ def _same_shapes(records: list[dict]) -> bool:
 def _checked(s_new: dict, family: Family, n_rows: int, wsum: float, frame: dict) -> tuple[dict | None, str | None]:
     """theta' = M(s') if s' is in the valid set and its M-step succeeds: (parameters, None) or (None, why not)."""
     nk = s_new["nk"]
-    if not (np.all(np.isfinite(nk)) and np.all(nk > 1e-6 * wsum / max(n_rows, 1))):
+    if not np.all(np.isfinite(nk)) or empty_components(nk, wsum, n_rows).any():
         return None, "a component's extrapolated mass is not positive"
     bad = family.invalid_stats(s_new["stats"], nk)
     if bad is not None:

@@ -188,15 +188,11 @@ SCIKIT_LEARN_STARTS = ("kmeans", "k-means++", "random", "random_from_data")
 
 # Components get 10 eps of mass so an empty one divides by a tiny number, not zero.
 MASS_EPS = 10 * np.finfo(np.float64).eps
-# A component is empty, and dropped, when its mass is below MASS_EPS of an average row's weight: there
-# scikit-learn's estimates are its 10 eps floor's (a mean pulled to the origin). A component of more mass,
-# however little, is kept, as scikit-learn keeps it: it can gain mass again.
-EMPTY_MASS = MASS_EPS
-
-
 def empty_components(nk: np.ndarray, total_weight: float, n_rows: int) -> np.ndarray:
-    """True where a component's mass ``nk`` is below :data:`EMPTY_MASS` of an average row's weight."""
-    return nk < EMPTY_MASS * total_weight / max(n_rows, 1)
+    """True where a component's mass ``nk`` is below :data:`MASS_EPS` of an average row's weight: empty, and
+    dropped. There scikit-learn's estimates are its 10 eps floor's (a mean pulled to the origin); a component
+    of more mass, however little, is kept, as scikit-learn keeps it: it can gain mass again."""
+    return nk < MASS_EPS * total_weight / max(n_rows, 1)
 # Rows per panel of the default E-step: the (K, rows) log-probabilities hold 2**18
 # values (32768 rows at K=8). Each numpy call on a panel holds the GIL for a few
 # microseconds, so panels must be long for two threads to overlap: measured on

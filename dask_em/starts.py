@@ -231,12 +231,8 @@ def init_restart(family: Family, sample, sample_weight, context, *, settings: di
     ``seed``, and the state it leaves is returned under ``"rng_state"``.
     """
     rows = _whole_rows(family, sample, sample_weight)
-    rng = _state_rng(state)
-    resp = _draw(family, rows, context, settings, method, seed if rng is None else rng)
-    params = _start_params(family, rows, sample_weight, resp, context, settings, method)
-    if rng is not None:
-        params["rng_state"] = rng.get_state()
-    return params
+    return _params_from(family, rows, sample_weight, context, settings,
+                        _drawn(family, rows, context, settings, method, seed, state))
 
 
 def draw_start(family: Family, sample, sample_weight, context, *, settings: dict, method: str, seed: int,
@@ -248,27 +244,42 @@ def draw_start(family: Family, sample, sample_weight, context, *, settings: dict
     the ``state`` the one before left) wait for each other's draws only and compute their M-steps
     side by side.
     """
-    rng = _state_rng(state)
-    resp = _draw(family, _whole_rows(family, sample, sample_weight), context, settings, method,
-                 seed if rng is None else rng)
-    return {"resp": resp, "rng_state": None if rng is None else rng.get_state(), "method": method}
+    return _drawn(family, _whole_rows(family, sample, sample_weight), context, settings, method, seed, state)
 
 
 def start_params(family: Family, sample, sample_weight, context, *, settings: dict, drawn: dict) -> dict:
     """Initial parameters of a restart from its :func:`draw_start` (its ``rng_state`` passed on)."""
+    # The sample's missing values are filled again here (column means, cheap beside the draw), so that the
+    # filled sample need not travel from the draw's task.
     rows = _whole_rows(family, sample, sample_weight, log=False)
-    params = _start_params(family, rows, sample_weight, drawn["resp"], context, settings, drawn["method"])
+    return _params_from(family, rows, sample_weight, context, settings, drawn)
+
+
+def _drawn(family: Family, rows, context, settings: dict, method: str, seed: int, state: tuple | None) -> dict:
+    rng = None
+    if state is not None:
+        rng = np.random.RandomState()
+        rng.set_state(state)
+    resp = None
+    if not family.start_given(settings):
+        features = family.init_features(rows, context)
+        resp = start_responsibilities(features, settings["n_components"], method, seed if rng is None else rng,
+                                      merge_term=family.merge_criterion())
+    return {"resp": resp, "rng_state": None if rng is None else rng.get_state(), "method": method}
+
+
+def _params_from(family: Family, rows, sample_weight, context, settings: dict, drawn: dict) -> dict:
+    try:
+        # The start's kind travels with the settings: the Gaussian start weighs its components as the
+        # library whose start it is (scikit-learn's four, or mclust's trees).
+        settings = {**settings, "start": drawn["method"]}
+        params = family.init_params(rows, sample_weight, drawn["resp"], context, settings)
+    except (ArithmeticError, np.linalg.LinAlgError) as exc:
+        params = {"error": f"at the start: {exc}"}
+    params.setdefault("dropped", [])
     if drawn["rng_state"] is not None:
         params["rng_state"] = drawn["rng_state"]
     return params
-
-
-def _state_rng(state: tuple | None) -> np.random.RandomState | None:
-    if state is None:
-        return None
-    rng = np.random.RandomState()
-    rng.set_state(state)
-    return rng
 
 
 def _whole_rows(family: Family, sample, sample_weight, log: bool = True):
@@ -286,24 +297,6 @@ def _whole_rows(family: Family, sample, sample_weight, log: bool = True):
                     )
                 sample = family.fill_for_start(sample, sample_weight)
     return sample
-
-
-def _draw(family: Family, rows, context, settings: dict, method: str, seed) -> np.ndarray | None:
-    if family.start_given(settings):
-        return None
-    features = family.init_features(rows, context)
-    return start_responsibilities(features, settings["n_components"], method, seed, merge_term=family.merge_criterion())
-
-
-def _start_params(family: Family, rows, sample_weight, resp, context, settings: dict, method: str) -> dict:
-    try:
-        # The start's kind travels with the settings: the Gaussian start weighs its components as the
-        # library whose start it is (scikit-learn's four, or mclust's trees).
-        params = family.init_params(rows, sample_weight, resp, context, {**settings, "start": method})
-    except (ArithmeticError, np.linalg.LinAlgError) as exc:
-        return {"error": f"at the start: {exc}"}
-    params.setdefault("dropped", [])
-    return params
 
 
 def init_graph(
@@ -415,15 +408,15 @@ class StartPlan:
         # Children at fixed keys: restart i's stream is the same for any n_init, and so is the sample's.
         seeds = [int(child_sequence(root, i).generate_state(1)[0]) for i in range(n_starts)]
         sample_seed = child_sequence(root, SAMPLE_STREAM)
-        if is_int(random_state) and 0 <= random_state < 2**32 and seeds:
+        int_seed = is_int(random_state) and 0 <= random_state < 2**32
+        if int_seed and seeds:
             # scikit-learn's first initialisation draws from RandomState(random_state): so does the first
             # restart's, and the same random_state gives scikit-learn's start where the sample is every row.
             seeds[0] = int(random_state)
         size = sample_size or default_sample_size(n_samples, settings["n_components"])
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
-        sklearn_stream = given or (is_int(random_state) and 0 <= random_state < 2**32)
-        chained = bool(chain and sklearn_stream and n_starts > 1 and len(rows) == n_samples)
+        chained = bool(chain and (given or int_seed) and n_starts > 1 and len(rows) == n_samples)
         first_state = None
         if given:
             first_state = random_state.get_state()

@@ -16,21 +16,25 @@ needs them, the settings its start takes (``_start_settings``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 from sklearn import get_config
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import _check_feature_names
 
 from . import checkpoint as ckpt
 from ._namespace import device, like, namespace
-from ._validation import check_random_state_kind, fail, is_int, is_real
+from ._validation import check_constraints, invalid, is_real, ordered
 from .accelerate import ACCELERATIONS, STOPPING_RULES, default_tol
 from . import stepwise
-from ._fitted import FittedMixture
+from ._fitted import FittedMixture, _names_frame
 from .engine import RoundState, StepResult, compute_round, local_rows, round_graph, runs_directly
 from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
@@ -160,54 +164,52 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
 
     # -- settings -------------------------------------------------------------
 
+    # scikit-learn's parameter constraints (``sklearn.utils._param_validation``), as its estimators
+    # declare them: its own checks read them, and a refused setting raises its InvalidParameterError.
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left"), None],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions(ordered(INIT_METHODS))],
+        # scikit-learn's kinds, numpy's newer two, and ints past 2**32 (a SeedSequence takes them).
+        "random_state": [
+            Interval(Integral, 0, None, closed="left"), np.random.RandomState, np.random.SeedSequence,
+            np.random.Generator, None,
+        ],
+        "warm_start": ["boolean"],
+        "verbose": ["verbose"],
+        "verbose_interval": [Interval(Integral, 1, None, closed="left")],
+        "init_sample_size": [Interval(Integral, 1, None, closed="left"), None],
+        "split_every": [Interval(Integral, 2, None, closed="left"), None],
+        "init_strategy": [StrOptions(ordered(("single", "emEM")))],
+        "n_short": [Interval(Integral, 1, None, closed="left")],
+        "short_iter": [Interval(Integral, 1, None, closed="left")],
+        "prune_margin": [Interval(Real, 0.0, None, closed="left"), None],
+        "accelerate": [StrOptions(ordered(a for a in ACCELERATIONS if a is not None)), None],
+        "stopping": [StrOptions(ordered(("auto", *STOPPING_RULES)))],
+        "stepwise_passes": [Interval(Integral, 0, None, closed="left")],
+        "missing": [StrOptions(ordered(MISSING_MODES))],
+    }
+
     def check_params(self) -> None:
-        """Refuse settings out of range, naming what was received and what is allowed (no data read)."""
-        if not is_int(self.n_components) or self.n_components < 1:
-            raise fail("n_components", self.n_components, "an int >= 1")
+        """Refuse settings out of range, naming what was received and what is allowed (no data read).
+
+        Raises scikit-learn's ``InvalidParameterError`` (a ``ValueError``) in its words where
+        ``_parameter_constraints`` decides, and a ``ValueError`` naming the conflict where two
+        settings do not go together.
+        """
+        owner = type(self).__name__
+        check_constraints(owner, self._parameter_constraints, self.get_params(deep=False))
         self._check_family_params()
-        if self.tol is not None and (not is_real(self.tol) or self.tol < 0):
-            raise fail("tol", self.tol, "a finite float >= 0 (or None: the stopping rule's default)")
-        if not is_int(self.max_iter) or self.max_iter < 0:
-            raise fail("max_iter", self.max_iter, "an int >= 0 (0: the starting parameters, no EM iteration)")
-        if not is_int(self.n_init) or self.n_init < 1:
-            raise fail("n_init", self.n_init, "an int >= 1")
-        if self.init_params not in INIT_METHODS:
-            raise fail("init_params", self.init_params, f"one of {INIT_METHODS}")
-        if self.init_sample_size is not None and (
-            not is_int(self.init_sample_size) or self.init_sample_size < 1
-        ):
-            raise fail("init_sample_size", self.init_sample_size, "None or an int >= 1")
-        if self.split_every is not None and (not is_int(self.split_every) or self.split_every < 2):
-            raise fail("split_every", self.split_every, "None or an int >= 2")
-        if self.init_strategy not in ("single", "emEM"):
-            raise fail("init_strategy", self.init_strategy, "'single' or 'emEM'")
-        if not is_int(self.n_short) or self.n_short < 1:
-            raise fail("n_short", self.n_short, "an int >= 1")
-        if not is_int(self.short_iter) or self.short_iter < 1:
-            raise fail("short_iter", self.short_iter, "an int >= 1")
-        if self.prune_margin is not None and (not is_real(self.prune_margin) or self.prune_margin < 0):
-            raise fail("prune_margin", self.prune_margin, "None or a finite float >= 0")
         if self.init_strategy == "emEM" and self.init_params != "kmeans":
             raise ValueError(
                 f"init_params={self.init_params!r} applies to init_strategy='single'; emEM mixes "
                 "the hierarchical tree, k-means++, random-row, half-sample k-means and half-sample tree "
                 "starts. Leave init_params at its default."
             )
-        if self.accelerate not in ACCELERATIONS:
-            raise fail("accelerate", self.accelerate, "None (plain EM) or 'squarem'")
-        if self.stopping not in ("auto",) + STOPPING_RULES:
-            raise fail("stopping", self.stopping, f"one of {('auto',) + STOPPING_RULES}")
-        if not is_int(self.stepwise_passes) or not (self.stepwise_passes == 0 or 0 < self.stepwise_passes < self.max_iter):
-            raise fail("stepwise_passes", self.stepwise_passes, f"an int >= 0 and below max_iter={self.max_iter}")
-        if not isinstance(self.warm_start, (bool, np.bool_)):
-            raise fail("warm_start", self.warm_start, "True or False")
-        if not is_int(self.verbose) or self.verbose < 0:
-            raise fail("verbose", self.verbose, "an int >= 0")
-        if not is_int(self.verbose_interval) or self.verbose_interval < 1:
-            raise fail("verbose_interval", self.verbose_interval, "an int >= 1")
-        check_random_state_kind(self.random_state)  # nothing drawn: a RandomState's stream is the start's
-        if self.missing not in MISSING_MODES:
-            raise fail("missing", self.missing, f"one of {MISSING_MODES} (NaN refused, or marginalised by EM)")
+        if self.stepwise_passes and not self.stepwise_passes < self.max_iter:
+            raise invalid(owner, "stepwise_passes", self.stepwise_passes, f"0 or below max_iter={self.max_iter}")
         self.make_family()  # a family that cannot marginalise is refused here, with the reason
 
     def _start_plan(self, n: int, d: int) -> StartPlan:
@@ -433,7 +435,11 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         if hasattr(self, "weights_") and self._edited_attributes():
             self.fitted_state()  # attributes set or changed by hand: the stream goes on from them
             stream = self._stream = None
-        if (stream is not None or hasattr(self, "_params")) and d != self.n_features_in_:
+        going_on = stream is not None or hasattr(self, "_params")
+        if going_on:  # scikit-learn's checks of a later batch: its names, then its width; the first batch's names stay
+            _check_feature_names(self, _names_frame(prep.feature_names), reset=False)
+            prep = dataclasses.replace(prep, feature_names=getattr(self, "feature_names_in_", None))
+        if going_on and d != self.n_features_in_:
             raise ValueError(
                 f"X has {d} features, but {type(self).__name__} is expecting {self.n_features_in_} features "
                 "as input; pass batches with the columns of the first one (or call fit to start afresh)."

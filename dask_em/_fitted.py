@@ -23,7 +23,7 @@ from dask.delayed import delayed
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from ._namespace import dtype_name, is_foreign, is_numpy, like, namespace, to_numpy
-from ._validation import child_sequence, fail, is_int, seed_sequence
+from ._validation import child_sequence, fail, is_int, scikit_learn_none, seed_sequence
 from .engine import infer_block, infer_direct, local_rows
 from .family import Family
 from .io import Prepared, as_dask_array
@@ -135,13 +135,14 @@ class FittedMixture:
         state = state or self.fitted_state()
         prep = as_dask_array(X, **kwargs)
         d = prep.data.shape[1]
+        # scikit-learn's order: the names first (a frame missing a column is told which), then the count.
+        _check_feature_names(self, _names_frame(prep.feature_names), reset=False)
         if d != self.n_features_in_:
             name = type(self).__name__
             raise ValueError(  # scikit-learn's sentence (its checks look for it), then how to mend it
                 f"X has {d} features, but {name} is expecting {self.n_features_in_} features as input. "
                 "Pass the columns it was fitted on."
             )
-        _check_feature_names(self, _names_frame(prep.feature_names), reset=False)
         state.family.check_dtype(prep.data.dtype, d)
         transform = getattr(self, "_transform", None)
         if transform is not None:
@@ -371,14 +372,14 @@ class FittedMixture:
         if not is_int(n_samples) or n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sample draws an int >= 1 rows.")
         state = self.fitted_state()
-        seed = self.random_state
+        seed = scikit_learn_none(self.random_state)
         if state.family.draws_as_scikit_learn and is_int(seed) and 0 <= seed < 2**32:
             # scikit-learn's stream and draws: the same random_state gives its rows (to the parameters' round-off)
             rng = np.random.RandomState(int(seed))
         elif state.family.draws_as_scikit_learn and isinstance(seed, np.random.RandomState):
             rng = seed  # drawn from and advanced, as scikit-learn's sample does
         else:
-            rng = np.random.default_rng(child_sequence(seed_sequence(seed), 0) if seed is not None else None)
+            rng = np.random.default_rng(child_sequence(seed_sequence(seed), 0))
         counts = rng.multinomial(n_samples, to_numpy(self.weights_))
         labels = np.repeat(np.arange(len(counts)), counts)
         rows = state.family.sample(state.params, labels, state.context, rng)

@@ -5,14 +5,17 @@ The model, its statistics and its bound are in :mod:`dask_em.bayesian`.
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, LAYOUTS
 from ._namespace import to_numpy
-from ._validation import fail, is_real
+from ._validation import invalid, is_real, ordered
 from .bayesian import PRIOR_TYPES, BayesianGaussianFamily, resolve_prior
-from .gaussian_mixture import compute_dtype_name
+from .gaussian_mixture import COMPUTE_DTYPE_CONSTRAINTS, compute_dtype_name
 from .starts import data_moments_graph
 from .family import Family
 
@@ -121,6 +124,19 @@ class BayesianGaussianMixture(BaseMixture):
         That bound at every iteration.
     """
 
+    _parameter_constraints: dict = {
+        **BaseMixture._parameter_constraints,
+        "covariance_type": [StrOptions(ordered(COVARIANCE_TYPES))],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "weight_concentration_prior_type": [StrOptions(ordered(PRIOR_TYPES))],
+        "weight_concentration_prior": [Interval(Real, 0.0, None, closed="neither"), None],
+        "mean_precision_prior": [Interval(Real, 0.0, None, closed="neither"), None],
+        "mean_prior": ["array-like", None],
+        "degrees_of_freedom_prior": [Interval(Real, 0.0, None, closed="neither"), None],
+        "covariance_prior": ["array-like", Interval(Real, 0.0, None, closed="neither"), None],
+        "compute_dtype": COMPUTE_DTYPE_CONSTRAINTS,
+    }
+
     def __init__(
         self,
         n_components: int = 1,
@@ -190,19 +206,6 @@ class BayesianGaussianMixture(BaseMixture):
                 "(its variational bound is not derived for incomplete rows here). Use missing='error' and "
                 "remove or impute incomplete rows, or fit GaussianMixture(missing='marginalize')."
             )
-        if self.covariance_type not in COVARIANCE_TYPES:
-            raise fail("covariance_type", self.covariance_type, f"one of {COVARIANCE_TYPES}")
-        if not is_real(self.reg_covar) or self.reg_covar < 0:
-            raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
-        compute_dtype_name(self.compute_dtype)
-        if self.weight_concentration_prior_type not in PRIOR_TYPES:
-            raise fail("weight_concentration_prior_type", self.weight_concentration_prior_type, f"one of {PRIOR_TYPES}")
-        for name in ("weight_concentration_prior", "mean_precision_prior"):
-            value = getattr(self, name)
-            if value is not None and (not is_real(value) or value <= 0):
-                raise fail(name, value, "None or a finite float > 0")
-        if self.degrees_of_freedom_prior is not None and not is_real(self.degrees_of_freedom_prior):
-            raise fail("degrees_of_freedom_prior", self.degrees_of_freedom_prior, "None or a finite float > n_features - 1")
 
     def _start_settings(self, d: int) -> dict:
         return {
@@ -241,7 +244,9 @@ class BayesianGaussianMixture(BaseMixture):
             return None
         if ct == "spherical":
             if not is_real(value) or value <= 0:
-                raise fail("covariance_prior", value, "a finite float > 0 for covariance_type='spherical'")
+                raise invalid(
+                    type(self).__name__, "covariance_prior", value, "a float > 0 for covariance_type='spherical'"
+                )
             return float(value)
         c = to_numpy(value, np.float64)
         shape = (d, d) if ct in ("full", "tied") else (d,)

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -69,8 +70,26 @@ def _user_errors():
         yield
     except (ValueError, TypeError, KeyError, ImportError, FileNotFoundError, FileExistsError, ConnectionError, ModelStoreError,
             CheckpointError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else _as_flag(str(exc))
         raise Failure(str(message).splitlines()[0] if message else type(exc).__name__) from None
+
+
+# Estimator parameters whose command-line option has another name.
+_OPTION_OF_PARAMETER = {"n_components": "components", "random_state": "seed"}
+
+
+def _as_flag(message: str) -> str:
+    """An estimator's "The 'max_iter' parameter of GaussianMixture must be ..." as "--max-iter must be ..."
+    where the running command has that option; any other message as it is."""
+    parsed = re.match(r"The '(\w+)' parameter of \w+ (must be .*)", message, re.DOTALL)
+    ctx = click.get_current_context(silent=True)
+    if parsed is None or ctx is None:
+        return message
+    name = _OPTION_OF_PARAMETER.get(parsed[1], parsed[1])
+    for option in ctx.command.params:
+        if option.name == name and option.opts:
+            return f"{'/'.join(option.opts)} {parsed[2]}"
+    return message
 
 
 def _parse_storage_options(pairs: tuple[str, ...], base: dict | None = None) -> dict | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from numbers import Integral, Real
 
 import numpy as np
+from sklearn.utils._param_validation import Interval
 
 from ._base import BaseMixture
-from ._validation import fail, is_int, is_real
+from ._validation import is_int
 from .discrete import BernoulliFamily, CategoricalFamily, PoissonFamily
 from .family import Family
 
@@ -54,6 +56,10 @@ def _integer_input_tags(tags):
 
 class _DiscreteMixture(BaseMixture):
     _family_class: type = Family
+    _parameter_constraints: dict = {
+        **BaseMixture._parameter_constraints,
+        "pseudo_count": [Interval(Real, 0.0, None, closed="left")],
+    }
 
     def __init__(
         self,
@@ -86,10 +92,6 @@ class _DiscreteMixture(BaseMixture):
             prune_margin=prune_margin, missing=missing, accelerate=accelerate, stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.pseudo_count = pseudo_count
-
-    def _check_family_params(self) -> None:
-        if not is_real(self.pseudo_count) or self.pseudo_count < 0:
-            raise fail("pseudo_count", self.pseudo_count, "a finite float >= 0")
 
     def make_family(self) -> Family:
         return self._family_class(pseudo_count=float(self.pseudo_count), missing=self.missing)
@@ -128,6 +130,10 @@ class BernoulliMixture(_DiscreteMixture):
 """
     )
     _family_class = BernoulliFamily
+    _parameter_constraints: dict = {
+        **_DiscreteMixture._parameter_constraints,
+        "binarize": [Interval(Real, None, None, closed="neither"), None],
+    }
 
     def __init__(
         self,
@@ -162,11 +168,6 @@ class BernoulliMixture(_DiscreteMixture):
             stopping=stopping, stepwise_passes=stepwise_passes,
         )
         self.binarize = binarize
-
-    def _check_family_params(self) -> None:
-        super()._check_family_params()
-        if self.binarize is not None and not is_real(self.binarize):
-            raise fail("binarize", self.binarize, "None or a finite float (values above it read as 1)")
 
     def _input_transform(self):
         if self.binarize is None:
@@ -217,6 +218,10 @@ class CategoricalMixture(_DiscreteMixture):
         )
     )
     _family_class = CategoricalFamily
+    _parameter_constraints: dict = {
+        **_DiscreteMixture._parameter_constraints,
+        "n_categories": [Interval(Integral, 1, None, closed="left"), "array-like", None],  # None: refused, with how
+    }
 
     def __init__(
         self,
@@ -255,7 +260,6 @@ class CategoricalMixture(_DiscreteMixture):
         return _integer_input_tags(super().__sklearn_tags__())
 
     def _check_family_params(self) -> None:
-        super()._check_family_params()
         c = self.n_categories
         fix = "Pass an int >= 2 for all features or one per feature, e.g. n_categories=(X.max(axis=0) + 1)."
         if c is None:

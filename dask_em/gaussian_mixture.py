@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from numbers import Real
+
 import numpy as np
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ._base import BaseMixture
 from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
-from ._validation import fail, is_real
+from ._validation import fail, ordered
 from .starts import data_moments_graph
 from .family import Family
 from .gaussian import GaussianFamily, check_initial_parameters, parameters_from_attributes
@@ -18,6 +21,11 @@ _DEFAULT_REG_COVAR = 1e-6
 
 
 COMPUTE_DTYPES = ("float64", "float32")
+# The names, the numpy scalar types and the dtypes of COMPUTE_DTYPES.
+COMPUTE_DTYPE_CONSTRAINTS = [
+    StrOptions(ordered(COMPUTE_DTYPES)), Options(type, ordered((np.float64, np.float32))),
+    Options(np.dtype, ordered(map(np.dtype, COMPUTE_DTYPES))),
+]
 
 
 def compute_dtype_name(value) -> str:
@@ -91,7 +99,8 @@ class GaussianMixture(BaseMixture):
         before left the stream, as scikit-learn's initialisations, so the
         same ``random_state`` gives scikit-learn's starts and fit for any
         ``n_init``; on a sample of the rows each restart has its own stream
-        (``SeedSequence.spawn``).
+        (``SeedSequence.spawn``). None is numpy's global ``RandomState``, as
+        in scikit-learn: ``np.random.seed`` sets it, and a fit draws from it.
     warm_start : bool, default=False
         As scikit-learn's: each :meth:`fit` of a fitted estimator (by
         :meth:`fit`, :meth:`partial_fit` or :func:`dask_em.load`) is one
@@ -222,7 +231,8 @@ class GaussianMixture(BaseMixture):
         Components left after empty ones were dropped (usually n_components).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
-        From the feature coordinate of xarray input, when it has one.
+        The columns of a pandas DataFrame, or the feature coordinate of xarray
+        input, when the data had them.
 
     Examples
     --------
@@ -237,6 +247,17 @@ class GaussianMixture(BaseMixture):
     >>> gm.predict(da.from_array(X, chunks=250))   # lazy for lazy input
     dask.array<em-predict, shape=(1000,), dtype=int64, chunksize=(250,), chunktype=numpy.ndarray>
     """
+
+    _parameter_constraints: dict = {
+        **BaseMixture._parameter_constraints,
+        "covariance_type": [StrOptions(ordered(GAUSSIAN_COVARIANCE_TYPES))],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+        "prior": [StrOptions({"default"}), dict, None],
+        "compute_dtype": COMPUTE_DTYPE_CONSTRAINTS,
+    }
 
     def __init__(
         self,
@@ -340,10 +361,6 @@ class GaussianMixture(BaseMixture):
         return GaussianFamily(reg_covar=0.0, prior=spec, missing=self.missing, compute_dtype=dtype)
 
     def _check_family_params(self) -> None:
-        if self.covariance_type not in GAUSSIAN_COVARIANCE_TYPES:
-            raise fail("covariance_type", self.covariance_type, f"one of {GAUSSIAN_COVARIANCE_TYPES}")
-        if not is_real(self.reg_covar) or self.reg_covar < 0:
-            raise fail("reg_covar", self.reg_covar, "a finite float >= 0")
         if prior_spec(self.prior) is not None and self.covariance_type not in PRIOR_TYPES:
             raise ValueError(
                 f"prior={self.prior!r} is defined for covariance_type in {PRIOR_TYPES} (mclust defines none "

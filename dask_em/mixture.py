@@ -31,6 +31,8 @@ class Mixture(BaseMixture):
         As for :class:`GaussianMixture`.
     """
 
+    _parameter_constraints: dict = {**BaseMixture._parameter_constraints, "family": [Family]}
+
     def __init__(
         self,
         family: Family | None = None,
@@ -67,11 +69,6 @@ class Mixture(BaseMixture):
         return self.family.with_missing(self.missing)
 
     def _check_family_params(self) -> None:
-        if not isinstance(self.family, Family):
-            raise TypeError(
-                f"family must be a dask_em.family.Family instance; received {self.family!r}. "
-                "Subclass dask_em.family.Family (see its docstring) and pass an instance."
-            )
         cls = type(self.family)
         required = ["check_rows", "log_prob", "m_step", "n_parameters", "sample"]
         if cls.estep is Family.estep:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import operator
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,7 +28,7 @@ from dask.base import tokenize
 from dask.delayed import delayed
 
 from ._namespace import is_foreign, like, namespace, to_numpy, weights_like
-from ._validation import child_sequence, is_int, seed_sequence, state_sequence
+from ._validation import child_sequence, is_int, scikit_learn_none, seed_sequence, state_sequence
 from .family import SCIKIT_LEARN_STARTS, Family
 from .io import check_weights
 from .hierarchical import DEFAULT_MAX_ROWS, hc_responsibilities, term_responsibilities
@@ -177,10 +176,8 @@ def start_responsibilities(
         rng = np.random.RandomState(seed)
     resp = np.zeros((n, n_components))
     if method == "kmeans":
-        with warnings.catch_warnings():
-            # More components than distinct rows: reported by the M-step instead.
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            labels = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc).labels_
+        # More components than distinct rows: KMeans's ConvergenceWarning says so, as in scikit-learn's start.
+        labels = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc).labels_
         resp[np.arange(n), labels] = 1
     elif method == "random":
         resp = rng.uniform(size=(n, n_components))
@@ -189,16 +186,12 @@ def start_responsibilities(
         idx = rng.choice(n, size=n_components, replace=False)
         resp[idx, np.arange(n_components)] = 1
     elif method == "k-means++":
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            _, idx = kmeans_plusplus(xc, n_components, random_state=rng)
+        _, idx = kmeans_plusplus(xc, n_components, random_state=rng)
         resp[idx, np.arange(n_components)] = 1
     elif method == "kmeans-subsample":
         # k-means on a random half of the sample: restarts see different data.
         half = rng.choice(n, size=max(n_components, n // 2), replace=False)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Number of distinct clusters")
-            km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
+        km = KMeans(n_clusters=n_components, n_init=1, random_state=rng).fit(xc[half])
         resp[np.arange(n), km.predict(xc)] = 1
     elif method == "hierarchical-subsample":
         # The same tree on a random half of the sample (at most 2,000 rows, drawn with this
@@ -403,6 +396,7 @@ class StartPlan:
         """The plan of ``n_starts`` restarts; ``chain``: scikit-learn's ``n_init`` scheme (one kind of start),
         whose restarts draw on from one stream where the sample is every row and ``random_state`` is an int
         or a ``RandomState`` (:attr:`chained`)."""
+        random_state = scikit_learn_none(random_state)
         given = isinstance(random_state, np.random.RandomState)
         root = state_sequence(random_state) if given else seed_sequence(random_state)
         # Children at fixed keys: restart i's stream is the same for any n_init, and so is the sample's.

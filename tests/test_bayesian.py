@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zarr
 from sklearn.mixture import BayesianGaussianMixture as SkBGM
+from sklearn.utils._param_validation import InvalidParameterError
 
 import dask_em
 from dask_em import bayesian
@@ -112,7 +113,10 @@ def test_float32_compute_stays_within_its_tolerance(cov_type):
 
 
 def test_float32_compute_is_refused_when_misspelt(data):
-    with pytest.raises(ValueError, match=r"compute_dtype must be one of \('float64', 'float32'\)"):
+    with pytest.raises(InvalidParameterError, match=(
+        r"The 'compute_dtype' parameter of BayesianGaussianMixture must be a str among \{'float64', 'float32'\}.* "
+        "Got 'float16' instead."
+    )):
         dask_em.BayesianGaussianMixture(2, compute_dtype="float16").fit(data)
 
 
@@ -239,15 +243,22 @@ def _gauss_log_prob(X, ref):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"weight_concentration_prior_type": "dirichlet"}, "weight_concentration_prior_type must be one of"),
-        ({"weight_concentration_prior": 0.0}, "weight_concentration_prior must be None or a finite float > 0"),
-        ({"mean_precision_prior": -1.0}, "mean_precision_prior must be None or a finite float > 0"),
+        ({"weight_concentration_prior_type": "dirichlet"}, (
+            r"The 'weight_concentration_prior_type' parameter of BayesianGaussianMixture must be a str among "
+            r"\{'dirichlet_process', 'dirichlet_distribution'\}. Got 'dirichlet' instead.")),
+        ({"weight_concentration_prior": 0.0}, (
+            r"The 'weight_concentration_prior' parameter of BayesianGaussianMixture must be a float in the range "
+            r"\(0.0, inf\) or None. Got 0.0 instead.")),
+        ({"mean_precision_prior": -1.0}, r"'mean_precision_prior' parameter .* must be a float in the range \(0.0, "),
+        ({"weight_concentration_prior": np.inf}, r"'weight_concentration_prior' parameter .* Got inf instead."),
         ({"degrees_of_freedom_prior": 1.5}, "'degrees_of_freedom_prior' should be greater than 2, but got 1.500. It must exceed n_features - 1 = 2"),
         ({"mean_prior": [0.0, 1.0]}, r"mean_prior must be a finite array of shape \(3,\)"),
         ({"covariance_prior": np.eye(2)}, r"covariance_prior must have shape \(3, 3\)"),
         ({"covariance_prior": -np.eye(3)}, "covariance_prior must be symmetric positive definite"),
         ({"covariance_type": "diag", "covariance_prior": [1.0, 0.0, 1.0]}, "covariance_prior must be positive"),
-        ({"covariance_type": "spherical", "covariance_prior": [1.0]}, "covariance_prior must be a finite float > 0"),
+        ({"covariance_type": "spherical", "covariance_prior": [1.0]}, (
+            r"The 'covariance_prior' parameter of BayesianGaussianMixture must be a float > 0 for "
+            r"covariance_type='spherical'. Got \[1.0\] instead.")),
     ],
 )
 def test_bad_priors_are_refused(data, kw, match):

@@ -11,6 +11,7 @@ import zarr
 from scipy import stats as sps
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
+from sklearn.utils._param_validation import InvalidParameterError
 
 import dask_em
 from dask_em import engine
@@ -441,13 +442,23 @@ def test_bad_dtypes_and_settings_fail_before_any_compute(rng):
             dask_em.CategoricalMixture(2, n_categories=CATEGORIES[:5]).fit(da.from_array(X))
         with pytest.raises(ValueError, match=r"n_categories is required.*X.max\(axis=0\) \+ 1"):
             dask_em.CategoricalMixture(2).fit(da.from_array(X))
-        with pytest.raises(ValueError, match=r"n_categories must be an int >= 1 or a sequence.*received 'abc'"):
+        with pytest.raises(ValueError, match=r"n_categories must be an int >= 1 or a sequence.*received \[3, 0\]"):
+            dask_em.CategoricalMixture(2, n_categories=[3, 0]).fit(da.from_array(X))
+        with pytest.raises(InvalidParameterError, match=(
+            r"The 'n_categories' parameter of CategoricalMixture must be an int in the range \[1, inf\), an array-like "
+            "or None. Got 'abc' instead."
+        )):
             dask_em.CategoricalMixture(2, n_categories="abc").fit(da.from_array(X))
-        with pytest.raises(ValueError, match=r"pseudo_count must be a finite float >= 0; received -1"):
+        with pytest.raises(InvalidParameterError, match=(
+            r"The 'pseudo_count' parameter of BernoulliMixture must be a float in the range \[0.0, inf\). "
+            "Got -1 instead."
+        )):
             dask_em.BernoulliMixture(2, pseudo_count=-1).fit(da.from_array(X))
         with pytest.raises(TypeError, match=r"Bernoulli data must be numeric.*received dtype complex128"):
             dask_em.BernoulliFamily().check_dtype(np.complex128, 2)  # io refuses it first, for X
-        with pytest.raises(TypeError, match="family must be a dask_em.family.Family instance; received 'poisson'"):
+        with pytest.raises(InvalidParameterError, match=(
+            "The 'family' parameter of Mixture must be an instance of 'dask_em.family.Family'. Got 'poisson' instead."
+        )):
             dask_em.Mixture("poisson", 2).fit(da.from_array(X))
     assert computes == []
 

@@ -353,7 +353,7 @@ def test_error_mode_unchanged_and_all_missing_row_named():
     X[23] = np.nan
     with pytest.raises(ValueError, match="every value missing .*row 23"):
         GaussianMixture(2, random_state=0, missing="marginalize").fit(da.from_array(X, chunks=20))
-    with pytest.raises(ValueError, match="missing must be one of"):
+    with pytest.raises(ValueError, match=r"'missing' parameter .* must be a str among \{'error', 'marginalize'\}"):
         GaussianMixture(2, missing="drop").fit(X)
 
 

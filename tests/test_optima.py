@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_iris, load_wine
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
 
 import dask_em
 from dask_em.starts import emem_methods
@@ -211,11 +212,13 @@ def test_resume_mid_emem_equals_uninterrupted(tmp_path, wine):
 
 
 def test_bad_strategy_parameters(wine):
-    with pytest.raises(ValueError, match="init_strategy must be 'single' or 'emEM'; received 'em'"):
+    with pytest.raises(InvalidParameterError, match=(
+        r"The 'init_strategy' parameter of GaussianMixture must be a str among \{'single', 'emEM'\}. Got 'em' instead."
+    )):
         dask_em.GaussianMixture(2, init_strategy="em").fit(wine)
     with pytest.raises(ValueError, match="init_params='random' applies to init_strategy='single'"):
         dask_em.GaussianMixture(2, init_strategy="emEM", init_params="random").fit(wine)
-    with pytest.raises(ValueError, match="prune_margin must be None or a finite float >= 0"):
+    with pytest.raises(InvalidParameterError, match=r"'prune_margin' .* a float in the range \[0.0, inf\) or None"):
         dask_em.GaussianMixture(2, prune_margin=-1.0).fit(wine)
-    with pytest.raises(ValueError, match="n_short must be an int >= 1"):
+    with pytest.raises(InvalidParameterError, match=r"'n_short' .* an int in the range \[1, inf\). Got 0 instead."):
         dask_em.GaussianMixture(2, n_short=0).fit(wine)

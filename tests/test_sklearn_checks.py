@@ -3,12 +3,20 @@
 ``parametrize_with_checks`` runs every check scikit-learn applies to a density
 estimator, over the five built-in estimators. The instances are small (K=2,
 ``max_iter=20``) so the suite stays quick; each expected failure is declared with its reason in
-``EXPECTED_FAILED`` (scikit-learn reports it as xfail and fails if it passes).
+``EXPECTED_FAILED`` (scikit-learn reports it as xfail and fails if it passes). The checks
+scikit-learn runs over its own estimators beside those (its ``test_common.py``) run below.
 """
 
 import warnings
 
-from sklearn.utils.estimator_checks import parametrize_with_checks
+import pytest
+from sklearn.utils.estimator_checks import (
+    check_all_zero_sample_weights_error,
+    check_dataframe_column_names_consistency,
+    check_inplace_ensure_writeable,
+    check_param_validation,
+    parametrize_with_checks,
+)
 
 import dask_em
 
@@ -76,3 +84,30 @@ def test_every_expected_failure_has_a_reason():
     for name, checks in EXPECTED_FAILED.items():
         for check, reason in checks.items():
             assert check.startswith("check_") and len(reason) > 40, (name, check)
+
+
+# What scikit-learn's own test_common.py runs over its estimators besides parametrize_with_checks, where it
+# applies to a density estimator: every parameter's constraints and the error a bad value gets, a frame's
+# column names at inference and in partial_fit, read-only input, all-zero weights.
+COMMON_CHECKS = [
+    check_param_validation,
+    check_dataframe_column_names_consistency,
+    check_inplace_ensure_writeable,
+    check_all_zero_sample_weights_error,
+]
+
+
+@pytest.mark.parametrize("check", COMMON_CHECKS, ids=lambda check: check.__name__)
+@pytest.mark.parametrize("estimator", ESTIMATORS, ids=lambda estimator: type(estimator).__name__)
+def test_scikit_learns_common_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(type(estimator).__name__, estimator)
+
+
+def test_the_generic_mixture_declares_its_parameters_constraints():
+    """``Mixture`` (any family) is checked as the built-in estimators are."""
+    estimator = dask_em.Mixture(dask_em.PoissonFamily(), n_components=2, max_iter=20, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_param_validation("Mixture", estimator)

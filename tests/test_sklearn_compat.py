@@ -64,6 +64,23 @@ def test_feature_name_mismatch_warns_and_errors_as_scikit_learn(rng):
         gm.predict(df)  # the same names: no warning
 
 
+def test_a_frame_missing_columns_is_told_which_as_by_scikit_learn(rng):
+    df, _ = frame(rng)
+    gm = dask_em.GaussianMixture(2, random_state=0).fit(df)
+    with pytest.raises(ValueError, match="Feature names seen at fit time, yet now missing:\n- c\n"):
+        gm.predict(df[["a", "b"]])
+
+
+def test_later_partial_fit_batches_keep_the_first_batchs_names(rng):
+    df, _ = frame(rng)
+    gm = dask_em.GaussianMixture(2, random_state=0).partial_fit(df)
+    with pytest.warns(UserWarning, match="X does not have valid feature names"):
+        gm.partial_fit(df.to_numpy())
+    assert list(gm.feature_names_in_) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="Feature names must be in the same order as they were in fit"):
+        gm.partial_fit(df[["c", "b", "a"]])
+
+
 def test_refit_without_names_forgets_them(rng):
     df, _ = frame(rng)
     gm = dask_em.GaussianMixture(2, random_state=0).fit(df).fit(df.to_numpy())
@@ -270,7 +287,7 @@ def test_binarize_reads_values_above_the_threshold_as_one(rng):
     b = dask_em.BernoulliMixture(2, random_state=0).fit((X > 0).astype(np.uint8))
     assert_close(a.probabilities_, b.probabilities_, rtol=1e-12)
     assert_close(a.score_samples(X), b.score_samples((X > 0).astype(np.uint8)), rtol=1e-12)
-    with pytest.raises(ValueError, match="binarize must be None or a finite float"):
+    with pytest.raises(ValueError, match=r"'binarize' parameter of BernoulliMixture must be a float .* or None"):
         dask_em.BernoulliMixture(2, binarize="yes").fit(X)
 
 

@@ -12,6 +12,7 @@ generated tables of ``docs/compatibility.md``; the test below fails when they dr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 import sys
@@ -25,6 +26,7 @@ import zarr
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import BayesianGaussianMixture as SkBGM
 from sklearn.mixture import GaussianMixture as SkGM
+from sklearn.utils._param_validation import InvalidParameterError, generate_invalid_param_val, make_constraint
 
 import dask_em
 
@@ -112,6 +114,44 @@ def test_get_params_of_a_non_default_estimator_equal_scikit_learns(ours, theirs)
     for name, value in sk.items():
         np.testing.assert_equal(here[name], value, err_msg=name)
     ours(**kw).check_params()  # every value scikit-learn takes is taken
+
+
+def _refusal(estimator, name, value, X):
+    with pytest.raises(InvalidParameterError) as caught:
+        quiet(estimator.set_params(**{name: value}).fit, X)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_a_refused_parameter_raises_scikit_learns_error_in_its_words(rows, ours, theirs):
+    """Each of scikit-learn's parameters: a value of no allowed type, and one outside each allowed range, get
+    scikit-learn's InvalidParameterError; where both libraries allow the same values, in the same words."""
+    bad_type = type("BadType", (), {"__repr__": lambda self: "BadType()"})()
+    compared = 0
+    for name, rules in theirs._parameter_constraints.items():
+        mine = ours._parameter_constraints[name]
+        same = [str(make_constraint(r)) for r in mine] == [str(make_constraint(r)) for r in rules]
+        bad_values = [bad_type]
+        for rule in map(make_constraint, rules):
+            with contextlib.suppress(NotImplementedError):
+                bad_values.append(generate_invalid_param_val(rule))
+        for value in bad_values:
+            if any(make_constraint(r).is_satisfied_by(value) for r in mine):
+                continue  # dask-em takes more (tol=None, other starts, numpy's newer seeds)
+            message = _refusal(ours(), name, value, rows)
+            assert message.startswith(f"The {name!r} parameter of {ours.__name__} must be "), message
+            if same:
+                assert message == _refusal(theirs(), name, value, rows)
+                compared += 1
+    assert compared >= 10
+
+
+@pytest.mark.parametrize("ours", [dask_em.GaussianMixture, dask_em.BayesianGaussianMixture])
+def test_verbose_true_is_taken_and_a_bool_count_or_an_infinite_float_refused(rows, ours):
+    assert ours(3, verbose=True, max_iter=2, random_state=0).fit(rows).n_iter_ >= 1  # scikit-learn's "verbose"
+    assert "Got True instead" in _refusal(ours(), "n_components", True, rows)
+    assert "must be a float in the range [0.0, inf). Got inf instead" in _refusal(ours(), "reg_covar", np.inf, rows)
+
 
 
 @pytest.mark.parametrize("cov_type", COV_TYPES)
@@ -221,6 +261,35 @@ def test_starts_on_a_sample_of_the_rows_keep_streams_of_their_own(overlapping):
     starts = [r["history"][0] for r in four.restarts_]  # each start's bound on every row
     assert len(set(starts)) == 4
     assert [r["history"][0] for r in two.restarts_] == pytest.approx(starts[:2], rel=1e-12)
+
+
+@pytest.mark.parametrize("ours, theirs", PAIRS)
+def test_no_random_state_draws_from_numpys_global_stream_as_scikit_learn(overlapping, ours, theirs):
+    """random_state=None is numpy's global RandomState, as scikit-learn reads it: np.random.seed before the
+    fit gives scikit-learn's fit (any n_init), and the fit leaves the global stream where scikit-learn's does."""
+    kw = dict(n_components=4, n_init=3, init_params="k-means++")
+    np.random.seed(11)
+    ref = quiet(theirs(**kw).fit, overlapping)
+    after_ref = np.random.randint(2**31)
+    np.random.seed(11)
+    model = quiet(ours(**kw).fit, overlapping)
+    assert np.random.randint(2**31) == after_ref
+    assert_same_model(model, ref, f"{ours.__name__}, random_state=None")
+    np.random.seed(12)
+    rows = model.sample(7)[0]
+    np.random.seed(12)
+    np.testing.assert_allclose(rows, ref.sample(7)[0], rtol=1e-8, atol=1e-8)
+
+
+def test_no_random_state_on_a_sample_of_the_rows_is_set_by_numpys_seed(overlapping):
+    """Where the start takes a sample of the rows, np.random.seed still decides the whole fit."""
+    kw = dict(n_components=4, n_init=2, init_sample_size=300, max_iter=3)
+    fits = []
+    for seed in (3, 3, 4):
+        np.random.seed(seed)
+        fits.append(quiet(dask_em.GaussianMixture(**kw).fit, overlapping))
+    np.testing.assert_array_equal(fits[0].means_, fits[1].means_)
+    assert not np.array_equal(fits[0].means_, fits[2].means_)
 
 
 def test_a_seed_sequence_is_a_seed_not_a_stream(overlapping):
@@ -616,7 +685,8 @@ DIFFERENCES = {
         "any seed, `SeedSequence`, `Generator` or `RandomState`; it drives the sample, every restart's stream and "
         "`sample`. An int seeds the first restart's `RandomState`, and a `RandomState` is drawn from (and left "
         "advanced) by the starts, as by scikit-learn's initialisations: on a sample of every row, the same "
-        "`random_state` gives scikit-learn's fit"
+        "`random_state` gives scikit-learn's fit. `None` is numpy's global `RandomState`, as in scikit-learn: "
+        "`np.random.seed` before a fit gives scikit-learn's fit, and the fit advances the global stream as its does"
     ),
     "warm_start": (
         "none: each `fit` is one restart from the last fit's parameters (fitted by `fit`, `partial_fit` or "

@@ -6,6 +6,7 @@
 * compute_dtype="float32" stays within its stated tolerance of float64 (1e-4 relative, labels).
 """
 
+import re
 import warnings
 
 import dask.array as da
@@ -211,7 +212,11 @@ def test_float32_statistics_are_float64_about_the_float64_means(rng):
 @pytest.mark.parametrize("bad", ["float16", "double-ish", None, 3])
 def test_compute_dtype_is_refused_with_the_choices(bad, rng):
     X = mixture(rng, n=50, d=2, k=2)[0]
-    with pytest.raises(ValueError, match=r"compute_dtype must be one of \('float64', 'float32'\)"):
+    with pytest.raises(ValueError, match=(
+        r"The 'compute_dtype' parameter of GaussianMixture must be a str among \{'float64', 'float32'\}, a type among "
+        r"\{<class 'numpy.float64'>, <class 'numpy.float32'>\} or a numpy.dtype among "
+        rf"\{{dtype\('float64'\), dtype\('float32'\)\}}. Got {re.escape(repr(bad))} instead."
+    )):
         dask_em.GaussianMixture(2, compute_dtype=bad).fit(X)
 
 

@@ -32,7 +32,7 @@ categorical (the discrete design kernel).
 
 Usage::
 
-    python benchmarks/bench_gil.py                    # every kernel, 2 s each per recording
+    python benchmarks/bench_gil.py                    # gaussian, missing, discrete; 2 s each per recording
     python benchmarks/bench_gil.py --kernels gaussian --repeats 3 --seconds 3   # the table of the docs
     python benchmarks/bench_gil.py --kernels full_d16_float64,diag_d64_float32 --seconds 4
     python benchmarks/bench_gil.py --top 8            # also the lines that hold the GIL most
@@ -307,7 +307,7 @@ def thread_times(labels, seconds: float = 1.0, repeats: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="gaussian,missing,discrete",
-                        help="comma-separated labels or groups (gaussian, residual, missing, discrete); default: all")
+                        help="comma-separated labels or groups (gaussian, residual, missing, discrete); default: all but residual")
     parser.add_argument("--seconds", type=float, default=2.0, help="per kernel and recording")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")

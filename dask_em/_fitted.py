@@ -396,10 +396,16 @@ class FittedMixture:
             return rows + [("fitted", "no: parameters set by hand"), ("weights", weights)]
         return rows + [
             ("converged", f"{self.converged_} after {self.n_iter_} iterations"),
-            ("lower bound", f"{self.lower_bound_:.6f} (mean log-likelihood per row)"),
+            ("lower bound", f"{self.lower_bound_:.6f} ({self._bound_meaning()})"),
             ("restarts", f"{len(self.restarts_)}, best: {self.best_restart_}"),
             ("weights", weights),
         ]
+
+    def _bound_meaning(self) -> str:
+        """What ``lower_bound_`` is, in words for summaries and plots."""
+        if hasattr(self, "prior_"):
+            return "mean log-likelihood per row, plus the log prior over the rows"
+        return "mean log-likelihood per row"
 
     def summary(self) -> str:
         """A few lines on the fitted model: K, covariance, convergence, bound, weights.

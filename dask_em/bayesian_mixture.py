@@ -277,6 +277,9 @@ class BayesianGaussianMixture(BaseMixture):
     def _variant(self) -> str | None:
         return self.covariance_type
 
+    def _bound_meaning(self) -> str:
+        return "evidence lower bound, total over the rows"  # scikit-learn's, not divided by n
+
     def _describe(self) -> str:
         return f"{self.covariance_type} covariance, {self.weight_concentration_prior_type} prior"
 

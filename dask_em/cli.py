@@ -553,6 +553,7 @@ def _summary(model, path: str | None = None, fitted_here: bool = False) -> dict:
         "converged": bool(model.converged_),
         "n_iter": int(model.n_iter_),
         "lower_bound": float(model.lower_bound_),
+        "lower_bound_meaning": model._bound_meaning(),
         "weights": [float(w) for w in model.weights_],
         "training_data": getattr(model, "training_data_", None),
         "restarts": [
@@ -571,7 +572,7 @@ def _summary_text(s: dict) -> str:
         f"family:          {s['family']}" + (f" ({s['covariance_type']} covariance)" if s.get("covariance_type") else ""),
         f"components:      {s['n_components']}    features: {s['n_features']}",
         f"converged:       {s['converged']} after {_count(s['n_iter'], 'iteration')}",
-        f"lower bound:     {s['lower_bound']:.10g} (mean log-likelihood per row)",
+        f"lower bound:     {s['lower_bound']:.10g} ({s['lower_bound_meaning']})",
         "weights:         " + " ".join(f"{w:.4f}" for w in s["weights"]),
     ]
     td = s.get("training_data")

@@ -67,8 +67,7 @@ def convergence(model, ax=None):
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
-    variational = hasattr(model, "weight_concentration_")
-    ax.set_ylabel("evidence lower bound (total over rows)" if variational else "lower bound (mean log-likelihood per row)")
+    ax.set_ylabel(f"lower bound ({model._bound_meaning()})")
     ax.set_title(f"EM convergence, {len(model.restarts_)} restart(s)")
     ax.legend(loc="lower right", fontsize="small")
     return ax

@@ -719,3 +719,15 @@ def test_help_of_tol_states_the_defaults_in_force():
     assert "aitken" not in select_help.lower() and "--stopping" not in select_help
     demo_help = " ".join(run("demo", "--help").stdout.split())
     assert "threads of this process, or on the scheduler at DASK_SCHEDULER_ADDRESS" in demo_help
+
+
+@pytest.mark.parametrize("family, extra, meaning", [
+    ("gaussian", [], "(mean log-likelihood per row)"),
+    ("gaussian", ["--prior", "default"], "(mean log-likelihood per row, plus the log prior over the rows)"),
+    ("bayesian_gaussian", [], "(evidence lower bound, total over the rows)"),
+])
+def test_the_summary_says_what_the_lower_bound_is(points, tmp_path, family, extra, meaning):
+    result = run("fit", points, "-o", tmp_path / "m.zarr", "-k", 2, "--family", family, "--max-iter", 3, *extra)
+    assert result.exit_code == 0, result.output
+    assert meaning in result.output
+    assert meaning in run("info", tmp_path / "m.zarr").output

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -369,8 +370,10 @@ class FittedMixture:
             The component each row was drawn from.
         """
         check_is_fitted(self, "weights_")
-        if not is_int(n_samples) or n_samples < 1:
-            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sample draws an int >= 1 rows.")
+        # A whole number of any numeric type, as scikit-learn's sample takes it (2.0 draws 2 rows).
+        if not (isinstance(n_samples, numbers.Real) and float(n_samples).is_integer() and n_samples >= 1):
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples!r}; sample draws a whole number >= 1 of rows.")
+        n_samples = int(n_samples)
         state = self.fitted_state()
         seed = scikit_learn_none(self.random_state)
         if state.family.draws_as_scikit_learn and is_int(seed) and 0 <= seed < 2**32:

@@ -315,6 +315,16 @@ def test_the_same_random_state_samples_scikit_learns_rows(rows, ours, theirs):
             close(X, X_ref, f"{ours.__name__} {cov_type}: sample({n})", 1e-6)
 
 
+def test_sample_takes_a_whole_number_of_any_type_as_scikit_learn(rows):
+    model = quiet(dask_em.GaussianMixture(3, random_state=0).fit, rows)
+    ref = quiet(SkGM(3, random_state=0).fit, rows)
+    for n in (2.0, np.int64(3), np.float32(4.0)):
+        np.testing.assert_allclose(model.sample(n)[0], ref.sample(n)[0], rtol=1e-8, atol=1e-8)
+    for bad in (0, 2.5, -1.0, "2"):
+        with pytest.raises(ValueError, match=f"Invalid value for 'n_samples': {re.escape(repr(bad))}"):
+            model.sample(bad)
+
+
 @pytest.mark.parametrize("init_params", ["kmeans", "random", "random_from_data", "k-means++"])
 def test_a_shared_random_state_instance_is_drawn_from_as_scikit_learn(rows, init_params):
     """scikit-learn's gallery pattern: one RandomState passed to fits in turn (each start draws from it and leaves

@@ -307,7 +307,8 @@ def thread_times(labels, seconds: float = 1.0, repeats: int = 3) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kernels", default="gaussian,missing,discrete",
-                        help="comma-separated labels or groups (gaussian, residual, missing, discrete); default: all but residual")
+                        help="comma-separated labels or groups (gaussian, residual, missing, discrete); "
+                             "default: all but residual")
     parser.add_argument("--seconds", type=float, default=2.0, help="per kernel and recording")
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples a second")
     parser.add_argument("--top", type=int, default=0, help="print the N leaf lines holding the GIL most per kernel")

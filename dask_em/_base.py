@@ -730,7 +730,8 @@ def fit_models(
             logger.info("warm start from the last fit's parameters")
             save(groups[0])
         else:
-            context, groups = _start(plans, data, w, family, runner)
+            with _grid_starts(len(models) > 1):
+                context, groups = _start(plans, data, w, family, runner)
             save([r for group in groups for r in group])
 
         bars = None
@@ -800,6 +801,18 @@ def fit_models(
             )
             scores = [next(results) if r is not None else None for r in best]
     return scores
+
+
+@contextlib.contextmanager
+def _grid_starts(grid: bool):
+    """A grid's starts without k-means's "Number of distinct clusters" warnings (its table reports the
+    candidates that lost components); a single fit shows them, as scikit-learn's does."""
+    if not grid:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        yield
 
 
 def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):

@@ -24,7 +24,7 @@ from dask.delayed import delayed
 from sklearn.utils.validation import _check_feature_names, check_is_fitted
 
 from ._namespace import dtype_name, is_foreign, is_numpy, like, namespace, to_numpy
-from ._validation import child_sequence, fail, is_int, scikit_learn_none, seed_sequence
+from ._validation import child_sequence, is_int, scikit_learn_none, seed_sequence
 from .engine import infer_block, infer_direct, local_rows
 from .family import Family
 from .io import Prepared, as_dask_array

@@ -64,9 +64,9 @@ def check_random_state_kind(random_state) -> None:
         raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
 
 
-def state_sequence(random_state: np.random.RandomState) -> np.random.SeedSequence:
-    """A root stream from a ``RandomState``'s current state, drawing nothing from it."""
-    _, keys, position, *_ = random_state.get_state()
+def state_sequence(state: tuple) -> np.random.SeedSequence:
+    """A root stream from a ``RandomState``'s state (``get_state()``), drawing nothing from it."""
+    _, keys, position, *_ = state
     return np.random.SeedSequence([int(k) for k in keys] + [int(position)])
 
 

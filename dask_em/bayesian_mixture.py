@@ -129,11 +129,12 @@ class BayesianGaussianMixture(BaseMixture):
         "covariance_type": [StrOptions(ordered(COVARIANCE_TYPES))],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
         "weight_concentration_prior_type": [StrOptions(ordered(PRIOR_TYPES))],
-        "weight_concentration_prior": [Interval(Real, 0.0, None, closed="neither"), None],
-        "mean_precision_prior": [Interval(Real, 0.0, None, closed="neither"), None],
-        "mean_prior": ["array-like", None],
-        "degrees_of_freedom_prior": [Interval(Real, 0.0, None, closed="neither"), None],
-        "covariance_prior": ["array-like", Interval(Real, 0.0, None, closed="neither"), None],
+        # In scikit-learn's order (None first), so that its sentences are word for word.
+        "weight_concentration_prior": [None, Interval(Real, 0.0, None, closed="neither")],
+        "mean_precision_prior": [None, Interval(Real, 0.0, None, closed="neither")],
+        "mean_prior": [None, "array-like"],
+        "degrees_of_freedom_prior": [None, Interval(Real, 0.0, None, closed="neither")],
+        "covariance_prior": [None, "array-like", Interval(Real, 0.0, None, closed="neither")],
         "compute_dtype": COMPUTE_DTYPE_CONSTRAINTS,
     }
 
@@ -295,14 +296,6 @@ class BayesianGaussianMixture(BaseMixture):
             "means": (k, d), "covariances": cov, "precisions_cholesky": cov, "mean_precision": (k,),
             "weight_concentration": concentration, "mean_prior": (d,),
         }
-
-    def _summary_rows(self) -> list[tuple[str, str]]:
-        rows = super()._summary_rows()
-        return [
-            (name, f"{self.lower_bound_:.6f} (evidence lower bound, total over rows)") if name == "lower bound"
-            else (name, value)
-            for name, value in rows
-        ]
 
     # No information criteria, as scikit-learn's variational mixture has none: hasattr(model, "bic") is False,
     # and model.bic raises AttributeError saying what to use instead.

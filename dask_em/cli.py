@@ -405,7 +405,7 @@ def _config_keys(command: click.Command) -> dict[str, str]:
               help="emEM: 20 short runs from mixed starts (mclust's hierarchical tree among them) side by side, "
                    "the trees and the best --n-init of the others run to convergence; better optima for more "
                    "work per pass. --init-params is then not used.")
-@click.option("--seed", type=int, default=None, help="random_state.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="random_state (an int >= 0).")
 @click.option("--variable", help=VARIABLE_HELP)
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)
 @click.option("--scheduler", help=SCHEDULER_HELP)
@@ -638,7 +638,7 @@ def _parse_components(text: str) -> list[int]:
               help="Stopping threshold, in nats per row. gaussian stops when the lower bound changes by less than "
                    "--tol in an iteration [1e-3]; bernoulli, poisson and categorical when the estimated remaining "
                    "gain per row stays below it [1/n_samples clipped to [1e-6, 1e-3], and never above that].")
-@click.option("--seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(min=0), default=None,
               help="random_state: each candidate gets the seeds `dask-em fit --seed` would give it.")
 @click.option("--variable", help=VARIABLE_HELP)
 @click.option("--storage-option", "storage_option", multiple=True, metavar="KEY=VALUE", help=STORAGE_OPTION_HELP)

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from ._base import BaseMixture
-from ._covariance import COVARIANCE_TYPES, GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
+from ._covariance import GAUSSIAN_COVARIANCE_TYPES, LAYOUTS, MCLUST_MODELS
 from ._validation import fail, ordered
 from .starts import data_moments_graph
 from .family import Family
@@ -21,9 +21,9 @@ _DEFAULT_REG_COVAR = 1e-6
 
 
 COMPUTE_DTYPES = ("float64", "float32")
-# The names, the numpy scalar types and the dtypes of COMPUTE_DTYPES.
+# The names, the numpy scalar types (and Python's float) and the dtypes of COMPUTE_DTYPES.
 COMPUTE_DTYPE_CONSTRAINTS = [
-    StrOptions(ordered(COMPUTE_DTYPES)), Options(type, ordered((np.float64, np.float32))),
+    StrOptions(ordered(COMPUTE_DTYPES)), Options(type, ordered((np.float64, np.float32, float))),
     Options(np.dtype, ordered(map(np.dtype, COMPUTE_DTYPES))),
 ]
 
@@ -373,7 +373,6 @@ class GaussianMixture(BaseMixture):
                 "the covariances instead (its scale), and adding a ridge would make EM non-monotone. Leave "
                 "reg_covar at its default, or set the prior's 'scale' to regularise more."
             )
-        compute_dtype_name(self.compute_dtype)
 
     def _start_settings(self, d: int) -> dict:
         w, m, p = check_initial_parameters(

@@ -16,9 +16,9 @@ start's responsibilities, as scikit-learn computes them on all rows.
 
 from __future__ import annotations
 
-import operator
-
 import logging
+import operator
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,6 +75,8 @@ logger = logging.getLogger("dask_em")
 # The key of the sample's stream among the children of a fit's root stream (restart i's is i): fixed, so
 # the sample is the same for any n_init.
 SAMPLE_STREAM = 2**31
+# Held while a plan takes a RandomState's state and moves it on (numpy's global one is shared by threads).
+_TAKING_STATE = threading.Lock()
 
 
 def default_sample_size(n_samples: int, n_components: int) -> int:
@@ -398,7 +400,15 @@ class StartPlan:
         or a ``RandomState`` (:attr:`chained`)."""
         random_state = scikit_learn_none(random_state)
         given = isinstance(random_state, np.random.RandomState)
-        root = state_sequence(random_state) if given else seed_sequence(random_state)
+        if given:
+            with _TAKING_STATE:
+                first_state = random_state.get_state()
+                # Moved on at once (the starts set it where they leave it): a fit started beside this one, on
+                # another thread, takes another state and other starts instead of this fit's.
+                random_state.randint(2)
+            root = state_sequence(first_state)
+        else:
+            root = seed_sequence(random_state)
         # Children at fixed keys: restart i's stream is the same for any n_init, and so is the sample's.
         seeds = [int(child_sequence(root, i).generate_state(1)[0]) for i in range(n_starts)]
         sample_seed = child_sequence(root, SAMPLE_STREAM)
@@ -411,11 +421,8 @@ class StartPlan:
         rows = sample_indices(n_samples, min(size, n_samples), np.random.default_rng(sample_seed))
         methods = [methods] * n_starts if isinstance(methods, str) else list(methods)
         chained = bool(chain and (given or int_seed) and n_starts > 1 and len(rows) == n_samples)
-        first_state = None
-        if given:
-            first_state = random_state.get_state()
-        elif chained:
-            first_state = np.random.RandomState(seeds[0]).get_state()
+        if not given:
+            first_state = np.random.RandomState(seeds[0]).get_state() if chained else None
         return cls(family, settings, seeds, methods, rows, variant, data_settings,
                    first_state, random_state if given else None, chained)
 

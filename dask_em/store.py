@@ -30,6 +30,7 @@ import numpy as np
 
 from ._fitted import FittedState, restore_fitted
 from ._json import json_safe
+from .gaussian_mixture import compute_dtype_name
 from ._version import __version__
 from .registry import estimator_class
 
@@ -109,6 +110,8 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
             params[name] = None
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None  # a Generator is not data; the seeds are in restarts
+    if "compute_dtype" in params:  # a numpy type or dtype, by its name
+        params["compute_dtype"] = compute_dtype_name(params["compute_dtype"])
     tuples = sorted(name for name, value in params.items() if isinstance(value, tuple))
     family = state.family
     if "family" in params:
@@ -204,6 +207,8 @@ def _check_layout(path: str, group, attrs: dict, family=None):
         if f"init/{name}" in group:
             params[name] = group[f"init/{name}"][...]
     try:
+        if "compute_dtype" in params:  # stores written before only these names were taken ("f4")
+            params["compute_dtype"] = compute_dtype_name(params["compute_dtype"])
         model = cls(**params)
         model.check_params()
     except (TypeError, ValueError) as exc:

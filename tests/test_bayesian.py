@@ -247,9 +247,9 @@ def _gauss_log_prob(X, ref):
             r"The 'weight_concentration_prior_type' parameter of BayesianGaussianMixture must be a str among "
             r"\{'dirichlet_process', 'dirichlet_distribution'\}. Got 'dirichlet' instead.")),
         ({"weight_concentration_prior": 0.0}, (
-            r"The 'weight_concentration_prior' parameter of BayesianGaussianMixture must be a float in the range "
-            r"\(0.0, inf\) or None. Got 0.0 instead.")),
-        ({"mean_precision_prior": -1.0}, r"'mean_precision_prior' parameter .* must be a float in the range \(0.0, "),
+            r"The 'weight_concentration_prior' parameter of BayesianGaussianMixture must be None or a float in the "
+            r"range \(0.0, inf\). Got 0.0 instead.")),
+        ({"mean_precision_prior": -1.0}, r"'mean_precision_prior' parameter .* or a float in the range \(0.0, "),
         ({"weight_concentration_prior": np.inf}, r"'weight_concentration_prior' parameter .* Got inf instead."),
         ({"degrees_of_freedom_prior": 1.5}, "'degrees_of_freedom_prior' should be greater than 2, but got 1.500. It must exceed n_features - 1 = 2"),
         ({"mean_prior": [0.0, 1.0]}, r"mean_prior must be a finite array of shape \(3,\)"),

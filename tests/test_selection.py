@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import zarr
+from sklearn.exceptions import ConvergenceWarning
 
 import dask_em
 from conftest import mixture, assert_close
@@ -205,3 +206,15 @@ def test_callback_reports_a_candidate_whose_every_restart_failed(rng):
     assert by_k[1]["lower_bound"] is not None
     assert (5, "full") not in result.estimators_  # every restart failed: it has no fitted estimator
     assert by_k[5]["lower_bound"] is None and by_k[5]["n_iter"] is None and by_k[5]["converged"] is False
+
+
+def test_a_grid_keeps_k_means_warnings_about_repeated_rows_out_of_the_way():
+    """Candidates with more components than distinct rows: the table reports them; k-means's warning
+    (which a single fit shows, as scikit-learn's does) is not repeated for each."""
+    X = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]]), 50, axis=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dask_em.select_model(X, n_components=range(1, 5), covariance_types="full", random_state=0)
+    assert not [w for w in caught if "Number of distinct clusters" in str(w.message)]
+    with pytest.warns(ConvergenceWarning, match="Number of distinct clusters"):
+        dask_em.GaussianMixture(3, random_state=0).fit(X)

@@ -12,6 +12,7 @@ generated tables of ``docs/compatibility.md``; the test below fails when they dr
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import inspect
 import re
@@ -153,7 +154,6 @@ def test_verbose_true_is_taken_and_a_bool_count_or_an_infinite_float_refused(row
     assert "must be a float in the range [0.0, inf). Got inf instead" in _refusal(ours(), "reg_covar", np.inf, rows)
 
 
-
 @pytest.mark.parametrize("cov_type", COV_TYPES)
 def test_the_default_tol_is_the_change_rule_at_scikit_learns_threshold(rows, cov_type):
     """GaussianMixture() stops where scikit-learn's does: same iteration, same model."""
@@ -279,6 +279,15 @@ def test_no_random_state_draws_from_numpys_global_stream_as_scikit_learn(overlap
     rows = model.sample(7)[0]
     np.random.seed(12)
     np.testing.assert_allclose(rows, ref.sample(7)[0], rtol=1e-8, atol=1e-8)
+
+
+def test_unseeded_fits_started_together_on_threads_start_apart(overlapping):
+    """The global stream is moved on as a fit takes it: fits started side by side do not share their starts."""
+    kw = dict(n_components=4, n_init=2, init_params="random", max_iter=2)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        fits = list(pool.map(lambda _: quiet(dask_em.GaussianMixture(**kw).fit, overlapping), range(3)))
+    firsts = {float(f.restarts_[0]["history"][0]) for f in fits}
+    assert len(firsts) == 3
 
 
 def test_no_random_state_on_a_sample_of_the_rows_is_set_by_numpys_seed(overlapping):

@@ -80,3 +80,22 @@ def test_refusals(tmp_path, rng):
     group.attrs["dask_em"] = attrs
     with pytest.raises(ModelStoreError, match="holds model format version 99, written by dask-em 9.9.9; this dask-em reads format version 2"):
         dask_em.load(tmp_path / "m.zarr")
+
+
+@pytest.mark.parametrize("compute_dtype", [np.float32, np.dtype("float32"), "float32"])
+def test_compute_dtype_of_any_spelling_is_stored_by_its_name(compute_dtype, tmp_path, rng):
+    X = mixture(rng, n=300, d=2, k=2)[0]
+    gm = dask_em.GaussianMixture(2, compute_dtype=compute_dtype, random_state=0).fit(X)
+    dask_em.save(gm, tmp_path / "m.zarr")
+    assert zarr.open_group(tmp_path / "m.zarr").attrs["dask_em"]["params"]["compute_dtype"] == "float32"
+    assert dask_em.load(tmp_path / "m.zarr").compute_dtype == "float32"
+
+
+def test_a_store_with_a_compute_dtype_spelt_another_way_loads(tmp_path, rng):
+    """Stores written when any numpy spelling was taken ("f4") load with its name."""
+    X = mixture(rng, n=300, d=2, k=2)[0]
+    dask_em.save(dask_em.GaussianMixture(2, compute_dtype="float32", random_state=0).fit(X), tmp_path / "m.zarr")
+    group = zarr.open_group(tmp_path / "m.zarr", mode="r+")
+    record = dict(group.attrs["dask_em"])
+    group.attrs["dask_em"] = {**record, "params": {**record["params"], "compute_dtype": "f4"}}
+    assert dask_em.load(tmp_path / "m.zarr").compute_dtype == "float32"

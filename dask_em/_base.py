@@ -721,6 +721,9 @@ def fit_models(
             n, d, data.numblocks[0], "" if data.numblocks[0] == 1 else "s", runner.description,
             ", ".join(f"K={m.n_components} {m._describe()}" for m in models), sum(len(p.seeds) for p in plans),
         )
+        if saved is not None or warm is not None:  # no start drawn: a RandomState is left as the plan found it
+            for plan in plans:
+                plan.give_back()
         if saved is not None:
             context, restarts = ckpt.restore(*saved)
             groups = [restarts]

@@ -426,6 +426,12 @@ class StartPlan:
         return cls(family, settings, seeds, methods, rows, variant, data_settings,
                    first_state, random_state if given else None, chained)
 
+    def give_back(self) -> None:
+        """Leave the ``RandomState`` given as ``random_state`` where this plan found it: its starts are not
+        drawn (a warm start, a resumed checkpoint), as scikit-learn's warm start draws nothing."""
+        if self.owner is not None:
+            self.owner.set_state(self.first_state)
+
     def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
         """Delayed (context, [params of each start]) for one compute."""
         settings = self.settings if self.data_settings is None else {**self.settings, **self.data_settings(X, w)}

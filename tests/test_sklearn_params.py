@@ -281,6 +281,17 @@ def test_no_random_state_draws_from_numpys_global_stream_as_scikit_learn(overlap
     np.testing.assert_allclose(rows, ref.sample(7)[0], rtol=1e-8, atol=1e-8)
 
 
+def test_an_unseeded_warm_start_leaves_the_global_stream_as_scikit_learn(rows):
+    """A warm fit draws no start: the global stream is where scikit-learn's warm fits leave it."""
+    after = []
+    for cls in (dask_em.GaussianMixture, SkGM):
+        np.random.seed(5)
+        model = quiet(cls(3, warm_start=True, max_iter=5).fit, rows)
+        quiet(model.fit, rows)
+        after.append((np.random.randint(2**31), model.n_iter_))
+    assert after[0] == after[1]
+
+
 def test_unseeded_fits_started_together_on_threads_start_apart(overlapping):
     """The global stream is moved on as a fit takes it: fits started side by side do not share their starts."""
     kw = dict(n_components=4, n_init=2, init_params="random", max_iter=2)

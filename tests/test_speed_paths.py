@@ -214,7 +214,7 @@ def test_compute_dtype_is_refused_with_the_choices(bad, rng):
     X = mixture(rng, n=50, d=2, k=2)[0]
     with pytest.raises(ValueError, match=(
         r"The 'compute_dtype' parameter of GaussianMixture must be a str among \{'float64', 'float32'\}, a type among "
-        r"\{<class 'numpy.float64'>, <class 'numpy.float32'>\} or a numpy.dtype among "
+        r"\{<class 'numpy.float64'>, <class 'numpy.float32'>, <class 'float'>\} or a numpy.dtype among "
         rf"\{{dtype\('float64'\), dtype\('float32'\)\}}. Got {re.escape(repr(bad))} instead."
     )):
         dask_em.GaussianMixture(2, compute_dtype=bad).fit(X)

@@ -32,6 +32,7 @@ from ._fitted import FittedState, restore_fitted
 from ._json import json_safe
 from .gaussian_mixture import compute_dtype_name
 from ._version import __version__
+from .output import atomic_output, exists
 from .registry import estimator_class
 
 FORMAT_VERSION = 2
@@ -52,8 +53,11 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
 
     The group holds float64 parameter arrays and JSON attributes (format and
     library versions, family, parameters, fitted attributes, restart histories,
-    the training data's shape, chunks and source); no pickle. The attributes
-    are written last, so an interrupted save is refused by :func:`load`.
+    the training data's shape, chunks and source); no pickle. It is written
+    beside ``path`` and moved into place whole (a rename on a local disk; on an
+    object store, the root ``zarr.json`` last): a save that fails or is
+    interrupted leaves nothing at ``path``, and a model it overwrites stays
+    until the new one is complete.
 
     Parameters
     ----------
@@ -89,10 +93,16 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
             "array or None. Return an array from Family.context."
         )
     path = os.fspath(path)
-    try:
-        group = zarr.open_group(store=path, mode="w" if overwrite else "w-", storage_options=storage_options)
-    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
-        raise FileExistsError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it.") from None
+    if not overwrite and exists(path, storage_options):
+        raise FileExistsError(f"{path!r} exists; pass overwrite=True (--overwrite) to replace it.")
+    # Written beside the path and moved into place whole: a write that fails leaves nothing at the path (and an
+    # overwritten model in place).
+    with atomic_output(path, storage_options, overwrite) as written:
+        _write(zarr.open_group(store=written, mode="w", storage_options=storage_options), model, state, context)
+
+
+def _write(group, model, state, context) -> None:
+    """The model store's arrays and attributes, into ``group``."""
     shapes, values = {}, {}
     for name, value in state.params.items():
         if isinstance(value, np.ndarray):

@@ -23,7 +23,7 @@ LAYERS = [
     ("engine and runner", ["engine", "runner"]),
     ("restarts", ["progress", "accelerate", "stepwise", "restarts", "checkpoint"]),
     ("estimators", ["_fitted", "_base", "gaussian_mixture", "bayesian_mixture", "discrete_mixture", "mixture", "registry"]),
-    ("users of fitted estimators", ["selection", "store", "plot", "output"]),
+    ("users of fitted estimators", ["selection", "output", "store", "plot"]),
     ("command line and package", ["cli", "__main__", "__init__"]),
 ]
 ORDER = [module for _, modules in LAYERS for module in modules]

@@ -99,3 +99,20 @@ def test_a_store_with_a_compute_dtype_spelt_another_way_loads(tmp_path, rng):
     record = dict(group.attrs["dask_em"])
     group.attrs["dask_em"] = {**record, "params": {**record["params"], "compute_dtype": "f4"}}
     assert dask_em.load(tmp_path / "m.zarr").compute_dtype == "float32"
+
+
+def test_a_save_that_fails_midway_leaves_nothing_half_written(tmp_path, rng):
+    """The arrays are written, then the attributes fail: nothing appears at the path, no temporary is left
+    beside it, and a model it was to overwrite is still there."""
+    X = mixture(rng, n=300, d=2, k=2)[0]
+    good = dask_em.GaussianMixture(2, random_state=0).fit(X)
+    bad = dask_em.GaussianMixture(2, random_state=1).fit(X)
+    bad.restarts_[0]["note"] = object()  # not JSON: the group's attributes, written last, fail
+    with pytest.raises(TypeError):
+        dask_em.save(bad, tmp_path / "new.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    dask_em.save(good, tmp_path / "m.zarr")
+    with pytest.raises(TypeError):
+        dask_em.save(bad, tmp_path / "m.zarr", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+    np.testing.assert_array_equal(dask_em.load(tmp_path / "m.zarr").means_, good.means_)

@@ -166,8 +166,8 @@ def read_attrs(path: str | os.PathLike, storage_options: dict | None = None) -> 
     attrs = group.attrs.get("dask_em")
     if not isinstance(attrs, dict) or "format_version" not in attrs:
         raise ModelStoreError(
-            f"{path!r} is a Zarr group but not a dask-em model store (no 'dask_em' attributes; "
-            "an interrupted save leaves none). Write one with dask_em.save or `dask-em fit --output`."
+            f"{path!r} is a Zarr group but not a dask-em model store (no 'dask_em' attributes). Write one with "
+            "dask_em.save or `dask-em fit --output`."
         )
     version = attrs["format_version"]
     if version != FORMAT_VERSION:

@@ -74,22 +74,30 @@ def _user_errors():
         raise Failure(str(message).splitlines()[0] if message else type(exc).__name__) from None
 
 
+# Another setting named in a parameter's error ("below max_iter=100").
+_SETTING = re.compile(r"\b([a-z_]+)=")
 # Estimator parameters whose command-line option has another name.
 _OPTION_OF_PARAMETER = {"n_components": "components", "random_state": "seed"}
 
 
 def _as_flag(message: str) -> str:
-    """An estimator's "The 'max_iter' parameter of GaussianMixture must be ..." as "--max-iter must be ..."
-    where the running command has that option; any other message as it is."""
+    """An estimator's "The 'stepwise_passes' parameter of GaussianMixture must be 0 or below max_iter=100" as
+    "--stepwise-passes must be 0 or below --max-iter=100", naming the running command's options; any other
+    message as it is."""
     parsed = re.match(r"The '(\w+)' parameter of \w+ (must be .*)", message, re.DOTALL)
     ctx = click.get_current_context(silent=True)
     if parsed is None or ctx is None:
         return message
-    name = _OPTION_OF_PARAMETER.get(parsed[1], parsed[1])
-    for option in ctx.command.params:
-        if option.name == name and option.opts:
-            return f"{'/'.join(option.opts)} {parsed[2]}"
-    return message
+    flags = {option.name: "/".join(option.opts) for option in ctx.command.params if option.opts}
+    subject = flags.get(_OPTION_OF_PARAMETER.get(parsed[1], parsed[1]))
+    if subject is None:
+        return message
+
+    def option(match: re.Match) -> str:  # another setting named in the sentence: its option, where there is one
+        flag = flags.get(_OPTION_OF_PARAMETER.get(match[1], match[1]))
+        return f"{flag.split('/')[0]}=" if flag else match[0]
+
+    return f"{subject} {_SETTING.sub(option, parsed[2])}"
 
 
 def _parse_storage_options(pairs: tuple[str, ...], base: dict | None = None) -> dict | None:

@@ -112,7 +112,7 @@ def bad_cases(points, a_model, tmp_path):
         (["fit", points, "-o", out, "-k", 2, "--stepwise-passes", -1],
          "--stepwise-passes must be an int in the range [0, inf). Got -1 instead."),
         (["fit", points, "-o", out, "-k", 2, "--stepwise-passes", 100],
-         "--stepwise-passes must be 0 or below max_iter=100"),
+         "--stepwise-passes must be 0 or below --max-iter=100"),
         (["fit", points, "-o", a_model, "-k", 2], "exists; pass --overwrite"),
         (["fit", points], "no --output"),
         (["predict", points, points, "-o", out], "not a dask-em model store"),

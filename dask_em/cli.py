@@ -97,7 +97,9 @@ def _as_flag(message: str) -> str:
         flag = flags.get(_OPTION_OF_PARAMETER.get(match[1], match[1]))
         return f"{flag.split('/')[0]}=" if flag else match[0]
 
-    return f"{subject} {_SETTING.sub(option, parsed[2])}"
+    allowed, got = parsed[2].rsplit(" Got ", 1) if " Got " in parsed[2] else (parsed[2], None)
+    allowed = _SETTING.sub(option, allowed)  # not in the value received, which is the user's own text
+    return f"{subject} {allowed}" + (f" Got {got}" if got is not None else "")
 
 
 def _parse_storage_options(pairs: tuple[str, ...], base: dict | None = None) -> dict | None:

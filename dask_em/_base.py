@@ -40,7 +40,7 @@ from .family import MISSING_MODES, Family
 from .io import Prepared, as_dask_array, fingerprint, prepare_weights, split_rows
 from .restarts import STOP_REQUESTED, Restart, RestartsFailed, Schedule, restarts_from, run_schedule, score_restarts
 from .runner import Runner
-from .starts import INIT_METHODS, StartPlan, default_sample_size, emem_methods
+from .starts import INIT_METHODS, StartPlan, default_sample_size, emem_methods, settle_stream
 
 logger = logging.getLogger("dask_em")
 
@@ -212,7 +212,8 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
             raise invalid(owner, "stepwise_passes", self.stepwise_passes, f"0 or below max_iter={self.max_iter}")
         self.make_family()  # a family that cannot marginalise is refused here, with the reason
 
-    def _start_plan(self, n: int, d: int) -> StartPlan:
+    def _start_plan(self, n: int, d: int, taken: dict | None = None) -> StartPlan:
+        """The plan of this model's starts; ``taken``: the fit's takes of its RandomStates (``StartPlan.make``)."""
         emem = self.init_strategy == "emEM"
         n_starts = max(self.n_short, self.n_init) if emem else self.n_init
         if emem:  # more tree draws join the n_short starts on a sample larger than one tree clusters
@@ -223,6 +224,7 @@ class BaseMixture(FittedMixture, DensityMixin, BaseEstimator):
         return StartPlan.make(
             self.make_family(), self._start_settings(d), n_samples=n, n_starts=n_starts, methods=methods,
             random_state=self.random_state, sample_size=self.init_sample_size, variant=self._variant(), chain=not emem,
+            taken=taken,
         )
 
     def _schedule(self, n_samples: int) -> Schedule:
@@ -691,7 +693,8 @@ def fit_models(
     transform = lead._input_transform()
     if transform is not None:
         data = data.map_blocks(transform, dtype=bool)
-    plans = [model._start_plan(n, d) for model in models]
+    for model in models:  # the starts' settings refused here, before any work; their plans are made below
+        model._start_settings(d)
     warm = lead._warm_restart(d) if len(models) == 1 else None  # a grid's candidates start afresh
     w = prepare_weights(sample_weight, data)
     schedule = lead._schedule(n)
@@ -716,6 +719,7 @@ def fit_models(
         rows, row_w = data, w
         if runs_directly(data, not prep.lazy, runner):
             rows, row_w = local_rows(data), (local_rows(w) if w is not None else None)
+        plans = _plans(models, n, d)  # here a RandomState is taken: from here to the starts nothing is refused
         logger.info(
             "fitting %d x %d in %d chunk%s on %s: %s, %d restart(s)",
             n, d, data.numblocks[0], "" if data.numblocks[0] == 1 else "s", runner.description,
@@ -818,23 +822,45 @@ def _grid_starts(grid: bool):
         yield
 
 
+def _plans(models: list[BaseMixture], n: int, d: int) -> list[StartPlan]:
+    """Every model's start plan, taking each RandomState once for them all (a grid's candidates start as each
+    would alone); a plan refused gives back the streams the others took."""
+    taken: dict = {}
+    plans: list[StartPlan] = []
+    try:
+        for model in models:
+            plans.append(model._start_plan(n, d, taken))
+    except BaseException:
+        for plan in plans:
+            plan.give_back()
+        raise
+    return plans
+
+
 def _start(plans: list[StartPlan], data, w, family: Family, runner: Runner):
     """Every model's restarts from its plan's starts, in one compute, under one context."""
     salt = runner.salt()  # one salt: models with the same sample share its reads
-    starts = runner.compute([plan.graph(data, w, salt) for plan in plans])
+    try:
+        starts = runner.compute([plan.graph(data, w, salt) for plan in plans])
+    except BaseException:  # refused rows, a lost cluster: no start drawn, the RandomStates as they were found
+        for plan in plans:
+            plan.give_back()
+        raise
     context = starts[0][0]
     groups = []
+    ends = {}
     for plan, (own_context, own_starts) in zip(plans, starts):
-        # A RandomState given as random_state is left where its starts left the stream (the last that drew
-        # from it), as scikit-learn's is.
+        # A RandomState given as random_state is left where its starts left the stream (the last plan's that
+        # drew from it), as scikit-learn's is.
         states = [s for s in (p.pop("rng_state", None) for p in own_starts) if s is not None]
-        state = states[-1] if states else None
-        if state is not None and plan.owner is not None:
-            plan.owner.set_state(state)
+        if states and plan.owner is not None:
+            ends[id(plan.owner)] = (plan, states[-1])
         # Models whose samples differ (a Gaussian grid with K > 20) are re-expressed under one context.
         if own_context is not context:
             own_starts = [family.recenter(p, own_context, context) for p in own_starts]
         groups.append(restarts_from(plan, own_starts))
+    for plan, state in ends.values():
+        settle_stream(plan.owner, plan.moved_state, state)
     return context, groups
 
 

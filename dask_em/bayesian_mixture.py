@@ -262,14 +262,14 @@ class BayesianGaussianMixture(BaseMixture):
             raise ValueError(f"covariance_prior must be positive; received {c}.")
         return c
 
-    def _start_plan(self, n: int, d: int):
+    def _start_plan(self, n: int, d: int, taken: dict | None = None):
         """The start, plus the data-dependent prior's moments in the same compute (one read per chunk)."""
         if n < 2 and self.covariance_prior is None:
             raise ValueError(
                 f"X has {n} row (n_samples={n}); the default covariance_prior is the covariance of all rows "
                 "(ddof=1), which needs at least 2. Pass more rows, or give covariance_prior."
             )
-        plan = super()._start_plan(n, d)
+        plan = super()._start_plan(n, d, taken)
         if self.mean_prior is None or self.covariance_prior is None:
             ct = self.covariance_type
             plan.data_settings = lambda X, w: {"data_moments": data_moments_graph(X, w, ct)}

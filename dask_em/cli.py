@@ -506,8 +506,7 @@ def fit(ctx, input, output, components, family, covariance_type, pseudo_count, n
                 _exit_lost(_fit_lost(exc, checkpoint, options))
             except RestartsFailed as exc:
                 raise Failure(str(exc), EXIT_FAILED) from None
-            with atomic_output(output, options, overwrite) as tmp:
-                save(model, tmp, storage_options=options)
+            save(model, output, storage_options=options, overwrite=overwrite)  # written whole or not at all
             if clear_checkpoint and checkpoint and exists(checkpoint, options):
                 remove(checkpoint, options)
     finally:
@@ -725,8 +724,7 @@ def select(input, output, table_path, components, family, covariance_types, pseu
             storage_options=options, chunk_rows=chunk_rows, family=family, missing=missing,
             callback=None if quiet else candidate_done, **family_params,
         )
-        with atomic_output(output, options, overwrite) as tmp:
-            save(result.best_estimator_, tmp, storage_options=options)
+        save(result.best_estimator_, output, storage_options=options, overwrite=overwrite)
     frame = result.criteria.to_dataframe().reset_index()
     if table_path:
         if table_path.endswith(".csv"):

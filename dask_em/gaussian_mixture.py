@@ -386,9 +386,9 @@ class GaussianMixture(BaseMixture):
             "weights_init": w, "means_init": m, "precisions_init": p,
         }
 
-    def _start_plan(self, n: int, d: int) -> StartPlan:
+    def _start_plan(self, n: int, d: int, taken: dict | None = None) -> StartPlan:
         """The start, plus the data's moments for a data-dependent prior in the same compute."""
-        plan = super()._start_plan(n, d)
+        plan = super()._start_plan(n, d, taken)
         spec = prior_spec(self.prior)
         if spec is not None and needs_moments(spec):
             ct = self.covariance_type

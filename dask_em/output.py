@@ -71,17 +71,17 @@ def atomic_output(path: str, storage_options: dict | None, overwrite: bool) -> I
     tmp_url = tmp_final if local else fs.unstrip_protocol(tmp_final)
     try:
         yield tmp_url
-    except BaseException:
+        _move_into_place(fs, tmp_final, final, path, overwrite)
+    except BaseException:  # the temporary goes too (a move refused or cut short leaves nothing beside path)
         with contextlib.suppress(Exception):
             fs.rm(tmp_final, recursive=True)
         raise
-    _move_into_place(fs, tmp_final, final, path, overwrite)
 
 
 def _move_into_place(fs, source: str, final: str, path: str, overwrite: bool) -> None:
     """Move the store at ``source`` to ``final``: a rename, or objects with the root ``zarr.json`` last."""
     if fs.exists(final):
-        if not overwrite:  # pragma: no cover - checked before any work
+        if not overwrite:  # checked before any work; here another writer made it meanwhile
             raise FileExistsError(f"{path!r} appeared while writing; not replacing it.")
         fs.rm(final, recursive=True)
     if is_local_filesystem(fs):

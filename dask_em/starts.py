@@ -75,8 +75,31 @@ logger = logging.getLogger("dask_em")
 # The key of the sample's stream among the children of a fit's root stream (restart i's is i): fixed, so
 # the sample is the same for any n_init.
 SAMPLE_STREAM = 2**31
-# Held while a plan takes a RandomState's state and moves it on (numpy's global one is shared by threads).
+# Held while a fit takes a RandomState's stream or sets it (numpy's global one is shared by threads).
 _TAKING_STATE = threading.Lock()
+
+
+def take_stream(random_state: np.random.RandomState, taken: dict) -> tuple[tuple, tuple]:
+    """A fit's take of ``random_state``: the state its starts draw from, and the state it is moved on to
+    meanwhile (2**128 draws ahead), so that a fit started beside it on another thread takes a stream of its
+    own. The plans of one fit share one take (``taken``): a grid's candidates start as each would alone."""
+    with _TAKING_STATE:
+        if id(random_state) not in taken:
+            first = random_state.get_state()
+            bits = np.random.MT19937()
+            bits.state = {"bit_generator": "MT19937", "state": {"key": first[1], "pos": first[2]}}
+            random_state.set_state(bits.jumped().state)
+            taken[id(random_state)] = (first, random_state.get_state())
+        return taken[id(random_state)]
+
+
+def settle_stream(random_state: np.random.RandomState, moved: tuple, state: tuple) -> None:
+    """Set ``random_state`` to ``state`` (where a fit's starts left it, or as the fit found it), unless
+    another fit has taken it since this one moved it on to ``moved``."""
+    with _TAKING_STATE:
+        now = random_state.get_state()
+        if now[2] == moved[2] and np.array_equal(now[1], moved[1]):
+            random_state.set_state(state)
 
 
 def default_sample_size(n_samples: int, n_components: int) -> int:
@@ -371,14 +394,16 @@ class StartPlan:
     # Settings that need the data (e.g. a prior from the moments of all rows):
     # a function (X, w) -> {name: Delayed}, computed with the start, sharing its reads.
     data_settings: Callable[[da.Array, da.Array | None], dict] | None = None
-    # A RandomState given as random_state: the first restart draws from its state, as scikit-learn's first
-    # initialisation draws from it, and the instance is left where that start left its stream (owner).
+    # A RandomState given as random_state (owner): the first restart draws from its state, as scikit-learn's
+    # first initialisation draws from it, and the instance is left where the starts left its stream; meanwhile
+    # it holds moved_state (take_stream).
     first_state: tuple | None = None
     owner: np.random.RandomState | None = None
     # Where the sample is every row and restart 0 draws from a RandomState, the later restarts draw on
     # from the stream it leaves, one after another, as scikit-learn's initialisations: the same
     # random_state then gives scikit-learn's starts for every n_init.
     chained: bool = False
+    moved_state: tuple | None = None
 
     @classmethod
     def make(
@@ -394,18 +419,17 @@ class StartPlan:
         variant: str | None = None,
         data_settings: Callable[[da.Array, da.Array | None], dict] | None = None,
         chain: bool = False,
+        taken: dict | None = None,
     ) -> "StartPlan":
         """The plan of ``n_starts`` restarts; ``chain``: scikit-learn's ``n_init`` scheme (one kind of start),
         whose restarts draw on from one stream where the sample is every row and ``random_state`` is an int
-        or a ``RandomState`` (:attr:`chained`)."""
+        or a ``RandomState`` (:attr:`chained`); ``taken``: the fit's takes of its RandomStates
+        (:func:`take_stream`)."""
         random_state = scikit_learn_none(random_state)
         given = isinstance(random_state, np.random.RandomState)
+        moved_state = None
         if given:
-            with _TAKING_STATE:
-                first_state = random_state.get_state()
-                # Moved on at once (the starts set it where they leave it): a fit started beside this one, on
-                # another thread, takes another state and other starts instead of this fit's.
-                random_state.randint(2)
+            first_state, moved_state = take_stream(random_state, {} if taken is None else taken)
             root = state_sequence(first_state)
         else:
             root = seed_sequence(random_state)
@@ -424,13 +448,14 @@ class StartPlan:
         if not given:
             first_state = np.random.RandomState(seeds[0]).get_state() if chained else None
         return cls(family, settings, seeds, methods, rows, variant, data_settings,
-                   first_state, random_state if given else None, chained)
+                   first_state, random_state if given else None, chained, moved_state)
 
     def give_back(self) -> None:
-        """Leave the ``RandomState`` given as ``random_state`` where this plan found it: its starts are not
-        drawn (a warm start, a resumed checkpoint), as scikit-learn's warm start draws nothing."""
+        """Leave the ``RandomState`` given as ``random_state`` as this plan found it: its starts are not
+        drawn (a warm start, a resumed checkpoint, a fit refused before its starts), as scikit-learn's fit
+        then draws nothing."""
         if self.owner is not None:
-            self.owner.set_state(self.first_state)
+            settle_stream(self.owner, self.moved_state, self.first_state)
 
     def graph(self, X: da.Array, w: da.Array | None, salt: str = ""):
         """Delayed (context, [params of each start]) for one compute."""

@@ -54,10 +54,11 @@ def save(model, path: str | os.PathLike, *, storage_options: dict | None = None,
     The group holds float64 parameter arrays and JSON attributes (format and
     library versions, family, parameters, fitted attributes, restart histories,
     the training data's shape, chunks and source); no pickle. It is written
-    beside ``path`` and moved into place whole (a rename on a local disk; on an
-    object store, the root ``zarr.json`` last): a save that fails or is
-    interrupted leaves nothing at ``path``, and a model it overwrites stays
-    until the new one is complete.
+    beside ``path`` and moved into place when complete: a save that fails
+    leaves nothing at ``path``, and a model it overwrites stays until the new
+    one is complete. On a local disk the move is a rename; on an object store
+    the objects are moved with the root ``zarr.json`` last, so a move cut short
+    leaves nothing that opens as a model store.
 
     Parameters
     ----------

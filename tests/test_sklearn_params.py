@@ -292,6 +292,32 @@ def test_an_unseeded_warm_start_leaves_the_global_stream_as_scikit_learn(rows):
     assert after[0] == after[1]
 
 
+def test_an_unseeded_grid_starts_each_candidate_as_it_would_alone(overlapping):
+    """select_model without a seed: every candidate draws from the global stream where it stood, as it would
+    fitted alone, and the stream ends where the last candidate alone leaves it."""
+    kw = dict(n_init=2, max_iter=3)
+    np.random.seed(7)
+    grid = quiet(dask_em.select_model, overlapping, n_components=[2, 3], covariance_types="full", **kw)
+    after_grid = np.random.randint(2**31)
+    for k in (2, 3):
+        np.random.seed(7)
+        alone = quiet(dask_em.GaussianMixture(k, **kw).fit, overlapping)
+        np.testing.assert_array_equal(grid.estimators_[(k, "full")].means_, alone.means_)
+    assert np.random.randint(2**31) == after_grid
+
+
+def test_a_fit_refused_at_its_start_leaves_the_global_stream_as_it_was(overlapping):
+    """Rows refused by the pass that reads them (the start's): no start drawn, the stream where it was."""
+    bad = overlapping.copy()
+    bad[5, 0] = np.inf
+    np.random.seed(9)
+    with pytest.raises(ValueError, match="infinity"):
+        quiet(dask_em.GaussianMixture(3).fit, bad)
+    after = np.random.randint(2**31)
+    np.random.seed(9)
+    assert np.random.randint(2**31) == after
+
+
 def test_unseeded_fits_started_together_on_threads_start_apart(overlapping):
     """The global stream is moved on as a fit takes it: fits started side by side do not share their starts."""
     kw = dict(n_components=4, n_init=2, init_params="random", max_iter=2)

@@ -116,3 +116,16 @@ def test_a_save_that_fails_midway_leaves_nothing_half_written(tmp_path, rng):
         dask_em.save(bad, tmp_path / "m.zarr", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
     np.testing.assert_array_equal(dask_em.load(tmp_path / "m.zarr").means_, good.means_)
+
+
+def test_an_output_that_appears_while_it_is_written_is_kept_and_the_temporary_removed(tmp_path):
+    """Another writer's output at the path, made during the write: refused, theirs kept, no temporary left."""
+    from dask_em.output import atomic_output
+
+    path = str(tmp_path / "m.zarr")
+    with pytest.raises(FileExistsError, match="appeared while writing"):
+        with atomic_output(path, None, overwrite=False) as written:
+            zarr.open_group(written, mode="w").attrs["mine"] = True
+            zarr.open_group(path, mode="w").attrs["theirs"] = True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.zarr"]
+    assert dict(zarr.open_group(path).attrs) == {"theirs": True}

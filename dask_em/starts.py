@@ -81,14 +81,14 @@ _TAKING_STATE = threading.Lock()
 
 def take_stream(random_state: np.random.RandomState, taken: dict) -> tuple[tuple, tuple]:
     """A fit's take of ``random_state``: the state its starts draw from, and the state it is moved on to
-    meanwhile (2**128 draws ahead), so that a fit started beside it on another thread takes a stream of its
-    own. The plans of one fit share one take (``taken``): a grid's candidates start as each would alone."""
+    meanwhile, a stream of its own seeded from four words of this one (0.2 ms; a 2**128 jump took 1 ms), so
+    that a fit started beside it on another thread takes another stream. The plans of one fit share one take
+    (``taken``): a grid's candidates start as each would alone."""
     with _TAKING_STATE:
         if id(random_state) not in taken:
             first = random_state.get_state()
-            bits = np.random.MT19937()
-            bits.state = {"bit_generator": "MT19937", "state": {"key": first[1], "pos": first[2]}}
-            random_state.set_state(bits.jumped().state)
+            words = random_state.randint(2**32, size=4, dtype=np.uint64)
+            random_state.set_state(np.random.MT19937(np.random.SeedSequence(words)).state)
             taken[id(random_state)] = (first, random_state.get_state())
         return taken[id(random_state)]
 

@@ -38,11 +38,10 @@ def check_constraints(owner: str, constraints: dict, params: dict) -> None:
     """
     validate_parameter_constraints(constraints, params, caller_name=owner)
     for name, value in params.items():
-        rules = constraints.get(name, "no_validation")
-        intervals = [rule for rule in rules if isinstance(rule, Interval)] if rules != "no_validation" else []
-        if not intervals or not isinstance(value, numbers.Real):
+        rules = constraints.get(name)  # a list of rules, or "no_validation"
+        if not isinstance(rules, list) or not any(isinstance(rule, Interval) for rule in rules):
             continue
-        if isinstance(value, bool) or not math.isfinite(value):
+        if isinstance(value, numbers.Real) and (isinstance(value, bool) or not math.isfinite(value)):
             allowed = [str(make_constraint(rule)) for rule in rules]
             text = allowed[0] if len(allowed) == 1 else f"{', '.join(allowed[:-1])} or {allowed[-1]}"
             raise invalid(owner, name, value, text)
@@ -58,10 +57,10 @@ def is_real(v) -> bool:
 
 def check_random_state_kind(random_state) -> None:
     """``random_state`` refused unless it is one of the kinds :func:`seed_sequence` takes (nothing drawn)."""
-    if not (random_state is None or is_int(random_state) or isinstance(
+    if not (is_int(random_state) or isinstance(
         random_state, (np.random.SeedSequence, np.random.Generator, np.random.RandomState)
     )):
-        raise fail("random_state", random_state, "None, an int, a numpy SeedSequence, Generator or RandomState")
+        raise fail("random_state", random_state, "an int, a numpy SeedSequence, Generator or RandomState")
 
 
 def state_sequence(state: tuple) -> np.random.SeedSequence:
@@ -83,9 +82,8 @@ def scikit_learn_none(random_state):
 
 
 def seed_sequence(random_state) -> np.random.SeedSequence:
-    """The root of every random stream of a fit, from scikit-learn's kinds of ``random_state``."""
-    if random_state is None:
-        return np.random.SeedSequence()
+    """The root of every random stream of a fit, from scikit-learn's kinds of ``random_state`` (None read
+    first as scikit-learn reads it, by :func:`scikit_learn_none`)."""
     if is_int(random_state):
         return np.random.SeedSequence(int(random_state))
     if isinstance(random_state, np.random.SeedSequence):
